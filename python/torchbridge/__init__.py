@@ -1,0 +1,73 @@
+"""torchbridge: the Python ecosystem's pretrained PyTorch models, from Julia and Python.
+
+The public surface is listed once, here. Names resolve lazily so that
+``import torchbridge`` stays cheap and optional dependencies (timm, onnx) are
+imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # the core bridge
+    "bridge": "torchbridge.bridged",
+    "BridgedModel": "torchbridge.bridged",
+    "Pullback": "torchbridge.bridged",
+    "OutputStructure": "torchbridge.bridged",
+    "to_torch": "torchbridge.exchange",
+    # the registry
+    "ModelEntry": "torchbridge.registry",
+    "list_models": "torchbridge.registry",
+    "search_models": "torchbridge.registry",
+    "model_info": "torchbridge.registry",
+    "load_model": "torchbridge.registry",
+    "register_source": "torchbridge.registry",
+    "register_local_model": "torchbridge.registry",
+    # export
+    "export_onnx": "torchbridge.export",
+    "ExportReport": "torchbridge.export",
+}
+
+# submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
+_SUBMODULES = frozenset(
+    {"cli", "errors", "exchange", "export", "memory", "registry", "train", "bridged"}
+)
+
+__all__ = sorted([*_EXPORTS, "errors", "memory", "train", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"torchbridge.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'torchbridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from . import errors, memory, train
+    from .bridged import BridgedModel, OutputStructure, Pullback, bridge
+    from .exchange import to_torch
+    from .export import ExportReport, export_onnx
+    from .registry import (
+        ModelEntry,
+        list_models,
+        load_model,
+        model_info,
+        register_local_model,
+        register_source,
+        search_models,
+    )

@@ -1,0 +1,161 @@
+"""The torchbridge exception hierarchy.
+
+Every error torchbridge raises on bad input is a :class:`TorchBridgeError`. Each
+class also derives from the builtin exception a Python user would expect
+(``TypeError`` for a wrong kind of value, ``ValueError`` for a wrong value,
+``LookupError`` for an unknown name ...), so generic handlers keep working.
+
+Messages say what was wrong, what was expected, and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BridgeError",
+    "ChecksumError",
+    "CorruptWeightsError",
+    "CotangentError",
+    "DTypeMismatchError",
+    "DeviceMismatchError",
+    "DuplicateModelError",
+    "ExportError",
+    "ExportVerificationError",
+    "InputShapeError",
+    "LeakError",
+    "ModelClosedError",
+    "PullbackReleasedError",
+    "RegistryError",
+    "TorchBridgeError",
+    "TrainingError",
+    "UnknownLossError",
+    "UnknownModelError",
+    "UnknownOptimizerError",
+    "UnknownScheduleError",
+    "UnknownSourceError",
+    "UnsafeCheckpointError",
+    "UnsupportedArrayError",
+    "UnsupportedDTypeError",
+    "WeightsError",
+    "WeightsNotFoundError",
+]
+
+
+class TorchBridgeError(Exception):
+    """Base class of every error torchbridge raises on purpose."""
+
+
+# -- the bridge (exchange, forward, pullback) --------------------------------
+
+
+class BridgeError(TorchBridgeError):
+    """An array, model or pullback could not cross the bridge."""
+
+
+class UnsupportedArrayError(BridgeError, TypeError):
+    """The object is not an array the bridge can view without a copy."""
+
+
+class UnsupportedDTypeError(BridgeError, TypeError):
+    """The array's element type cannot cross through DLPack."""
+
+
+class DTypeMismatchError(BridgeError, TypeError):
+    """A floating-point input does not have the model's floating-point type."""
+
+
+class DeviceMismatchError(BridgeError, ValueError):
+    """An array lives on another device than the model."""
+
+
+class InputShapeError(BridgeError, ValueError):
+    """An input has the wrong rank or shape for the model."""
+
+
+class CotangentError(BridgeError, ValueError):
+    """A cotangent does not match the output it belongs to."""
+
+
+class PullbackReleasedError(BridgeError, RuntimeError):
+    """A pullback was called after it had run or been released."""
+
+
+class ModelClosedError(BridgeError, RuntimeError):
+    """A bridged model was used after ``close()``."""
+
+
+class LeakError(TorchBridgeError, AssertionError):
+    """The memory ledger is not back at its baseline."""
+
+
+# -- the registry and weights ------------------------------------------------
+
+
+class RegistryError(TorchBridgeError):
+    """A model could not be found, described or loaded."""
+
+
+class UnknownModelError(RegistryError, LookupError):
+    """No registered model has this id."""
+
+    def __init__(self, msg: str, model_id: str = "", suggestions: tuple[str, ...] = ()):
+        super().__init__(msg, model_id, suggestions)
+        self.model_id = model_id
+        self.suggestions = tuple(suggestions)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownSourceError(RegistryError, LookupError):
+    """No model source has this name."""
+
+
+class DuplicateModelError(RegistryError, ValueError):
+    """A model id is registered twice."""
+
+
+class WeightsError(RegistryError):
+    """Pretrained weights could not be found, trusted or read."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """The weights are neither given, nor cached, nor downloadable here."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A pickled checkpoint would run code to load; it was not loaded."""
+
+
+class ChecksumError(WeightsError):
+    """A weight file's sha256 differs from the published one."""
+
+
+class CorruptWeightsError(WeightsError):
+    """A weight file is truncated, corrupt, or does not fit the model."""
+
+
+# -- training and export -----------------------------------------------------
+
+
+class TrainingError(TorchBridgeError):
+    """A training run could not be set up."""
+
+
+class UnknownOptimizerError(TrainingError, ValueError):
+    """The optimiser rule has no torch translation."""
+
+
+class UnknownLossError(TrainingError, ValueError):
+    """The loss has no torch translation."""
+
+
+class UnknownScheduleError(TrainingError, ValueError):
+    """The hyperparameter schedule is not known."""
+
+
+class ExportError(TorchBridgeError):
+    """A model could not be exported to ONNX."""
+
+
+class ExportVerificationError(ExportError):
+    """The exported ONNX model does not match torch within tolerance."""

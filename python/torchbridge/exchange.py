@@ -1,0 +1,176 @@
+"""Arrays in: any DLPack producer becomes a torch tensor over the same memory.
+
+NOTE [dimension order]
+A Julia array is column-major. DLPack.jl shares a Julia array of size
+``(W, H, C, N)`` as a row-major tensor of shape ``(N, C, H, W)`` over the same
+memory, so Flux's WHCN is torch's NCHW and Flux's ``(features, batch)`` is
+torch's ``(batch, features)`` without a copy. torchbridge never permutes what it
+receives through DLPack. The one place a dimension order is chosen here is a
+*column-major strided array* (a Fortran-ordered numpy array, or a raw Julia
+array that PythonCall passes through the buffer protocol): it is viewed with its
+dimensions reversed, which is exactly the tensor DLPack.jl would have shared.
+Both routes from Julia therefore give the same torch tensor.
+
+Nothing here copies. An object that cannot be viewed is refused with a typed
+error instead of being copied behind the caller's back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UnsupportedArrayError, UnsupportedDTypeError
+
+__all__ = ["describe_array", "julia_shape", "to_torch"]
+
+# Julia's names for torch dtypes, for messages aimed at Julia users.
+_JULIA_ELTYPE = {
+    torch.float16: "Float16",
+    torch.bfloat16: "BFloat16",
+    torch.float32: "Float32",
+    torch.float64: "Float64",
+    torch.complex64: "ComplexF32",
+    torch.complex128: "ComplexF64",
+    torch.int8: "Int8",
+    torch.int16: "Int16",
+    torch.int32: "Int32",
+    torch.int64: "Int64",
+    torch.uint8: "UInt8",
+    torch.bool: "Bool",
+}
+
+
+def julia_eltype(dtype: torch.dtype) -> str:
+    """julia_eltype(torch.float32) -> "Float32"."""
+    return _JULIA_ELTYPE.get(dtype, str(dtype))
+
+
+def julia_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    """julia_shape((N, C, H, W)) -> (W, H, C, N): the same array seen from Julia."""
+    return tuple(reversed(tuple(shape)))
+
+
+def describe_array(t: torch.Tensor) -> str:
+    """A one-line description naming the shape in both orders, for error messages."""
+    return (
+        f"{t.dtype} tensor of torch shape {tuple(t.shape)} "
+        f"(Julia size {julia_shape(t.shape)}, {julia_eltype(t.dtype)}) on {t.device}"
+    )
+
+
+def _is_column_major(a: np.ndarray) -> bool:
+    """True when ``a`` is laid out exactly as a compact Julia array and not as a C array.
+
+    numpy normalises nothing in ``strides``, so a Julia ``(10, 1)`` matrix keeps
+    its column-major strides even though it is also "C-contiguous" by numpy's
+    flags (which ignore size-1 dimensions). Comparing strides exactly decides
+    the batch-of-one case that flags get wrong.
+    """
+    if a.ndim < 2:
+        return False
+    col_major, row_major = [], []
+    step = a.itemsize
+    for n in a.shape:
+        col_major.append(step)
+        step *= n
+    step = a.itemsize
+    for n in reversed(a.shape):
+        row_major.append(step)
+        step *= n
+    row_major.reverse()
+    strides = list(a.strides)
+    return strides == col_major and strides != row_major
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == object or a.dtype.kind in "USV":
+        raise UnsupportedDTypeError(
+            f"to_torch: arrays of {a.dtype} cannot cross the bridge; "
+            "pass a numeric array (Float32 is what most models expect)."
+        )
+    try:
+        tensor = torch.from_dlpack(a)
+    except (BufferError, TypeError, RuntimeError) as exc:
+        raise UnsupportedDTypeError(
+            f"to_torch: a numpy array of dtype {a.dtype} cannot be exported through DLPack "
+            f"({exc}). Convert it first, e.g. to float32 (Float32 in Julia)."
+        ) from exc
+    if _is_column_major(a):
+        tensor = tensor.permute(*reversed(range(a.ndim)))
+    return tensor
+
+
+def to_torch(obj: Any) -> torch.Tensor:
+    """to_torch(obj) -> Tensor
+
+    View ``obj`` as a torch tensor over the same memory; never copies.
+
+    Accepts torch tensors (returned as they are), DLPack producers (objects with
+    ``__dlpack__`` and ``__dlpack_device__``: numpy, CuPy, JAX, DLPack.jl's
+    shared arrays), unconsumed DLPack capsules, and objects exposing the buffer
+    protocol or ``__array_interface__`` (a raw Julia array passed by
+    PythonCall). A column-major strided array is viewed with its dimensions
+    reversed (see NOTE [dimension order] in this module).
+
+    .. warning::
+        The tensor shares memory with ``obj``: writes on either side are seen
+        on the other, and a capsule can be consumed only once.
+
+    Raises:
+        UnsupportedDTypeError: the element type cannot cross through DLPack
+            (for example bfloat16 from numpy/ml_dtypes).
+        UnsupportedArrayError: ``obj`` is not a strided array (a list, a
+            scalar, a sparse tensor, a used capsule ...).
+    """
+    if isinstance(obj, torch.Tensor):
+        if obj.layout is not torch.strided:
+            raise UnsupportedArrayError(
+                f"to_torch: got a {obj.layout} tensor; only dense strided tensors cross the "
+                "bridge. Call .to_dense() first."
+            )
+        return obj
+    if isinstance(obj, np.ndarray):
+        return _from_numpy(obj)
+    if hasattr(obj, "__dlpack__"):
+        try:
+            return torch.from_dlpack(obj, copy=False)
+        except BufferError as exc:
+            raise UnsupportedDTypeError(
+                f"to_torch: {type(obj).__name__} refused to export through DLPack ({exc}). "
+                "Its element type or layout cannot cross; convert it to a supported dtype "
+                "(float16/32/64, integer, bool, complex) first."
+            ) from exc
+    if type(obj).__name__ == "PyCapsule":
+        try:
+            return torch.from_dlpack(obj)
+        except (RuntimeError, ValueError, TypeError, BufferError) as exc:
+            raise UnsupportedArrayError(
+                f"to_torch: this DLPack capsule cannot be imported ({exc}). A capsule is "
+                "consumed by its first import: share the array again for each use."
+            ) from exc
+    if hasattr(obj, "__array_interface__") or _has_buffer(obj):
+        try:
+            view = np.asarray(obj)
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedArrayError(
+                f"to_torch: {type(obj).__name__} exposes an array interface numpy cannot "
+                f"view ({exc})."
+            ) from exc
+        if view.dtype != object:
+            return _from_numpy(view)
+    raise UnsupportedArrayError(
+        f"to_torch: cannot view a {type(obj).__name__} as an array without copying. Pass a "
+        "strided array: a torch tensor, a numpy array, any object with __dlpack__, or a Julia "
+        "array (DLPack.share from Julia, or the array itself through PythonCall)."
+    )
+
+
+def _has_buffer(obj: Any) -> bool:
+    try:
+        memoryview(obj).release()
+    except TypeError:
+        return False
+    return True
