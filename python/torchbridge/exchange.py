@@ -24,7 +24,7 @@ import torch
 
 from .errors import UnsupportedArrayError, UnsupportedDTypeError
 
-__all__ = ["describe_array", "julia_shape", "to_torch"]
+__all__ = ["copy_into", "describe_array", "julia_eltype", "julia_layout", "julia_shape", "to_torch"]
 
 # Julia's names for torch dtypes, for messages aimed at Julia users.
 _JULIA_ELTYPE = {
@@ -174,3 +174,41 @@ def _has_buffer(obj: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def julia_layout(t: torch.Tensor) -> tuple[tuple[int, ...], str, str, int]:
+    """julia_layout(t) -> (julia_size, julia_eltype, device_type, device_index)
+
+    What a Julia caller needs to allocate an array that will receive ``t``:
+    its size in Julia order, its element type's Julia name, and its device
+    (``"cpu"`` with index -1, or ``"cuda"`` with the device index).
+    """
+    device = t.device
+    index = -1 if device.index is None else device.index
+    return julia_shape(t.shape), julia_eltype(t.dtype), device.type, index
+
+
+def copy_into(destination: Any, source: torch.Tensor) -> None:
+    """copy_into(destination, source) -> None
+
+    Copy ``source`` into the memory of ``destination`` (any array
+    :func:`to_torch` accepts, typically a Julia array shared with
+    ``DLPack.share``). This is how results cross to an owner on the other
+    side: the receiving language allocates, owns and frees the memory, and
+    torch's tensor can be dropped at once (see NOTE [ownership] in
+    :mod:`torchbridge.memory`).
+    """
+    target = to_torch(destination)
+    if target.shape != source.shape:
+        raise UnsupportedArrayError(
+            f"copy_into: destination has torch shape {tuple(target.shape)} (Julia size "
+            f"{julia_shape(target.shape)}) but the source is {describe_array(source)}; "
+            "allocate the destination with the source's Julia size."
+        )
+    if target.dtype != source.dtype:
+        raise UnsupportedDTypeError(
+            f"copy_into: destination is {julia_eltype(target.dtype)} but the source is "
+            f"{julia_eltype(source.dtype)}; allocate the destination with the source's eltype."
+        )
+    with torch.no_grad():
+        target.copy_(source)

@@ -1,0 +1,488 @@
+"""The autograd bridge: a torch module called and differentiated from another language.
+
+``bridge(module)`` wraps a module once. Its parameters and one persistent
+gradient buffer per parameter are shared with the caller at that moment; from
+then on each training step moves only the batch, the outputs, the cotangents
+and the input gradients.
+
+``forward(*inputs)`` runs the module on views of foreign arrays and returns the
+outputs with a one-shot :class:`Pullback` that owns the graph. Calling the
+pullback writes the parameter gradients into the model's gradient buffers,
+returns the input gradients, and frees the graph at once.
+
+NOTE [plain autograd, not torch.func]
+The forward calls the module itself under ``torch.enable_grad()`` and the
+pullback runs ``torch.autograd.backward``. ``torch.func.vjp`` over
+``functional_call`` fails on train-mode BatchNorm (it refuses the in-place
+update of ``num_batches_tracked`` on a captured tensor), which is exactly what
+broke earlier bridges on torchvision and timm ResNets. Plain autograd updates
+running statistics exactly as PyTorch training does and costs the same.
+
+NOTE [gradient buffers]
+Each trainable parameter ``p`` gets a buffer ``g`` allocated once, and
+``p.grad`` is set to ``g``. The pullback zeroes the buffers (unless
+``accumulate=True``) and lets autograd accumulate into them in place, so the
+memory a foreign optimiser reads never moves, and torch's own optimisers see
+the same gradients. If something replaces ``p.grad`` (``zero_grad(set_to_none=True)``
+does), the next pullback puts the buffer back.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import traceback
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import (
+    CotangentError,
+    DeviceMismatchError,
+    DTypeMismatchError,
+    InputShapeError,
+    ModelClosedError,
+    PullbackReleasedError,
+    UnsupportedArrayError,
+)
+from .exchange import describe_array, julia_eltype, julia_shape, to_torch
+from .memory import LEDGER, tensor_bytes
+from .outputs import OutputStructure, flatten_outputs
+
+__all__ = ["BridgedModel", "OutputStructure", "Pullback", "bridge"]
+
+if hasattr(torch, "_foreach_zero_"):
+    _zero_all = torch._foreach_zero_
+else:  # pragma: no cover - older torch
+
+    def _zero_all(tensors):
+        for t in tensors:
+            t.zero_()
+
+
+# What torch and timm say when an input has the wrong rank or shape. A forward
+# that fails with one of these is reported as an InputShapeError that names the
+# shapes in both dimension orders.
+_SHAPE_MESSAGES = re.compile(
+    r"shapes cannot be multiplied|Expected \d+D|expected input\[|to have \d+ channels"
+    r"|size mismatch|is invalid for input of size|The size of tensor a|must match the size"
+    r"|doesn't match model|Input (height|width|image size)|expected.*dimensions?|"
+    r"Given groups=|Expected .* got input|input must have|not enough values to unpack",
+    re.IGNORECASE,
+)
+
+
+def bridge(module: torch.nn.Module, *, input_shapes: Sequence[Sequence[int | None]] | None = None):
+    """bridge(module, *, input_shapes=None) -> BridgedModel
+
+    Wrap ``module`` for calls from another language. Its trainable parameters
+    and a gradient buffer for each are shared from now on (see
+    NOTE [gradient buffers]).
+
+    Args:
+        module: any ``torch.nn.Module``; it is used in place, not copied.
+        input_shapes: optional expected shape of each input in torch order,
+            ``None`` for a free dimension, e.g. ``[(None, 3, 224, 224)]``.
+            Inputs that do not fit are refused before the module runs.
+    """
+    return BridgedModel(module, input_shapes=input_shapes)
+
+
+class BridgedModel:
+    """BridgedModel: a torch module, its shared parameters and gradient buffers.
+
+    Attributes:
+        module: the wrapped ``torch.nn.Module``.
+        param_names: names of the trainable parameters, in ``named_parameters`` order.
+        params: the parameters themselves (detached aliases: same memory, no
+            autograd history), ready to share through DLPack.
+        grads: one gradient buffer per parameter, same shape and memory layout,
+            allocated once.
+        buffer_names, buffers: the module's buffers (BatchNorm statistics ...),
+            as detached aliases.
+        output_structure: how the last forward's outputs nest
+            (:class:`OutputStructure`), ``None`` before the first forward.
+        lock: a re-entrant lock. ``forward`` and the pullback take it; hold it
+            yourself around a whole step when threads share one model.
+    """
+
+    def __init__(self, module: torch.nn.Module, *, input_shapes=None):
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                f"bridge: expected a torch.nn.Module, got {type(module).__name__}. "
+                "Load one with torchbridge.load_model(model_id) or build it in torch."
+            )
+        self.module = module
+        self.lock = threading.RLock()
+        self._closed = False
+        self._input_shapes = (
+            None if input_shapes is None else [None if s is None else tuple(s) for s in input_shapes]
+        )
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.param_names: tuple[str, ...] = tuple(n for n, _ in named)
+        self._parameters: tuple[torch.nn.Parameter, ...] = tuple(p for _, p in named)
+        self.params: tuple[torch.Tensor, ...] = tuple(p.detach() for p in self._parameters)
+        with torch.no_grad():
+            self.grads: tuple[torch.Tensor, ...] = tuple(
+                torch.zeros_like(p, memory_format=torch.preserve_format) for p in self._parameters
+            )
+        for p, g in zip(self._parameters, self.grads):
+            p.grad = g
+        named_buffers = list(module.named_buffers())
+        self.buffer_names: tuple[str, ...] = tuple(n for n, _ in named_buffers)
+        self.buffers: tuple[torch.Tensor, ...] = tuple(b.detach() for _, b in named_buffers)
+        self.output_structure: OutputStructure | None = None
+        self._pullbacks: weakref.WeakSet[Pullback] = weakref.WeakSet()
+        first = next(iter(module.parameters()), None)
+        if first is None:
+            first = next(iter(module.buffers()), None)
+        self._device = first.device if first is not None else None
+        floating = [p for p in module.parameters() if p.is_floating_point()]
+        self._float_dtype = floating[0].dtype if floating else None
+        LEDGER.add_model(
+            self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads])
+        )
+
+    # -- state -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the model's parameters (``None`` for a model without any)."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating-point type of the model's parameters."""
+        return self._float_dtype
+
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def train(self, mode: bool = True) -> BridgedModel:
+        """train(mode=True) -> self: BatchNorm uses batch statistics, dropout is active."""
+        self._check_open("train")
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> BridgedModel:
+        """eval() -> self: BatchNorm uses running statistics, dropout is off."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """zero_grad() -> None: set every gradient buffer to zero, in place."""
+        self._check_open("zero_grad")
+        with torch.no_grad():
+            _zero_all(list(self.grads))
+
+    def close(self) -> None:
+        """close() -> None
+
+        Release every live pullback of this model, detach the gradient buffers
+        from the parameters and stop sharing them. Idempotent. The module
+        itself stays usable from torch.
+        """
+        with self.lock:
+            if self._closed:
+                return
+            for pullback in list(self._pullbacks):
+                pullback.release()
+            for p, g in zip(self._parameters, self.grads):
+                if p.grad is g:
+                    p.grad = None
+            self._closed = True
+            LEDGER.remove_model(self)
+
+    def __enter__(self) -> BridgedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("train" if self.training else "eval")
+        return (
+            f"BridgedModel({type(self.module).__name__}, {len(self.params)} params, "
+            f"{sum(p.numel() for p in self.params):,} values, {state})"
+        )
+
+    # -- the step ----------------------------------------------------------
+    def __call__(self, *inputs, grad: bool = True, input_grads: bool | Sequence[bool] = True):
+        return self.forward(*inputs, grad=grad, input_grads=input_grads)
+
+    def forward(self, *inputs, grad: bool = True, input_grads: bool | Sequence[bool] = True):
+        """forward(*inputs, grad=True, input_grads=True) -> (outputs, pullback)
+
+        Run the module on views of ``inputs`` (any DLPack producers; never
+        copied) and return its outputs as a tuple of tensors (see
+        :attr:`output_structure` to rebuild a tuple, list or dict) together
+        with a :class:`Pullback` that owns the graph. With ``grad=False`` no
+        graph is built and ``pullback`` is ``None``.
+
+        ``input_grads`` says which inputs want a gradient (one bool for all, or
+        one per input); ``False`` skips that work for data batches. Only
+        floating-point inputs are ever differentiated.
+        """
+        self._check_open("forward")
+        tensors = [to_torch(x) for x in inputs]
+        self._check_inputs(tensors)
+        if not grad:
+            with self.lock, torch.no_grad():
+                out = self._run(tensors)
+            flat, structure = flatten_outputs(out)
+            self.output_structure = structure
+            return tuple(flat), None
+        wants = _per_input(input_grads, len(tensors))
+        leaves = []
+        for t, want in zip(tensors, wants):
+            if want and (t.is_floating_point() or t.is_complex()):
+                t = t.detach().requires_grad_(True)
+            leaves.append(t)
+        del tensors
+        with self.lock, torch.enable_grad():
+            out = self._run(leaves)
+        flat, structure = flatten_outputs(out)
+        del out
+        self.output_structure = structure
+        pullback = Pullback(self, leaves, flat, structure)
+        return tuple(o.detach() for o in flat), pullback
+
+    def _run(self, tensors: list[torch.Tensor]) -> Any:
+        try:
+            return self.module(*tensors)
+        except Exception as exc:
+            # The failing frames hold the input views; clear them so the
+            # foreign buffers are released now, not when the traceback dies.
+            shapes = [t.shape for t in tensors]
+            tensors.clear()
+            traceback.clear_frames(exc.__traceback__)
+            if isinstance(exc, (RuntimeError, ValueError, AssertionError, TypeError)) and (
+                _SHAPE_MESSAGES.search(str(exc))
+            ):
+                raise InputShapeError(self._shape_message(shapes, str(exc))) from exc
+            raise
+
+    def _shape_message(self, shapes, detail: str) -> str:
+        got = ", ".join(f"torch {tuple(s)} / Julia {julia_shape(s)}" for s in shapes)
+        expected = ""
+        if self._input_shapes:
+            expected = " Expected " + ", ".join(
+                "torch " + _spec_str(s) + " / Julia " + _spec_str(None if s is None else s[::-1])
+                for s in self._input_shapes
+            ) + "."
+        return (
+            f"forward: the inputs do not fit {type(self.module).__name__}: got {got}.{expected} "
+            f"torch said: {detail.splitlines()[0] if detail else '?'}. Julia dimensions are the "
+            "reverse of torch's: a Julia (W, H, C, N) image batch is torch (N, C, H, W), a "
+            "Julia (features, batch) matrix is torch (batch, features)."
+        )
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ModelClosedError(
+                f"{what}: this BridgedModel was closed; bridge the module again with "
+                "torchbridge.bridge(module) to keep using it."
+            )
+
+    def _check_inputs(self, tensors: list[torch.Tensor]) -> None:
+        for i, t in enumerate(tensors):
+            if self._device is not None and t.device != self._device:
+                raise DeviceMismatchError(
+                    f"forward: input {i} is a {describe_array(t)}, but the model is on "
+                    f"{self._device}. Move the array to {self._device} (a CuArray for "
+                    "cuda, an Array for cpu) or the model with model.module.to(device)."
+                )
+            if (
+                self._float_dtype is not None
+                and t.is_floating_point()
+                and t.dtype != self._float_dtype
+            ):
+                raise DTypeMismatchError(
+                    f"forward: input {i} is a {describe_array(t)}, but the model computes in "
+                    f"{self._float_dtype} ({julia_eltype(self._float_dtype)}). Convert the "
+                    f"input (Julia: {julia_eltype(self._float_dtype)}.(x); numpy: "
+                    f"x.astype(...)) or the model (model.module.to({self._float_dtype!s}))."
+                )
+        if self._input_shapes is None:
+            return
+        if len(tensors) != len(self._input_shapes):
+            raise InputShapeError(
+                f"forward: the model takes {len(self._input_shapes)} input(s), got {len(tensors)}."
+            )
+        for t, spec in zip(tensors, self._input_shapes):
+            if spec is None:
+                continue
+            if t.dim() != len(spec) or any(
+                want is not None and want != have for want, have in zip(spec, t.shape)
+            ):
+                raise InputShapeError(self._shape_message([t.shape for t in tensors], ""))
+
+
+class Pullback:
+    """Pullback: the one-shot reverse pass of one forward; it owns that forward's graph.
+
+    ``pullback(*cotangents, accumulate=False) -> input_grads`` computes the
+    gradients with respect to the inputs (returned, ``None`` for an input that
+    is not differentiated) and to every parameter (written into the model's
+    ``grads``: overwritten, or added with ``accumulate=True``), then frees the
+    graph. A ``None`` cotangent means zero. Calling it a second time, or after
+    :meth:`release`, raises :class:`~torchbridge.errors.PullbackReleasedError`.
+
+    A cotangent that does not fit its output raises
+    :class:`~torchbridge.errors.CotangentError` and leaves the pullback live, so
+    the caller may retry or :meth:`release` it.
+    """
+
+    _live: weakref.WeakValueDictionary[int, Pullback] = weakref.WeakValueDictionary()
+
+    def __init__(self, model: BridgedModel, inputs: list, outputs: list, structure):
+        self._model = model
+        self._inputs = inputs
+        self._outputs = outputs
+        self.output_structure: OutputStructure = structure
+        self._state = "live"
+        self._state_lock = threading.Lock()
+        held = [*inputs, *outputs]
+        LEDGER.add_pullback(self, len(held), tensor_bytes(held))
+        Pullback._live[id(self)] = self
+        model._pullbacks.add(self)
+
+    @property
+    def live(self) -> bool:
+        """True until the pullback has run or been released."""
+        return self._state == "live"
+
+    def __call__(self, *cotangents, accumulate: bool = False):
+        with self._state_lock:
+            self._check_live()
+            outputs = self._outputs
+            if len(cotangents) != len(outputs):
+                raise CotangentError(
+                    f"pullback: expected {len(outputs)} cotangent(s), one per output "
+                    f"({self.output_structure}), got {len(cotangents)}. Pass None for an "
+                    "output that does not contribute."
+                )
+            pairs = []
+            for i, (out, cot) in enumerate(zip(outputs, cotangents)):
+                if cot is None or not out.requires_grad:
+                    continue
+                pairs.append((out, _check_cotangent(i, out, cot)))
+            model = self._model
+            try:
+                with model.lock:
+                    input_grads = self._backward(model, pairs, accumulate)
+            finally:
+                self._free("called")
+            return input_grads
+
+    def _backward(self, model: BridgedModel, pairs, accumulate: bool):
+        inputs = self._inputs
+        diff_inputs = [t for t in inputs if t.requires_grad]
+        params = model._parameters
+        for p, g in zip(params, model.grads):
+            if p.grad is not g:  # see NOTE [gradient buffers]
+                p.grad = g
+        if not accumulate:
+            _zero_all(list(model.grads))
+        for t in diff_inputs:
+            t.grad = None
+        targets = [*params, *diff_inputs]
+        if pairs and targets:
+            torch.autograd.backward(
+                [o for o, _ in pairs], [c for _, c in pairs], inputs=targets
+            )
+        result = []
+        for t in inputs:
+            if not t.requires_grad:
+                result.append(None)
+                continue
+            g = t.grad
+            t.grad = None
+            result.append(torch.zeros_like(t) if g is None else g)
+        return tuple(result)
+
+    def release(self) -> bool:
+        """release() -> bool
+
+        Free the graph without computing anything. Idempotent: returns True
+        when this call released it, False when it was already gone.
+        """
+        with self._state_lock:
+            if self._state != "live":
+                return False
+            self._free("released")
+            return True
+
+    def _free(self, state: str, *, by_gc: bool = False) -> None:
+        self._state = state
+        self._inputs = []
+        self._outputs = []
+        LEDGER.remove_pullback(self, by_gc=by_gc)
+        Pullback._live.pop(id(self), None)
+
+    def _check_live(self) -> None:
+        if self._state == "called":
+            raise PullbackReleasedError(
+                "pullback: this pullback already ran and its graph is freed; a pullback is "
+                "one-shot. Run forward again for another gradient."
+            )
+        if self._state == "released":
+            raise PullbackReleasedError(
+                "pullback: this pullback was released (by release(), the end of a memory "
+                "scope, or closing the model) and its graph is freed. Run forward again."
+            )
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "live":
+            self._free("released", by_gc=True)
+
+    def __repr__(self) -> str:
+        return f"Pullback({self._state}, {self.output_structure})"
+
+
+def _per_input(flag: bool | Sequence[bool], n: int) -> list[bool]:
+    if isinstance(flag, bool):
+        return [flag] * n
+    flags = [bool(f) for f in flag]
+    if len(flags) != n:
+        raise ValueError(f"forward: input_grads has {len(flags)} entries for {n} inputs")
+    return flags
+
+
+def _check_cotangent(i: int, out: torch.Tensor, cot: Any) -> torch.Tensor:
+    try:
+        c = to_torch(cot)
+    except UnsupportedArrayError as exc:
+        raise CotangentError(f"pullback: cotangent {i} is not an array: {exc}") from exc
+    if c.shape != out.shape:
+        raise CotangentError(
+            f"pullback: cotangent {i} has torch shape {tuple(c.shape)} (Julia size "
+            f"{julia_shape(c.shape)}), but output {i} has torch shape {tuple(out.shape)} "
+            f"(Julia size {julia_shape(out.shape)}). A cotangent has its output's shape."
+        )
+    if c.dtype != out.dtype:
+        raise CotangentError(
+            f"pullback: cotangent {i} is {c.dtype} ({julia_eltype(c.dtype)}) but output {i} is "
+            f"{out.dtype} ({julia_eltype(out.dtype)}); convert the cotangent."
+        )
+    if c.device != out.device:
+        raise CotangentError(
+            f"pullback: cotangent {i} is on {c.device} but output {i} is on {out.device}."
+        )
+    return c
+
+
+def _spec_str(spec) -> str:
+    if spec is None:
+        return "(any)"
+    return "(" + ", ".join("*" if d is None else str(d) for d in spec) + ")"
+
+
+def held_bytes(tensors) -> Counter:  # re-exported for the benchmarks
+    return tensor_bytes(list(tensors))

@@ -1,0 +1,263 @@
+"""The memory ledger: what the bridge keeps alive, on each side of the boundary.
+
+NOTE [ownership]
+Every buffer that crosses the boundary has one owner and one release point:
+
+* an imported input, the graph a forward builds, and the graph outputs are
+  owned by the :class:`~torchbridge.Pullback` of that forward; they are freed
+  when the pullback runs, when ``release()`` is called, when the enclosing
+  :func:`scope` exits, or when the model is closed;
+* a model's parameters and gradient buffers are shared once, when the model is
+  bridged, and are owned by the :class:`~torchbridge.BridgedModel` until
+  ``close()``.
+
+The ledger counts all of these so that a test or a benchmark can check that a
+run leaves nothing behind. A pullback that is only reclaimed by the garbage
+collector still frees its graph, but is counted in ``released_by_gc``: on the
+Julia side that would be a finalizer, which is not a release point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import LeakError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .bridged import BridgedModel, Pullback
+
+__all__ = [
+    "MemoryStats",
+    "assert_baseline",
+    "expect_baseline",
+    "release_all",
+    "scope",
+    "snapshot",
+    "stats",
+]
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """MemoryStats: a snapshot of the ledger.
+
+    Attributes:
+        live_pullbacks: pullbacks that still hold a graph.
+        held_buffers: tensors those pullbacks keep alive (imported inputs and
+            graph outputs).
+        held_bytes: bytes of ``held_buffers`` per device (``"cpu"``, ``"cuda:0"`` ...).
+        open_models: bridged models not yet closed.
+        shared_buffers: parameters and gradient buffers the open models share.
+        shared_bytes: bytes of ``shared_buffers`` per device.
+        released_by_gc: pullbacks freed by the garbage collector rather than by
+            a call, a ``release()``, a scope or ``close()``; cumulative.
+    """
+
+    live_pullbacks: int = 0
+    held_buffers: int = 0
+    held_bytes: dict[str, int] = field(default_factory=dict)
+    open_models: int = 0
+    shared_buffers: int = 0
+    shared_bytes: dict[str, int] = field(default_factory=dict)
+    released_by_gc: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "live_pullbacks": self.live_pullbacks,
+            "held_buffers": self.held_buffers,
+            "held_bytes": dict(self.held_bytes),
+            "open_models": self.open_models,
+            "shared_buffers": self.shared_buffers,
+            "shared_bytes": dict(self.shared_bytes),
+            "released_by_gc": self.released_by_gc,
+        }
+
+    def differences(self, baseline: MemoryStats) -> list[str]:
+        """The counters that differ from ``baseline``, as readable lines."""
+        lines = []
+        for name, now in self.to_dict().items():
+            before = baseline.to_dict()[name]
+            if isinstance(now, dict):
+                for device in sorted(set(now) | set(before)):
+                    a, b = before.get(device, 0), now.get(device, 0)
+                    if a != b:
+                        lines.append(f"{name}[{device}]: {a} -> {b}")
+            elif now != before:
+                lines.append(f"{name}: {before} -> {now}")
+        return lines
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> Counter:
+    """Bytes per device of ``tensors``, counting each storage once."""
+    seen: set[tuple[str, int]] = set()
+    total: Counter = Counter()
+    for t in tensors:
+        device = str(t.device)
+        storage = t.untyped_storage()
+        key = (device, storage.data_ptr())
+        if key in seen:
+            continue
+        seen.add(key)
+        total[device] += storage.nbytes()
+    return total
+
+
+class _Ledger:
+    """The process-wide counts behind :func:`stats`; every update holds one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pullbacks: dict[int, tuple[int, Counter]] = {}
+        self._models: dict[int, tuple[int, Counter]] = {}
+        self._released_by_gc = 0
+        self._scopes = threading.local()
+
+    # pullbacks ---------------------------------------------------------------
+    def add_pullback(self, pullback: Pullback, buffers: int, nbytes: Counter) -> None:
+        with self._lock:
+            self._pullbacks[id(pullback)] = (buffers, nbytes)
+        stack = getattr(self._scopes, "stack", None)
+        if stack:
+            stack[-1].append(pullback)
+
+    def remove_pullback(self, pullback: Pullback, *, by_gc: bool = False) -> None:
+        with self._lock:
+            self._pullbacks.pop(id(pullback), None)
+            if by_gc:
+                self._released_by_gc += 1
+
+    # models ------------------------------------------------------------------
+    def add_model(self, model: BridgedModel, buffers: int, nbytes: Counter) -> None:
+        with self._lock:
+            self._models[id(model)] = (buffers, nbytes)
+
+    def remove_model(self, model: BridgedModel) -> None:
+        with self._lock:
+            self._models.pop(id(model), None)
+
+    # scopes ------------------------------------------------------------------
+    def scope_stack(self) -> list[list[Pullback]]:
+        stack = getattr(self._scopes, "stack", None)
+        if stack is None:
+            stack = self._scopes.stack = []
+        return stack
+
+    def stats(self) -> MemoryStats:
+        with self._lock:
+            held_bytes: Counter = Counter()
+            held = 0
+            for buffers, nbytes in self._pullbacks.values():
+                held += buffers
+                held_bytes.update(nbytes)
+            shared_bytes: Counter = Counter()
+            shared = 0
+            for buffers, nbytes in self._models.values():
+                shared += buffers
+                shared_bytes.update(nbytes)
+            return MemoryStats(
+                live_pullbacks=len(self._pullbacks),
+                held_buffers=held,
+                held_bytes=dict(held_bytes),
+                open_models=len(self._models),
+                shared_buffers=shared,
+                shared_bytes=dict(shared_bytes),
+                released_by_gc=self._released_by_gc,
+            )
+
+
+LEDGER = _Ledger()
+
+
+def stats() -> MemoryStats:
+    """stats() -> MemoryStats
+
+    What the bridge keeps alive right now: live pullbacks and the buffers they
+    hold, open models and the parameters and gradients they share, bytes per
+    device of each.
+    """
+    return LEDGER.stats()
+
+
+snapshot = stats
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """scope() -> context manager
+
+    Releases, at exit, every pullback created inside it by this thread that
+    has not run yet — a forward whose pullback is never called then holds no
+    memory past the step. Scopes nest; each releases what was created in it.
+
+    Example:
+        >>> with torchbridge.memory.scope():
+        ...     outputs, pullback = model.forward(x)   # never pulled back
+        >>> torchbridge.memory.stats().live_pullbacks
+        0
+    """
+    stack = LEDGER.scope_stack()
+    created: list[Pullback] = []
+    stack.append(created)
+    try:
+        yield
+    finally:
+        stack.pop()
+        for pullback in created:
+            pullback.release()
+        created.clear()
+
+
+def release_all() -> int:
+    """release_all() -> number released
+
+    Releases every live pullback of every model. For the end of a training run
+    or an interactive session; inside a loop prefer :func:`scope`.
+    """
+    from .bridged import Pullback
+
+    released = 0
+    for pullback in list(Pullback._live.values()):
+        if pullback.release():
+            released += 1
+    return released
+
+
+def assert_baseline(baseline: MemoryStats, *, include_gc: bool = True) -> None:
+    """assert_baseline(baseline) -> None
+
+    Raises :class:`~torchbridge.errors.LeakError` listing every counter that is
+    not back at ``baseline`` (a snapshot taken with :func:`snapshot`). With
+    ``include_gc`` (the default) a pullback freed only by the garbage collector
+    since the baseline counts as a leak too.
+    """
+    now = stats()
+    lines = now.differences(baseline)
+    if not include_gc:
+        lines = [line for line in lines if not line.startswith("released_by_gc")]
+    if lines:
+        raise LeakError(
+            "the bridge's memory ledger is not back at its baseline:\n  "
+            + "\n  ".join(lines)
+            + "\nCall every pullback or release() it, run forwards whose pullback may be "
+            "skipped inside torchbridge.memory.scope(), and close() models you are done with.",
+            lines,
+        )
+
+
+@contextlib.contextmanager
+def expect_baseline(*, include_gc: bool = True) -> Iterator[MemoryStats]:
+    """expect_baseline() -> context manager
+
+    Snapshots the ledger, runs the block, and asserts with
+    :func:`assert_baseline` that the block left nothing behind.
+    """
+    baseline = stats()
+    yield baseline
+    assert_baseline(baseline, include_gc=include_gc)
