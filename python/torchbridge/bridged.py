@@ -178,8 +178,9 @@ class BridgedModel:
     def zero_grad(self) -> None:
         """zero_grad() -> None: set every gradient buffer to zero, in place."""
         self._check_open("zero_grad")
-        with torch.no_grad():
-            _zero_all(list(self.grads))
+        if self.grads:
+            with torch.no_grad():
+                _zero_all(list(self.grads))
 
     def close(self) -> None:
         """close() -> None
@@ -238,12 +239,7 @@ class BridgedModel:
             flat, structure = flatten_outputs(out)
             self.output_structure = structure
             return tuple(flat), None
-        wants = _per_input(input_grads, len(tensors))
-        leaves = []
-        for t, want in zip(tensors, wants):
-            if want and (t.is_floating_point() or t.is_complex()):
-                t = t.detach().requires_grad_(True)
-            leaves.append(t)
+        leaves = _leaves(tensors, _per_input(input_grads, len(tensors)))
         del tensors
         with self.lock, torch.enable_grad():
             out = self._run(leaves)
@@ -388,7 +384,7 @@ class Pullback:
         for p, g in zip(params, model.grads):
             if p.grad is not g:  # see NOTE [gradient buffers]
                 p.grad = g
-        if not accumulate:
+        if not accumulate and model.grads:
             _zero_all(list(model.grads))
         for t in diff_inputs:
             t.grad = None
@@ -444,6 +440,17 @@ class Pullback:
 
     def __repr__(self) -> str:
         return f"Pullback({self._state}, {self.output_structure})"
+
+
+def _leaves(tensors: list[torch.Tensor], wants: list[bool]) -> list[torch.Tensor]:
+    # A helper, not a loop in forward: a loop variable would keep the last
+    # input alive in forward's frame if the module raised.
+    return [
+        t.detach().requires_grad_(True)
+        if want and (t.is_floating_point() or t.is_complex())
+        else t
+        for t, want in zip(tensors, wants)
+    ]
 
 
 def _per_input(flag: bool | Sequence[bool], n: int) -> list[bool]:

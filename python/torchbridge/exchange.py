@@ -17,6 +17,7 @@ error instead of being copied behind the caller's back.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -136,21 +137,21 @@ def to_torch(obj: Any) -> torch.Tensor:
         return _from_numpy(obj)
     if hasattr(obj, "__dlpack__"):
         try:
-            return torch.from_dlpack(obj, copy=False)
+            capsule = _request_capsule(obj)
         except BufferError as exc:
             raise UnsupportedDTypeError(
                 f"to_torch: {type(obj).__name__} refused to export through DLPack ({exc}). "
                 "Its element type or layout cannot cross; convert it to a supported dtype "
                 "(float16/32/64, integer, bool, complex) first."
             ) from exc
+        return _import_capsule(capsule, type(obj).__name__)
     if type(obj).__name__ == "PyCapsule":
-        try:
-            return torch.from_dlpack(obj)
-        except (RuntimeError, ValueError, TypeError, BufferError) as exc:
+        if not _capsule_name(obj):
             raise UnsupportedArrayError(
-                f"to_torch: this DLPack capsule cannot be imported ({exc}). A capsule is "
-                "consumed by its first import: share the array again for each use."
-            ) from exc
+                "to_torch: this DLPack capsule was already consumed. A capsule is consumed by "
+                "its first import: share the array again for each use."
+            )
+        return _import_capsule(obj, "DLPack capsule")
     if hasattr(obj, "__array_interface__") or _has_buffer(obj):
         try:
             view = np.asarray(obj)
@@ -166,6 +167,73 @@ def to_torch(obj: Any) -> torch.Tensor:
         "strided array: a torch tensor, a numpy array, any object with __dlpack__, or a Julia "
         "array (DLPack.share from Julia, or the array itself through PythonCall)."
     )
+
+
+# -- DLPack capsules -----------------------------------------------------------
+# torch.from_dlpack negotiates with the producer and imports in one call; when
+# the import fails, the capsule it requested is dropped unconsumed, and a
+# producer whose capsule has no destructor (DLPack.jl's, for one) then never
+# gets its deleter called. Requesting the capsule here lets a failed import run
+# the deleter at once, so a refused array leaves nothing allocated.
+
+_kDLCUDA, _kDLROCM = 2, 10
+_CAPSULE_NAMES = (b"dltensor", b"dltensor_versioned")
+# offset of `deleter` in DLManagedTensor (after DLTensor: 48 bytes, manager_ctx)
+# and in DLManagedTensorVersioned (after version: 8 bytes, manager_ctx)
+_DELETER_OFFSET = {b"dltensor": 56, b"dltensor_versioned": 16}
+
+_pythonapi = ctypes.pythonapi
+_pythonapi.PyCapsule_IsValid.restype = ctypes.c_int
+_pythonapi.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+_pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_Deleter = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _capsule_name(capsule: Any) -> bytes | None:
+    for name in _CAPSULE_NAMES:
+        if _pythonapi.PyCapsule_IsValid(capsule, name):
+            return name
+    return None
+
+
+def _request_capsule(obj: Any) -> Any:
+    """Ask a producer for a capsule the way ``torch.from_dlpack`` does, stream included."""
+    kwargs: dict[str, Any] = {}
+    device_type, device_index = obj.__dlpack_device__()
+    if device_type in (_kDLCUDA, _kDLROCM):
+        # The producer must order its pending work before torch's current stream reads.
+        stream = torch.cuda.current_stream(f"cuda:{device_index}").cuda_stream
+        kwargs["stream"] = 1 if device_type == _kDLCUDA and stream == 0 else stream
+    try:
+        return obj.__dlpack__(max_version=(1, 0), **kwargs)
+    except TypeError:  # a producer that predates DLPack 1.0
+        return obj.__dlpack__(**kwargs)
+
+
+def _import_capsule(capsule: Any, what: str) -> torch.Tensor:
+    try:
+        return torch.from_dlpack(capsule)
+    except (BufferError, RuntimeError, ValueError, TypeError) as exc:
+        _delete_unconsumed(capsule)
+        raise UnsupportedDTypeError(
+            f"to_torch: torch cannot import this {what} ({exc}). Its element type or "
+            "device is not one torch reads through DLPack; convert it to a supported dtype "
+            "(float16/32/64, bfloat16, integer, bool, complex) first."
+        ) from exc
+
+
+def _delete_unconsumed(capsule: Any) -> None:
+    """Run the producer's deleter of a capsule nobody consumed, and mark it used."""
+    name = _capsule_name(capsule)
+    if name is None:
+        return
+    pointer = _pythonapi.PyCapsule_GetPointer(capsule, name)
+    deleter = ctypes.c_void_p.from_address(pointer + _DELETER_OFFSET[name]).value
+    ctypes.pythonapi.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    ctypes.pythonapi.PyCapsule_SetName(capsule, b"used_" + name)
+    if deleter:
+        _Deleter(deleter)(pointer)
 
 
 def _has_buffer(obj: Any) -> bool:
