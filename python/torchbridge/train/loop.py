@@ -1,0 +1,433 @@
+"""``fit``: the training loop, with per-epoch metrics, early stopping and checkpoints.
+
+Data is whatever a user already has: a torch ``DataLoader``, a map-style torch
+``Dataset`` (batched here), or any re-iterable sequence of ``(x, y)`` batches
+whose arrays may come from the other language (they are viewed without a copy,
+see :func:`torchbridge.train.step.as_batch`).
+
+Checkpoints are registry models: the best (or last) weights are registered
+with :func:`torchbridge.register_local_model` and load back with
+``torchbridge.load_model("local/<name>")``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import TrainingError
+from .losses import loss_from_name
+from .optimizers import optimizer_from_spec
+from .schedules import schedule_from_spec
+from .step import TrainStep, as_batch
+
+__all__ = ["Checkpoint", "EarlyStopping", "FitHistory", "accuracy", "fit"]
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+
+
+# -- metrics -----------------------------------------------------------------
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """accuracy(outputs, targets) -> Tensor: the fraction of the batch classified right.
+
+    ``outputs`` are scores of shape ``(batch, classes, ...)``; ``targets`` are
+    class indices of shape ``(batch, ...)`` or one-hot/probabilities shaped
+    like ``outputs``.
+    """
+    predicted = outputs.argmax(dim=1)
+    if targets.shape == outputs.shape:
+        targets = targets.argmax(dim=1)
+    return (predicted == targets).float().mean()
+
+
+_METRICS: dict[str, Metric] = {"accuracy": accuracy}
+
+
+def _metric_table(metrics: Iterable[str | Metric]) -> dict[str, Metric]:
+    table: dict[str, Metric] = {}
+    for metric in metrics:
+        if isinstance(metric, str):
+            if metric not in _METRICS:
+                raise TrainingError(
+                    f"fit: unknown metric {metric!r}; named metrics are "
+                    f"{', '.join(sorted(_METRICS))}, or pass a callable metric(outputs, targets)."
+                )
+            table[metric] = _METRICS[metric]
+        elif callable(metric):
+            table[getattr(metric, "__name__", f"metric{len(table)}")] = metric
+        else:
+            raise TrainingError(f"fit: a metric is a name or a callable, got {metric!r}.")
+    return table
+
+
+# -- policies ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    ``monitor`` defaults to fit's monitored value (``valid_loss`` when there is
+    validation data, else ``train_loss``); ``mode`` defaults to ``"max"`` for
+    accuracies and ``"min"`` otherwise. With ``restore_best`` the model ends
+    with the weights of its best epoch.
+    """
+
+    patience: int = 3
+    monitor: str | None = None
+    min_delta: float = 0.0
+    mode: str | None = None
+    restore_best: bool = True
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Register the model's weights as the registry model ``local/<name>``.
+
+    ``save="best"`` registers the weights of the best epoch by fit's monitored
+    value, each time it improves; ``save="last"`` registers after every epoch.
+    ``architecture`` is what rebuilds the module (a registry id such as
+    ``"timm/resnet18"``); for timm models it defaults to the model's own
+    architecture. ``num_classes`` defaults to the model's ``num_classes``.
+    """
+
+    name: str
+    architecture: str | None = None
+    num_classes: int | None = None
+    directory: str | None = None
+    save: str = "best"
+    extra: Mapping[str, Any] = field(default_factory=dict)  # passed to register_local_model
+
+
+@dataclass
+class FitHistory:
+    """What ``fit`` did: one row of metrics per epoch, and how it ended."""
+
+    epochs: list[dict[str, float]]
+    monitor: str
+    best_epoch: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+    checkpoint: Any = None  # the ModelEntry of the registered checkpoint, if any
+    seconds: float = 0.0
+
+    def __getitem__(self, key: str) -> list[float]:
+        """history["valid_accuracy"] -> that value for every epoch."""
+        return [row[key] for row in self.epochs if key in row]
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _early_stopping(spec: Any) -> EarlyStopping | None:
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, EarlyStopping):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return EarlyStopping(patience=spec)
+    if isinstance(spec, Mapping):
+        return EarlyStopping(**spec)
+    raise TrainingError(
+        f"fit: early_stopping is an EarlyStopping, a patience (int) or a dict, got {spec!r}."
+    )
+
+
+def _checkpoint(spec: Any) -> Checkpoint | None:
+    if spec is None:
+        return None
+    if isinstance(spec, Checkpoint):
+        return spec
+    if isinstance(spec, str):
+        return Checkpoint(name=spec)
+    if isinstance(spec, Mapping):
+        return Checkpoint(**spec)
+    raise TrainingError(f"fit: checkpoint is a Checkpoint, a name or a dict, got {spec!r}.")
+
+
+def _is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(monitor: str) -> str:
+    return "max" if "accuracy" in monitor else "min"
+
+
+# -- data --------------------------------------------------------------------
+
+
+def _batches(data: Any, *, batch_size: int, shuffle: bool, epochs: int, role: str) -> Iterable:
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+    if not isinstance(data, Iterable):
+        raise TrainingError(
+            f"fit: {role} must be a DataLoader, a Dataset or a sequence of (x, y) batches, "
+            f"got {type(data).__name__}."
+        )
+    if iter(data) is data and (epochs > 1 or role == "valid_data"):
+        raise TrainingError(
+            f"fit: {role} is a one-shot iterator and would be empty after its first pass; "
+            "pass a list of batches, a DataLoader or another re-iterable."
+        )
+    return data
+
+
+def _split(batch: Any, role: str) -> tuple[Any, Any]:
+    if isinstance(batch, Sequence) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TrainingError(
+        f"fit: each batch of {role} must be a pair (x, y), got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
+        + "."
+    )
+
+
+class _Running:
+    """Batch-size weighted sums, kept on the device until the epoch ends."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.count = 0
+
+    def add(self, name: str, value: torch.Tensor | float, n: int) -> None:
+        value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+        self.sums[name] = self.sums.get(name, 0.0) + value * n
+
+    def means(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
+    running = _Running()
+    model.eval()
+    with torch.no_grad():
+        for batch in data:
+            x, y = _split(batch, "valid_data")
+            inputs, targets = as_batch(x, device), as_batch(y, device)
+            outputs = model(inputs)
+            n = outputs.shape[0]
+            running.count += n
+            running.add("loss", loss_fn(outputs, targets), n)
+            for name, metric in metrics.items():
+                running.add(name, metric(outputs, targets), n)
+    return running.means("valid")
+
+
+# -- checkpoints -------------------------------------------------------------
+
+
+def _register(model: torch.nn.Module, policy: Checkpoint) -> Any:
+    from .. import registry
+
+    architecture = policy.architecture
+    if architecture is None:
+        timm_arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if timm_arch is None:
+            raise TrainingError(
+                f"fit: checkpoint {policy.name!r} needs an architecture (a registry id such "
+                "as 'timm/resnet18' that rebuilds the module); pass "
+                "Checkpoint(name, architecture=...)."
+            )
+        architecture = f"timm/{timm_arch}"
+    num_classes = policy.num_classes
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return registry.register_local_model(
+        policy.name,
+        state,
+        architecture=architecture,
+        num_classes=num_classes,
+        directory=policy.directory,
+        **dict(policy.extra),
+    )
+
+
+# -- the loop ----------------------------------------------------------------
+
+
+def _resolve_device(model: torch.nn.Module, device: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type != "cpu":
+        return first.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit(
+    model: torch.nn.Module,
+    train_data: Any,
+    valid_data: Any = None,
+    *,
+    epochs: int,
+    optimizer: Mapping[str, Any] | torch.optim.Optimizer,
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    metrics: Iterable[str | Metric] = (),
+    schedule: Mapping[str, Any] | torch.optim.lr_scheduler.LRScheduler | None = None,
+    early_stopping: EarlyStopping | int | Mapping[str, Any] | None = None,
+    checkpoint: Checkpoint | str | Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    mixed_precision: bool = False,
+    batch_size: int = 32,
+) -> FitHistory:
+    """fit(model, train_data, valid_data=None, *, epochs, optimizer, loss, ...) -> FitHistory
+
+    Train ``model`` for up to ``epochs`` passes over ``train_data``.
+
+    Args:
+        model: the torch module; moved to ``device`` (default: where its
+            parameters are, else CUDA when available, else the CPU).
+        train_data: a DataLoader, a map-style Dataset (batched by ``batch_size``,
+            shuffled), or a re-iterable of ``(x, y)`` batches of tensors or
+            foreign arrays.
+        valid_data: the same kinds, evaluated after every epoch.
+        optimizer: an Optimisers.jl rule spec (see
+            :func:`~torchbridge.train.optimizer_from_spec`) or a torch optimiser.
+        loss: a Flux loss name (see :func:`~torchbridge.train.loss_from_name`)
+            or a callable ``loss(outputs, targets)``.
+        metrics: names (``"accuracy"``) or callables ``metric(outputs, targets)``,
+            averaged over each epoch for training and validation data.
+        schedule: a schedule spec or torch scheduler, stepped after every batch.
+        early_stopping: an :class:`EarlyStopping`, a patience, or its fields as a dict.
+        checkpoint: a :class:`Checkpoint`, a name, or its fields as a dict.
+        progress: show a progress bar per epoch and a summary line after it.
+        mixed_precision: autocast the forward pass (see :class:`TrainStep`).
+
+    Each row of the history holds ``epoch``, ``lr``, ``seconds``,
+    ``train_loss``, ``train_<metric>`` and, with validation data,
+    ``valid_loss`` and ``valid_<metric>``. The monitored value is
+    ``valid_loss`` (``train_loss`` without validation data) unless
+    ``early_stopping.monitor`` says otherwise.
+
+    Raises:
+        TrainingError: unusable data, metric, checkpoint or early-stopping settings.
+        UnknownOptimizerError, UnknownLossError, UnknownScheduleError: bad specs.
+    """
+    if int(epochs) < 1:
+        raise TrainingError(f"fit: epochs must be at least 1, got {epochs!r}.")
+    started = time.perf_counter()
+    device = _resolve_device(model, device)
+    model.to(device)
+    opt = optimizer_from_spec(optimizer, model.parameters())
+    scheduler = schedule_from_spec(schedule, opt) if schedule is not None else None
+    loss_fn = loss_from_name(loss)
+    metric_table = _metric_table(metrics)
+    stopping = _early_stopping(early_stopping)
+    saving = _checkpoint(checkpoint)
+    if saving is not None and saving.save not in ("best", "last"):
+        raise TrainingError(f"fit: Checkpoint.save is 'best' or 'last', got {saving.save!r}.")
+    train_batches = _batches(
+        train_data, batch_size=batch_size, shuffle=True, epochs=epochs, role="train_data"
+    )
+    valid_batches = (
+        _batches(valid_data, batch_size=batch_size, shuffle=False, epochs=epochs, role="valid_data")
+        if valid_data is not None
+        else None
+    )
+    monitor = (stopping.monitor if stopping and stopping.monitor else None) or (
+        "valid_loss" if valid_batches is not None else "train_loss"
+    )
+    mode = (stopping.mode if stopping and stopping.mode else None) or _mode_for(monitor)
+    min_delta = stopping.min_delta if stopping else 0.0
+    keep_best = stopping is not None and stopping.restore_best
+
+    step = TrainStep(model, opt, loss_fn, device=device, mixed_precision=mixed_precision)
+    history = FitHistory(epochs=[], monitor=monitor)
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    for epoch in range(1, int(epochs) + 1):
+        epoch_started = time.perf_counter()
+        row = {"epoch": float(epoch), "lr": float(opt.param_groups[0]["lr"])}
+        row.update(
+            _train_epoch(
+                model, step, train_batches, metric_table, scheduler, epoch, epochs, progress
+            )
+        )
+        if valid_batches is not None:
+            row.update(_evaluate(model, valid_batches, loss_fn, metric_table, device))
+        row["seconds"] = time.perf_counter() - epoch_started
+        history.epochs.append(row)
+        if monitor not in row:
+            raise TrainingError(
+                f"fit: cannot monitor {monitor!r}; each epoch records {', '.join(sorted(row))}."
+            )
+        improved = _is_better(row[monitor], history.best_value, mode, min_delta)
+        if improved:
+            history.best_epoch, history.best_value = epoch, row[monitor]
+            stale = 0
+            if keep_best:
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if saving is not None and (saving.save == "last" or improved):
+            history.checkpoint = _register(model, saving)
+        if progress:
+            _print_summary(row, epochs)
+        if stopping is not None and stale >= stopping.patience:
+            history.stopped_early = True
+            break
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+def _train_epoch(model, step, batches, metrics, scheduler, epoch, epochs, progress):
+    from tqdm.auto import tqdm
+
+    model.train()
+    running = _Running()
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{epochs}",
+        disable=not progress,
+        leave=False,
+        unit="batch",
+        total=len(batches) if hasattr(batches, "__len__") else None,
+    )
+    for i, batch in enumerate(bar):
+        x, y = _split(batch, "train_data")
+        result = step(x, y)
+        n = result.outputs.shape[0]
+        running.count += n
+        running.add("loss", result.loss, n)
+        for name, metric in metrics.items():
+            running.add(name, metric(result.outputs, result.targets), n)
+        if scheduler is not None:
+            scheduler.step()
+        if progress and i % 10 == 0:
+            bar.set_postfix(loss=f"{float(result.loss):.4f}")
+    bar.close()
+    if running.count == 0:
+        raise TrainingError("fit: train_data yielded no batches.")
+    return running.means("train")
+
+
+def _print_summary(row: dict[str, float], epochs: int) -> None:
+    from tqdm.auto import tqdm
+
+    parts = [f"epoch {int(row['epoch'])}/{epochs}"]
+    parts += [
+        f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr")
+    ]
+    parts.append(f"{row['seconds']:.1f}s")
+    tqdm.write("  ".join(parts))

@@ -1,0 +1,113 @@
+"""One torch-native training step: forward, loss, backward, optimiser step, zero-grad.
+
+This is the fast path for training a torch model from either language: the
+whole step runs in torch, and the only thing that crosses the boundary is the
+batch, viewed without a copy by :func:`torchbridge.exchange.to_torch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import TrainingError
+from ..exchange import to_torch
+
+__all__ = ["StepResult", "TrainStep", "as_batch"]
+
+
+def as_batch(obj: Any, device: torch.device) -> torch.Tensor:
+    """as_batch(obj, device) -> Tensor: ``obj`` viewed as a tensor (no copy) on ``device``.
+
+    Foreign arrays (numpy, DLPack producers, Julia arrays) go through
+    :func:`torchbridge.exchange.to_torch`, so a column-major Julia ``(W, H, C, N)``
+    batch arrives as torch ``(N, C, H, W)``. Moving to another device copies.
+    """
+    tensor = to_torch(obj)
+    if tensor.device != device:
+        tensor = tensor.to(device, non_blocking=True)
+    return tensor
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one training step produced, detached from the graph."""
+
+    loss: torch.Tensor  # 0-dim, on the model's device (no host sync was forced)
+    outputs: torch.Tensor
+    targets: torch.Tensor  # the batch's targets as the tensor the loss saw
+
+
+class TrainStep:
+    """TrainStep(model, optimizer, loss_fn, *, device=None, mixed_precision=False)
+
+    A callable ``step(x, y) -> StepResult`` running one optimisation step of
+    ``model`` on the batch ``(x, y)``. ``x`` and ``y`` may be torch tensors or
+    foreign arrays (see :func:`as_batch`).
+
+    ``mixed_precision=True`` runs the forward pass under ``torch.autocast``:
+    float16 with a ``GradScaler`` on CUDA, bfloat16 on the CPU (where no scaler
+    is needed). The parameters and the optimiser state stay float32.
+
+    The model's mode is left as it is: call ``model.train()`` first.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        device: torch.device | str | None = None,
+        mixed_precision: bool = False,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.mixed_precision = mixed_precision
+        self._autocast_dtype: torch.dtype | None = None
+        self._scaler = None
+        if mixed_precision:
+            if self.device.type == "cuda":
+                self._autocast_dtype = torch.float16
+                self._scaler = torch.amp.GradScaler("cuda")
+            elif self.device.type == "cpu":
+                self._autocast_dtype = torch.bfloat16
+            else:
+                raise TrainingError(
+                    f"TrainStep: mixed precision is supported on cuda and cpu, not on "
+                    f"{self.device.type}; pass mixed_precision=False."
+                )
+
+    def __call__(self, x: Any, y: Any) -> StepResult:
+        inputs = as_batch(x, self.device)
+        targets = as_batch(y, self.device)
+        if self._autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self._autocast_dtype):
+                outputs = self.model(inputs)
+            # the loss in float32: autocast's low precision is for the model's matmuls
+            loss = self.loss_fn(outputs.float(), targets)
+        else:
+            outputs = self.model(inputs)
+            loss = self.loss_fn(outputs, targets)
+        if loss.ndim != 0:
+            raise TrainingError(
+                f"TrainStep: the loss must be a scalar, got shape {tuple(loss.shape)}; "
+                "use agg='mean' or 'sum'."
+            )
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=loss.detach(), outputs=outputs.detach(), targets=targets)
