@@ -1,0 +1,76 @@
+# Optimisers.jl needs nothing from this extension to train a TorchModel with
+# its own rules: Functors.jl shows it `params` (arrays over torch's memory) and
+# `update!` writes them in place. What this adds is `TorchOptimiser` as a rule
+# for `setup`/`update!`, so the update itself runs in torch:
+#
+#     state = Optimisers.setup(TorchOptimiser(Adam(1e-3)), model)
+#     grads = Zygote.gradient(m -> loss(m(x), y), model)[1]
+#     state, model = Optimisers.update!(state, model, grads)
+#
+# `update!` copies the gradient into torch's gradient buffers (a no-op copy
+# when it came straight from the pullback) and runs one torch optimiser step
+# (and one schedule step).
+module TorchBridgeOptimisersExt
+
+using Optimisers: Optimisers
+using PythonCall: Py
+using TorchBridge: TorchBridge, TorchModel, TorchOptimiser
+
+const CRC = TorchBridge.ChainRulesCore
+
+"""
+    TorchOptimiserState
+
+What `Optimisers.setup(::TorchOptimiser, ::TorchModel)` returns: the torch
+optimiser (with its schedule) over the model's parameters.
+"""
+struct TorchOptimiserState
+    rule::TorchOptimiser
+    py::Py
+end
+
+function Optimisers.setup(o::TorchOptimiser, m::TorchModel)
+    return TorchOptimiserState(o, TorchBridge._torch_optimiser(m, o))
+end
+
+function Optimisers.update!(state::TorchOptimiserState, m::TorchModel, grads)
+    dparams = _params_tangent(grads)
+    if dparams !== nothing
+        for (buffer, g) in zip(m.grads, dparams)
+            if g === nothing || g isa CRC.AbstractZero
+                fill!(buffer, 0)
+            elseif buffer !== g
+                copyto!(buffer, g)
+            end
+        end
+        TorchBridge._guard(() -> TorchBridge._tbjl.optimizer_step(state.py))
+    end
+    return state, m
+end
+
+Optimisers.update(state::TorchOptimiserState, m::TorchModel, grads) = Optimisers.update!(
+    state,
+    m,
+    grads,
+)
+
+"""
+    Optimisers.adjust!(state::TorchOptimiserState, eta::Real)
+
+Set the learning rate of the torch optimiser (a schedule keeps scaling it).
+"""
+function Optimisers.adjust!(state::TorchOptimiserState, eta::Real)
+    TorchBridge._guard(() -> TorchBridge._tbjl.set_learning_rate(state.py, eta))
+    return state
+end
+
+# The parameter gradients in whatever mirror the AD produced: a Tangent (any
+# ChainRules AD), a NamedTuple (Zygote), or nothing when no gradient reached
+# the model. Elements may be `nothing` or zeros for parameters without one.
+_params_tangent(::Union{Nothing, CRC.AbstractZero}) = nothing
+_params_tangent(g::CRC.Tangent) = _param_arrays(g.params)
+_params_tangent(g::NamedTuple) = haskey(g, :params) ? _param_arrays(g.params) : nothing
+_param_arrays(::Union{Nothing, CRC.AbstractZero}) = nothing
+_param_arrays(g) = map(CRC.unthunk, Tuple(g))
+
+end # module TorchBridgeOptimisersExt

@@ -1,0 +1,175 @@
+##  TorchModel  ##
+
+"""
+    TorchModel(bridged::Py; input_grads = true) -> TorchModel
+
+A torch module wrapped for Julia: callable on Julia arrays, differentiable with
+any ChainRules AD (see `rrules.jl`), trainable with Optimisers.jl.
+`bridged` is a `torchbridge.BridgedModel` (`torchbridge.bridge(module)`);
+[`load_model`](@ref) is the usual way to get one.
+
+Fields:
+- `params`: a `Tuple` of Julia arrays, one per trainable parameter in torch's
+  `named_parameters` order (names in `parameter_names(m)`), each **aliasing
+  torch's parameter memory** with its dimensions reversed. Writing to them
+  (`Optimisers.update!` does) changes the torch model in place.
+- `grads`: the same for torch's gradient buffers, written by every pullback.
+  They are overwritten at the next step; gradients handed to Julia code are
+  copies (see `rrules.jl`).
+- `input_grads`: whether pullbacks compute gradients with respect to the
+  inputs. `false` saves that work when the model sees data only (the first
+  layer of a network); the input tangent is then `NoTangent()`.
+
+Both tuples are wrapped once, here, and stay valid until [`close!`](@ref); keep
+the model alive as long as you use them. Functors.jl sees only `params` as
+children, so `Optimisers.setup(rule, m)` and `Optimisers.update!` train exactly
+the torch parameters.
+
+Calling `m(x...)` outside AD runs torch without recording a graph and returns a
+Julia-owned array (a `Tuple` of arrays, depth-first, when the module returns
+several tensors).
+"""
+struct TorchModel{P <: Tuple, G <: Tuple}
+    py::Py
+    names::Vector{String}
+    params::P
+    grads::G
+    device::Symbol
+    device_index::Int
+    input_grads::Bool
+end
+
+function TorchModel(bridged::Py; input_grads::Bool = true)
+    state = _guard(() -> _tbjl.model_state(bridged))
+    try
+        names = pyconvert(Vector{String}, state["param_names"])
+        params = Tuple(_wrap(p) for p in state["params"])
+        grads = Tuple(_wrap(g) for g in state["grads"])
+        device = Symbol(pyconvert(String, state["device"]))
+        index = pyconvert(Int, state["device_index"])
+        return TorchModel(bridged, names, params, grads, device, index, input_grads)
+    finally
+        PythonCall.pydel!(state)
+    end
+end
+
+"""
+    parameter_names(m::TorchModel) -> Vector{String}
+
+torch's names of the trainable parameters (`"layer1.0.conv1.weight"` ...), in
+the order of `m.params` and `m.grads`.
+"""
+parameter_names(m::TorchModel) = m.names
+
+function Base.show(io::IO, m::TorchModel)
+    n = sum(length, m.params; init = 0)
+    print(io, "TorchModel(", length(m.params), " params, ", n, " values, ", m.device, ")")
+    return nothing
+end
+
+##  Functors: only the parameters are children  ##
+
+# `m` may also be a gradient mirror (a NamedTuple or Tangent backing) when
+# Optimisers.jl walks a model and its gradient together.
+Functors.functor(::Type{<:TorchModel}, m) = (params = m.params,),
+    nt -> _restore(m, nt.params)
+
+# Rebuilding a TorchModel with new parameters writes them into torch's memory:
+# a TorchModel is a handle on one torch module, never a copy of it. In-place
+# updates (`Optimisers.update!`) hand the same arrays back and cost nothing.
+_restore(m, params) = merge(m, (params = params,))
+function _restore(m::TorchModel, params)
+    params === m.params && return m
+    length(params) == length(m.params) ||
+        throw(ArgumentError(
+            "TorchModel: expected $(length(m.params)) parameters, got $(length(params))",
+        ))
+    for (i, (old, new)) in enumerate(zip(m.params, params))
+        old === new && continue
+        if typeof(new) != typeof(old) || size(new) != size(old)
+            msg = "TorchModel: parameter $(m.names[i]) would become a $(summary(new)), but it is " *
+                "torch's $(summary(old)) and cannot change type, size or device from Julia. " *
+                "Convert or move the torch module instead (e.g. load_model(...) on the device)."
+            throw(ArgumentError(msg))
+        end
+        copyto!(old, new)
+    end
+    return m
+end
+
+##  Calling the model  ##
+
+function (m::TorchModel)(xs::AbstractArray...)
+    ys, _ = _forward(m, xs, false)
+    return ys
+end
+
+# One bridge forward. Returns the Julia-owned outputs and the Python pullback
+# (`nothing` when `grad` is false). The input shares are dropped before
+# returning: the pullback holds its own references to them.
+function _forward(m::TorchModel, xs::Tuple, grad::Bool)
+    shares = map(to_torch, xs)
+    result = try
+        _guard(
+            () -> _tbjl.forward(m.py, shares...; grad = grad, input_grads = m.input_grads),
+        )
+    finally
+        foreach(PythonCall.pydel!, shares)
+    end
+    outputs, pullback, layouts = result[0], result[1], result[2]
+    PythonCall.pydel!(result)
+    ys = try
+        _receive(outputs, layouts)
+    catch
+        _tbjl.release(pullback)
+        rethrow()
+    finally
+        PythonCall.pydel!(outputs)
+        PythonCall.pydel!(layouts)
+    end
+    pb = _isnone(pullback) ? nothing : pullback
+    return (length(ys) == 1 ? only(ys) : Tuple(ys)), pb
+end
+
+##  Model state  ##
+
+"""
+    trainmode!(m::TorchModel, mode::Bool = true) -> m
+
+Put the torch module in training mode (BatchNorm uses batch statistics and
+updates its running ones, dropout is active), or in evaluation mode with
+`mode = false`.
+"""
+function trainmode!(m::TorchModel, mode::Bool = true)
+    _guard(() -> m.py.train(mode))
+    return m
+end
+
+"""
+    testmode!(m::TorchModel) -> m
+
+Evaluation mode: BatchNorm uses its running statistics, dropout is off.
+"""
+testmode!(m::TorchModel) = trainmode!(m, false)
+
+"""
+    zero_grad!(m::TorchModel) -> m
+
+Set every gradient buffer (`m.grads`) to zero, in place.
+"""
+function zero_grad!(m::TorchModel)
+    _guard(() -> m.py.zero_grad())
+    return m
+end
+
+"""
+    close!(m::TorchModel) -> nothing
+
+Release every live pullback of `m` and stop sharing its parameters and
+gradient buffers. `m.params` and `m.grads` must not be used afterwards (the
+torch module itself stays usable from Python). Idempotent.
+"""
+function close!(m::TorchModel)
+    _guard(() -> m.py.close())
+    return nothing
+end

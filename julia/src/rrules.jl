@@ -1,0 +1,76 @@
+##  Reverse mode through a TorchModel  ##
+#
+# NOTE [one forward, one pullback]
+# The rrule runs one bridge forward that records torch's graph and returns a
+# one-shot Python `Pullback` owning it. The Julia pullback calls it exactly
+# once: parameter gradients land in the model's gradient buffers (`m.grads`),
+# input gradients come back as Julia-owned arrays. Whatever happens, the
+# Python pullback is released and its handle dropped before the Julia pullback
+# returns or throws, so no graph outlives the step (an AD that never calls the
+# pullback leaves it to `TorchBridge.scope` or `release!`).
+#
+# The parameter tangent holds *copies* of the gradient buffers: the buffers are
+# overwritten by the next pullback of the same model, and a tangent that
+# aliased them would silently change under code that keeps gradients (gradient
+# accumulation, comparing two steps). The copy costs one pass over the
+# parameters per step.
+
+function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...)
+    ys, pullback = _forward(m, xs, true)
+    projections = map(ProjectTo, xs)
+    used = Ref(false)
+    function torchmodel_pullback(Δ)
+        if used[]
+            msg = "pullback: this TorchModel pullback already ran and torch freed its graph; " *
+                "a pullback is one-shot. Run the model again for another gradient."
+            throw(TorchBridgeError(:PullbackReleasedError, msg))
+        end
+        used[] = true
+        dxs = _pullback(pullback, ys, unthunk(Δ), length(xs))
+        dparams = map(copy, m.grads)
+        dinputs = map(projections, dxs) do project, dx
+            dx === nothing ? NoTangent() : project(dx)
+        end
+        return (Tangent{typeof(m)}(; params = dparams), dinputs...)
+    end
+    return ys, torchmodel_pullback
+end
+
+# Call the Python pullback once with the cotangents of `ys`; return one
+# Julia-owned gradient (or nothing) per input. See NOTE [one forward, one pullback].
+function _pullback(pullback::Py, ys, Δ, ninputs::Int)
+    shares = map(c -> c === nothing ? nothing : to_torch(c), _cotangents(ys, Δ))
+    try
+        result = _guard(() -> _tbjl.pullback(pullback, shares...))
+        grads, layouts = result[0], result[1]
+        PythonCall.pydel!(result)
+        try
+            dxs = _receive(grads, layouts)
+            if length(dxs) != ninputs
+                msg = "pullback: torch returned $(length(dxs)) input gradients for $ninputs inputs."
+                throw(TorchBridgeError(:CotangentError, msg))
+            end
+            return dxs
+        finally
+            PythonCall.pydel!(grads)
+            PythonCall.pydel!(layouts)
+        end
+    finally
+        _tbjl.release(pullback)
+        PythonCall.pydel!(pullback)
+        foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
+    end
+end
+
+# One dense cotangent per output, shaped and typed like it; `nothing` for a zero.
+_cotangents(y::AbstractArray, Δ) = (_cotangent(y, Δ),)
+_cotangents(ys::Tuple, ::Union{Nothing, AbstractZero}) = map(_ -> nothing, ys)
+_cotangents(ys::Tuple, Δ) = ntuple(i -> _cotangent(ys[i], Δ[i]), length(ys))
+
+_cotangent(y, ::Union{Nothing, AbstractZero}) = nothing
+function _cotangent(y::AbstractArray, dy)
+    dy = unthunk(dy)
+    dy isa Union{Nothing, AbstractZero} && return nothing
+    dy isa typeof(y) && return dy
+    return copyto!(similar(y), dy)
+end

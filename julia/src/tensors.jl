@@ -1,0 +1,121 @@
+##  Arrays across the boundary  ##
+#
+# NOTE [ownership of crossing arrays]
+# Every array that crosses has one owner and one release point:
+#
+# - Inputs and cotangents stay owned by Julia. `to_torch` shares them with
+#   `DLPack.share(x, torch.from_dlpack)`: DLPack.jl keeps `x` in its
+#   `SHARES_POOL` until torch drops the tensor, and TorchBridge drops its own
+#   handle with `PythonCall.pydel!` right after the call that used it. The
+#   torch side lets go when the step's pullback has run or been released.
+# - Results are copied into arrays Julia allocates and owns (`_receive`), and
+#   the handles to torch's tensors are dropped at once, so no torch memory
+#   waits for Julia's garbage collector (the DLPack.jl #26 leak).
+# - Parameters and gradient buffers are torch's memory, wrapped once when a
+#   model is wrapped (`_wrap`) and owned by the model (see `models.jl`).
+
+const _ELTYPES = Dict{String, DataType}(
+    "Float16" => Float16,
+    "Float32" => Float32,
+    "Float64" => Float64,
+    "ComplexF32" => ComplexF32,
+    "ComplexF64" => ComplexF64,
+    "Int8" => Int8,
+    "Int16" => Int16,
+    "Int32" => Int32,
+    "Int64" => Int64,
+    "UInt8" => UInt8,
+    "Bool" => Bool,
+)
+
+"""
+    to_torch(x::AbstractArray) -> Py
+
+A torch tensor over the memory of `x`, with the dimensions reversed: a Julia
+`(W, H, C, N)` array is the torch tensor of shape `(N, C, H, W)`. Writes on
+either side are seen on the other.
+
+A strided array is shared without a copy; any other array (a `FillArray`, a
+`OneHotMatrix`, a lazy `Adjoint`) is `collect`ed first and the copy is shared.
+DLPack.jl keeps `x` alive until torch drops the tensor; drop the returned
+handle with `PythonCall.pydel!` when done with it so that happens at once.
+"""
+function to_torch(x::StridedArray)
+    _before_share(x)
+    return DLPack.share(x, _torch.from_dlpack)
+end
+to_torch(x::AbstractArray) = to_torch(collect(x))
+
+# Device extensions order pending work before torch reads (CUDA: synchronize).
+_before_share(x) = nothing
+
+"""
+    from_torch(t::Py) -> Array
+
+A Julia-owned copy of the torch tensor `t`, with the dimensions reversed (a
+torch `(N, C, H, W)` tensor becomes a Julia `(W, H, C, N)` array); a `CuArray`
+when `t` is on a CUDA device and CUDA.jl is loaded. `t` itself is left alone.
+"""
+function from_torch(t::Py)
+    tensors = pytuple((t,))
+    layouts = _guard(() -> _tbjl.layouts(tensors))
+    try
+        return only(_receive(tensors, layouts))
+    finally
+        PythonCall.pydel!(layouts)
+        PythonCall.pydel!(tensors)
+    end
+end
+
+# Allocate a Julia array for a result, on the device the layout names.
+_allocate(::Val{:cpu}, ::Type{T}, dims::Dims, index::Int) where {T} = Array{T}(undef, dims)
+function _allocate(::Val{D}, ::Type{T}, dims::Dims, index::Int) where {D, T}
+    msg = "a result lives on torch device $D:$index, and TorchBridge can only receive it " *
+        "there with that device's Julia package loaded (`using CUDA` for cuda)."
+    throw(TorchBridgeError(:DeviceMismatchError, msg))
+end
+
+# Copy torch `tensors` (a Python sequence, `None` entries allowed) into fresh
+# Julia arrays allocated from their `layouts`; `nothing` where a tensor is None.
+# See NOTE [ownership of crossing arrays].
+function _receive(tensors::Py, layouts::Py)
+    n = length(layouts)
+    arrays = Vector{Any}(undef, n)
+    shares = Vector{Union{Nothing, Py}}(nothing, n)
+    try
+        for i in 1:n
+            layout = layouts[i - 1]
+            if _isnone(layout)
+                arrays[i] = nothing
+                continue
+            end
+            dims, eltype, device, index = pyconvert(
+                Tuple{Vector{Int}, String, String, Int},
+                layout,
+            )
+            A = _allocate(Val(Symbol(device)), _ELTYPES[eltype], Tuple(dims), index)
+            arrays[i] = A
+            shares[i] = to_torch(A)
+        end
+        destinations = pytuple(shares)
+        try
+            _guard(() -> _tbjl.copy_out(destinations, tensors))
+        finally
+            PythonCall.pydel!(destinations)
+        end
+    finally
+        foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
+    end
+    return arrays
+end
+
+# Wrap a C-contiguous torch tensor that the model owns (a parameter or a
+# gradient buffer) as a Julia array over the same memory, dims reversed.
+# DLPack.jl's import guesses the layout from the strides, which is ambiguous
+# when all but one dimension have size one (DLPack.jl #47); reshaping to the
+# reversed torch shape makes the result exact, still without a copy.
+function _wrap(t::Py)
+    dims = Tuple(reverse(pyconvert(Vector{Int}, t.shape)))
+    A = DLPack.from_dlpack(t)
+    return size(A) == dims ? A : reshape(A, dims)
+end
