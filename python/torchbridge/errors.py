@@ -18,6 +18,7 @@ __all__ = [
     "DTypeMismatchError",
     "DeviceMismatchError",
     "DuplicateModelError",
+    "DuplicateSourceError",
     "ExportError",
     "ExportVerificationError",
     "InputShapeError",
@@ -132,6 +133,10 @@ class ChecksumError(WeightsError):
 
 class CorruptWeightsError(WeightsError):
     """A weight file is truncated, corrupt, or does not fit the model."""
+
+
+class DuplicateSourceError(RegistryError, ValueError):
+    """A model source name is registered twice."""
 
 
 # -- training and export -----------------------------------------------------

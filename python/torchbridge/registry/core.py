@@ -1,0 +1,431 @@
+"""The registry: one set of sources, and the public functions over them."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    DuplicateSourceError,
+    RegistryError,
+    UnknownModelError,
+    UnknownSourceError,
+)
+from .entry import ModelEntry
+from .sources import ModelSource, as_source, builtin_sources, entry_point_sources
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ModelRegistry",
+    "get_registry",
+    "list_models",
+    "load_model",
+    "model_info",
+    "register_local_model",
+    "register_source",
+    "search_models",
+]
+
+
+class ModelRegistry:
+    """Sources by name, and the queries over all of them.
+
+    The process-wide registry is :func:`get_registry`; the module-level
+    functions (``list_models`` ...) use it. Built-in sources and entry-point
+    sources are added on first use, so importing torchbridge stays cheap.
+    """
+
+    def __init__(self, sources: Iterable[ModelSource] | None = None, *, discover: bool = True):
+        self._lock = threading.RLock()
+        self._sources: dict[str, ModelSource] = {}
+        self._pending = list(sources) if sources is not None else None
+        self._discover = discover
+        self._ready = False
+
+    # -- sources -------------------------------------------------------------
+
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            initial = self._pending if self._pending is not None else builtin_sources()
+            for source in initial:
+                self._sources.setdefault(source.name, source)
+            if self._discover:
+                for source in entry_point_sources():
+                    if source.name in self._sources:
+                        import warnings
+
+                        warnings.warn(
+                            f"model source {source.name!r} from an entry point is ignored: "
+                            "a source of that name is already registered",
+                            stacklevel=3,
+                        )
+                        continue
+                    self._sources[source.name] = source
+            self._ready = True
+
+    def register_source(self, source: Any, *, replace: bool = False) -> ModelSource:
+        """register_source(source, *, replace=False) -> ModelSource
+
+        Add a source (a :class:`ModelSource` instance, subclass or factory).
+        A name already taken raises :class:`DuplicateSourceError` unless
+        ``replace`` is true.
+        """
+        source = as_source(source)
+        name = getattr(source, "name", "")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"a model source needs a non-empty name without '/', got {name!r}")
+        self._ensure_ready()
+        with self._lock:
+            if name in self._sources and not replace:
+                raise DuplicateSourceError(
+                    f"a model source named {name!r} is already registered "
+                    f"({self._sources[name]!r}); pass replace=True to replace it"
+                )
+            self._sources[name] = source
+        return source
+
+    def source(self, name: str) -> ModelSource:
+        """source(name) -> ModelSource, or UnknownSourceError naming the known ones."""
+        self._ensure_ready()
+        try:
+            return self._sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self._sources))
+            close = difflib.get_close_matches(name, list(self._sources), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownSourceError(
+                f"unknown model source {name!r}; the sources are: {known}.{hint}"
+            ) from None
+
+    def sources(self) -> list[ModelSource]:
+        """sources() -> list[ModelSource]: every registered source, available or not."""
+        self._ensure_ready()
+        with self._lock:
+            return list(self._sources.values())
+
+    def refresh(self) -> None:
+        """refresh() -> None: make every source forget what it cached."""
+        for source in self.sources():
+            source.refresh()
+
+    # -- queries -------------------------------------------------------------
+
+    def entries(self, source: str | None = None) -> list[ModelEntry]:
+        """entries(source=None) -> list[ModelEntry]: every entry (of one source), in source order."""
+        chosen = [self.source(source)] if source is not None else self.sources()
+        out: list[ModelEntry] = []
+        for src in chosen:
+            if src.available():
+                out.extend(src.entries())
+        return out
+
+    def list_models(
+        self,
+        pattern: str | None = None,
+        *,
+        source: str | None = None,
+        pretrained: bool | None = None,
+        task: str | None = None,
+    ) -> list[ModelEntry]:
+        """See :func:`list_models`."""
+        entries = self.entries(source)
+        if pattern:
+            # case-insensitive wildcards, matched against the id or the name
+            match = re.compile(fnmatch.translate(pattern.lower())).match
+            entries = [e for e in entries if match(e.id.lower()) or match(e.name.lower())]
+        if pretrained is not None:
+            entries = [e for e in entries if e.pretrained == pretrained]
+        if task is not None:
+            entries = [e for e in entries if e.task == task]
+        return entries
+
+    def search_models(self, query: str, *, limit: int = 20) -> list[ModelEntry]:
+        """See :func:`search_models`."""
+        from .search import rank
+
+        if not isinstance(query, str):
+            raise TypeError(f"search_models: query must be a str, got {type(query).__name__}")
+        return rank(self.entries(), query, limit=limit)
+
+    def model_info(self, model_id: str) -> ModelEntry:
+        """See :func:`model_info`."""
+        if not isinstance(model_id, str) or not model_id:
+            raise TypeError(f"model id must be a non-empty str like 'timm/resnet18', got {model_id!r}")
+        source_name, sep, name = model_id.partition("/")
+        if not sep or not name:
+            raise self._unknown(model_id, f"{model_id!r} is not a model id: ids are 'source/name'")
+        src = self.source(source_name)
+        if not src.available():
+            raise RegistryError(
+                f"{model_id}: the {source_name} source needs {src.requirement or 'a missing library'}"
+            )
+        entry = src.get(name)
+        if entry is None:
+            # names are case-sensitive; forgive case when it is unambiguous
+            folded = [e for e in src.entries() if e.name.lower() == name.lower()]
+            if len(folded) == 1:
+                return folded[0]
+            raise self._unknown(model_id, f"no model {model_id!r} in the {source_name} source")
+        return entry
+
+    def _unknown(self, model_id: str, message: str) -> UnknownModelError:
+        suggestions = self.suggest(model_id)
+        if suggestions:
+            message += ". Did you mean: " + ", ".join(suggestions) + "?"
+        else:
+            message += ". List models with torchbridge.list_models() or `torchbridge list`."
+        return UnknownModelError(message, model_id, tuple(suggestions))
+
+    def suggest(self, model_id: str, n: int = 5) -> list[str]:
+        """suggest(model_id, n=5) -> list[str]: the ids closest to a mistyped one."""
+        source_name, sep, name = model_id.partition("/")
+        if sep and source_name in self._sources:
+            pool = self.entries(source_name)
+        else:
+            pool = self.entries()
+            name = model_id if not sep else name
+        lowered = name.lower()
+        # exact names from other sources first ("resnet18" -> timm/resnet18, torchvision/resnet18)
+        exact = [e.id for e in pool if e.name.lower() == lowered]
+        names = sorted({e.name for e in pool})
+        close = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+        by_name: dict[str, list[str]] = {}
+        for e in pool:
+            by_name.setdefault(e.name, []).append(e.id)
+        ranked = exact + [i for c in close for i in by_name[c]]
+        return list(dict.fromkeys(ranked))[:n]
+
+    def load_model(
+        self,
+        model_id: str,
+        *,
+        pretrained: bool = False,
+        weights: str | os.PathLike[str] | None = None,
+        num_classes: int | None = None,
+        trust_pickle: bool = False,
+        **kwargs: Any,
+    ) -> torch.nn.Module:
+        """See :func:`load_model`."""
+        entry = self.model_info(model_id)
+        source = self.source(entry.source)
+        weights_path = Path(weights).expanduser() if weights is not None else None
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
+            raise ValueError(f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}")
+        return source.load(
+            entry,
+            pretrained=bool(pretrained or weights_path is not None),
+            weights=weights_path,
+            num_classes=num_classes,
+            trust_pickle=trust_pickle,
+            **kwargs,
+        )
+
+    def register_local_model(
+        self,
+        name: str,
+        module_or_state_dict: Any,
+        *,
+        architecture: str,
+        num_classes: int | None = None,
+        description: str | None = None,
+        task: str | None = None,
+        tags: Iterable[str] = (),
+        kwargs: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+    ) -> ModelEntry:
+        """See :func:`register_local_model`."""
+        from .paths import local_models_dir
+        from .sources.local_source import LocalSource, save_local_model
+
+        local = self.source("local")
+        arch_entry = self.model_info(architecture)
+        folder = Path(directory).expanduser().resolve() if directory else local_models_dir()
+        save_local_model(
+            name,
+            module_or_state_dict,
+            architecture=arch_entry,
+            num_classes=num_classes,
+            directory=folder,
+            description=description,
+            task=task,
+            tags=tuple(tags),
+            kwargs=kwargs,
+            metadata=metadata,
+            overwrite=overwrite,
+        )
+        if directory and isinstance(local, LocalSource):
+            local.add_directory(folder)
+        entry = local.get(name)
+        if entry is None or Path(entry.metadata.get("sidecar", "")).parent != folder:
+            raise RegistryError(
+                f"local/{name} was saved in {folder}, but another local model of that name "
+                "is found first; pick another name"
+            )
+        return entry
+
+
+_REGISTRY: ModelRegistry | None = None
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_registry() -> ModelRegistry:
+    """get_registry() -> ModelRegistry: the process-wide registry."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        with _REGISTRY_LOCK:
+            if _REGISTRY is None:
+                _REGISTRY = ModelRegistry()
+    return _REGISTRY
+
+
+# -- the public functions ----------------------------------------------------
+
+
+def list_models(
+    pattern: str | None = None,
+    *,
+    source: str | None = None,
+    pretrained: bool | None = None,
+    task: str | None = None,
+) -> list[ModelEntry]:
+    """list_models(pattern=None, *, source=None, pretrained=None, task=None) -> list[ModelEntry]
+
+    Every registered model, filtered. ``pattern`` holds shell wildcards
+    (``*``, ``?``, ``[...]``), matched without regard to case against the id or
+    the name (``"resnet*"``, ``"timm/vit_*"``). ``source`` keeps one source,
+    ``pretrained`` keeps models with (True) or without (False) published
+    weights, ``task`` one task (``"image-classification"`` ...).
+
+    >>> [e.id for e in list_models("resnet18*", source="timm")][:2]  # doctest: +SKIP
+    ['timm/resnet18', 'timm/resnet18.a1_in1k']
+    """
+    return get_registry().list_models(pattern, source=source, pretrained=pretrained, task=task)
+
+
+def search_models(query: str, *, limit: int = 20) -> list[ModelEntry]:
+    """search_models(query, *, limit=20) -> list[ModelEntry]
+
+    Free-text search ("tiny vision transformer", "efficientnet b0 imagenet"),
+    best match first. Synonyms are understood (vit / vision transformer,
+    imagenet / in1k ...); names weigh more than descriptions; models with
+    published weights win ties.
+    """
+    return get_registry().search_models(query, limit=limit)
+
+
+def model_info(model_id: str) -> ModelEntry:
+    """model_info(model_id) -> ModelEntry
+
+    The entry of one model, by id (``"timm/resnet18.a1_in1k"``). An unknown id
+    raises :class:`~torchbridge.errors.UnknownModelError` whose ``suggestions``
+    hold the closest ids; an unknown source,
+    :class:`~torchbridge.errors.UnknownSourceError`.
+    """
+    return get_registry().model_info(model_id)
+
+
+def load_model(
+    model_id: str,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """load_model(model_id, *, pretrained=False, weights=None, num_classes=None, trust_pickle=False, **kwargs) -> nn.Module
+
+    Build a model by id. With ``pretrained=True`` the published weights are
+    found offline-first: the Hugging Face and torch.hub caches, then a download
+    unless ``TORCHBRIDGE_OFFLINE``/``HF_HUB_OFFLINE`` is set. ``weights=PATH``
+    loads that file instead (and implies ``pretrained``). ``num_classes``
+    gives the model a new classifier head of that size and keeps every other
+    pretrained weight. Pickled files are loaded with ``weights_only=True``;
+    ``trust_pickle=True`` allows full unpickling of a file you trust. Other
+    keyword arguments go to the model's builder (e.g. timm's ``drop_rate``).
+
+    Local models (``local/<name>``) always load their saved weights.
+
+    Raises:
+        UnknownModelError, UnknownSourceError: the id is not known.
+        WeightsNotFoundError: pretrained weights are neither given, cached nor downloadable.
+        UnsafeCheckpointError: a pickled file would run code (and ``trust_pickle`` is false).
+        ChecksumError: a file's sha256 differs from the published one.
+        CorruptWeightsError: a file is truncated or does not fit the model.
+    """
+    return get_registry().load_model(
+        model_id,
+        pretrained=pretrained,
+        weights=weights,
+        num_classes=num_classes,
+        trust_pickle=trust_pickle,
+        **kwargs,
+    )
+
+
+def register_source(source: Any, *, replace: bool = False) -> ModelSource:
+    """register_source(source, *, replace=False) -> ModelSource
+
+    Add a model source at run time: a :class:`ModelSource` instance, subclass,
+    or a function returning one. Its models get ids ``<source.name>/<name>``.
+    Packages can instead declare an entry point in the group
+    ``torchbridge.sources``.
+    """
+    return get_registry().register_source(source, replace=replace)
+
+
+def register_local_model(
+    name: str,
+    module_or_state_dict: Any,
+    *,
+    architecture: str,
+    num_classes: int | None = None,
+    description: str | None = None,
+    task: str | None = None,
+    tags: Iterable[str] = (),
+    kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> ModelEntry:
+    """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ..., directory=None) -> ModelEntry
+
+    Save a model's weights as safetensors, with a JSON sidecar, so that
+    ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
+    as ``"timm/resnet18"``) and loads them back. ``num_classes`` is the head
+    size of the saved weights (read from the module when it says, else the
+    architecture's). ``kwargs`` are builder arguments to store (JSON values).
+    The files go to ``directory`` or ``<torchbridge home>/models``
+    (``$TORCHBRIDGE_HOME``, else the platform's user data folder).
+
+    Raises:
+        UnknownModelError: ``architecture`` is not a registry id.
+        DuplicateModelError: ``local/<name>`` exists there and ``overwrite`` is false.
+    """
+    return get_registry().register_local_model(
+        name,
+        module_or_state_dict,
+        architecture=architecture,
+        num_classes=num_classes,
+        description=description,
+        task=task,
+        tags=tags,
+        kwargs=kwargs,
+        metadata=metadata,
+        directory=directory,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,204 @@
+"""The torch.hub source: repositories with a ``hubconf.py`` on this machine.
+
+Repositories come from torch.hub's cache (``torch.hub.get_dir()``, folders
+``owner_repo_ref``), from ``$TORCHBRIDGE_HUB_REPOS`` (folders separated by
+``os.pathsep``) and from :func:`add_hub_repo`. Ids are ``hub/<repo>/<entry>``.
+
+Entries are listed by importing ``hubconf.py`` from the folder, never over
+the network (``torch.hub.list`` only reads GitHub repos), and models are built
+with ``torch.hub.load(folder, entry, source="local")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ...errors import RegistryError, WeightsNotFoundError
+from ..entry import ModelEntry, WeightsInfo
+from ..heads import replace_classifier
+from ..paths import torch_hub_dir
+from ..weights import load_into_model, load_state_dict
+from .base import ModelSource
+
+__all__ = ["HubSource", "add_hub_repo"]
+
+_ADDED: dict[str, Path] = {}
+_ADDED_LOCK = threading.Lock()
+
+
+def add_hub_repo(path: str | os.PathLike[str], *, name: str | None = None) -> str:
+    """add_hub_repo(path, *, name=None) -> str: add a local torch.hub repository; returns its repo name.
+
+    ``path`` is a folder holding a ``hubconf.py``. Its entry points become
+    ``hub/<name>/<entry>`` (``name`` defaults to the folder's name).
+    """
+    folder = Path(path).expanduser().resolve()
+    if not (folder / "hubconf.py").is_file():
+        raise RegistryError(
+            f"{folder} has no hubconf.py, so it is not a torch.hub repository. "
+            "Pass the folder that contains hubconf.py."
+        )
+    repo = name or folder.name
+    if "/" in repo or not repo:
+        raise ValueError(f"hub repo name {repo!r} must be non-empty and contain no '/'")
+    with _ADDED_LOCK:
+        _ADDED[repo] = folder
+    return repo
+
+
+class HubSource(ModelSource):
+    """Entry points of local torch.hub repositories."""
+
+    name = "hub"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # repo folder -> (hubconf mtime, entries)
+        self._cache: dict[Path, tuple[int, list[ModelEntry]]] = {}
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def repos(self) -> dict[str, Path]:
+        """repos() -> dict[str, Path]: every known repository, by repo name."""
+        found: dict[str, Path] = {}
+        hub_dir = torch_hub_dir()
+        if hub_dir.is_dir():
+            for child in sorted(hub_dir.iterdir()):
+                if (child / "hubconf.py").is_file():
+                    found[child.name] = child
+        for raw in os.environ.get("TORCHBRIDGE_HUB_REPOS", "").split(os.pathsep):
+            if raw.strip():
+                folder = Path(raw.strip()).expanduser()
+                if (folder / "hubconf.py").is_file():
+                    found[folder.name] = folder
+        with _ADDED_LOCK:
+            found.update(_ADDED)
+        return found
+
+    def entries(self) -> list[ModelEntry]:
+        out: list[ModelEntry] = []
+        for repo, folder in self.repos().items():
+            out.extend(self._repo_entries(repo, folder))
+        return out
+
+    def get(self, name: str) -> ModelEntry | None:
+        repo, _, _ = name.partition("/")
+        folder = self.repos().get(repo)
+        if folder is None:
+            return None
+        return next((e for e in self._repo_entries(repo, folder) if e.name == name), None)
+
+    def _repo_entries(self, repo: str, folder: Path) -> list[ModelEntry]:
+        hubconf = folder / "hubconf.py"
+        try:
+            mtime = hubconf.stat().st_mtime_ns
+        except OSError:
+            return []
+        with self._lock:
+            cached = self._cache.get(folder)
+            if cached and cached[0] == mtime and all(e.name.startswith(repo + "/") for e in cached[1]):
+                return cached[1]
+        entries = _read_hubconf(repo, folder)
+        with self._lock:
+            self._cache[folder] = (mtime, entries)
+        return entries
+
+    def load(
+        self,
+        entry: ModelEntry,
+        *,
+        pretrained: bool,
+        weights: Path | None,
+        num_classes: int | None,
+        trust_pickle: bool,
+        **kwargs: Any,
+    ):
+        import torch.hub
+
+        repo, _, function = entry.name.partition("/")
+        folder = self.repos().get(repo)
+        if folder is None:
+            raise RegistryError(f"{entry.id}: the hub repo {repo} is no longer on this machine")
+        params = set(entry.metadata.get("parameters", ()))
+        call = dict(kwargs)
+        fetch_own = pretrained and weights is None
+        if fetch_own and not entry.pretrained:
+            raise WeightsNotFoundError(
+                f"{entry.id} takes no 'pretrained' or 'weights' argument, so it has no weights "
+                "to fetch; pass weights=PATH."
+            )
+        if "pretrained" in params:
+            call.setdefault("pretrained", fetch_own)
+        if num_classes is not None and not pretrained and "num_classes" in params:
+            call["num_classes"] = num_classes
+            num_classes = None
+        model = torch.hub.load(str(folder), function, source="local", **call)
+        if weights is not None:
+            state = load_state_dict(weights, trust_pickle=trust_pickle)
+            load_into_model(model, state, source=str(weights))
+        if num_classes is not None:
+            replace_classifier(model, num_classes, model_id=entry.id)
+        return model
+
+
+def _read_hubconf(repo: str, folder: Path) -> list[ModelEntry]:
+    """Import ``hubconf.py`` and describe its public callables (as torch.hub.list does)."""
+    module_name = "torchbridge_hubconf_" + hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, folder / "hubconf.py")
+    if spec is None or spec.loader is None:
+        return []
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # hubconf imports modules that sit next to it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a repo with missing dependencies must not break listing
+        warnings.warn(
+            f"torch.hub repo {folder}: hubconf.py failed to import ({type(err).__name__}: {err}); "
+            "its models are not listed",
+            stacklevel=4,
+        )
+        return []
+    finally:
+        sys.path.remove(str(folder))
+
+    entries = []
+    for attr in sorted(dir(module)):
+        fn = getattr(module, attr)
+        if attr.startswith("_") or not callable(fn) or isinstance(fn, type(sys)):
+            continue
+        try:
+            params = tuple(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            params = ()
+        doc = inspect.getdoc(fn) or ""
+        summary = doc.strip().splitlines()[0].strip() if doc.strip() else ""
+        pretrained = "pretrained" in params or "weights" in params
+        description = f"{attr} from the torch.hub repo {repo}"
+        if summary:
+            description += ": " + summary
+        entries.append(
+            ModelEntry(
+                id=f"hub/{repo}/{attr}",
+                source="hub",
+                name=f"{repo}/{attr}",
+                task="unknown",
+                description=description,
+                pretrained=pretrained,
+                weights=WeightsInfo(location=f"fetched by {folder / 'hubconf.py'}:{attr}")
+                if pretrained
+                else None,
+                tags=("hub", repo),
+                metadata={"repo_dir": str(folder), "parameters": params},
+            )
+        )
+    return entries

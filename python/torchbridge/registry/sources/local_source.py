@@ -1,0 +1,295 @@
+"""The local source: weight files on this machine, described by a JSON sidecar.
+
+A local model is two files in a models folder: the weights (safetensors
+preferred; ``.pt``/``.pth`` accepted and loaded safely) and ``<name>.json``::
+
+    {
+      "architecture": "timm/resnet18",   # a registry id that builds the module
+      "weights": "my-model.safetensors", # next to the sidecar
+      "num_classes": 10,
+      "sha256": "...",                   # optional; checked when present
+      "kwargs": {},                      # optional; passed to the architecture
+      "description": "...", "task": "...", "tags": [...],
+      "input_size": [3, 224, 224], "mean": [...], "std": [...], "license": "..."
+    }
+
+The folders searched: those passed as ``directory=`` to
+:func:`register_local_model` in this process, then ``$TORCHBRIDGE_MODEL_DIRS``
+(separated by ``os.pathsep``), then ``<torchbridge home>/models``.
+Ids are ``local/<name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ...errors import DuplicateModelError, RegistryError
+from ..entry import ModelEntry, WeightsInfo
+from ..heads import replace_classifier
+from ..paths import local_models_dir
+from ..weights import load_into_model, load_state_dict, sha256_file
+from .base import ModelSource
+
+__all__ = ["LocalSource", "save_local_model"]
+
+SIDECAR_FORMAT = "torchbridge.local/1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+class LocalSource(ModelSource):
+    """Models saved on this machine (``register_local_model``, or files you drop in)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._extra_dirs: list[Path] = []
+        # sidecar path -> (mtime, entry or None when it is not a model sidecar)
+        self._cache: dict[Path, tuple[int, ModelEntry | None]] = {}
+
+    def add_directory(self, directory: str | os.PathLike[str]) -> None:
+        """add_directory(directory) -> None: also look for models in this folder."""
+        folder = Path(directory).expanduser().resolve()
+        with self._lock:
+            if folder not in self._extra_dirs:
+                self._extra_dirs.insert(0, folder)
+
+    def directories(self) -> list[Path]:
+        """directories() -> list[Path]: the folders searched, first match wins."""
+        env = [
+            Path(p.strip()).expanduser()
+            for p in os.environ.get("TORCHBRIDGE_MODEL_DIRS", "").split(os.pathsep)
+            if p.strip()
+        ]
+        with self._lock:
+            extra = list(self._extra_dirs)
+        return list(dict.fromkeys([*extra, *env, local_models_dir()]))
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def entries(self) -> list[ModelEntry]:
+        found: dict[str, ModelEntry] = {}
+        for folder in self.directories():
+            if not folder.is_dir():
+                continue
+            for sidecar in sorted(folder.glob("*.json")):
+                entry = self._read(sidecar)
+                if entry is not None and entry.name not in found:
+                    found[entry.name] = entry
+        return list(found.values())
+
+    def get(self, name: str) -> ModelEntry | None:
+        for folder in self.directories():
+            sidecar = folder / f"{name}.json"
+            if sidecar.is_file():
+                entry = self._read(sidecar)
+                if entry is not None:
+                    return entry
+        return None
+
+    def _read(self, sidecar: Path) -> ModelEntry | None:
+        try:
+            mtime = sidecar.stat().st_mtime_ns
+        except OSError:
+            return None
+        with self._lock:
+            cached = self._cache.get(sidecar)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        entry = _entry_from_sidecar(sidecar)
+        with self._lock:
+            self._cache[sidecar] = (mtime, entry)
+        return entry
+
+    def load(
+        self,
+        entry: ModelEntry,
+        *,
+        pretrained: bool,
+        weights: Path | None,
+        num_classes: int | None,
+        trust_pickle: bool,
+        **kwargs: Any,
+    ):
+        # A local model is its weights: they are loaded whatever `pretrained` says.
+        from ..core import load_model
+
+        meta = entry.metadata
+        build_kwargs = {**meta.get("kwargs", {}), **kwargs}
+        saved_classes = entry.num_classes
+        if saved_classes is not None:
+            build_kwargs["num_classes"] = saved_classes
+        model = load_model(meta["architecture"], pretrained=False, **build_kwargs)
+        file = weights if weights is not None else Path(meta["weights_path"])
+        expected = meta.get("sha256") if weights is None else None
+        state = load_state_dict(file, trust_pickle=trust_pickle, sha256=expected)
+        load_into_model(model, state, source=str(file))
+        if num_classes is not None and num_classes != saved_classes:
+            replace_classifier(model, num_classes, model_id=entry.id)
+        return model
+
+
+def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        warnings.warn(f"local model sidecar {sidecar} is not readable JSON ({err}); skipped",
+                      stacklevel=5)
+        return None
+    if not isinstance(data, dict) or "architecture" not in data:
+        return None  # some other JSON file
+    name = sidecar.stem
+    weights_name = data.get("weights") or _guess_weights(sidecar)
+    if not weights_name:
+        warnings.warn(f"local model {sidecar}: no weight file named and none found next to it; skipped",
+                      stacklevel=5)
+        return None
+    weights_path = (sidecar.parent / weights_name).resolve()
+    input_size = tuple(data["input_size"]) if data.get("input_size") else None
+    metadata = dict(data.get("metadata") or {})
+    metadata.update(
+        architecture=data["architecture"],
+        weights_path=str(weights_path),
+        sidecar=str(sidecar),
+        kwargs=dict(data.get("kwargs") or {}),
+    )
+    if data.get("sha256"):
+        metadata["sha256"] = data["sha256"]
+    description = data.get("description") or f"{name}: local weights for {data['architecture']}"
+    return ModelEntry(
+        id=f"local/{name}",
+        source="local",
+        name=name,
+        task=data.get("task") or "unknown",
+        description=description,
+        pretrained=True,
+        weights=WeightsInfo(
+            location=str(weights_path),
+            filename=weights_path.name,
+            path=str(weights_path),
+            cached=weights_path.is_file(),
+            sha256=data.get("sha256"),
+        ),
+        input_size=input_size,
+        mean=tuple(data["mean"]) if data.get("mean") else None,
+        std=tuple(data["std"]) if data.get("std") else None,
+        num_classes=data.get("num_classes"),
+        license=data.get("license"),
+        tags=tuple(dict.fromkeys(["local", *data.get("tags", ())])),
+        metadata=metadata,
+    )
+
+
+def _guess_weights(sidecar: Path) -> str | None:
+    for suffix in _WEIGHT_SUFFIXES:
+        candidate = sidecar.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate.name
+    return None
+
+
+def save_local_model(
+    name: str,
+    module_or_state_dict: Any,
+    *,
+    architecture: ModelEntry,
+    num_classes: int | None,
+    directory: Path,
+    description: str | None = None,
+    task: str | None = None,
+    tags: tuple[str, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """save_local_model(name, module_or_state_dict, *, architecture, ...) -> Path: write weights + sidecar.
+
+    Returns the sidecar's path. See :func:`torchbridge.registry.register_local_model`.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"local model name {name!r} must start with a letter or digit and contain only "
+            "letters, digits, '.', '_' and '-'"
+        )
+    if architecture.source == "local":
+        raise RegistryError(
+            f"architecture {architecture.id} is itself a local model: name the architecture it "
+            f"was built from ({architecture.metadata.get('architecture')})"
+        )
+    if isinstance(module_or_state_dict, torch.nn.Module):
+        state = module_or_state_dict.state_dict()
+        if num_classes is None:
+            num_classes = getattr(module_or_state_dict, "num_classes", None)
+    elif isinstance(module_or_state_dict, Mapping):
+        state = dict(module_or_state_dict)
+    else:
+        raise TypeError(
+            f"register_local_model: expected a torch.nn.Module or a state dict, "
+            f"got {type(module_or_state_dict).__name__}"
+        )
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise TypeError(f"register_local_model: state dict values must be tensors; not: {not_tensors[:5]}")
+    if num_classes is None:
+        num_classes = architecture.num_classes
+
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path = directory / f"{name}.safetensors"
+    sidecar = directory / f"{name}.json"
+    if not overwrite and (sidecar.exists() or weights_path.exists()):
+        raise DuplicateModelError(
+            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
+        )
+
+    # safetensors refuses tensors that share memory (tied weights): give each its own copy
+    seen: set[tuple[int, int]] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        value = value.detach().to("cpu").contiguous()
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset())
+        if value.numel() and ident in seen:
+            value = value.clone()
+        seen.add(ident)
+        tensors[key] = value
+    partial = weights_path.with_name(weights_path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"architecture": architecture.id})
+    os.replace(partial, weights_path)
+
+    data = {
+        "format": SIDECAR_FORMAT,
+        "architecture": architecture.id,
+        "weights": weights_path.name,
+        "sha256": sha256_file(weights_path),
+        "num_classes": num_classes,
+        "task": task or architecture.task,
+        "description": description or f"{name}: {architecture.id} with local weights",
+        "tags": list(dict.fromkeys([*tags, *architecture.tags])),
+        "input_size": list(architecture.input_size) if architecture.input_size else None,
+        "mean": list(architecture.mean) if architecture.mean else None,
+        "std": list(architecture.std) if architecture.std else None,
+        "license": architecture.license,
+        "kwargs": dict(kwargs or {}),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        text = json.dumps(data, indent=2)
+    except TypeError as err:
+        raise TypeError(f"register_local_model: metadata and kwargs must be JSON values ({err})") from err
+    partial_sidecar = sidecar.with_name(sidecar.name + ".partial")
+    partial_sidecar.write_text(text + "\n", encoding="utf-8")
+    os.replace(partial_sidecar, sidecar)
+    return sidecar
+

@@ -1,0 +1,312 @@
+"""The torchvision source: its model builders and their weight enums.
+
+Ids are ``torchvision/<builder>`` (the builder's ``DEFAULT`` weights) and
+``torchvision/<builder>.<WEIGHTS>`` (one member of its weights enum, e.g.
+``torchvision/resnet50.IMAGENET1K_V2``). Weights live in torch.hub's
+``checkpoints`` folder under their URL's file name, which carries a sha256
+prefix that is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import inspect
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ...errors import CorruptWeightsError, RegistryError, WeightsNotFoundError
+from ..entry import ModelEntry, WeightsInfo
+from ..heads import replace_classifier
+from ..paths import torch_hub_checkpoints_dir
+from ..weights import (
+    hash_prefix_from_filename,
+    load_into_model,
+    load_state_dict,
+    resolve_weights_file,
+    url_filename,
+)
+from .base import ModelSource
+
+__all__ = ["TorchvisionSource"]
+
+_TASK_BY_MODULE = (
+    ("torchvision.models.detection", "object-detection"),
+    ("torchvision.models.segmentation", "semantic-segmentation"),
+    ("torchvision.models.video", "video-classification"),
+    ("torchvision.models.optical_flow", "optical-flow"),
+)
+
+# serialises the short swap of torchvision's weight fetcher, see _serving_state_dict
+_FETCHER_LOCK = threading.Lock()
+
+
+class TorchvisionSource(ModelSource):
+    """Models from ``torchvision.models`` (when torchvision imports)."""
+
+    name = "torchvision"
+    requirement = "torchvision (pip install torchvision)"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._static: dict[str, ModelEntry] | None = None
+        # entries located in one checkpoints folder, and the files found there last time
+        self._located: dict[str, ModelEntry] = {}
+        self._located_dir: Path | None = None
+        self._present: set[str] = set()
+
+    def available(self) -> bool:
+        if importlib.util.find_spec("torchvision") is None:
+            return False
+        try:
+            import torchvision.models  # noqa: F401  (a broken install must not break listing)
+        except Exception:
+            return False
+        return True
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._static = None
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._current().values())
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self._current().get(name)
+
+    def _current(self) -> dict[str, ModelEntry]:
+        if not self.available():
+            return {}
+        with self._lock:
+            if self._static is None:
+                self._static = _build_static()
+            ckpt_dir = torch_hub_checkpoints_dir()
+            try:
+                present = set(os.listdir(ckpt_dir))
+            except OSError:
+                present = set()
+            if ckpt_dir != self._located_dir:
+                self._located = {
+                    n: _locate(e, ckpt_dir, present) for n, e in self._static.items()
+                }
+            elif present != self._present:
+                changed = present ^ self._present
+                for n, e in self._static.items():
+                    if e.weights is not None and e.weights.filename in changed:
+                        self._located[n] = _locate(e, ckpt_dir, present)
+            self._located_dir, self._present = ckpt_dir, present
+            return self._located
+
+    def load(
+        self,
+        entry: ModelEntry,
+        *,
+        pretrained: bool,
+        weights: Path | None,
+        num_classes: int | None,
+        trust_pickle: bool,
+        **kwargs: Any,
+    ):
+        from torchvision.models import get_model, get_model_weights
+
+        builder, _, tag = entry.name.partition(".")
+        if not pretrained:
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            return get_model(builder, weights=None, **kwargs)
+
+        member = _weights_member(builder, tag, get_model_weights)
+        if member is None:
+            raise WeightsNotFoundError(
+                f"{entry.id} has no published weights in torchvision; pass weights=PATH."
+            )
+        resolved = resolve_weights_file(entry.id, explicit=weights, url=member.url)
+        state = load_state_dict(resolved.path, trust_pickle=trust_pickle)
+        kwargs.setdefault("progress", False)
+        try:
+            with _serving_state_dict(member.url, state) as served:
+                if served:
+                    model = get_model(builder, weights=member, **kwargs)
+                else:  # torchvision without the fetcher we expect: plain strict load
+                    model = get_model(builder, weights=None, num_classes=_classes(member), **kwargs)
+                    load_into_model(model, state, source=str(resolved.path))
+        except RuntimeError as err:
+            if "state_dict" not in str(err):
+                raise
+            raise CorruptWeightsError(
+                f"the weights in {resolved.path} do not fit {entry.id}: {err}"
+            ) from err
+
+        if num_classes is not None and num_classes != _classes(member):
+            if entry.task != "image-classification":
+                raise RegistryError(
+                    f"{entry.id}: num_classes with pretrained weights is supported for image "
+                    f"classifiers only, and this is a {entry.task} model. Build it with "
+                    "load_model(..., num_classes=N) and no weights, or adapt its heads yourself."
+                )
+            replace_classifier(model, num_classes, model_id=entry.id)
+        return model
+
+
+@contextlib.contextmanager
+def _serving_state_dict(url: str, state: dict[str, Any]) -> Iterator[bool]:
+    """While active, torchvision's builders get ``state`` instead of fetching ``url``.
+
+    NOTE: torchvision builders configure the model from its weights' metadata
+    (number of classes, input normalisation, quantisation backend ...) and then
+    fetch the weights with ``torch.load(weights_only=False)``. Serving the
+    tensors we already loaded safely keeps the first and replaces the second.
+    Yields False if torchvision does not fetch weights the way we expect.
+    """
+    try:
+        from torchvision.models import _api
+    except ImportError:
+        yield False
+        return
+    original = getattr(_api, "load_state_dict_from_url", None)
+    if original is None:
+        yield False
+        return
+
+    def serve(requested: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if requested != url:
+            raise RegistryError(f"torchvision asked for other weights ({requested}) than {url}")
+        return state
+
+    with _FETCHER_LOCK:
+        _api.load_state_dict_from_url = serve
+        try:
+            yield True
+        finally:
+            _api.load_state_dict_from_url = original
+
+
+def _weights_member(builder: str, tag: str, get_model_weights: Any) -> Any:
+    try:
+        enum = get_model_weights(builder)
+    except ValueError:
+        return None
+    if not tag:
+        return getattr(enum, "DEFAULT", None) or next(iter(enum), None)
+    return enum[tag]
+
+
+def _classes(member: Any) -> int | None:
+    categories = member.meta.get("categories")
+    return len(categories) if categories else member.meta.get("num_classes")
+
+
+def _locate(entry: ModelEntry, ckpt_dir: Path, present: set[str]) -> ModelEntry:
+    info = entry.weights
+    if info is None or info.filename is None:
+        return entry
+    cached = info.filename in present
+    path = str(ckpt_dir / info.filename)
+    if info.cached == cached and info.path == path:
+        return entry
+    return replace(entry, weights=replace(info, cached=cached, path=path))
+
+
+def _build_static() -> dict[str, ModelEntry]:
+    from torchvision.models import get_model_builder, get_model_weights, list_models
+
+    out: dict[str, ModelEntry] = {}
+    for builder_name in list_models():
+        builder = get_model_builder(builder_name)
+        module = getattr(builder, "__module__", "")
+        task = next((t for prefix, t in _TASK_BY_MODULE if module.startswith(prefix)), None)
+        task = task or "image-classification"
+        quantized = module.startswith("torchvision.models.quantization")
+        try:
+            members = list(get_model_weights(builder_name))
+        except ValueError:
+            members = []
+        default = None
+        if members:
+            enum = type(members[0])
+            default = getattr(enum, "DEFAULT", members[0])
+        out[builder_name] = _entry(builder_name, builder_name, default, task, quantized, None)
+        for member in members:
+            name = f"{builder_name}.{member.name}"
+            out[name] = _entry(name, builder_name, member, task, quantized, member.name)
+    return out
+
+
+def _entry(name: str, builder: str, member: Any, task: str, quantized: bool, tag: str | None):
+    tags = ["torchvision", task]
+    if quantized:
+        tags.append("quantized")
+    if member is None:
+        return ModelEntry(
+            id=f"torchvision/{name}",
+            source="torchvision",
+            name=name,
+            task=task,
+            description=f"{builder}: torchvision {task.replace('-', ' ')} model, no published weights",
+            pretrained=False,
+            tags=tuple(tags),
+        )
+    meta = member.meta
+    transform = _transform_settings(member.transforms)
+    crop = transform.get("crop_size")
+    if isinstance(crop, (list, tuple)):
+        crop = crop[0] if len(crop) == 1 else tuple(crop)
+    input_size: tuple[int, ...] | None = None
+    if task == "image-classification" and isinstance(crop, int):
+        input_size = (3, crop, crop)
+    tags.extend(member.name.lower().split("_"))
+    if "imagenet" in member.name.lower():
+        tags.append("imagenet")
+    docs = " ".join(str(meta.get("_docs", "")).split())
+    weight_name = f"{type(member).__name__}.{member.name}"
+    description = f"{builder}: torchvision {task.replace('-', ' ')} model, weights {weight_name}"
+    if docs:
+        description += ". " + docs.split(". ")[0].rstrip(".")
+    filename = url_filename(member.url)
+    metadata = {
+        k: meta[k] for k in ("num_params", "min_size", "recipe", "_metrics") if k in meta
+    }
+    metadata["builder"] = builder
+    metadata["weights_enum"] = weight_name
+    mean, std = transform.get("mean"), transform.get("std")
+    return ModelEntry(
+        id=f"torchvision/{name}",
+        source="torchvision",
+        name=name,
+        task=task,
+        description=description,
+        pretrained=True,
+        weights=WeightsInfo(
+            location=member.url,
+            filename=filename,
+            path=None,
+            cached=False,
+            sha256=hash_prefix_from_filename(filename),
+        ),
+        input_size=input_size,
+        mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None,
+        num_classes=_classes(member),
+        tags=tuple(dict.fromkeys(tags)),
+        metadata=metadata,
+    )
+
+
+def _transform_settings(transforms: Any) -> dict[str, Any]:
+    """The keyword settings of a weights' preset transform, without building it."""
+    if not isinstance(transforms, functools.partial):
+        return {}
+    settings: dict[str, Any] = {}
+    try:
+        for pname, param in inspect.signature(transforms.func).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                settings[pname] = param.default
+    except (TypeError, ValueError):
+        pass
+    settings.update(transforms.keywords)
+    return settings

@@ -1,0 +1,460 @@
+"""Weights: find them offline-first, check them, and load them without running code.
+
+NOTE [resolution order]
+    1. an explicit file (``load_model(..., weights=PATH)``);
+    2. the caches that the libraries already use: the Hugging Face Hub cache
+       (``$HF_HUB_CACHE``) and torch.hub's ``checkpoints`` folder (shared by
+       torch.hub, torchvision and timm's URL weights);
+    3. a download, only when neither ``TORCHBRIDGE_OFFLINE`` nor
+       ``HF_HUB_OFFLINE`` is set, into those same caches, with a progress bar.
+    Offline, a missing file is a :class:`WeightsNotFoundError` that names the
+    file, where it would be found, and how to provide it. Nothing waits on the
+    network.
+
+NOTE [safe loading]
+    safetensors files hold tensors only. Pickled checkpoints (``.pt``, ``.pth``,
+    ``.bin``) can run arbitrary code while loading, so they are read with
+    ``torch.load(weights_only=True)``; a checkpoint that needs anything more is
+    refused with :class:`UnsafeCheckpointError` unless the caller passed
+    ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    ChecksumError,
+    CorruptWeightsError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
+from .paths import hf_hub_cache_dir, is_offline, torch_hub_checkpoints_dir
+
+__all__ = [
+    "ResolvedWeights",
+    "check_sha256",
+    "download_from_hf",
+    "download_url",
+    "find_in_hf_cache",
+    "find_in_hub_checkpoints",
+    "hash_prefix_from_filename",
+    "hf_repo_dir",
+    "load_into_model",
+    "load_state_dict",
+    "missing_weights_error",
+    "resolve_weights_file",
+    "sha256_file",
+    "url_filename",
+]
+
+# torch.hub names URL weights ``<name>-<first hex digits of sha256>.<ext>``.
+# At least 8 digits, so that ``model-1.pth`` is not read as a hash.
+_HASH_IN_FILENAME = re.compile(r"-([a-f0-9]{8,64})\.")
+_SAFETENSORS_SUFFIXES = (".safetensors",)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A weight file found on this machine.
+
+    Attributes:
+        path: The file.
+        origin: ``explicit``, ``hf-cache``, ``hub-cache``, ``hf-download`` or ``url-download``.
+        sha256: The published sha256 (or prefix) it was checked against, if any.
+    """
+
+    path: Path
+    origin: str
+    sha256: str | None = None
+
+
+# -- checksums ---------------------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256_file(path) -> str: the hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_prefix_from_filename(filename: str) -> str | None:
+    """hash_prefix_from_filename(filename) -> str | None: the sha256 prefix in a torch.hub file name.
+
+    ``resnet18-f37072fd.pth`` gives ``"f37072fd"``, as torch.hub's ``check_hash``
+    reads it; a name without one gives ``None``.
+    """
+    match = _HASH_IN_FILENAME.search(Path(filename).name)
+    return match.group(1) if match else None
+
+
+def check_sha256(path: str | Path, expected: str) -> None:
+    """check_sha256(path, expected) -> None: raise ChecksumError unless the file's sha256 matches.
+
+    ``expected`` may be a full digest or its leading hex digits.
+    """
+    expected = expected.lower()
+    actual = sha256_file(path)
+    if not actual.startswith(expected):
+        raise ChecksumError(
+            f"{path}: sha256 is {actual}, but the published value is {expected}. "
+            "The file is damaged or is not the published one: delete it and let it be "
+            "downloaded again, or pass the right file with weights=PATH."
+        )
+
+
+# -- safe loading ----------------------------------------------------------
+
+
+def load_state_dict(
+    path: str | Path, *, trust_pickle: bool = False, sha256: str | None = None
+) -> dict[str, Any]:
+    """load_state_dict(path, *, trust_pickle=False, sha256=None) -> dict[str, Tensor]
+
+    Read a weight file onto the CPU. safetensors files are read directly;
+    pickled files with ``torch.load(weights_only=True)`` (see NOTE [safe loading]).
+    Training checkpoints that wrap the weights (``{"state_dict": ...}``,
+    ``{"model": ...}``) are unwrapped and a ``module.`` prefix left by
+    DataParallel is removed.
+
+    Raises:
+        WeightsNotFoundError: the file does not exist.
+        ChecksumError: ``sha256`` is given and does not match.
+        UnsafeCheckpointError: the pickle needs more than tensors and containers,
+            and ``trust_pickle`` is false. Nothing in it was run.
+        CorruptWeightsError: the file is truncated or is not a weight file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"weight file {path} does not exist. Check the path passed as weights=..."
+        )
+    if sha256:
+        check_sha256(path, sha256)
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        obj: Any = _load_safetensors(path)
+    else:
+        obj = _load_pickle(path, trust_pickle=trust_pickle)
+    return _unwrap_state_dict(obj, path)
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptWeightsError(
+            f"{path} is not a readable safetensors file ({err}). It is probably truncated "
+            "or damaged: delete it and provide it again."
+        ) from err
+
+
+def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
+    import argparse
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        # timm's training checkpoints carry their argparse.Namespace: harmless, so allowed
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err)
+        if "Weights only load failed" not in reason:
+            raise _corrupt(path, err) from err
+        if not trust_pickle:
+            detail = _last_line(reason)
+            raise UnsafeCheckpointError(
+                f"{path} is a pickled checkpoint that needs to run code to load "
+                f"({detail}); it was not loaded. Convert it to safetensors, or, only if you "
+                "trust where it came from, pass trust_pickle=True."
+            ) from err
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+        raise _corrupt(path, err) from err
+
+    warnings.warn(
+        f"loading {path} with full pickle (trust_pickle=True): this can run code from the file",
+        stacklevel=3,
+    )
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # a trusted pickle may fail in any way its code does
+        raise _corrupt(path, err) from err
+
+
+def _corrupt(path: Path, err: BaseException) -> CorruptWeightsError:
+    return CorruptWeightsError(
+        f"{path} is not a readable checkpoint ({type(err).__name__}: {_last_line(str(err))}). "
+        "It is probably truncated or damaged: delete it and provide it again."
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # torch's weights_only message ends with a documentation link; the reason precedes it
+    for line in reversed(lines):
+        if not line.startswith("Check the documentation"):
+            return line[:300]
+    return text[:300]
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):  # trusted full-module pickles
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CorruptWeightsError(
+            f"{path} holds a {type(obj).__name__}, not a state dict of tensors. "
+            "Save the weights with model.state_dict() (safetensors preferred)."
+        )
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -> None:
+    """load_into_model(model, state_dict, *, source) -> None: a strict load with a clear error.
+
+    Missing keys, unexpected keys and shape mismatches are all reported, in one
+    :class:`CorruptWeightsError`, before anything is copied into the model.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches {_short(mismatched)}")
+        err = CorruptWeightsError(
+            f"the weights from {source} do not fit the model: {'; '.join(parts)}. "
+            "Check that the file belongs to this architecture (and num_classes)."
+        )
+        err.missing_keys = tuple(missing)  # type: ignore[attr-defined]
+        err.unexpected_keys = tuple(unexpected)  # type: ignore[attr-defined]
+        err.mismatched_keys = tuple(mismatched)  # type: ignore[attr-defined]
+        raise err
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _short(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"[{shown}{more}]"
+
+
+# -- caches ------------------------------------------------------------------
+
+
+def find_in_hf_cache(repo_id: str, filenames: Iterable[str]) -> Path | None:
+    """find_in_hf_cache(repo_id, filenames) -> Path | None: the first of ``filenames`` cached for the repo.
+
+    ``repo_id`` may end in ``@revision``. Never touches the network.
+    """
+    repo, _, revision = repo_id.partition("@")
+    repo_dir = hf_hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+    if not repo_dir.is_dir():  # cheap answer for the common case
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(
+            repo, filename, cache_dir=str(hf_hub_cache_dir()), revision=revision or None
+        )
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def hf_repo_dir(repo_id: str) -> Path:
+    """hf_repo_dir(repo_id) -> Path: the Hugging Face cache folder of a model repo."""
+    return hf_hub_cache_dir() / ("models--" + repo_id.partition("@")[0].replace("/", "--"))
+
+
+def find_in_hub_checkpoints(filename: str) -> Path | None:
+    """find_in_hub_checkpoints(filename) -> Path | None: the file in torch.hub's checkpoints folder."""
+    candidate = torch_hub_checkpoints_dir() / filename
+    return candidate if candidate.is_file() else None
+
+
+def url_filename(url: str) -> str:
+    """url_filename(url) -> str: the file name torch.hub stores a URL's download under."""
+    from urllib.parse import urlparse
+
+    return Path(urlparse(url).path).name
+
+
+# -- downloads ---------------------------------------------------------------
+
+
+def download_from_hf(repo_id: str, filenames: Iterable[str]) -> Path:
+    """download_from_hf(repo_id, filenames) -> Path: download the first file the repo has.
+
+    Uses ``hf_hub_download`` (its own progress bar, the standard cache).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo, _, revision = repo_id.partition("@")
+    names = list(filenames)
+    for filename in names:
+        try:
+            path = hf_hub_download(
+                repo, filename, revision=revision or None, cache_dir=str(hf_hub_cache_dir())
+            )
+            return Path(path)
+        except EntryNotFoundError:
+            continue
+    raise WeightsNotFoundError(f"the Hugging Face repo {repo} has none of the files {names}")
+
+
+def download_url(url: str) -> Path:
+    """download_url(url) -> Path: download into torch.hub's checkpoints folder, checking its hash.
+
+    Uses ``torch.hub.download_url_to_file`` with a progress bar; the sha256 prefix
+    in the file name, if any, is checked as torch.hub's ``check_hash`` does.
+    """
+    import torch.hub
+
+    target_dir = torch_hub_checkpoints_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    filename = url_filename(url)
+    target = target_dir / filename
+    try:
+        torch.hub.download_url_to_file(
+            url, str(target), hash_prefix=hash_prefix_from_filename(filename), progress=True
+        )
+    except RuntimeError as err:
+        if "invalid hash value" in str(err):
+            raise ChecksumError(f"download of {url}: {err}") from err
+        raise
+    return target
+
+
+# -- the whole order ---------------------------------------------------------
+
+
+def resolve_weights_file(
+    model_id: str,
+    *,
+    explicit: str | Path | None = None,
+    hf_repo: str | None = None,
+    hf_filenames: tuple[str, ...] = (),
+    url: str | None = None,
+) -> ResolvedWeights:
+    """resolve_weights_file(model_id, *, explicit=None, hf_repo=None, hf_filenames=(), url=None) -> ResolvedWeights
+
+    Find the weights of ``model_id`` following NOTE [resolution order]. A file
+    found in torch.hub's cache or downloaded from a URL is checked against the
+    sha256 prefix in its name.
+
+    Raises:
+        WeightsNotFoundError: nothing local, and offline (or the download failed).
+        ChecksumError: a cached or downloaded file does not match its published hash.
+    """
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"{model_id}: the weight file {path} passed as weights=... does not exist."
+            )
+        return ResolvedWeights(path, "explicit")
+
+    if hf_repo and hf_filenames:
+        found = find_in_hf_cache(hf_repo, hf_filenames)
+        if found is not None:
+            return ResolvedWeights(found, "hf-cache")
+    url_name = url_filename(url) if url else None
+    if url_name:
+        found = find_in_hub_checkpoints(url_name)
+        if found is not None:
+            expected = hash_prefix_from_filename(url_name)
+            if expected:
+                check_sha256(found, expected)
+            return ResolvedWeights(found, "hub-cache", expected)
+
+    if is_offline():
+        raise missing_weights_error(
+            model_id, hf_repo=hf_repo, hf_filenames=hf_filenames, url=url, offline=True
+        )
+    errors: list[str] = []
+    if hf_repo and hf_filenames:
+        try:
+            return ResolvedWeights(download_from_hf(hf_repo, hf_filenames), "hf-download")
+        except Exception as err:  # network errors come in many types; fall back to the URL
+            errors.append(f"Hugging Face Hub: {type(err).__name__}: {err}")
+    if url:
+        try:
+            path = download_url(url)
+            return ResolvedWeights(path, "url-download", hash_prefix_from_filename(path.name))
+        except ChecksumError:
+            raise
+        except Exception as err:
+            errors.append(f"{url}: {type(err).__name__}: {err}")
+    raise missing_weights_error(
+        model_id, hf_repo=hf_repo, hf_filenames=hf_filenames, url=url, offline=False,
+        download_errors=errors,
+    )
+
+
+def missing_weights_error(
+    model_id: str,
+    *,
+    hf_repo: str | None,
+    hf_filenames: tuple[str, ...],
+    url: str | None,
+    offline: bool,
+    download_errors: list[str] | None = None,
+) -> WeightsNotFoundError:
+    """missing_weights_error(model_id, ...) -> WeightsNotFoundError: the message that says where to put the file."""
+    places = []
+    if hf_repo and hf_filenames:
+        places.append(
+            f"'{hf_filenames[0]}' of the Hugging Face repo {hf_repo}, "
+            f"cached under {hf_repo_dir(hf_repo)} (snapshots/<revision>/{hf_filenames[0]})"
+        )
+    if url:
+        places.append(f"'{url_filename(url)}' from {url}, at {torch_hub_checkpoints_dir() / url_filename(url)}")
+    where = "; or ".join(places) if places else "no published location"
+    why = (
+        "offline (TORCHBRIDGE_OFFLINE or HF_HUB_OFFLINE is set)"
+        if offline
+        else "the download failed: " + " | ".join(download_errors or [])
+    )
+    return WeightsNotFoundError(
+        f"{model_id}: pretrained weights are not on this machine and {why}. "
+        f"Expected {where}. Provide the file with load_model({model_id!r}, weights=PATH), "
+        "or put it at that path."
+    )
