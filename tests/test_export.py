@@ -1,0 +1,124 @@
+"""ONNX export: one checked file whose onnxruntime outputs match torch, or a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchbridge.errors import ExportError, ExportVerificationError
+from torchbridge.export import ExportReport, export_onnx
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+timm = pytest.importorskip("timm")
+
+SIZE = (3, 32, 32)
+
+
+def run_onnx(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+class SvdHead(torch.nn.Module):
+    """A model using an operation (a singular value decomposition) ONNX cannot express."""
+
+    def forward(self, x):
+        return torch.linalg.svd(x.flatten(2)).S
+
+
+class PythonCounter(torch.nn.Module):
+    """A model whose output depends on Python state that the exported graph freezes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x.mean(dim=(2, 3)) * self.calls
+
+
+@pytest.fixture(scope="module")
+def timm_resnet():
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", num_classes=5).eval()
+
+
+class TestExport:
+    def test_timm_resnet_exports_to_one_verified_file(self, timm_resnet, tmp_path):
+        """A timm resnet becomes one .onnx file that onnxruntime runs like torch at batch 1 and 3."""
+        report = export_onnx(timm_resnet, tmp_path / "resnet.onnx", input_size=SIZE)
+        assert isinstance(report, ExportReport)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.onnx"]
+        assert report.external_data is None
+        assert report.file_size == (tmp_path / "resnet.onnx").stat().st_size > 1_000_000
+        assert report.batch_sizes_checked == (1, 3)
+        assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+        assert report.verified_with.startswith("onnxruntime")
+        assert report.opset >= 17
+        assert [(i.name, i.shape, i.dtype) for i in report.inputs] == [
+            ("input", ("batch", 3, 32, 32), "float32")
+        ]
+        assert [(o.name, o.shape) for o in report.outputs] == [("output", ("batch", 5))]
+        x = torch.randn(4, *SIZE)
+        with torch.no_grad():
+            expected = timm_resnet(x).numpy()
+        np.testing.assert_allclose(run_onnx(report.path, x), expected, atol=1e-4)
+
+    def test_fixed_batch(self, tmp_path):
+        """Without dynamic_batch the graph takes batches of one and is checked at batch 1."""
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+        report = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 4), dynamic_batch=False)
+        assert report.inputs[0].shape == (1, 3, 4)
+        assert report.batch_sizes_checked == (1,)
+
+    def test_mode_is_restored_and_input_size_comes_from_timm(self, tmp_path):
+        """A model in train mode is exported in eval mode and handed back in train mode."""
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+            torch.nn.LazyLinear(3),
+        )
+        model(torch.zeros(2, 3, 24, 24))  # materialise the lazy layer
+        model.pretrained_cfg = {"input_size": (3, 24, 24)}  # as timm models carry it
+        model.train()
+        report = export_onnx(model, tmp_path / "t.onnx")
+        assert model.training
+        assert report.inputs[0].shape == ("batch", 3, 24, 24)
+
+    def test_without_verification(self, tmp_path):
+        """verify=False checks the file but reports no numerical comparison."""
+        model = torch.nn.Linear(3, 2)
+        report = export_onnx(model, tmp_path / "l.onnx", input_size=(3,), verify=False)
+        assert report.max_abs_diff is None and report.batch_sizes_checked == ()
+        assert report.to_dict()["path"] == str(tmp_path / "l.onnx")
+
+
+class TestFailures:
+    def test_unexpressible_operation_is_a_clear_error(self, tmp_path):
+        """A model using an op ONNX cannot express raises ExportError naming it, leaving no file."""
+        with pytest.raises(ExportError, match=r"aten\._linalg_svd") as info:
+            export_onnx(SvdHead(), tmp_path / "svd.onnx", input_size=(3, 4, 4))
+        assert not isinstance(info.value, ExportVerificationError)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_numerical_mismatch_removes_the_file(self, tmp_path):
+        """When onnxruntime disagrees with torch the export fails and no file is left."""
+        with pytest.raises(ExportVerificationError, match="differ by up to"):
+            export_onnx(PythonCounter(), tmp_path / "bad.onnx", input_size=(2, 3, 3))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_failed_export_keeps_an_earlier_file(self, tmp_path):
+        """A failed export does not destroy a file already at the target path."""
+        target = tmp_path / "model.onnx"
+        target.write_bytes(b"an earlier export")
+        with pytest.raises(ExportError):
+            export_onnx(SvdHead(), target, input_size=(3, 4, 4))
+        assert target.read_bytes() == b"an earlier export"
+        assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+    def test_unknown_input_size(self, tmp_path):
+        """A plain module without input_size is refused with the fix in the message."""
+        with pytest.raises(ExportError, match="input_size"):
+            export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
