@@ -78,7 +78,7 @@ def model_state(model: BridgedModel) -> dict[str, Any]:
             before bridging.
     """
     params, grads = [], []
-    for name, p, g in zip(model.param_names, model.params, model.grads):
+    for name, p, g in zip(model.param_names, model.params, model.grads, strict=True):
         for kind, t in (("parameter", p), ("gradient buffer", g)):
             if not t.is_contiguous():
                 raise UnsupportedArrayError(
@@ -102,7 +102,7 @@ def model_state(model: BridgedModel) -> dict[str, Any]:
 
 
 def layouts(tensors: Sequence[torch.Tensor | None]) -> tuple[Layout | None, ...]:
-    """layouts(tensors) -> tuple: :func:`~torchbridge.exchange.julia_layout` of each, ``None`` kept."""
+    """layouts(tensors) -> tuple: ``julia_layout`` of each tensor, ``None`` kept."""
     return tuple(None if t is None else julia_layout(t) for t in tensors)
 
 
@@ -154,7 +154,7 @@ def copy_out(destinations: Sequence[Any], tensors: Sequence[torch.Tensor | None]
             f"copy_out: {len(destinations)} destination(s) for {len(tensors)} tensor(s)."
         )
     cuda = False
-    for dest, t in zip(destinations, tensors):
+    for dest, t in zip(destinations, tensors, strict=True):
         if dest is None or t is None:
             continue
         copy_into(dest, t)
@@ -180,7 +180,7 @@ def memory_stats() -> dict[str, Any]:
 
 
 def scope_enter() -> Any:
-    """scope_enter() -> scope: open a :func:`torchbridge.memory.scope`; pass it to :func:`scope_exit`."""
+    """scope_enter() -> scope: open a ``torchbridge.memory.scope``; close it with ``scope_exit``."""
     from . import memory
 
     cm = memory.scope()
@@ -189,7 +189,7 @@ def scope_enter() -> Any:
 
 
 def scope_exit(scope: Any) -> None:
-    """scope_exit(scope) -> None: close a scope from :func:`scope_enter`, releasing its pullbacks."""
+    """scope_exit(scope) -> None: close a ``scope_enter`` scope, releasing its pullbacks."""
     scope.__exit__(None, None, None)
 
 
@@ -287,7 +287,7 @@ class TorchOptimizer:
         """Apply the gradients in the model's buffers, then advance the schedule."""
         model = self.model
         with model.lock:
-            for p, g in zip(_parameters(model), model.grads):
+            for p, g in zip(_parameters(model), model.grads, strict=True):
                 if p.grad is not g:  # see NOTE [gradient buffers] in torchbridge.bridged
                     p.grad = g
             self.optimizer.step()
@@ -320,7 +320,7 @@ def optimizer_step(opt: TorchOptimizer) -> float:
 
 
 def set_learning_rate(opt: TorchOptimizer, eta: float) -> None:
-    """set_learning_rate(opt, eta) -> None: set η of every parameter group (a schedule rescales it)."""
+    """set_learning_rate(opt, eta) -> None: set η of every group (a schedule rescales it)."""
     for group in opt.optimizer.param_groups:
         group["lr"] = float(eta)
         if "initial_lr" in group:
@@ -365,9 +365,7 @@ def trainer(opt: TorchOptimizer, loss: Any, *, loss_options: Mapping | None = No
     return TorchTrainer(opt, loss, loss_options)
 
 
-def train_step(
-    trainer: TorchTrainer, x: Any, y: Any
-) -> tuple[float, torch.Tensor, Layout]:
+def train_step(trainer: TorchTrainer, x: Any, y: Any) -> tuple[float, torch.Tensor, Layout]:
     """train_step(trainer, x, y) -> (loss, outputs, layout): one torch-native step on a batch."""
     loss, outputs = trainer.step(x, y)
     return loss, outputs, julia_layout(outputs)

@@ -1,0 +1,327 @@
+"""torchbridge.julia_support, called exactly as TorchBridge.jl calls it.
+
+A Julia array reaches Python in one of two forms, and both are used here:
+
+* ``julia_share(a)``: what ``DLPack.share(x, torch.from_dlpack)`` produces for a
+  Julia array ``x`` of size ``a.shape``: a C-contiguous torch tensor with the
+  dimensions reversed, over the same memory;
+* ``julia_raw(a)``: what PythonCall passes for a raw Julia array, a
+  Fortran-ordered (column-major) numpy array of the Julia size.
+
+``a`` is always a Fortran-ordered numpy array standing for the Julia array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import torchbridge
+from torchbridge import julia_support as jl
+from torchbridge.errors import (
+    CotangentError,
+    PullbackReleasedError,
+    UnknownLossError,
+    UnknownOptimizerError,
+    UnsupportedArrayError,
+)
+from torchbridge.registry.entry import ModelEntry, WeightsInfo
+
+
+def julia_array(*size, dtype=np.float32, seed=0):
+    """A column-major array of Julia size ``size``, as Julia's ``randn(Float32, size...)``."""
+    rng = np.random.default_rng(seed)
+    return np.asfortranarray(rng.standard_normal(size).astype(dtype))
+
+
+def julia_share(a: np.ndarray) -> torch.Tensor:
+    """What DLPack.jl shares for the Julia array ``a``: reversed dims, same memory."""
+    return torch.from_dlpack(a.T)
+
+
+def julia_raw(a: np.ndarray) -> np.ndarray:
+    """What PythonCall passes for the raw Julia array ``a``."""
+    return a
+
+
+def julia_receive(layout):
+    """Allocate the Julia array a layout asks for (``Array{T}(undef, dims)``)."""
+    dims, eltype, device, index = layout
+    assert device == "cpu" and index == -1
+    dtype = {"Float32": np.float32, "Float64": np.float64, "Int64": np.int64}[eltype]
+    return np.zeros(dims, dtype=dtype, order="F")
+
+
+class Tiny(torch.nn.Module):
+    """Linear 3 -> 2 with a BatchNorm, so buffers and train mode matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        self.bn = torch.nn.BatchNorm1d(2)
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))  # a 0-dim parameter
+
+    def forward(self, x):
+        return self.bn(self.fc(x)) * self.scale
+
+
+@pytest.fixture
+def model():
+    m = torchbridge.bridge(Tiny())
+    yield m
+    m.close()
+
+
+class TestModelState:
+    def test_params_and_grads_alias_the_module(self, model):
+        """model_state hands out the model's own parameter and gradient memory."""
+        state = jl.model_state(model)
+        names = state["param_names"]
+        assert names == tuple(n for n, _ in model.module.named_parameters())
+        assert state["device"] == "cpu" and state["device_index"] == -1
+        assert state["dtype"] == "Float32"
+        i = names.index("fc.weight")
+        assert state["params"][i].data_ptr() == model.module.fc.weight.data_ptr()
+        assert state["grads"][i].data_ptr() == model.module.fc.weight.grad.data_ptr()
+
+    def test_zero_dim_parameter_is_a_one_element_view(self, model):
+        """A 0-dim parameter is given as a 1-element view of the same memory."""
+        state = jl.model_state(model)
+        scale = state["params"][state["param_names"].index("scale")]
+        assert scale.shape == (1,)
+        scale.fill_(5.0)
+        assert model.module.scale.item() == 5.0
+
+    def test_writes_through_dlpack_reach_torch(self, model):
+        """An update made through DLPack (as DLPack.from_dlpack wraps it) changes torch's weight."""
+        state = jl.model_state(model)
+        view = np.from_dlpack(state["params"][state["param_names"].index("fc.bias")])
+        view[:] = 7.0
+        assert torch.all(model.module.fc.bias == 7.0)
+
+    def test_non_contiguous_parameter_is_refused(self):
+        """A parameter Julia cannot view without a copy is refused with a fix in the message."""
+        lin = torch.nn.Linear(4, 3)
+        lin.weight = torch.nn.Parameter(torch.randn(4, 3).t())
+        with torchbridge.bridge(lin) as m, pytest.raises(UnsupportedArrayError, match="contiguous"):
+            jl.model_state(m)
+
+
+class TestForwardPullback:
+    @pytest.mark.parametrize("form", [julia_share, julia_raw])
+    def test_forward_layouts_and_copy_out(self, model, form):
+        """forward returns layouts in Julia order and copy_out fills Julia-owned arrays."""
+        model.eval()
+        x = julia_array(3, 5)  # Julia (features, batch)
+        outputs, pullback, layouts = jl.forward(model, form(x), grad=False)
+        assert pullback is None
+        assert layouts == (((2, 5), "Float32", "cpu", -1),)
+        dest = julia_receive(layouts[0])
+        jl.copy_out((julia_share(dest),), outputs)
+        expected = model.module(torch.from_numpy(np.ascontiguousarray(x.T))).detach().numpy()
+        np.testing.assert_allclose(dest, expected.T, rtol=1e-6)
+
+    def test_pullback_gradients_match_autograd(self, model):
+        """The pullback's input and parameter gradients equal plain autograd's."""
+        x = julia_array(3, 4)
+        dy = julia_array(2, 4, seed=1)
+        outputs, pb, _ = jl.forward(model, julia_share(x))
+        grads, layouts = jl.pullback(pb, julia_share(dy))
+        assert layouts == (((3, 4), "Float32", "cpu", -1),)
+        dx = julia_receive(layouts[0])
+        jl.copy_out((julia_share(dx),), grads)
+
+        ref = Tiny()
+        ref.load_state_dict(model.module.state_dict())
+        xt = torch.from_numpy(np.ascontiguousarray(x.T)).requires_grad_(True)
+        ref(xt).backward(torch.from_numpy(np.ascontiguousarray(dy.T)))
+        np.testing.assert_allclose(dx, xt.grad.numpy().T, rtol=1e-5, atol=1e-6)
+        state = jl.model_state(model)
+        np.testing.assert_allclose(
+            state["grads"][state["param_names"].index("fc.weight")].numpy(),
+            ref.fc.weight.grad.numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert not pb.live
+
+    def test_failed_pullback_is_released(self, model):
+        """A pullback that fails on a bad cotangent is released, so the ledger holds nothing."""
+        before = torchbridge.memory.stats()
+        outputs, pb, _ = jl.forward(model, julia_share(julia_array(3, 4)))
+        with pytest.raises(CotangentError):
+            jl.pullback(pb, julia_share(julia_array(5, 4)))
+        assert not pb.live
+        assert torchbridge.memory.stats().live_pullbacks == before.live_pullbacks
+        with pytest.raises(PullbackReleasedError):
+            jl.pullback(pb, julia_share(julia_array(2, 4)))
+
+    def test_release_is_idempotent(self, model):
+        """release frees a live pullback once and accepts None."""
+        _, pb, _ = jl.forward(model, julia_share(julia_array(3, 4)))
+        assert jl.release(pb) is True
+        assert jl.release(pb) is False
+        assert jl.release(None) is False
+
+    def test_input_grads_false_gives_none(self, model):
+        """With input_grads=False the pullback returns no input gradient and no layout."""
+        _, pb, _ = jl.forward(model, julia_share(julia_array(3, 4)), input_grads=False)
+        grads, layouts = jl.pullback(pb, julia_share(julia_array(2, 4)))
+        assert grads == (None,) and layouts == (None,)
+
+    def test_copy_out_skips_none_and_checks_counts(self):
+        """copy_out skips None entries and refuses mismatched lengths."""
+        dest = np.zeros((2, 3), dtype=np.float32, order="F")
+        src = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+        jl.copy_out((julia_share(dest), None), (src, None))
+        np.testing.assert_array_equal(dest, src.numpy().T)
+        with pytest.raises(UnsupportedArrayError):
+            jl.copy_out((julia_share(dest),), (src, src))
+
+    def test_many_steps_leave_the_ledger_at_baseline(self, model):
+        """A hundred forward/pullback/copy_out steps leave no live pullback behind."""
+        baseline = torchbridge.memory.snapshot()
+        for i in range(100):
+            outputs, pb, layouts = jl.forward(model, julia_share(julia_array(3, 4, seed=i)))
+            y = julia_receive(layouts[0])
+            jl.copy_out((julia_share(y),), outputs)
+            jl.pullback(pb, julia_share(np.asfortranarray(np.ones_like(y))))
+        torchbridge.memory.assert_baseline(baseline)
+
+
+class TestMemory:
+    def test_stats_are_plain_values(self, model):
+        """memory_stats returns ints and dicts of ints, as Julia converts them."""
+        stats = jl.memory_stats()
+        assert stats["open_models"] >= 1
+        assert all(isinstance(v, int) for v in stats["shared_bytes"].values())
+
+    def test_scope_releases_unpulled_pullbacks(self, model):
+        """A scope opened and closed from Julia releases the pullbacks created inside it."""
+        before = jl.memory_stats()["live_pullbacks"]
+        handle = jl.scope_enter()
+        _, pb, _ = jl.forward(model, julia_share(julia_array(3, 4)))
+        assert jl.memory_stats()["live_pullbacks"] == before + 1
+        jl.scope_exit(handle)
+        assert not pb.live
+        assert jl.memory_stats()["live_pullbacks"] == before
+
+
+class TestRegistryRows:
+    def test_entry_row_is_plain_and_reversed(self):
+        """entry_row gives plain values with the input size in both orders."""
+        entry = ModelEntry(
+            id="timm/tiny",
+            source="timm",
+            name="tiny",
+            task="image-classification",
+            pretrained=True,
+            weights=WeightsInfo(location="hf-hub:x/tiny", cached=True),
+            input_size=(3, 32, 48),
+            mean=(0.5, 0.5, 0.5),
+            num_classes=10,
+            tags=("cnn",),
+        )
+        row = jl.entry_row(entry)
+        assert row["input_size"] == [3, 32, 48]
+        assert row["julia_input_size"] == [48, 32, 3]
+        assert row["cached"] is True and row["pretrained"] is True
+        assert row["std"] is None and row["tags"] == ["cnn"]
+        assert set(row) == set(jl._ROW_FIELDS)
+
+    def test_registry_rows_filter_by_source(self):
+        """registry_rows passes its filters to list_models, as models(; source) does."""
+        rows = jl.registry_rows(None, source="torchvision", pretrained=None, task=None)
+        assert rows and all(r["source"] == "torchvision" for r in rows)
+        assert all(set(r) == set(jl._ROW_FIELDS) for r in rows[:5])
+
+    def test_search_and_info_rows(self):
+        """search_rows and info_row return rows for known ids."""
+        found = jl.search_rows("resnet", limit=3)
+        assert 0 < len(found) <= 3
+        assert jl.info_row(found[0]["id"])["id"] == found[0]["id"]
+
+
+# Optimisers.jl 0.4's field names for each rule, as optimiser_spec builds them
+# from fieldnames(typeof(rule)) with the rule's defaults.
+OPTIMISERS_JL_RULES = {
+    "Descent": {"eta": 0.1},
+    "Momentum": {"eta": 0.01, "rho": 0.9},
+    "Nesterov": {"eta": 0.001, "rho": 0.9},
+    "Adam": {"eta": 0.001, "beta": (0.9, 0.999), "epsilon": 1e-8},
+    "AdamW": {"eta": 0.001, "beta": (0.9, 0.999), "lambda": 0.0, "epsilon": 1e-8, "couple": True},
+    "RMSProp": {"eta": 0.001, "rho": 0.9, "epsilon": 1e-8, "centred": False},
+    "AdaGrad": {"eta": 0.1, "epsilon": 1e-8},
+}
+
+
+class TestTraining:
+    @pytest.mark.parametrize("rule", sorted(OPTIMISERS_JL_RULES))
+    def test_every_rule_spec_builds_an_optimizer(self, model, rule):
+        """The spec Julia builds from each supported Optimisers.jl rule is accepted and steps."""
+        spec = {"rule": rule, **OPTIMISERS_JL_RULES[rule]}
+        opt = jl.optimizer(model, spec, schedule=None)
+        before = model.module.fc.weight.detach().clone()
+        for g in model.grads:
+            g.fill_(1.0)
+        assert jl.optimizer_step(opt) == pytest.approx(spec["eta"])
+        assert not torch.equal(model.module.fc.weight, before)
+
+    def test_unknown_rule_is_a_typed_error(self, model):
+        """A rule torch cannot perform is refused by name."""
+        with pytest.raises(UnknownOptimizerError, match="Lion"):
+            jl.optimizer(model, {"rule": "Lion", "eta": 0.1})
+
+    def test_step_uses_the_buffers_julia_wrote(self, model):
+        """optimizer_step applies exactly the gradient in the shared buffers (Descent)."""
+        opt = jl.optimizer(model, {"rule": "Descent", "eta": 0.5})
+        model.zero_grad()
+        state = jl.model_state(model)
+        bias_grad = state["grads"][state["param_names"].index("fc.bias")]
+        np.from_dlpack(bias_grad)[:] = 2.0  # Julia writes fc.bias's gradient
+        before = model.module.fc.bias.detach().clone()
+        jl.optimizer_step(opt)
+        torch.testing.assert_close(model.module.fc.bias.detach(), before - 1.0)
+
+    def test_schedule_and_set_learning_rate(self, model):
+        """A step schedule scales η per step, and set_learning_rate changes its base."""
+        opt = jl.optimizer(
+            model,
+            {"rule": "Descent", "eta": 0.1},
+            schedule={"schedule": "step", "step_size": 1, "gamma": 0.5},
+        )
+        lrs = [jl.optimizer_step(opt) for _ in range(3)]
+        assert lrs == pytest.approx([0.1, 0.05, 0.025])
+        jl.set_learning_rate(opt, 1.0)
+        assert opt.scheduler.base_lrs == [1.0]
+
+    @pytest.mark.parametrize("form", [julia_share, julia_raw])
+    def test_train_step_lowers_the_loss(self, form):
+        """Torch-native steps on Julia batches lower a Flux loss and keep the buffers shared."""
+        torch.manual_seed(0)
+        m = torchbridge.bridge(
+            torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        )
+        grads_before = [g.data_ptr() for g in m.grads]
+        opt = jl.optimizer(m, {"rule": "Adam", "eta": 0.05, "beta": (0.9, 0.999), "epsilon": 1e-8})
+        t = jl.trainer(opt, "logitcrossentropy", loss_options=None)
+        x = julia_array(3, 32)  # Julia (features, batch)
+        labels = (x[0] > 0).astype(np.int64)
+        y = np.asfortranarray(
+            np.stack([labels == 0, labels == 1]).astype(np.float32)
+        )  # one-hot (2, 32)
+        losses = []
+        for _ in range(30):
+            loss, outputs, layout = jl.train_step(t, form(x), form(y))
+            losses.append(loss)
+        assert layout == ((2, 32), "Float32", "cpu", -1)
+        assert losses[-1] < 0.5 * losses[0]
+        assert [p.grad.data_ptr() for p in m.module.parameters()] == grads_before
+        m.close()
+
+    def test_unknown_loss_is_a_typed_error(self, model):
+        """A loss without a torch translation is refused with the supported names."""
+        opt = jl.optimizer(model, {"rule": "Descent"})
+        with pytest.raises(UnknownLossError, match="mse"):
+            jl.trainer(opt, "hinge_loss")
