@@ -184,3 +184,48 @@ class TestFitErrors:
         with pytest.raises(TrainingError, match="architecture"):
             fit(small_cnn(), train[:1], epochs=1, optimizer={"rule": "Adam"},
                 loss="logitcrossentropy", checkpoint=Checkpoint("digits"), progress=False)
+
+
+class TestCheckpoints:
+    def _timm_batches(self):
+        torch.manual_seed(0)
+        return [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))) for _ in range(2)]
+
+    def test_best_weights_register_as_a_local_model(self, isolated_caches):
+        """The checkpoint loads back with load_model('local/<name>') giving the trained model's outputs."""
+        import timm
+
+        import torchbridge
+
+        model = timm.create_model("test_resnet", num_classes=3)
+        batches = self._timm_batches()
+        history = fit(
+            model, batches, batches, epochs=2, optimizer={"rule": "Adam", "eta": 1e-3},
+            loss="logitcrossentropy", checkpoint=Checkpoint("digits-ckpt", save="last"),
+            progress=False,
+        )
+        assert history.checkpoint.id == "local/digits-ckpt"
+        assert history.checkpoint.num_classes == 3
+        loaded = torchbridge.load_model("local/digits-ckpt").eval()
+        model.eval()
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x))
+
+    def test_taken_name_is_refused_before_training(self, isolated_caches):
+        """Reusing a checkpoint name without overwrite fails before any epoch runs."""
+        import timm
+
+        batches = self._timm_batches()
+        settings = dict(
+            epochs=1, optimizer={"rule": "Adam"}, loss="logitcrossentropy", progress=False
+        )
+        fit(timm.create_model("test_resnet", num_classes=3), batches,
+            checkpoint=Checkpoint("taken"), **settings)
+        model = timm.create_model("test_resnet", num_classes=3)
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(TrainingError, match="taken"):
+            fit(model, batches, checkpoint=Checkpoint("taken"), **settings)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        history = fit(model, batches, checkpoint=Checkpoint("taken", overwrite=True), **settings)
+        assert history.checkpoint.id == "local/taken"

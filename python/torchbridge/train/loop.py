@@ -97,6 +97,8 @@ class Checkpoint:
     ``architecture`` is what rebuilds the module (a registry id such as
     ``"timm/resnet18"``); for timm models it defaults to the model's own
     architecture. ``num_classes`` defaults to the model's ``num_classes``.
+    An existing ``local/<name>`` is replaced only with ``overwrite=True``
+    (checked before training starts).
     """
 
     name: str
@@ -104,6 +106,7 @@ class Checkpoint:
     num_classes: int | None = None
     directory: str | None = None
     save: str = "best"
+    overwrite: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # passed to register_local_model
 
 
@@ -233,19 +236,41 @@ def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
 # -- checkpoints -------------------------------------------------------------
 
 
-def _register(model: torch.nn.Module, policy: Checkpoint) -> Any:
+def _check_free(policy: Checkpoint) -> None:
+    """Refuse, before any training, to save over an existing local model."""
+    from .. import registry
+    from ..errors import UnknownModelError
+
+    if policy.overwrite:
+        return
+    try:
+        entry = registry.model_info(f"local/{policy.name}")
+    except UnknownModelError:
+        return
+    raise TrainingError(
+        f"fit: the checkpoint name local/{policy.name} is taken (by "
+        f"{entry.metadata.get('sidecar', 'an earlier model')}); pick another name or pass "
+        "Checkpoint(..., overwrite=True)."
+    )
+
+
+def _architecture(model: torch.nn.Module, policy: Checkpoint) -> str:
+    if policy.architecture is not None:
+        return policy.architecture
+    timm_arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if timm_arch is None:
+        raise TrainingError(
+            f"fit: checkpoint {policy.name!r} needs an architecture (a registry id such "
+            "as 'timm/resnet18' that rebuilds the module); pass "
+            "Checkpoint(name, architecture=...)."
+        )
+    return f"timm/{timm_arch}"
+
+
+def _register(model: torch.nn.Module, policy: Checkpoint, *, overwrite: bool) -> Any:
     from .. import registry
 
-    architecture = policy.architecture
-    if architecture is None:
-        timm_arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-        if timm_arch is None:
-            raise TrainingError(
-                f"fit: checkpoint {policy.name!r} needs an architecture (a registry id such "
-                "as 'timm/resnet18' that rebuilds the module); pass "
-                "Checkpoint(name, architecture=...)."
-            )
-        architecture = f"timm/{timm_arch}"
+    architecture = _architecture(model, policy)
     num_classes = policy.num_classes
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
@@ -256,6 +281,7 @@ def _register(model: torch.nn.Module, policy: Checkpoint) -> Any:
         architecture=architecture,
         num_classes=num_classes,
         directory=policy.directory,
+        overwrite=overwrite,
         **dict(policy.extra),
     )
 
@@ -333,8 +359,11 @@ def fit(
     metric_table = _metric_table(metrics)
     stopping = _early_stopping(early_stopping)
     saving = _checkpoint(checkpoint)
-    if saving is not None and saving.save not in ("best", "last"):
-        raise TrainingError(f"fit: Checkpoint.save is 'best' or 'last', got {saving.save!r}.")
+    if saving is not None:
+        if saving.save not in ("best", "last"):
+            raise TrainingError(f"fit: Checkpoint.save is 'best' or 'last', got {saving.save!r}.")
+        _architecture(model, saving)
+        _check_free(saving)
     train_batches = _batches(
         train_data, batch_size=batch_size, shuffle=True, epochs=epochs, role="train_data"
     )
@@ -379,7 +408,9 @@ def fit(
         else:
             stale += 1
         if saving is not None and (saving.save == "last" or improved):
-            history.checkpoint = _register(model, saving)
+            # later saves of the same fit replace its own earlier ones
+            overwrite = saving.overwrite or history.checkpoint is not None
+            history.checkpoint = _register(model, saving, overwrite=overwrite)
         if progress:
             _print_summary(row, epochs)
         if stopping is not None and stale >= stopping.patience:
