@@ -33,7 +33,6 @@ import re
 import threading
 import traceback
 import weakref
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -241,8 +240,12 @@ class BridgedModel:
             return tuple(flat), None
         leaves = _leaves(tensors, _per_input(input_grads, len(tensors)))
         del tensors
-        with self.lock, torch.enable_grad():
-            out = self._run(leaves)
+        with self.lock:
+            if torch.is_grad_enabled():
+                out = self._run(leaves)
+            else:
+                with torch.enable_grad():
+                    out = self._run(leaves)
         flat, structure = flatten_outputs(out)
         del out
         self.output_structure = structure
@@ -335,8 +338,6 @@ class Pullback:
     the caller may retry or :meth:`release` it.
     """
 
-    _live: weakref.WeakValueDictionary[int, Pullback] = weakref.WeakValueDictionary()
-
     def __init__(self, model: BridgedModel, inputs: list, outputs: list, structure):
         self._model = model
         self._inputs = inputs
@@ -344,10 +345,12 @@ class Pullback:
         self.output_structure: OutputStructure = structure
         self._state = "live"
         self._state_lock = threading.Lock()
-        held = [*inputs, *outputs]
-        LEDGER.add_pullback(self, len(held), tensor_bytes(held))
-        Pullback._live[id(self)] = self
+        LEDGER.add_pullback(self)
         model._pullbacks.add(self)
+
+    def held_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors this pullback keeps alive: the imported inputs and the graph outputs."""
+        return (*self._inputs, *self._outputs)
 
     @property
     def live(self) -> bool:
@@ -420,7 +423,6 @@ class Pullback:
         self._inputs = []
         self._outputs = []
         LEDGER.remove_pullback(self, by_gc=by_gc)
-        Pullback._live.pop(id(self), None)
 
     def _check_live(self) -> None:
         if self._state == "called":
@@ -491,5 +493,3 @@ def _spec_str(spec) -> str:
     return "(" + ", ".join("*" if d is None else str(d) for d in spec) + ")"
 
 
-def held_bytes(tensors) -> Counter:  # re-exported for the benchmarks
-    return tensor_bytes(list(tensors))

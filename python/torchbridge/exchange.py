@@ -87,19 +87,21 @@ def _is_column_major(a: np.ndarray) -> bool:
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == object or a.dtype.kind in "USV":
+    if a.dtype.kind not in "biufc":
         raise UnsupportedDTypeError(
             f"to_torch: arrays of {a.dtype} cannot cross the bridge; "
             "pass a numeric array (Float32 is what most models expect)."
         )
     try:
-        tensor = torch.from_dlpack(a)
+        # from_numpy is the cheapest zero-copy view; it refuses read-only arrays
+        # (with a warning) and a few dtypes, which DLPack takes instead.
+        tensor = torch.from_numpy(a) if a.flags.writeable else torch.from_dlpack(a)
     except (BufferError, TypeError, RuntimeError) as exc:
         raise UnsupportedDTypeError(
             f"to_torch: a numpy array of dtype {a.dtype} cannot be exported through DLPack "
             f"({exc}). Convert it first, e.g. to float32 (Float32 in Julia)."
         ) from exc
-    if _is_column_major(a):
+    if a.flags.f_contiguous and a.ndim >= 2 and _is_column_major(a):
         tensor = tensor.permute(*reversed(range(a.ndim)))
     return tensor
 

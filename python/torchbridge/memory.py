@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,18 +95,11 @@ class MemoryStats:
         return lines
 
 
-def tensor_bytes(tensors: list[torch.Tensor]) -> Counter:
-    """Bytes per device of ``tensors``, counting each storage once."""
-    seen: set[tuple[str, int]] = set()
+def tensor_bytes(tensors) -> Counter:
+    """Bytes per device of ``tensors`` (each counted at its own size)."""
     total: Counter = Counter()
     for t in tensors:
-        device = str(t.device)
-        storage = t.untyped_storage()
-        key = (device, storage.data_ptr())
-        if key in seen:
-            continue
-        seen.add(key)
-        total[device] += storage.nbytes()
+        total[str(t.device)] += t.nbytes
     return total
 
 
@@ -114,15 +108,17 @@ class _Ledger:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pullbacks: dict[int, tuple[int, Counter]] = {}
+        self._pullbacks: dict[int, weakref.ref[Pullback]] = {}
         self._models: dict[int, tuple[int, Counter]] = {}
         self._released_by_gc = 0
         self._scopes = threading.local()
 
     # pullbacks ---------------------------------------------------------------
-    def add_pullback(self, pullback: Pullback, buffers: int, nbytes: Counter) -> None:
+    # Only a weak reference is kept: the ledger must never be what keeps a
+    # graph alive. Sizes are summed when stats() asks, off the training step.
+    def add_pullback(self, pullback: Pullback) -> None:
         with self._lock:
-            self._pullbacks[id(pullback)] = (buffers, nbytes)
+            self._pullbacks[id(pullback)] = weakref.ref(pullback)
         stack = getattr(self._scopes, "stack", None)
         if stack:
             stack[-1].append(pullback)
@@ -132,6 +128,11 @@ class _Ledger:
             self._pullbacks.pop(id(pullback), None)
             if by_gc:
                 self._released_by_gc += 1
+
+    def live_pullbacks(self) -> list[Pullback]:
+        with self._lock:
+            refs = list(self._pullbacks.values())
+        return [pb for pb in (ref() for ref in refs) if pb is not None]
 
     # models ------------------------------------------------------------------
     def add_model(self, model: BridgedModel, buffers: int, nbytes: Counter) -> None:
@@ -153,9 +154,11 @@ class _Ledger:
         with self._lock:
             held_bytes: Counter = Counter()
             held = 0
-            for buffers, nbytes in self._pullbacks.values():
-                held += buffers
-                held_bytes.update(nbytes)
+            for ref in self._pullbacks.values():
+                pullback = ref()
+                tensors = pullback.held_tensors() if pullback is not None else ()
+                held += len(tensors)
+                held_bytes.update(tensor_bytes(tensors))
             shared_bytes: Counter = Counter()
             shared = 0
             for buffers, nbytes in self._models.values():
@@ -220,10 +223,8 @@ def release_all() -> int:
     Releases every live pullback of every model. For the end of a training run
     or an interactive session; inside a loop prefer :func:`scope`.
     """
-    from .bridged import Pullback
-
     released = 0
-    for pullback in list(Pullback._live.values()):
+    for pullback in LEDGER.live_pullbacks():
         if pullback.release():
             released += 1
     return released

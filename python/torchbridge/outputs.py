@@ -50,11 +50,16 @@ class OutputStructure:
 
 def flatten_outputs(value: Any) -> tuple[list[torch.Tensor], OutputStructure]:
     """flatten_outputs(value) -> (tensors, structure)."""
+    if isinstance(value, torch.Tensor):  # the common case, without the walk
+        return [value], _SINGLE_TENSOR
     flat: list[torch.Tensor] = []
     tree = _flatten(value, flat)
     kind = tree[0] if tree[0] in ("tensor", "tuple", "list", "dict") else "tuple"
     keys = tuple(str(k) for k, _ in tree[1]) if tree[0] == "dict" else ()
     return flat, OutputStructure(kind=kind, keys=keys, num_tensors=len(flat), _tree=tree)
+
+
+_SINGLE_TENSOR = OutputStructure(kind="tensor", keys=(), num_tensors=1, _tree=_TENSOR)
 
 
 def _flatten(value: Any, flat: list[torch.Tensor]) -> tuple:
