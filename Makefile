@@ -1,0 +1,61 @@
+# torchbridge: `make demo` runs the main job end to end, `make test` runs every check.
+# Both set up .venv first on a fresh machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+FATOU  := $(VENV)/bin/fatou
+
+# torch + torchvision that import together. pyproject.toml keeps a lower bound
+# only; the set-up pins a pair known to work on the build machines (x86_64: the
+# pair on local disk; aarch64: a CPU build). Override with TORCH_PIN="...".
+ifeq ($(shell uname -m),aarch64)
+TORCH_PIN ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+# Tests and the demo never wait on a model hub.
+export HF_HUB_OFFLINE ?= 1
+export TORCHBRIDGE_OFFLINE ?= 1
+export PYTHON_JULIAPKG_OFFLINE ?= yes
+
+.PHONY: setup demo test test-python lint-julia format-julia test-julia bench notebook clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e '.[all,dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m torchbridge.demo
+
+test: test-python lint-julia
+
+test-python: setup
+	$(PY) -m pytest
+
+lint-julia: setup
+	$(FATOU) lint --color never julia
+	$(FATOU) format --check --color never julia
+
+format-julia: setup
+	$(FATOU) format julia
+
+# Needs a Julia installation (not available on the build machines).
+test-julia:
+	julia --project=julia -e 'using Pkg; Pkg.test()'
+
+bench: setup
+	$(PY) benchmarks/run.py --json benchmarks/results.json
+
+notebook: setup
+	$(VENV)/bin/jupytext --sync examples/mixed_notebook.ipynb
+
+clean:
+	rm -rf $(VENV) demo-output benchmarks/results.json .pytest_cache
