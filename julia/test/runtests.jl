@@ -1,0 +1,213 @@
+# The TorchBridge.jl test suite. Run from the repository root with
+#
+#     julia --project=julia -e 'using Pkg; Pkg.test()'
+#
+# It needs the Python side (torch, timm, torchbridge) that CondaPkg installs from
+# julia/CondaPkg.toml, or an existing Python (JULIA_CONDAPKG_BACKEND=Null,
+# JULIA_PYTHONCALL_EXE=...). Set HF_HUB_OFFLINE=1 to keep the registry offline.
+
+using Test
+using TorchBridge
+using PythonCall: PythonCall, pyconvert, pyimport
+using Zygote: Zygote
+using FiniteDifferences: FiniteDifferences, central_fdm
+using Optimisers: Optimisers
+using Flux: Flux
+using FluxTraining: FluxTraining
+
+const torch = pyimport("torch")
+const tb = pyimport("torchbridge")
+
+# A small torch MLP, (features = 3, batch) -> (2, batch) in Julia order.
+function tiny_model(; T = Float32, seed = 0)
+    torch.manual_seed(seed)
+    nn = torch.nn
+    module_ = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    T == Float64 && module_.double()
+    return TorchModel(tb.bridge(module_)), module_
+end
+
+torch_param(module_, i, name) = pyconvert(
+    Array,
+    getproperty(module_[i], name).detach().numpy(),
+)
+
+@testset verbose = true "TorchBridge" begin
+    @testset "zero-copy parameters" begin
+        m, module_ = tiny_model()
+        @test TorchBridge.parameter_names(m) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+        # Julia (in, out) is torch's (out, in)
+        @test size(m.params[1]) == (3, 5)
+        @test m.params[1] == permutedims(torch_param(module_, 0, "weight"))
+        # mutate from Julia, seen by torch
+        m.params[2] .= 7.0f0
+        @test all(==(7.0f0), torch_param(module_, 0, "bias"))
+        # mutate from torch, seen by Julia
+        module_[2].bias.data.fill_(-1.0)
+        @test all(==(-1.0f0), m.params[4])
+        close!(m)
+    end
+
+    @testset "forward matches torch, dims reversed" begin
+        m, module_ = tiny_model()
+        x = randn(Float32, 3, 4) # (features, batch)
+        y = m(x)
+        @test y isa Matrix{Float32} && size(y) == (2, 4)
+        ref = from_torch(module_(to_torch(x)).detach())
+        @test y ≈ ref
+        # an image-like batch: Julia (W, H, C, N) is torch (N, C, H, W)
+        t = to_torch(zeros(Float32, 5, 4, 3, 2))
+        @test pyconvert(Vector{Int}, t.shape) == [2, 3, 4, 5]
+        PythonCall.pydel!(t)
+        close!(m)
+    end
+
+    @testset "Zygote gradients vs finite differences" begin
+        m, _ = tiny_model(; T = Float64)
+        x = randn(3, 4)
+        loss(m, x) = sum(abs2, m(x))
+        gm, gx = Zygote.gradient(loss, m, x)
+        fdm = central_fdm(5, 1)
+        @test gx ≈ FiniteDifferences.grad(fdm, x -> loss(m, x), x)[1] rtol = 1.0e-6
+        for i in eachindex(m.params)
+            p0 = copy(m.params[i])
+            fd = FiniteDifferences.grad(
+                fdm,
+                p -> (copyto!(m.params[i], p); loss(m, x)),
+                p0,
+            )[1]
+            copyto!(m.params[i], p0)
+            @test gm.params[i] ≈ fd rtol = 1.0e-6
+        end
+        # the tangent is a copy: the next step does not change it
+        g1 = copy(gm.params[1])
+        Zygote.gradient(m -> loss(m, 2 .* x), m)
+        @test gm.params[1] == g1
+        close!(m)
+    end
+
+    @testset "a Flux head on a torch backbone" begin
+        m, _ = tiny_model()
+        model = Flux.Chain(m, Flux.Dense(2 => 1))
+        x = randn(Float32, 3, 8)
+        grads = Zygote.gradient(model -> sum(model(x)), model)[1]
+        @test length(grads.layers[1].params) == 4
+        @test size(grads.layers[2].weight) == (1, 2)
+        state = Optimisers.setup(Optimisers.Adam(1.0f-2), model)
+        before = copy(m.params[1])
+        Optimisers.update!(state, model, grads)
+        @test m.params[1] != before # torch's weight moved, in place
+        close!(m)
+    end
+
+    @testset "memory: back at baseline after many steps" begin
+        m, _ = tiny_model()
+        baseline = memory_stats()
+        state = Optimisers.setup(Optimisers.Descent(1.0f-3), m)
+        x, y = randn(Float32, 3, 16), randn(Float32, 2, 16)
+        for _ in 1:200
+            TorchBridge.scope() do
+                g = Zygote.gradient(m -> Flux.mse(m(x), y), m)[1]
+                Optimisers.update!(state, m, g)
+            end
+        end
+        @test memory_stats() == baseline
+        # a pullback never called is released by its scope, not by the GC
+        TorchBridge.scope() do
+            Zygote.pullback(m -> sum(m(x)), m)
+            @test memory_stats().live_pullbacks == baseline.live_pullbacks + 1
+        end
+        @test memory_stats() == baseline
+        # a pullback is one-shot
+        _, back = Zygote.pullback(m -> sum(m(x)), m)
+        back(1.0f0)
+        err = try
+            back(1.0f0)
+            nothing
+        catch e
+            e
+        end
+        @test err isa TorchBridgeError && err.kind === :PullbackReleasedError
+        @test memory_stats() == baseline
+        close!(m)
+        @test memory_stats().open_models == baseline.open_models - 1
+    end
+
+    @testset "torch optimisers from Optimisers.jl rules" begin
+        @test TorchBridge.optimiser_spec(Optimisers.Adam(1.0e-3)) ==
+            Dict{String, Any}(
+                "rule" => "Adam",
+                "eta" => 1.0e-3,
+                "beta" => (0.9, 0.999),
+                "epsilon" => 1.0e-8,
+            )
+        @test TorchBridge.optimiser_spec(Optimisers.Momentum(0.1, 0.8))["rho"] == 0.8
+        @test_throws ArgumentError TorchBridge.optimiser_spec(Optimisers.Lion())
+        @test TorchBridge.loss_name(Flux.logitcrossentropy) == "logitcrossentropy"
+        @test_throws ArgumentError TorchBridge.loss_name(Flux.huber_loss)
+        m, _ = tiny_model()
+        state = Optimisers.setup(TorchOptimiser(Optimisers.Descent(0.5)), m)
+        x = randn(Float32, 3, 4)
+        g = Zygote.gradient(m -> sum(m(x)), m)[1]
+        expected = m.params[4] .- 0.5f0 .* g.params[4]
+        Optimisers.update!(state, m, g)
+        @test m.params[4] ≈ expected
+        close!(m)
+    end
+
+    @testset "FluxTraining: torch-native and Zygote epochs" begin
+        m, _ = tiny_model()
+        xs = randn(Float32, 3, 256)
+        labels = Int.(xs[1, :] .> 0) .+ 1
+        ys = Float32.(Flux.onehotbatch(labels, 1:2))
+        batches = [(xs[:, i:(i + 31)], ys[:, i:(i + 31)]) for i in 1:32:256]
+        learner = FluxTraining.Learner(
+            m,
+            Flux.logitcrossentropy;
+            data = (batches, batches[1:2]),
+            optimizer = TorchOptimiser(
+                Optimisers.Adam(0.05);
+                schedule = (schedule = :cosine, steps = 40),
+            ),
+            usedefaultcallbacks = false,
+        )
+        loss_before = Flux.logitcrossentropy(m(xs), ys)
+        fit_torch!(learner, 5)
+        loss_after = Flux.logitcrossentropy(m(xs), ys)
+        @test loss_after < 0.5 * loss_before
+        # the standard phase, with Zygote through the rrule and an Optimisers.jl rule
+        learner2 = FluxTraining.Learner(
+            m,
+            Flux.logitcrossentropy;
+            data = (batches, batches[1:2]),
+            optimizer = Optimisers.Adam(0.01),
+            usedefaultcallbacks = false,
+        )
+        FluxTraining.fit!(learner2, 2)
+        @test Flux.logitcrossentropy(m(xs), ys) < loss_after * 1.1
+        @test memory_stats().live_pullbacks == 0
+        close!(m)
+    end
+
+    @testset "registry" begin
+        rows = models(; source = "torchvision")
+        @test !isempty(rows)
+        @test all(r -> r.source == "torchvision", rows)
+        sized = filter(r -> r.input_size !== nothing, rows)
+        @test all(r -> r.input_size == reverse(r.torch_input_size), sized)
+        found = search_models("resnet"; limit = 3)
+        @test 1 <= length(found) <= 3
+        @test model_info(found[1].id).id == found[1].id
+        err = try
+            model_info("timm/definitely_not_a_model")
+            nothing
+        catch e
+            e
+        end
+        @test err isa TorchBridgeError && err.kind === :UnknownModelError
+        m = load_model("torchvision/resnet18"; num_classes = 3)
+        testmode!(m)
+        @test size(m(randn(Float32, 64, 64, 3, 2))) == (3, 2)
+        close!(m)
+    end
+end
