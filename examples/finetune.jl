@@ -1,0 +1,106 @@
+# Finetune a pretrained timm model from Julia, two ways, then export it to ONNX.
+#
+#     julia --project=julia examples/finetune.jl
+#
+# Needs Flux, FluxTraining, Optimisers and Zygote in the active environment
+# (`julia --project=julia/test` has them) and the pretrained weights of
+# timm/resnet18.a1_in1k in the Hugging Face cache, or network access. The data
+# is synthetic: two classes of 64×64 images told apart by their mean colour.
+
+using TorchBridge
+using Flux: Flux
+using FluxTraining: FluxTraining
+using Optimisers: Optimisers
+using Zygote: Zygote
+
+const MODEL = "timm/resnet18.a1_in1k"
+const CLASSES = 2
+const SIZE = 64
+
+# Synthetic images in Julia order (W, H, C, N), one-hot labels (classes, N).
+function batch(n)
+    labels = rand(1:CLASSES, n)
+    x = randn(Float32, SIZE, SIZE, 3, n) .* 0.5f0
+    for (i, l) in enumerate(labels)
+        x[:, :, l, i] .+= 1.0f0
+    end
+    return x, Float32.(Flux.onehotbatch(labels, 1:CLASSES))
+end
+
+train = [batch(16) for _ in 1:8]
+valid = [batch(16) for _ in 1:2]
+accuracy(model, data) = sum(
+    sum(Flux.onecold(model(x)) .== Flux.onecold(y))
+    for (x, y) in data
+) /
+    sum(size(y, 2) for (_, y) in data)
+
+println(model_info(MODEL))
+
+## 1. The whole step in torch, driven by a FluxTraining Learner
+#
+# A new 2-class head on the pretrained network; TorchOptimiser runs
+# Optimisers.jl's Adam as a torch optimiser, with a cosine schedule.
+
+model = load_model(MODEL; pretrained = true, num_classes = CLASSES)
+trainmode!(model)
+learner = FluxTraining.Learner(
+    model,
+    Flux.logitcrossentropy;
+    data = (train, valid),
+    optimizer = TorchOptimiser(
+        Optimisers.Adam(1.0f-3);
+        schedule = (schedule = :cosine, steps = 3 * length(train)),
+    ),
+)
+fit_torch!(learner, 3)
+testmode!(model)
+println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
+
+## 2. A Flux head on the torch backbone, Zygote + Optimisers.jl
+#
+# The backbone without its classifier (num_classes = 0 gives the pooled
+# features, 512 for resnet18); its input gradient is not needed (it sees data
+# only). Zygote differentiates the Chain through TorchModel's rrule; the
+# backbone's parameters are torch's memory and Optimisers.update! changes them
+# in place.
+
+backbone = load_model(MODEL; pretrained = true, num_classes = 0, input_grads = false)
+trainmode!(backbone)
+net = Flux.Chain(backbone, Flux.Dense(512 => 64, Flux.relu), Flux.Dense(64 => CLASSES))
+state = Optimisers.setup(Optimisers.Adam(1.0f-3), net)
+Optimisers.adjust!(state.layers[1], 1.0f-4) # a smaller step for the pretrained layers
+
+baseline = memory_stats()
+for epoch in 1:3
+    for (x, y) in train
+        TorchBridge.scope() do
+            # whatever happens, no graph outlives the step
+            grads = Zygote.gradient(net -> Flux.logitcrossentropy(net(x), y), net)
+            Optimisers.update!(state, net, grads[1])
+        end
+    end
+    println("epoch $epoch: validation accuracy ", accuracy(net, valid))
+end
+@assert memory_stats() == baseline "the bridge's ledger is back at its baseline"
+
+## 3. Export the torch-trained classifier to ONNX
+#
+# input_size is one sample in Julia order (W, H, C); it is reversed for torch.
+
+report = export_onnx(
+    model,
+    joinpath(mktempdir(), "resnet18_finetuned.onnx");
+    input_size = (SIZE, SIZE, 3),
+)
+println(
+    "exported ",
+    report.path,
+    " (",
+    report.file_size,
+    " bytes), max |onnxruntime - torch| = ",
+    report.max_abs_diff,
+)
+
+close!(model)
+close!(backbone)
