@@ -122,3 +122,78 @@ class TestFailures:
         """A plain module without input_size is refused with the fix in the message."""
         with pytest.raises(ExportError, match="input_size"):
             export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
+
+
+class TestRegistryAndCommandLine:
+    def test_finetuned_local_model_exports_by_id(self, isolated_caches, capsys):
+        """`torchbridge export local/<name> --json` writes a verified file for a registered model."""
+        import json
+
+        import torchbridge
+        from torchbridge.cli import main
+
+        model = timm.create_model("test_resnet", num_classes=3)
+        torchbridge.register_local_model("tuned", model, architecture="timm/test_resnet")
+        out = isolated_caches / "tuned.onnx"
+        code = main(["export", "local/tuned", "-o", str(out), "--input-size", "3,32,32", "--json"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert report["model_id"] == "local/tuned" and report["path"] == str(out)
+        assert report["outputs"][0]["shape"] == ["batch", 3]
+        assert report["max_abs_diff"] < 1e-4 and report["batch_sizes_checked"] == [1, 3]
+        x = torch.randn(2, *SIZE)
+        with torch.no_grad():
+            expected = model.eval()(x).numpy()
+        np.testing.assert_allclose(run_onnx(out, x), expected, atol=1e-4)
+
+    def test_weights_file_with_its_head_size(self, isolated_caches, capsys):
+        """--weights with the file's --num-classes exports exactly the file's model."""
+        from safetensors.torch import save_file
+
+        from torchbridge.cli import main
+
+        source = timm.create_model("test_resnet", num_classes=7)
+        weights = isolated_caches / "w.safetensors"
+        save_file(source.state_dict(), str(weights))
+        out = isolated_caches / "w.onnx"
+        code = main([
+            "export", "timm/test_resnet", "-o", str(out), "--weights", str(weights),
+            "--num-classes", "7", "--input-size", "3,32,32",
+        ])
+        text = capsys.readouterr().out
+        assert code == 0, text
+        assert "output output: float32[batch, 7]" in text and "verified with onnxruntime" in text
+        x = torch.randn(1, *SIZE)
+        with torch.no_grad():
+            expected = source.eval()(x).numpy()
+        np.testing.assert_allclose(run_onnx(out, x), expected, atol=1e-4)
+
+    def test_missing_weights_exit_with_a_message(self, isolated_caches, capsys):
+        """Without weights offline, the command exits 1 naming the file to provide and writes nothing."""
+        from torchbridge.cli import main
+
+        out = isolated_caches / "none.onnx"
+        assert main(["export", "timm/resnet10t", "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "weights" in err
+        assert not out.exists()
+
+    def test_bad_input_size_is_a_usage_error(self, capsys):
+        """A malformed --input-size is rejected by the argument parser."""
+        from torchbridge.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["export", "timm/test_resnet", "-o", "x.onnx", "--input-size", "3,a"])
+        assert info.value.code == 2
+        assert "3,224,224" in capsys.readouterr().err
+
+    def test_num_classes_that_the_weights_lack_is_refused(self, isolated_caches):
+        """A --num-classes the weight file was not trained with would export a random head: refused."""
+        from safetensors.torch import save_file
+
+        weights = isolated_caches / "w7.safetensors"
+        save_file(timm.create_model("test_resnet", num_classes=7).state_dict(), str(weights))
+        out = isolated_caches / "w.onnx"
+        with pytest.raises(ExportError, match="random"):
+            export_onnx("timm/test_resnet", out, input_size=SIZE, weights=str(weights), num_classes=4)
+        assert not out.exists()

@@ -126,7 +126,10 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
     if num_classes is not None:
         options["num_classes"] = num_classes
     if weights is not None:
-        return registry.load_model(model, weights=weights, **options)
+        module = registry.load_model(model, weights=weights, **options)
+        if num_classes:
+            _restore_head(module, model, weights)
+        return module
     if entry.source == "local":
         return registry.load_model(model, **options)
     if not entry.pretrained:
@@ -135,6 +138,29 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
             "hold random ones. Pass weights=FILE (--weights FILE) with a checkpoint."
         )
     return registry.load_model(model, pretrained=True, **options)
+
+
+def _restore_head(module: torch.nn.Module, model_id: str, weights: str) -> None:
+    """Load the file's own head into the resized one, or refuse a randomly initialised head.
+
+    ``load_model(..., num_classes=N)`` gives a *new* head (for finetuning). For
+    an export, ``--weights FILE --num-classes N`` means the file holds an
+    N-class model, so every tensor must come from the file.
+    """
+    from .registry.weights import load_state_dict
+
+    state = load_state_dict(weights)
+    own = module.state_dict()
+    found = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    missing = [k for k in own if k not in found]
+    if missing:
+        raise ExportError(
+            f"export_onnx: {weights} has no tensors of the right shape for "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} of {model_id} with "
+            f"num_classes={getattr(module, 'num_classes', '?')}, so they would be exported with "
+            "random values. Give the num_classes the file was trained with, or none."
+        )
+    module.load_state_dict(found)
 
 
 def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[int, ...]:
