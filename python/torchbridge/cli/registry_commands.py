@@ -21,8 +21,12 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     """register(subparsers) -> None: add ``list``, ``search``, ``info`` and ``doctor``."""
     p = subparsers.add_parser("list", help="list models, filtered by a wildcard pattern")
-    p.add_argument("pattern", nargs="?", default=None, help="shell wildcards over id or name, e.g. 'resnet*'")
-    p.add_argument("--source", "-s", default=None, help="only this source (timm, torchvision, hub, local ...)")
+    p.add_argument(
+        "pattern", nargs="?", default=None, help="shell wildcards over id or name, e.g. 'resnet*'"
+    )
+    p.add_argument(
+        "--source", "-s", default=None, help="only this source (timm, torchvision, hub, local ...)"
+    )
     p.add_argument("--pretrained", action="store_true", help="only models with published weights")
     p.add_argument("--task", default=None, help="only this task, e.g. image-classification")
     _add_json(p)
@@ -30,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("search", help="free-text search, best match first")
     p.add_argument("query", help="e.g. 'tiny vision transformer'")
-    p.add_argument("--limit", "-n", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument(
+        "--limit", "-n", type=int, default=20, help="at most this many results (default 20)"
+    )
     _add_json(p)
     p.set_defaults(func=_guarded(_cmd_search))
 
@@ -90,7 +96,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from ..registry import list_models
 
     entries = list_models(
-        args.pattern, source=args.source, pretrained=True if args.pretrained else None, task=args.task
+        args.pattern,
+        source=args.source,
+        pretrained=True if args.pretrained else None,
+        task=args.task,
     )
     if args.json:
         _print_json([e.to_dict() for e in entries])
@@ -119,7 +128,15 @@ def _print_entries(entries: list[Any], *, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("id", "task", "pretrained", "cached", "input (torch)", "input (julia)", "classes"):
+    for column in (
+        "id",
+        "task",
+        "pretrained",
+        "cached",
+        "input (torch)",
+        "input (julia)",
+        "classes",
+    ):
         table.add_column(column, no_wrap=column == "id")
     for e in entries:
         table.add_row(

@@ -123,7 +123,8 @@ class ModelRegistry:
     # -- queries -------------------------------------------------------------
 
     def entries(self, source: str | None = None) -> list[ModelEntry]:
-        """entries(source=None) -> list[ModelEntry]: every entry (of one source), in source order."""
+        """entries(source=None) -> list[ModelEntry]: every entry (of one source), in source
+        order."""
         chosen = [self.source(source)] if source is not None else self.sources()
         out: list[ModelEntry] = []
         for src in chosen:
@@ -162,14 +163,17 @@ class ModelRegistry:
     def model_info(self, model_id: str) -> ModelEntry:
         """See :func:`model_info`."""
         if not isinstance(model_id, str) or not model_id:
-            raise TypeError(f"model id must be a non-empty str like 'timm/resnet18', got {model_id!r}")
+            raise TypeError(
+                f"model id must be a non-empty str like 'timm/resnet18', got {model_id!r}"
+            )
         source_name, sep, name = model_id.partition("/")
         if not sep or not name:
             raise self._unknown(model_id, f"{model_id!r} is not a model id: ids are 'source/name'")
         src = self.source(source_name)
         if not src.available():
             raise RegistryError(
-                f"{model_id}: the {source_name} source needs {src.requirement or 'a missing library'}"
+                f"{model_id}: the {source_name} source needs "
+                f"{src.requirement or 'a library that is not installed'}"
             )
         entry = src.get(name)
         if entry is None:
@@ -222,7 +226,9 @@ class ModelRegistry:
         source = self.source(entry.source)
         weights_path = Path(weights).expanduser() if weights is not None else None
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
-            raise ValueError(f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}")
+            raise ValueError(
+                f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}"
+            )
         return source.load(
             entry,
             pretrained=bool(pretrained or weights_path is not None),
@@ -347,7 +353,8 @@ def load_model(
     trust_pickle: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """load_model(model_id, *, pretrained=False, weights=None, num_classes=None, trust_pickle=False, **kwargs) -> nn.Module
+    """load_model(model_id, *, pretrained=False, weights=None, num_classes=None,
+    trust_pickle=False, **kwargs) -> nn.Module
 
     Build a model by id. With ``pretrained=True`` the published weights are
     found offline-first: the Hugging Face and torch.hub caches, then a download
@@ -402,7 +409,8 @@ def register_local_model(
     directory: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> ModelEntry:
-    """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ..., directory=None) -> ModelEntry
+    """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ...,
+    directory=None) -> ModelEntry
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such

@@ -52,12 +52,14 @@ def torch_hub_dir() -> Path:
 
 
 def torch_hub_checkpoints_dir() -> Path:
-    """torch_hub_checkpoints_dir() -> Path: where torch.hub, torchvision and timm keep URL weights."""
+    """torch_hub_checkpoints_dir() -> Path: where torch.hub, torchvision and timm keep URL
+    weights."""
     return torch_hub_dir() / "checkpoints"
 
 
 def hf_hub_cache_dir() -> Path:
-    """hf_hub_cache_dir() -> Path: the Hugging Face Hub cache (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``)."""
+    """hf_hub_cache_dir() -> Path: the Hugging Face Hub cache (``$HF_HUB_CACHE`` or
+    ``$HF_HOME/hub``)."""
     # huggingface_hub reads these variables once, at import; read them now instead.
     env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if env:

@@ -66,7 +66,8 @@ _FIELD_NAME, _FIELD_TAG, _FIELD_TAGS, _FIELD_TEXT = 3.0, 2.0, 1.5, 1.0
 
 
 def tokenize(text: str) -> list[str]:
-    """tokenize(text) -> list[str]: lower-case words, with ``resnet50`` also giving ``resnet``, ``50``."""
+    """tokenize(text) -> list[str]: lower-case words, with ``resnet50`` also giving ``resnet``,
+    ``50``."""
     out: list[str] = []
     for word in _SPLIT.split(text.lower()):
         if not word:
@@ -107,7 +108,8 @@ class _Index:
         self.vocabulary = sorted(self.postings)
 
     def match(self, alternative: tuple[str, ...]) -> dict[int, float]:
-        """Entries holding every token of ``alternative`` (exact, else as a prefix), with a weight."""
+        """Entries holding every token of ``alternative`` (exact, else as a prefix), with a
+        weight."""
         result: dict[int, float] | None = None
         for token in alternative:
             hits = dict(self.postings.get(token, {}))

@@ -48,6 +48,7 @@ __all__ = [
     "hf_repo_dir",
     "load_into_model",
     "load_state_dict",
+    "misfit_error",
     "missing_weights_error",
     "resolve_weights_file",
     "sha256_file",
@@ -89,7 +90,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def hash_prefix_from_filename(filename: str) -> str | None:
-    """hash_prefix_from_filename(filename) -> str | None: the sha256 prefix in a torch.hub file name.
+    """hash_prefix_from_filename(filename) -> str | None: the sha256 prefix in a torch.hub file
+    name.
 
     ``resnet18-f37072fd.pth`` gives ``"f37072fd"``, as torch.hub's ``check_hash``
     reads it; a name without one gives ``None``.
@@ -99,7 +101,8 @@ def hash_prefix_from_filename(filename: str) -> str | None:
 
 
 def check_sha256(path: str | Path, expected: str) -> None:
-    """check_sha256(path, expected) -> None: raise ChecksumError unless the file's sha256 matches.
+    """check_sha256(path, expected) -> None: raise ChecksumError unless the file's sha256
+    matches.
 
     ``expected`` may be a full digest or its leading hex digits.
     """
@@ -269,6 +272,26 @@ def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -
     model.load_state_dict(state_dict, strict=True)
 
 
+def misfit_error(
+    reference: Any,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str,
+    model_id: str,
+    cause: BaseException,
+) -> CorruptWeightsError:
+    """misfit_error(reference, state_dict, *, source, model_id, cause) -> CorruptWeightsError
+
+    Explain why a library's own ``load_state_dict`` failed, by comparing the
+    file's keys and shapes with a freshly built ``reference`` model.
+    """
+    try:
+        load_into_model(reference, state_dict, source=source)
+    except CorruptWeightsError as err:
+        return err
+    return CorruptWeightsError(f"the weights from {source} do not fit {model_id}: {cause}")
+
+
 def _short(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
@@ -279,7 +302,8 @@ def _short(items: list[str], limit: int = 8) -> str:
 
 
 def find_in_hf_cache(repo_id: str, filenames: Iterable[str]) -> Path | None:
-    """find_in_hf_cache(repo_id, filenames) -> Path | None: the first of ``filenames`` cached for the repo.
+    """find_in_hf_cache(repo_id, filenames) -> Path | None: the first of ``filenames`` cached for
+    the repo.
 
     ``repo_id`` may end in ``@revision``. Never touches the network.
     """
@@ -304,7 +328,8 @@ def hf_repo_dir(repo_id: str) -> Path:
 
 
 def find_in_hub_checkpoints(filename: str) -> Path | None:
-    """find_in_hub_checkpoints(filename) -> Path | None: the file in torch.hub's checkpoints folder."""
+    """find_in_hub_checkpoints(filename) -> Path | None: the file in torch.hub's checkpoints
+    folder."""
     candidate = torch_hub_checkpoints_dir() / filename
     return candidate if candidate.is_file() else None
 
@@ -341,7 +366,8 @@ def download_from_hf(repo_id: str, filenames: Iterable[str]) -> Path:
 
 
 def download_url(url: str) -> Path:
-    """download_url(url) -> Path: download into torch.hub's checkpoints folder, checking its hash.
+    """download_url(url) -> Path: download into torch.hub's checkpoints folder, checking its
+    hash.
 
     Uses ``torch.hub.download_url_to_file`` with a progress bar; the sha256 prefix
     in the file name, if any, is checked as torch.hub's ``check_hash`` does.
@@ -374,7 +400,8 @@ def resolve_weights_file(
     hf_filenames: tuple[str, ...] = (),
     url: str | None = None,
 ) -> ResolvedWeights:
-    """resolve_weights_file(model_id, *, explicit=None, hf_repo=None, hf_filenames=(), url=None) -> ResolvedWeights
+    """resolve_weights_file(model_id, *, explicit=None, hf_repo=None, hf_filenames=(),
+    url=None) -> ResolvedWeights
 
     Find the weights of ``model_id`` following NOTE [resolution order]. A file
     found in torch.hub's cache or downloaded from a URL is checked against the
@@ -424,7 +451,11 @@ def resolve_weights_file(
         except Exception as err:
             errors.append(f"{url}: {type(err).__name__}: {err}")
     raise missing_weights_error(
-        model_id, hf_repo=hf_repo, hf_filenames=hf_filenames, url=url, offline=False,
+        model_id,
+        hf_repo=hf_repo,
+        hf_filenames=hf_filenames,
+        url=url,
+        offline=False,
         download_errors=errors,
     )
 
@@ -438,7 +469,8 @@ def missing_weights_error(
     offline: bool,
     download_errors: list[str] | None = None,
 ) -> WeightsNotFoundError:
-    """missing_weights_error(model_id, ...) -> WeightsNotFoundError: the message that says where to put the file."""
+    """missing_weights_error(model_id, ...) -> WeightsNotFoundError: the message that says where to
+    put the file."""
     places = []
     if hf_repo and hf_filenames:
         places.append(
@@ -446,7 +478,10 @@ def missing_weights_error(
             f"cached under {hf_repo_dir(hf_repo)} (snapshots/<revision>/{hf_filenames[0]})"
         )
     if url:
-        places.append(f"'{url_filename(url)}' from {url}, at {torch_hub_checkpoints_dir() / url_filename(url)}")
+        places.append(
+            f"'{url_filename(url)}' from {url}, "
+            f"at {torch_hub_checkpoints_dir() / url_filename(url)}"
+        )
     where = "; or ".join(places) if places else "no published location"
     why = (
         "offline (TORCHBRIDGE_OFFLINE or HF_HUB_OFFLINE is set)"

@@ -63,5 +63,6 @@ def as_source(obj: Any) -> ModelSource:
             return made
         obj = made
     raise TypeError(
-        f"expected a torchbridge ModelSource (subclass, instance or factory), got {type(obj).__name__}"
+        "expected a torchbridge ModelSource (subclass, instance or factory), "
+        f"got {type(obj).__name__}"
     )

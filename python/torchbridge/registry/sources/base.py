@@ -78,6 +78,7 @@ class ModelSource(abc.ABC):
 
     def refresh(self) -> None:
         """refresh() -> None: forget cached entries (new files, new repos)."""
+        return None  # sources without a cache have nothing to forget
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -35,7 +35,8 @@ _ADDED_LOCK = threading.Lock()
 
 
 def add_hub_repo(path: str | os.PathLike[str], *, name: str | None = None) -> str:
-    """add_hub_repo(path, *, name=None) -> str: add a local torch.hub repository; returns its repo name.
+    """add_hub_repo(path, *, name=None) -> str: add a local torch.hub repository; returns its
+    repo name.
 
     ``path`` is a folder holding a ``hubconf.py``. Its entry points become
     ``hub/<name>/<entry>`` (``name`` defaults to the folder's name).
@@ -106,7 +107,11 @@ class HubSource(ModelSource):
             return []
         with self._lock:
             cached = self._cache.get(folder)
-            if cached and cached[0] == mtime and all(e.name.startswith(repo + "/") for e in cached[1]):
+            if (
+                cached
+                and cached[0] == mtime
+                and all(e.name.startswith(repo + "/") for e in cached[1])
+            ):
                 return cached[1]
         entries = _read_hubconf(repo, folder)
         with self._lock:
@@ -174,7 +179,8 @@ def _read_hubconf(repo: str, folder: Path) -> list[ModelEntry]:
     entries = []
     for attr in sorted(dir(module)):
         fn = getattr(module, attr)
-        if attr.startswith("_") or not callable(fn) or isinstance(fn, type(sys)):
+        # As torch.hub.list: public callables; classes a hubconf imports are not entry points.
+        if attr.startswith("_") or not callable(fn) or isinstance(fn, (type(sys), type)):
             continue
         try:
             params = tuple(inspect.signature(fn).parameters)

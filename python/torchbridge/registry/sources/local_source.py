@@ -143,16 +143,19 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        warnings.warn(f"local model sidecar {sidecar} is not readable JSON ({err}); skipped",
-                      stacklevel=5)
+        warnings.warn(
+            f"local model sidecar {sidecar} is not readable JSON ({err}); skipped", stacklevel=5
+        )
         return None
     if not isinstance(data, dict) or "architecture" not in data:
         return None  # some other JSON file
     name = sidecar.stem
     weights_name = data.get("weights") or _guess_weights(sidecar)
     if not weights_name:
-        warnings.warn(f"local model {sidecar}: no weight file named and none found next to it; skipped",
-                      stacklevel=5)
+        warnings.warn(
+            f"local model {sidecar}: no weight file named and none found next to it; skipped",
+            stacklevel=5,
+        )
         return None
     weights_path = (sidecar.parent / weights_name).resolve()
     input_size = tuple(data["input_size"]) if data.get("input_size") else None
@@ -212,7 +215,8 @@ def save_local_model(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """save_local_model(name, module_or_state_dict, *, architecture, ...) -> Path: write weights + sidecar.
+    """save_local_model(name, module_or_state_dict, *, architecture, ...) -> Path: write weights
+    + sidecar.
 
     Returns the sidecar's path. See :func:`torchbridge.registry.register_local_model`.
     """
@@ -242,7 +246,9 @@ def save_local_model(
         )
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise TypeError(f"register_local_model: state dict values must be tensors; not: {not_tensors[:5]}")
+        raise TypeError(
+            f"register_local_model: state dict values must be tensors; not: {not_tensors[:5]}"
+        )
     if num_classes is None:
         num_classes = architecture.num_classes
 
@@ -287,9 +293,10 @@ def save_local_model(
     try:
         text = json.dumps(data, indent=2)
     except TypeError as err:
-        raise TypeError(f"register_local_model: metadata and kwargs must be JSON values ({err})") from err
+        raise TypeError(
+            f"register_local_model: metadata and kwargs must be JSON values ({err})"
+        ) from err
     partial_sidecar = sidecar.with_name(sidecar.name + ".partial")
     partial_sidecar.write_text(text + "\n", encoding="utf-8")
     os.replace(partial_sidecar, sidecar)
     return sidecar
-

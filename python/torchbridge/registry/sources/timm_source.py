@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import CorruptWeightsError, WeightsNotFoundError
+from ...errors import WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
 from ..paths import hf_hub_cache_dir, torch_hub_checkpoints_dir
 from ..weights import (
@@ -23,6 +23,7 @@ from ..weights import (
     hash_prefix_from_filename,
     hf_repo_dir,
     load_state_dict,
+    misfit_error,
     resolve_weights_file,
     url_filename,
 )
@@ -109,12 +110,16 @@ class TimmSource(ModelSource):
             # Presence: two directory listings, then a precise look only where they hint.
             hf_names = _listdir(hf_dir)
             ckpt_names = _listdir(ckpt_dir)
-            maybe = {
-                n
-                for n, s in static.items()
-                if (s.hf_folder is not None and s.hf_folder in hf_names)
-                or (s.url_file is not None and s.url_file in ckpt_names)
-            } if (hf_names or ckpt_names) else set()
+            maybe = (
+                {
+                    n
+                    for n, s in static.items()
+                    if (s.hf_folder is not None and s.hf_folder in hf_names)
+                    or (s.url_file is not None and s.url_file in ckpt_names)
+                }
+                if (hf_names or ckpt_names)
+                else set()
+            )
             for name in maybe | self._present:
                 self._finished[name] = _with_weights(static[name], present=name in maybe)
             self._present = {n for n in maybe if self._finished[n].weights.cached}  # type: ignore[union-attr]
@@ -180,12 +185,13 @@ class TimmSource(ModelSource):
                 entry.name, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs
             )
         except RuntimeError as err:
-            if "loading state_dict" in str(err) or "size mismatch" in str(err):
-                raise CorruptWeightsError(
-                    f"the weights in {path} do not fit {entry.id}: {err}. Check that the file "
-                    "belongs to this architecture."
-                ) from err
-            raise
+            if "state_dict" not in str(err) and "shape" not in str(err):
+                raise
+            reference = timm.create_model(entry.name, pretrained=False, **create_kwargs)
+            state = load_state_dict(path, trust_pickle=trust_pickle)
+            raise misfit_error(
+                reference, state, source=str(path), model_id=entry.id, cause=err
+            ) from err
         cfg = getattr(model, "pretrained_cfg", None)
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)  # do not keep a second copy of the weights alive
@@ -243,6 +249,7 @@ def _build_static() -> dict[str, _Static]:
     try:
         from timm.models import get_arch_name
     except ImportError:  # older timm
+
         def get_arch_name(name: str) -> str:
             return name.split(".", 1)[0]
 
@@ -256,7 +263,9 @@ def _build_static() -> dict[str, _Static]:
         if name in out:
             continue
         arch = get_arch_name(name)
-        out[name] = _static_entry(name, get_pretrained_cfg(name), True, module_of(arch), tagged=True)
+        out[name] = _static_entry(
+            name, get_pretrained_cfg(name), True, module_of(arch), tagged=True
+        )
     return out
 
 
@@ -322,8 +331,16 @@ def _static_entry(name: str, cfg: Any, pretrained: bool, module: str, *, tagged:
         tags.append("imagenet")
     metadata: dict[str, Any] = {"architecture": arch}
     if cfg is not None:
-        for key in ("interpolation", "crop_pct", "crop_mode", "test_input_size", "paper_ids",
-                    "origin_url", "classifier", "first_conv"):
+        for key in (
+            "interpolation",
+            "crop_pct",
+            "crop_mode",
+            "test_input_size",
+            "paper_ids",
+            "origin_url",
+            "classifier",
+            "first_conv",
+        ):
             value = getattr(cfg, key, None)
             if value is not None:
                 metadata[key] = value

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import CorruptWeightsError, RegistryError, WeightsNotFoundError
+from ...errors import RegistryError, WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
 from ..heads import replace_classifier
 from ..paths import torch_hub_checkpoints_dir
@@ -28,6 +28,7 @@ from ..weights import (
     hash_prefix_from_filename,
     load_into_model,
     load_state_dict,
+    misfit_error,
     resolve_weights_file,
     url_filename,
 )
@@ -91,9 +92,7 @@ class TorchvisionSource(ModelSource):
             except OSError:
                 present = set()
             if ckpt_dir != self._located_dir:
-                self._located = {
-                    n: _locate(e, ckpt_dir, present) for n, e in self._static.items()
-                }
+                self._located = {n: _locate(e, ckpt_dir, present) for n, e in self._static.items()}
             elif present != self._present:
                 changed = present ^ self._present
                 for n, e in self._static.items():
@@ -136,10 +135,9 @@ class TorchvisionSource(ModelSource):
                     model = get_model(builder, weights=None, num_classes=_classes(member), **kwargs)
                     load_into_model(model, state, source=str(resolved.path))
         except RuntimeError as err:
-            if "state_dict" not in str(err):
-                raise
-            raise CorruptWeightsError(
-                f"the weights in {resolved.path} do not fit {entry.id}: {err}"
+            reference = get_model(builder, weights=None, num_classes=_classes(member))
+            raise misfit_error(
+                reference, state, source=str(resolved.path), model_id=entry.id, cause=err
             ) from err
 
         if num_classes is not None and num_classes != _classes(member):
@@ -247,7 +245,9 @@ def _entry(name: str, builder: str, member: Any, task: str, quantized: bool, tag
             source="torchvision",
             name=name,
             task=task,
-            description=f"{builder}: torchvision {task.replace('-', ' ')} model, no published weights",
+            description=(
+                f"{builder}: torchvision {task.replace('-', ' ')} model, no published weights"
+            ),
             pretrained=False,
             tags=tuple(tags),
         )
@@ -268,9 +268,7 @@ def _entry(name: str, builder: str, member: Any, task: str, quantized: bool, tag
     if docs:
         description += ". " + docs.split(". ")[0].rstrip(".")
     filename = url_filename(member.url)
-    metadata = {
-        k: meta[k] for k in ("num_params", "min_size", "recipe", "_metrics") if k in meta
-    }
+    metadata = {k: meta[k] for k in ("num_params", "min_size", "recipe", "_metrics") if k in meta}
     metadata["builder"] = builder
     metadata["weights_enum"] = weight_name
     mean, std = transform.get("mean"), transform.get("std")

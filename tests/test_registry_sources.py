@@ -1,0 +1,373 @@
+"""Each source end to end: save weights, load them back through the registry by id."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+import torchbridge
+from torchbridge.errors import (
+    ChecksumError,
+    CorruptWeightsError,
+    DuplicateModelError,
+    RegistryError,
+    UnknownModelError,
+    WeightsNotFoundError,
+)
+from torchbridge.registry.sources import hub_source
+
+TIMM_TAG = "timm/test_resnet.r160_in1k"
+TV_ID = "torchvision/shufflenet_v2_x0_5"
+
+
+@pytest.fixture
+def image():
+    return torch.randn(2, 3, 64, 64)
+
+
+@pytest.fixture
+def timm_model():
+    import timm
+
+    return timm.create_model("test_resnet").eval()
+
+
+@pytest.fixture
+def tv_model():
+    import torchvision
+
+    return torchvision.models.shufflenet_v2_x0_5().eval()
+
+
+def _save_safetensors(model, path):
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+def _body_equal(reference, other, head_prefix):
+    """Every tensor outside the head is identical; returns the keys compared."""
+    ref, got = reference.state_dict(), other.state_dict()
+    body = [k for k in ref if not k.startswith(head_prefix)]
+    assert body
+    for key in body:
+        assert torch.equal(ref[key], got[key]), key
+    return body
+
+
+class TestTimm:
+    def test_round_trip_explicit_file(self, tmp_path, timm_model, image, isolated_caches):
+        """Weights saved from a timm model load back by id with weights=PATH and give identical
+        outputs."""
+        path = _save_safetensors(timm_model, tmp_path / "w.safetensors")
+        model = torchbridge.load_model(TIMM_TAG, weights=path).eval()
+        assert torch.equal(model(image), timm_model(image))
+        assert model.pretrained_cfg["file"] == str(path)
+
+    def test_round_trip_from_hf_cache_offline(self, timm_model, image, isolated_caches):
+        """pretrained=True finds the file in the Hugging Face cache and never needs the network."""
+        from test_registry_listing import make_hf_cache_file
+
+        make_hf_cache_file(
+            isolated_caches / "hf" / "hub", TIMM_TAG, "model.safetensors", timm_model
+        )
+        model = torchbridge.load_model(TIMM_TAG, pretrained=True).eval()
+        assert torch.equal(model(image), timm_model(image))
+
+    def test_num_classes_replaces_head_and_keeps_body(self, tmp_path, timm_model, isolated_caches):
+        """num_classes gives a new head of that size and keeps every pretrained body weight."""
+        path = _save_safetensors(timm_model, tmp_path / "w.safetensors")
+        model = torchbridge.load_model(TIMM_TAG, weights=path, num_classes=7).eval()
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+        _body_equal(timm_model, model, "fc.")
+        assert model.fc.weight.shape == (7, timm_model.fc.in_features)
+
+    def test_random_init_and_builder_kwargs(self):
+        """Without pretrained, the architecture is built with the given head size and builder
+        kwargs."""
+        model = torchbridge.load_model("timm/test_resnet", num_classes=3, drop_rate=0.25)
+        assert model.fc.out_features == 3 and model.drop_rate == 0.25
+
+    def test_weights_of_another_architecture(self, tmp_path, tv_model, isolated_caches):
+        """torchvision weights given to a timm model are a CorruptWeightsError with the key
+        differences."""
+        path = _save_safetensors(tv_model, tmp_path / "tv.safetensors")
+        with pytest.raises(CorruptWeightsError, match="missing keys"):
+            torchbridge.load_model(TIMM_TAG, weights=path)
+
+
+class TestTorchvision:
+    def test_round_trip_explicit_file(self, tmp_path, tv_model, image, isolated_caches):
+        """torchvision weights saved to a file load back by id with identical outputs."""
+        path = tmp_path / "tv.pth"
+        torch.save(tv_model.state_dict(), path)
+        model = torchbridge.load_model(TV_ID, weights=path).eval()
+        assert torch.equal(model(image), tv_model(image))
+
+    def test_round_trip_from_hub_cache(self, tv_model, image, isolated_caches, monkeypatch):
+        """pretrained=True finds the file in torch.hub's checkpoints folder and checks its hash
+        prefix."""
+        from torchvision.models import ShuffleNet_V2_X0_5_Weights
+
+        from torchbridge.registry.weights import sha256_file
+
+        ckpt = isolated_caches / "torch" / "hub" / "checkpoints"
+        ckpt.mkdir(parents=True)
+        staging = ckpt / "staging.pth"
+        torch.save(tv_model.state_dict(), staging)
+        name = f"shufflenetv2_x0.5-{sha256_file(staging)[:8]}.pth"
+        staging.rename(ckpt / name)
+        member = ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1
+        monkeypatch.setattr(member.value, "url", f"https://example.invalid/models/{name}")
+        model = torchbridge.load_model(TV_ID, pretrained=True).eval()
+        assert torch.equal(model(image), tv_model(image))
+
+    def test_num_classes_replaces_head_and_keeps_body(self, tmp_path, tv_model, isolated_caches):
+        """num_classes with pretrained torchvision weights swaps the final layer and keeps the
+        body."""
+        path = tmp_path / "tv.pth"
+        torch.save(tv_model.state_dict(), path)
+        model = torchbridge.load_model(TV_ID, weights=path, num_classes=4).eval()
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+        _body_equal(tv_model, model, "fc.")
+
+    def test_random_init_with_num_classes(self):
+        """Without weights the builder itself makes the head of the requested size."""
+        model = torchbridge.load_model(TV_ID, num_classes=3)
+        assert model.fc.out_features == 3
+
+    def test_num_classes_on_a_squeezenet_conv_head(self, tmp_path, isolated_caches):
+        """A 1x1-convolution classifier (SqueezeNet) is replaced too, body kept."""
+        import torchvision
+
+        reference = torchvision.models.squeezenet1_1().eval()
+        path = _save_safetensors(reference, tmp_path / "sq.safetensors")
+        model = torchbridge.load_model(
+            "torchvision/squeezenet1_1", weights=path, num_classes=5
+        ).eval()
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+        _body_equal(reference, model, "classifier.1.")
+
+
+HUBCONF = '''
+dependencies = ["torch"]
+
+import torch
+
+from tinynets import TinyNet
+
+
+def tiny_net(pretrained=False, num_classes=10):
+    """A two-layer perceptron over 8 features."""
+    return TinyNet(num_classes)
+
+
+def tiny_plain():
+    """A model that takes no arguments."""
+    return TinyNet(2)
+
+
+def _helper():
+    return None
+'''
+
+TINYNETS = """
+import torch
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+"""
+
+
+@pytest.fixture
+def hub_repo(tmp_path, monkeypatch):
+    """A local torch.hub repository with a hubconf.py next to the module it imports."""
+    monkeypatch.setattr(hub_source, "_ADDED", {})
+    repo = tmp_path / "tinyrepo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent(HUBCONF))
+    (repo / "tinynets.py").write_text(textwrap.dedent(TINYNETS))
+    return repo
+
+
+class TestHub:
+    def test_local_repo_entries_listed(self, hub_repo, isolated_caches):
+        """A repo added with add_hub_repo lists its public entry points with their docstrings,
+        offline."""
+        from torchbridge.registry import add_hub_repo
+
+        assert add_hub_repo(hub_repo) == "tinyrepo"
+        ids = [e.id for e in torchbridge.list_models(source="hub")]
+        assert ids == ["hub/tinyrepo/tiny_net", "hub/tinyrepo/tiny_plain"]
+        entry = torchbridge.model_info("hub/tinyrepo/tiny_net")
+        assert "two-layer perceptron" in entry.description and entry.pretrained
+        assert not torchbridge.model_info("hub/tinyrepo/tiny_plain").pretrained
+
+    def test_local_repo_entry_loaded(self, hub_repo, isolated_caches):
+        """An entry loads through torch.hub's local loader, with num_classes passed to it."""
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(hub_repo, name="mine")
+        model = torchbridge.load_model("hub/mine/tiny_net", num_classes=3)
+        assert model(torch.randn(2, 8)).shape == (2, 3)
+
+    def test_weights_round_trip_and_head(self, hub_repo, tmp_path, isolated_caches):
+        """weights= loads a saved state into a hub model; num_classes then swaps only the head."""
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(hub_repo)
+        reference = torchbridge.load_model("hub/tinyrepo/tiny_net").eval()
+        path = _save_safetensors(reference, tmp_path / "tiny.safetensors")
+        x = torch.randn(4, 8)
+        model = torchbridge.load_model("hub/tinyrepo/tiny_net", weights=path).eval()
+        assert torch.equal(model(x), reference(x))
+        headed = torchbridge.load_model("hub/tinyrepo/tiny_net", weights=path, num_classes=2)
+        assert headed(x).shape == (4, 2)
+        _body_equal(reference, headed, "head.")
+
+    def test_repos_from_env_and_hub_cache(self, hub_repo, isolated_caches, monkeypatch):
+        """Repos in $TORCHBRIDGE_HUB_REPOS and in torch.hub's cache folder are listed without
+        add_hub_repo."""
+        import shutil
+
+        monkeypatch.setenv("TORCHBRIDGE_HUB_REPOS", str(hub_repo))
+        cached = isolated_caches / "torch" / "hub" / "owner_repo_main"
+        shutil.copytree(hub_repo, cached)
+        ids = {e.id for e in torchbridge.list_models(source="hub")}
+        assert {"hub/tinyrepo/tiny_net", "hub/owner_repo_main/tiny_net"} <= ids
+        assert torchbridge.load_model("hub/owner_repo_main/tiny_plain")(
+            torch.randn(1, 8)
+        ).shape == (1, 2)
+
+    def test_broken_repo_warns_and_others_still_list(self, hub_repo, tmp_path, isolated_caches):
+        """A hubconf.py that fails to import is skipped with a warning; other repos still list."""
+        from torchbridge.registry import add_hub_repo
+
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "hubconf.py").write_text("import not_a_real_module_xyz\n")
+        add_hub_repo(hub_repo)
+        add_hub_repo(broken)
+        with pytest.warns(UserWarning, match="not_a_real_module_xyz"):
+            ids = {e.id for e in torchbridge.list_models(source="hub")}
+        assert "hub/tinyrepo/tiny_net" in ids and not any(i.startswith("hub/broken/") for i in ids)
+
+    def test_folder_without_hubconf(self, tmp_path):
+        """add_hub_repo on a folder without hubconf.py says what is missing."""
+        from torchbridge.registry import add_hub_repo
+
+        with pytest.raises(RegistryError, match="hubconf.py"):
+            add_hub_repo(tmp_path)
+
+    def test_pretrained_on_entry_without_weights(self, hub_repo, isolated_caches):
+        """pretrained=True on an entry that takes no pretrained argument says to pass
+        weights=PATH."""
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(hub_repo)
+        with pytest.raises(WeightsNotFoundError, match="weights=PATH"):
+            torchbridge.load_model("hub/tinyrepo/tiny_plain", pretrained=True)
+
+
+class TestLocal:
+    def test_register_and_load_back(self, timm_model, image, isolated_caches):
+        """A finetuned model registered locally loads back by id with identical outputs."""
+        import timm
+
+        finetuned = timm.create_model("test_resnet", num_classes=7).eval()
+        entry = torchbridge.register_local_model(
+            "my-net",
+            finetuned,
+            architecture="timm/test_resnet",
+            description="finetuned on birds",
+            tags=("birds",),
+        )
+        assert entry.id == "local/my-net" and entry.num_classes == 7
+        assert entry.weights.cached and entry.weights.path.endswith("my-net.safetensors")
+        assert entry.input_size == torchbridge.model_info("timm/test_resnet").input_size
+        assert "local/my-net" in {e.id for e in torchbridge.list_models(source="local")}
+        assert torchbridge.search_models("birds")[0].id == "local/my-net"
+        loaded = torchbridge.load_model("local/my-net").eval()
+        assert torch.equal(loaded(image), finetuned(image))
+
+    def test_sidecar_contents(self, timm_model, isolated_caches):
+        """The sidecar names the architecture, weight file, class count and the file's sha256."""
+        from torchbridge.registry.weights import sha256_file
+
+        torchbridge.register_local_model(
+            "side", timm_model.state_dict(), architecture="timm/test_resnet", num_classes=1000
+        )
+        folder = isolated_caches / "torchbridge" / "models"
+        data = json.loads((folder / "side.json").read_text())
+        assert data["architecture"] == "timm/test_resnet"
+        assert data["weights"] == "side.safetensors" and data["num_classes"] == 1000
+        assert data["sha256"] == sha256_file(folder / "side.safetensors")
+
+    def test_duplicate_name_and_overwrite(self, timm_model, isolated_caches):
+        """Registering a name twice fails unless overwrite=True."""
+        torchbridge.register_local_model("dup", timm_model, architecture="timm/test_resnet")
+        with pytest.raises(DuplicateModelError, match="overwrite=True"):
+            torchbridge.register_local_model("dup", timm_model, architecture="timm/test_resnet")
+        torchbridge.register_local_model(
+            "dup", timm_model, architecture="timm/test_resnet", overwrite=True
+        )
+
+    def test_unknown_architecture(self, timm_model, isolated_caches):
+        """An architecture that is not a registry id is an UnknownModelError with suggestions."""
+        with pytest.raises(UnknownModelError) as info:
+            torchbridge.register_local_model("x", timm_model, architecture="timm/test_resnett")
+        assert "timm/test_resnet" in info.value.suggestions
+
+    def test_custom_directory_and_new_head(self, tmp_path, timm_model, isolated_caches):
+        """A model saved in another folder is found there; num_classes on load swaps only the
+        head."""
+        torchbridge.register_local_model(
+            "elsewhere", timm_model, architecture="timm/test_resnet", directory=tmp_path / "models"
+        )
+        assert (tmp_path / "models" / "elsewhere.safetensors").is_file()
+        model = torchbridge.load_model("local/elsewhere", num_classes=2).eval()
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+        _body_equal(timm_model, model, "fc.")
+
+    def test_dropped_in_pth_with_sidecar(self, tv_model, image, isolated_caches):
+        """A .pth plus a hand-written sidecar in the models folder is a loadable local model."""
+        folder = isolated_caches / "torchbridge" / "models"
+        folder.mkdir(parents=True)
+        torch.save(tv_model.state_dict(), folder / "shuffle.pth")
+        (folder / "shuffle.json").write_text(
+            json.dumps({"architecture": TV_ID, "num_classes": 1000})
+        )
+        assert torchbridge.model_info("local/shuffle").weights.filename == "shuffle.pth"
+        model = torchbridge.load_model("local/shuffle").eval()
+        assert torch.equal(model(image), tv_model(image))
+
+    def test_tampered_weights_fail_the_sidecar_checksum(self, timm_model, isolated_caches):
+        """A local weight file changed after registration is a ChecksumError."""
+        entry = torchbridge.register_local_model(
+            "tamper", timm_model, architecture="timm/test_resnet"
+        )
+        from safetensors.torch import save_file
+
+        state = {k: v.clone() for k, v in timm_model.state_dict().items()}
+        state["fc.bias"] += 1
+        save_file(state, entry.weights.path)
+        with pytest.raises(ChecksumError):
+            torchbridge.load_model("local/tamper")
+
+    def test_bad_names_and_values(self, timm_model, isolated_caches):
+        """Names with a slash and values that are not tensors are refused with a clear error."""
+        with pytest.raises(ValueError, match="must start with"):
+            torchbridge.register_local_model("a/b", timm_model, architecture="timm/test_resnet")
+        with pytest.raises(TypeError, match="tensors"):
+            torchbridge.register_local_model("c", {"w": [1, 2]}, architecture="timm/test_resnet")
