@@ -171,6 +171,13 @@ def tiny_plain():
     return TinyNet(2)
 
 
+def tv_style(*, weights=None, progress=True):
+    """An entry point that takes a torchvision-style weights name."""
+    net = TinyNet(2)
+    net.weights_asked = weights
+    return net
+
+
 def _helper():
     return None
 '''
@@ -209,7 +216,7 @@ class TestHub:
 
         assert add_hub_repo(hub_repo) == "tinyrepo"
         ids = [e.id for e in torchbridge.list_models(source="hub")]
-        assert ids == ["hub/tinyrepo/tiny_net", "hub/tinyrepo/tiny_plain"]
+        assert ids == ["hub/tinyrepo/tiny_net", "hub/tinyrepo/tiny_plain", "hub/tinyrepo/tv_style"]
         entry = torchbridge.model_info("hub/tinyrepo/tiny_net")
         assert "two-layer perceptron" in entry.description and entry.pretrained
         assert not torchbridge.model_info("hub/tinyrepo/tiny_plain").pretrained
@@ -262,6 +269,17 @@ class TestHub:
         with pytest.warns(UserWarning, match="not_a_real_module_xyz"):
             ids = {e.id for e in torchbridge.list_models(source="hub")}
         assert "hub/tinyrepo/tiny_net" in ids and not any(i.startswith("hub/broken/") for i in ids)
+
+    def test_weights_style_entry_gets_default_weights(self, hub_repo, isolated_caches):
+        """pretrained=True on an entry taking weights= asks it for "DEFAULT", or the name given."""
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(hub_repo)
+        assert torchbridge.load_model("hub/tinyrepo/tv_style").weights_asked is None
+        model = torchbridge.load_model("hub/tinyrepo/tv_style", pretrained=True)
+        assert model.weights_asked == "DEFAULT"
+        named = torchbridge.load_model("hub/tinyrepo/tv_style", pretrained=True, entry_weights="V2")
+        assert named.weights_asked == "V2"
 
     def test_folder_without_hubconf(self, tmp_path):
         """add_hub_repo on a folder without hubconf.py says what is missing."""

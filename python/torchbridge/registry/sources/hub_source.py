@@ -144,9 +144,14 @@ class HubSource(ModelSource):
             )
         if "pretrained" in params:
             call.setdefault("pretrained", fetch_own)
+        elif "weights" in params and fetch_own:
+            # torchvision-style entry points take weights=<enum name>; "DEFAULT" is the usual one
+            call.setdefault("weights", call.pop("entry_weights", "DEFAULT"))
         if num_classes is not None and not pretrained and "num_classes" in params:
             call["num_classes"] = num_classes
             num_classes = None
+        if "entry_weights" in call:
+            call["weights"] = call.pop("entry_weights")
         model = torch.hub.load(str(folder), function, source="local", **call)
         if weights is not None:
             state = load_state_dict(weights, trust_pickle=trust_pickle)
