@@ -1,0 +1,98 @@
+"""Every Python example and the demo run end to end (short settings), so they cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("timm")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sklearn")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestDemo:
+    def test_quick_demo_pretrains_finetunes_and_exports(self, isolated_caches, capsys):
+        """The demo trains, registers, finetunes through the registry and exports a verified file."""
+        from torchbridge import demo
+
+        out = isolated_caches / "demo"
+        assert demo.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["pretrain"]["registered_as"] == "local/digits-0to4"
+        finetune = summary["finetune"]
+        assert finetune["model"] == "local/digits-0to4"
+        assert finetune["registered_as"] == "local/digits-5to9"
+        assert finetune["accuracy_after"] > finetune["accuracy_before"]
+        export = summary["export"]
+        assert export["max_abs_diff"] < 1e-4 and export["batch_sizes_checked"] == [1, 3]
+        assert export["onnx_accuracy"] == pytest.approx(finetune["accuracy_after"], abs=0.02)
+        assert (out / "digits-5to9.onnx").is_file()
+        assert sorted(p.suffix for p in (out / "models").iterdir()) == [
+            ".json", ".json", ".safetensors", ".safetensors",
+        ]
+        printed = capsys.readouterr().out
+        assert "before" in printed and "after finetuning" in printed and str(out) in printed
+
+    def test_missing_pretrained_weights_fail_cleanly(self, isolated_caches, capsys):
+        """MODEL naming weights that are not on this machine ends with a message and exit code 1."""
+        from torchbridge import demo
+
+        code = demo.main(["--quick", "--out", str(isolated_caches / "d"), "--model",
+                          "timm/resnet10t", "--no-progress"])
+        assert code == 1
+        assert "weights" in capsys.readouterr().err
+
+
+class TestFinetuneExample:
+    def test_finetune_py_trains_and_exports(self, isolated_caches):
+        """examples/finetune.py finetunes a registry model and writes a verified ONNX file."""
+        script = load_script(EXAMPLES / "finetune.py")
+        out = isolated_caches / "ft"
+        result = script.main(
+            ["--model", "timm/test_resnet", "--scratch", "--quick", "--out", str(out)]
+        )
+        assert result["history"].checkpoint.id == "local/digits-finetuned"
+        assert result["report"].max_abs_diff < 1e-4
+        assert (out / "digits-finetuned.onnx").is_file()
+
+
+class TestMixedNotebook:
+    def test_notebook_is_in_sync_with_its_twin(self):
+        """The .ipynb holds exactly the cells of its jupytext .py twin."""
+        jupytext = pytest.importorskip("jupytext")
+        from_py = jupytext.read(EXAMPLES / "mixed_notebook.py")
+        from_ipynb = jupytext.read(EXAMPLES / "mixed_notebook.ipynb")
+        assert [(c.cell_type, c.source) for c in from_py.cells] == [
+            (c.cell_type, c.source) for c in from_ipynb.cells
+        ]
+        julia_cells = [c for c in from_ipynb.cells if "julia" in c.metadata.get("tags", [])]
+        assert len(julia_cells) == 1 and "if JULIA:" in julia_cells[0].source
+
+    def test_notebook_runs_without_julia(self, isolated_caches, monkeypatch):
+        """Without Julia the notebook runs end to end and never imports juliacall."""
+        monkeypatch.setenv("NOTEBOOK_QUICK", "1")
+        monkeypatch.setenv("NOTEBOOK_OUT", str(isolated_caches / "nb"))
+        monkeypatch.delenv("PYTHON_JULIAPKG_EXE", raising=False)
+        monkeypatch.setenv("PATH", "/nonexistent")  # no julia on PATH
+        monkeypatch.delitem(sys.modules, "juliacall", raising=False)
+        scope = runpy.run_path(str(EXAMPLES / "mixed_notebook.py"))
+        assert scope["JULIA"] is None
+        assert "juliacall" not in sys.modules
+        assert tuple(scope["images"].shape[1:]) == (3, 16, 16)
+        assert scope["images"].data_ptr() == scope["whcn"].ctypes.data  # no copy
+        assert scope["report"].max_abs_diff < 1e-4
+        assert (isolated_caches / "nb" / "digits.onnx").is_file()
