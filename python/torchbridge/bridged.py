@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 import threading
 import traceback
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,13 +127,13 @@ class BridgedModel:
             self.grads: tuple[torch.Tensor, ...] = tuple(
                 torch.zeros_like(p, memory_format=torch.preserve_format) for p in self._parameters
             )
+        self._grad_list = list(self.grads)
         for p, g in zip(self._parameters, self.grads):
             p.grad = g
         named_buffers = list(module.named_buffers())
         self.buffer_names: tuple[str, ...] = tuple(n for n, _ in named_buffers)
         self.buffers: tuple[torch.Tensor, ...] = tuple(b.detach() for _, b in named_buffers)
         self.output_structure: OutputStructure | None = None
-        self._pullbacks: weakref.WeakSet[Pullback] = weakref.WeakSet()
         first = next(iter(module.parameters()), None)
         if first is None:
             first = next(iter(module.buffers()), None)
@@ -179,7 +178,7 @@ class BridgedModel:
         self._check_open("zero_grad")
         if self.grads:
             with torch.no_grad():
-                _zero_all(list(self.grads))
+                _zero_all(self._grad_list)
 
     def close(self) -> None:
         """close() -> None
@@ -191,8 +190,9 @@ class BridgedModel:
         with self.lock:
             if self._closed:
                 return
-            for pullback in list(self._pullbacks):
-                pullback.release()
+            for pullback in LEDGER.live_pullbacks():
+                if pullback.model is self:
+                    pullback.release()
             for p, g in zip(self._parameters, self.grads):
                 if p.grad is g:
                     p.grad = None
@@ -338,15 +338,15 @@ class Pullback:
     the caller may retry or :meth:`release` it.
     """
 
+    __slots__ = ("_model", "_inputs", "_outputs", "output_structure", "_state", "__weakref__")
+
     def __init__(self, model: BridgedModel, inputs: list, outputs: list, structure):
         self._model = model
         self._inputs = inputs
         self._outputs = outputs
         self.output_structure: OutputStructure = structure
         self._state = "live"
-        self._state_lock = threading.Lock()
         LEDGER.add_pullback(self)
-        model._pullbacks.add(self)
 
     def held_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors this pullback keeps alive: the imported inputs and the graph outputs."""
@@ -357,8 +357,14 @@ class Pullback:
         """True until the pullback has run or been released."""
         return self._state == "live"
 
+    @property
+    def model(self) -> BridgedModel:
+        return self._model
+
     def __call__(self, *cotangents, accumulate: bool = False):
-        with self._state_lock:
+        # The model's lock guards this pullback's state as well as the shared
+        # gradient buffers: one lock, taken once per call.
+        with self._model.lock:
             self._check_live()
             outputs = self._outputs
             if len(cotangents) != len(outputs):
@@ -367,42 +373,43 @@ class Pullback:
                     f"({self.output_structure}), got {len(cotangents)}. Pass None for an "
                     "output that does not contribute."
                 )
-            pairs = []
-            for i, (out, cot) in enumerate(zip(outputs, cotangents)):
-                if cot is None or not out.requires_grad:
-                    continue
-                pairs.append((out, _check_cotangent(i, out, cot)))
-            model = self._model
+            pairs = [
+                (out, _check_cotangent(i, out, cot))
+                for i, (out, cot) in enumerate(zip(outputs, cotangents))
+                if cot is not None and out.requires_grad
+            ]
             try:
-                with model.lock:
-                    input_grads = self._backward(model, pairs, accumulate)
+                return self._backward(pairs, accumulate)
             finally:
                 self._free("called")
-            return input_grads
 
-    def _backward(self, model: BridgedModel, pairs, accumulate: bool):
+    def _backward(self, pairs, accumulate: bool):
+        model = self._model
         inputs = self._inputs
-        diff_inputs = [t for t in inputs if t.requires_grad]
         params = model._parameters
-        for p, g in zip(params, model.grads):
+        grads = model._grad_list
+        for p, g in zip(params, grads):
             if p.grad is not g:  # see NOTE [gradient buffers]
                 p.grad = g
-        if not accumulate and model.grads:
-            _zero_all(list(model.grads))
-        for t in diff_inputs:
-            t.grad = None
-        targets = [*params, *diff_inputs]
+        if grads and not accumulate:
+            _zero_all(grads)
+        diff_inputs = [t for t in inputs if t.requires_grad]
+        targets = [*params, *diff_inputs] if diff_inputs else params
         if pairs and targets:
-            torch.autograd.backward(
-                [o for o, _ in pairs], [c for _, c in pairs], inputs=targets
-            )
+            if len(pairs) == 1:
+                torch.autograd.backward(pairs[0][0], pairs[0][1], inputs=targets)
+            else:
+                torch.autograd.backward(
+                    [o for o, _ in pairs], [c for _, c in pairs], inputs=targets
+                )
+        if not diff_inputs:
+            return (None,) * len(inputs)
         result = []
         for t in inputs:
             if not t.requires_grad:
                 result.append(None)
                 continue
             g = t.grad
-            t.grad = None
             result.append(torch.zeros_like(t) if g is None else g)
         return tuple(result)
 
@@ -412,7 +419,7 @@ class Pullback:
         Free the graph without computing anything. Idempotent: returns True
         when this call released it, False when it was already gone.
         """
-        with self._state_lock:
+        with self._model.lock:
             if self._state != "live":
                 return False
             self._free("released")
