@@ -146,6 +146,11 @@ class BridgedModel:
 
     # -- state -------------------------------------------------------------
     @property
+    def parameters(self) -> tuple[torch.nn.Parameter, ...]:
+        """The trainable ``nn.Parameter`` objects, in :attr:`param_names` order (for torch optimisers)."""
+        return self._parameters
+
+    @property
     def device(self) -> torch.device | None:
         """The device of the model's parameters (``None`` for a model without any)."""
         return self._device

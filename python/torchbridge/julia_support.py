@@ -260,7 +260,7 @@ def info_row(model_id: str) -> dict[str, Any]:
 
 
 def _parameters(model: BridgedModel) -> list[torch.nn.Parameter]:
-    return [p for _, p in model.module.named_parameters() if p.requires_grad]
+    return list(model.parameters)
 
 
 class TorchOptimizer:

@@ -117,21 +117,20 @@ class _Ledger:
     # Only a weak reference is kept: the ledger must never be what keeps a
     # graph alive. Sizes are summed when stats() asks, off the training step.
     def add_pullback(self, pullback: Pullback) -> None:
-        with self._lock:
-            self._pullbacks[id(pullback)] = weakref.ref(pullback)
+        # A single dict store is atomic under the GIL; no lock on the hot path.
+        self._pullbacks[id(pullback)] = weakref.ref(pullback)
         stack = getattr(self._scopes, "stack", None)
         if stack:
             stack[-1].append(pullback)
 
     def remove_pullback(self, pullback: Pullback, *, by_gc: bool = False) -> None:
-        with self._lock:
-            self._pullbacks.pop(id(pullback), None)
-            if by_gc:
+        self._pullbacks.pop(id(pullback), None)
+        if by_gc:
+            with self._lock:
                 self._released_by_gc += 1
 
     def live_pullbacks(self) -> list[Pullback]:
-        with self._lock:
-            refs = list(self._pullbacks.values())
+        refs = list(self._pullbacks.copy().values())
         return [pb for pb in (ref() for ref in refs) if pb is not None]
 
     # models ------------------------------------------------------------------
@@ -154,7 +153,8 @@ class _Ledger:
         with self._lock:
             held_bytes: Counter = Counter()
             held = 0
-            for ref in self._pullbacks.values():
+            pullbacks = self._pullbacks.copy()
+            for ref in pullbacks.values():
                 pullback = ref()
                 tensors = pullback.held_tensors() if pullback is not None else ()
                 held += len(tensors)
@@ -165,7 +165,7 @@ class _Ledger:
                 shared += buffers
                 shared_bytes.update(nbytes)
             return MemoryStats(
-                live_pullbacks=len(self._pullbacks),
+                live_pullbacks=len(pullbacks),
                 held_buffers=held,
                 held_bytes=dict(held_bytes),
                 open_models=len(self._models),
