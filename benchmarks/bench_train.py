@@ -5,9 +5,8 @@ column-major arrays (Fortran-order numpy, shaped like a Julia WHCN batch) and
 go through ``torchbridge.train.TrainStep`` with an Optimisers.jl rule spec and
 a Flux loss name. The plain side is the textbook PyTorch loop over the same
 model, the same data (as C-ordered NCHW tensors) and the same optimiser.
-Rounds alternate between the two so that load on the machine hits both alike,
-and each side is scored by its fastest round (other processes only ever slow a
-round down).
+Steps alternate between the two so that load on the machine hits both alike,
+and each side is scored by its median step time.
 
 Run alone: ``python benchmarks/bench_train.py`` prints the dict ``run()`` returns.
 """
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from pathlib import Path
 ARCH = "resnet10t"
 IMAGE = (3, 32, 32)
 BATCH = 32
-STEPS = 8  # timed steps per round
+STEPS = 8  # batches, each timed once per round
 ROUNDS = 6
 WARMUP = 3
 
@@ -39,24 +39,20 @@ def _data(n_batches: int):
     return nchw, julia, labels
 
 
-def _plain_round(model, optimizer, batches, labels) -> float:
-    import torch
+def _plain_step(model, optimizer, x, y) -> float:
     import torch.nn.functional as F
 
     started = time.perf_counter()
-    for x, y in zip(batches, labels, strict=True):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
 
 
-def _bridged_round(step, batches, labels) -> float:
+def _bridged_step(step, x, y) -> float:
     started = time.perf_counter()
-    for x, y in zip(batches, labels, strict=True):
-        step(x, y)
+    step(x, y)
     return time.perf_counter() - started
 
 
@@ -81,21 +77,21 @@ def run() -> dict:
     torch_x = [torch.from_numpy(x) for x in nchw]
     torch_y = [torch.from_numpy(y) for y in labels]
 
-    for _ in range(WARMUP):
-        _plain_round(plain_model, plain_opt, torch_x[:1], torch_y[:1])
-        _bridged_round(step, julia[:1], labels[:1])
+    for i in range(WARMUP):
+        _plain_step(plain_model, plain_opt, torch_x[i % STEPS], torch_y[i % STEPS])
+        _bridged_step(step, julia[i % STEPS], labels[i % STEPS])
     plain, bridged = [], []
-    for i in range(ROUNDS):
-        # alternate which goes first, so drift in machine load is shared
-        if i % 2 == 0:
-            plain.append(_plain_round(plain_model, plain_opt, torch_x, torch_y))
-            bridged.append(_bridged_round(step, julia, labels))
-        else:
-            bridged.append(_bridged_round(step, julia, labels))
-            plain.append(_plain_round(plain_model, plain_opt, torch_x, torch_y))
-    images = STEPS * BATCH
-    plain_rate = images / min(plain)
-    bridged_rate = images / min(bridged)
+    for _ in range(ROUNDS):
+        for i in range(STEPS):
+            # alternate which goes first, so drift in machine load is shared
+            if i % 2 == 0:
+                plain.append(_plain_step(plain_model, plain_opt, torch_x[i], torch_y[i]))
+                bridged.append(_bridged_step(step, julia[i], labels[i]))
+            else:
+                bridged.append(_bridged_step(step, julia[i], labels[i]))
+                plain.append(_plain_step(plain_model, plain_opt, torch_x[i], torch_y[i]))
+    plain_rate = BATCH / statistics.median(plain)
+    bridged_rate = BATCH / statistics.median(bridged)
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()

@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. what the registry says about the model
     info = torchbridge.model_info(args.model)
     print(f"{info.id}: {info.description}")
-    print(f"  input {info.input_size} (Julia {info.julia_input_size}), weights: "
-          f"{'cached' if info.weights and info.weights.cached else 'not cached'}")
+    print(
+        f"  input {info.input_size} (Julia {info.julia_input_size}), weights: "
+        f"{'cached' if info.weights and info.weights.cached else 'not cached'}"
+    )
 
     # 2. load it with a new 10-class head
     model = torchbridge.load_model(
@@ -89,19 +91,24 @@ def main(argv: list[str] | None = None) -> dict:
         },
         early_stopping={"patience": 2, "monitor": "valid_accuracy"},
         checkpoint=Checkpoint(
-            "digits-finetuned", directory=str(out / "models"), overwrite=True,
+            "digits-finetuned",
+            directory=str(out / "models"),
+            overwrite=True,
             architecture=None if hasattr(model, "pretrained_cfg") else args.model,
         ),
     )
-    print(f"validation accuracy {history['valid_accuracy'][-1]:.1%}; "
-          f"saved as {history.checkpoint.id}")
+    print(
+        f"validation accuracy {history['valid_accuracy'][-1]:.1%}; saved as {history.checkpoint.id}"
+    )
 
     # 4. export to ONNX, checked and verified against torch with onnxruntime
     report = torchbridge.export_onnx(
         model, out / "digits-finetuned.onnx", input_size=(3, args.image_size, args.image_size)
     )
-    print(f"wrote {report.path} ({report.file_size / 1e6:.1f} MB); max |onnxruntime - torch| "
-          f"{report.max_abs_diff:.1e} at batch sizes {report.batch_sizes_checked}")
+    print(
+        f"wrote {report.path} ({report.file_size / 1e6:.1f} MB); max |onnxruntime - torch| "
+        f"{report.max_abs_diff:.1e} at batch sizes {report.batch_sizes_checked}"
+    )
     return {"history": history, "report": report}
 
 

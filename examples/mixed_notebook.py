@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -63,7 +65,7 @@ print("input size: torch", info.input_size, "/ Julia", info.julia_input_size)
 # `(W, H, 3, N)` — the layout Flux uses.
 
 # %%
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits  # noqa: E402 (a notebook imports where it needs)
 
 digits = load_digits()
 K = 2 if QUICK else 4
@@ -116,10 +118,14 @@ n = len(labels)
 cut = (n * 4) // 5
 batch = 32
 # batches are slices of the shared tensor: still no copy of the Julia data
-train = [(images[i : min(i + batch, cut)], labels[i : min(i + batch, cut)]) for i in range(0, cut, batch)]
+train = [
+    (images[i : min(i + batch, cut)], labels[i : min(i + batch, cut)]) for i in range(0, cut, batch)
+]
 valid = [(images[cut:], labels[cut:])]
 history = fit(
-    model, train, valid,
+    model,
+    train,
+    valid,
     epochs=1 if QUICK else 4,
     optimizer={"rule": "Adam", "eta": 3e-3},
     loss="logitcrossentropy",
@@ -134,5 +140,7 @@ print(f"validation accuracy {history['valid_accuracy'][-1]:.1%}")
 # %%
 side = images.shape[-1]
 report = torchbridge.export_onnx(model, OUT / "digits.onnx", input_size=(3, side, side))
-print(f"{report.path}: {report.file_size / 1e6:.1f} MB, opset {report.opset}, "
-      f"max |onnxruntime - torch| {report.max_abs_diff:.1e}")
+print(
+    f"{report.path}: {report.file_size / 1e6:.1f} MB, opset {report.opset}, "
+    f"max |onnxruntime - torch| {report.max_abs_diff:.1e}"
+)

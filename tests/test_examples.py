@@ -26,7 +26,7 @@ def load_script(path: Path):
 
 class TestDemo:
     def test_quick_demo_pretrains_finetunes_and_exports(self, isolated_caches, capsys):
-        """The demo trains, registers, finetunes through the registry and exports a verified file."""
+        """The demo trains, registers, finetunes via the registry and exports a verified file."""
         from torchbridge import demo
 
         out = isolated_caches / "demo"
@@ -42,7 +42,10 @@ class TestDemo:
         assert export["onnx_accuracy"] == pytest.approx(finetune["accuracy_after"], abs=0.02)
         assert (out / "digits-5to9.onnx").is_file()
         assert sorted(p.suffix for p in (out / "models").iterdir()) == [
-            ".json", ".json", ".safetensors", ".safetensors",
+            ".json",
+            ".json",
+            ".safetensors",
+            ".safetensors",
         ]
         printed = capsys.readouterr().out
         assert "before" in printed and "after finetuning" in printed and str(out) in printed
@@ -51,8 +54,16 @@ class TestDemo:
         """MODEL naming weights that are not on this machine ends with a message and exit code 1."""
         from torchbridge import demo
 
-        code = demo.main(["--quick", "--out", str(isolated_caches / "d"), "--model",
-                          "timm/resnet10t", "--no-progress"])
+        code = demo.main(
+            [
+                "--quick",
+                "--out",
+                str(isolated_caches / "d"),
+                "--model",
+                "timm/resnet10t",
+                "--no-progress",
+            ]
+        )
         assert code == 1
         assert "weights" in capsys.readouterr().err
 

@@ -48,7 +48,7 @@ def timm_resnet():
 
 class TestExport:
     def test_timm_resnet_exports_to_one_verified_file(self, timm_resnet, tmp_path):
-        """A timm resnet becomes one .onnx file that onnxruntime runs like torch at batch 1 and 3."""
+        """A timm resnet becomes one .onnx file that onnxruntime runs like torch (batch 1, 3)."""
         report = export_onnx(timm_resnet, tmp_path / "resnet.onnx", input_size=SIZE)
         assert isinstance(report, ExportReport)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.onnx"]
@@ -77,7 +77,9 @@ class TestExport:
     def test_mode_is_restored_and_input_size_comes_from_timm(self, tmp_path):
         """A model in train mode is exported in eval mode and handed back in train mode."""
         model = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Flatten(),
             torch.nn.LazyLinear(3),
         )
         model(torch.zeros(2, 3, 24, 24))  # materialise the lazy layer
@@ -126,7 +128,7 @@ class TestFailures:
 
 class TestRegistryAndCommandLine:
     def test_finetuned_local_model_exports_by_id(self, isolated_caches, capsys):
-        """`torchbridge export local/<name> --json` writes a verified file for a registered model."""
+        """`torchbridge export local/<name> --json` writes a verified file for a local model."""
         import json
 
         import torchbridge
@@ -156,10 +158,20 @@ class TestRegistryAndCommandLine:
         weights = isolated_caches / "w.safetensors"
         save_file(source.state_dict(), str(weights))
         out = isolated_caches / "w.onnx"
-        code = main([
-            "export", "timm/test_resnet", "-o", str(out), "--weights", str(weights),
-            "--num-classes", "7", "--input-size", "3,32,32",
-        ])
+        code = main(
+            [
+                "export",
+                "timm/test_resnet",
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--num-classes",
+                "7",
+                "--input-size",
+                "3,32,32",
+            ]
+        )
         text = capsys.readouterr().out
         assert code == 0, text
         assert "output output: float32[batch, 7]" in text and "verified with onnxruntime" in text
@@ -169,7 +181,7 @@ class TestRegistryAndCommandLine:
         np.testing.assert_allclose(run_onnx(out, x), expected, atol=1e-4)
 
     def test_missing_weights_exit_with_a_message(self, isolated_caches, capsys):
-        """Without weights offline, the command exits 1 naming the file to provide and writes nothing."""
+        """Offline without weights the command exits 1 naming the file it needs, writing nothing."""
         from torchbridge.cli import main
 
         out = isolated_caches / "none.onnx"
@@ -188,12 +200,14 @@ class TestRegistryAndCommandLine:
         assert "3,224,224" in capsys.readouterr().err
 
     def test_num_classes_that_the_weights_lack_is_refused(self, isolated_caches):
-        """A --num-classes the weight file was not trained with would export a random head: refused."""
+        """A --num-classes the weight file lacks would export a random head, so it is refused."""
         from safetensors.torch import save_file
 
         weights = isolated_caches / "w7.safetensors"
         save_file(timm.create_model("test_resnet", num_classes=7).state_dict(), str(weights))
         out = isolated_caches / "w.onnx"
         with pytest.raises(ExportError, match="random"):
-            export_onnx("timm/test_resnet", out, input_size=SIZE, weights=str(weights), num_classes=4)
+            export_onnx(
+                "timm/test_resnet", out, input_size=SIZE, weights=str(weights), num_classes=4
+            )
         assert not out.exists()

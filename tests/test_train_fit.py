@@ -11,7 +11,7 @@ from torchbridge.train import Checkpoint, EarlyStopping, fit
 
 
 def digits_batches(batch_size=64):
-    """Train/valid batches of 8×8 digits as Fortran-order (8, 8, 1, N) arrays, as Julia holds them."""
+    """Train/valid batches of 8×8 digits as Fortran-order (8, 8, 1, N) arrays, as in Julia."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -68,8 +68,15 @@ class TestFit:
         model = small_cnn()
         before = valid_accuracy(model, valid)
         history = fit(
-            model, train, valid, epochs=3, optimizer={"rule": "Adam", "eta": 1e-2},
-            loss="logitcrossentropy", metrics=["accuracy"], device="cpu", progress=False,
+            model,
+            train,
+            valid,
+            epochs=3,
+            optimizer={"rule": "Adam", "eta": 1e-2},
+            loss="logitcrossentropy",
+            metrics=["accuracy"],
+            device="cpu",
+            progress=False,
         )
         after = valid_accuracy(model, valid)
         assert before < 0.3
@@ -77,7 +84,12 @@ class TestFit:
         assert history["valid_accuracy"][-1] == pytest.approx(after)
         assert history["train_loss"][-1] < history["train_loss"][0]
         assert set(history.last) >= {
-            "epoch", "lr", "seconds", "train_loss", "train_accuracy", "valid_loss",
+            "epoch",
+            "lr",
+            "seconds",
+            "train_loss",
+            "train_accuracy",
+            "valid_loss",
             "valid_accuracy",
         }
         assert history.monitor == "valid_loss" and history.best_epoch == 3
@@ -85,12 +97,20 @@ class TestFit:
     def test_torch_dataset_is_batched(self, digits):
         """A map-style torch Dataset is batched and trained on like a DataLoader."""
         train, _ = digits
-        xs = torch.cat([torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 1, 0))) for x, _ in train])
+        xs = torch.cat(
+            [torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 1, 0))) for x, _ in train]
+        )
         ys = torch.cat([torch.from_numpy(y) for _, y in train])
         dataset = torch.utils.data.TensorDataset(xs, ys)
         history = fit(
-            small_cnn(), dataset, epochs=2, optimizer={"rule": "Adam", "eta": 1e-2},
-            loss="logitcrossentropy", metrics=["accuracy"], progress=False, batch_size=100,
+            small_cnn(),
+            dataset,
+            epochs=2,
+            optimizer={"rule": "Adam", "eta": 1e-2},
+            loss="logitcrossentropy",
+            metrics=["accuracy"],
+            progress=False,
+            batch_size=100,
         )
         assert history.monitor == "train_loss"
         assert history["train_accuracy"][-1] > 0.8
@@ -99,8 +119,12 @@ class TestFit:
         """The schedule advances per batch: a step schedule of one epoch halves η each epoch."""
         train, _ = digits
         history = fit(
-            small_cnn(), train, epochs=3, optimizer={"rule": "Descent", "eta": 0.1},
-            loss="logitcrossentropy", progress=False,
+            small_cnn(),
+            train,
+            epochs=3,
+            optimizer={"rule": "Descent", "eta": 0.1},
+            loss="logitcrossentropy",
+            progress=False,
             schedule={"schedule": "step", "step_size": len(train), "gamma": 0.5},
         )
         assert history["lr"] == pytest.approx([0.1, 0.05, 0.025])
@@ -109,8 +133,14 @@ class TestFit:
         """With η = 0 nothing improves, so patience 2 stops after three epochs."""
         train, valid = digits
         history = fit(
-            small_cnn(), train[:3], valid, epochs=10, optimizer={"rule": "Descent", "eta": 0.0},
-            loss="logitcrossentropy", early_stopping=2, progress=False,
+            small_cnn(),
+            train[:3],
+            valid,
+            epochs=10,
+            optimizer={"rule": "Descent", "eta": 0.0},
+            loss="logitcrossentropy",
+            early_stopping=2,
+            progress=False,
         )
         assert history.stopped_early
         assert len(history.epochs) == 3 and history.best_epoch == 1
@@ -120,8 +150,13 @@ class TestFit:
         train, valid = digits
         model = small_cnn()
         history = fit(
-            model, train, valid, epochs=4, optimizer={"rule": "Descent", "eta": 0.1},
-            loss="logitcrossentropy", progress=False,
+            model,
+            train,
+            valid,
+            epochs=4,
+            optimizer={"rule": "Descent", "eta": 0.1},
+            loss="logitcrossentropy",
+            progress=False,
             # η × 1000 after the first epoch: the next epochs get worse
             schedule={"schedule": "step", "step_size": len(train), "gamma": 1000.0},
             early_stopping=EarlyStopping(patience=1, restore_best=True),
@@ -129,20 +164,29 @@ class TestFit:
         assert history.stopped_early and history.best_epoch == 1
         best = history.epochs[0]["valid_loss"]
         assert history.epochs[1]["valid_loss"] > best
-        from torchbridge.train import logitcrossentropy
         from torchbridge.exchange import to_torch
+        from torchbridge.train import logitcrossentropy
 
         model.eval()
         with torch.no_grad():
-            losses = [logitcrossentropy(model(to_torch(x)), torch.from_numpy(y)) * len(y) for x, y in valid]
+            losses = [
+                logitcrossentropy(model(to_torch(x)), torch.from_numpy(y)) * len(y)
+                for x, y in valid
+            ]
         assert float(sum(losses)) / sum(len(y) for _, y in valid) == pytest.approx(best, rel=1e-5)
 
     def test_monitoring_accuracy_maximises(self, digits):
         """Monitoring an accuracy treats larger values as better."""
         train, valid = digits
         history = fit(
-            small_cnn(), train, valid, epochs=2, optimizer={"rule": "Adam", "eta": 1e-2},
-            loss="logitcrossentropy", metrics=["accuracy"], progress=False,
+            small_cnn(),
+            train,
+            valid,
+            epochs=2,
+            optimizer={"rule": "Adam", "eta": 1e-2},
+            loss="logitcrossentropy",
+            metrics=["accuracy"],
+            progress=False,
             early_stopping={"monitor": "valid_accuracy", "patience": 5},
         )
         assert history.monitor == "valid_accuracy"
@@ -162,28 +206,54 @@ class TestFitErrors:
         """A generator would be empty after one epoch, so it is refused up front."""
         train, _ = digits
         with pytest.raises(TrainingError, match="one-shot"):
-            fit(small_cnn(), iter(train), epochs=2, optimizer={"rule": "Adam"},
-                loss="logitcrossentropy", progress=False)
+            fit(
+                small_cnn(),
+                iter(train),
+                epochs=2,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                progress=False,
+            )
 
     def test_unknown_metric(self, digits):
         """An unknown metric name is a TrainingError naming the known ones."""
         train, _ = digits
         with pytest.raises(TrainingError, match="accuracy"):
-            fit(small_cnn(), train, epochs=1, optimizer={"rule": "Adam"},
-                loss="logitcrossentropy", metrics=["f1"], progress=False)
+            fit(
+                small_cnn(),
+                train,
+                epochs=1,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                metrics=["f1"],
+                progress=False,
+            )
 
     def test_batches_must_be_pairs(self):
         """A batch that is not an (x, y) pair is a TrainingError."""
         with pytest.raises(TrainingError, match="pair"):
-            fit(small_cnn(), [(torch.zeros(1, 1, 8, 8),)], epochs=1, optimizer={"rule": "Adam"},
-                loss="logitcrossentropy", progress=False)
+            fit(
+                small_cnn(),
+                [(torch.zeros(1, 1, 8, 8),)],
+                epochs=1,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                progress=False,
+            )
 
     def test_checkpoint_without_architecture_for_a_plain_module(self, digits):
         """A checkpoint of a non-timm module must name its architecture."""
         train, _ = digits
         with pytest.raises(TrainingError, match="architecture"):
-            fit(small_cnn(), train[:1], epochs=1, optimizer={"rule": "Adam"},
-                loss="logitcrossentropy", checkpoint=Checkpoint("digits"), progress=False)
+            fit(
+                small_cnn(),
+                train[:1],
+                epochs=1,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                checkpoint=Checkpoint("digits"),
+                progress=False,
+            )
 
 
 class TestCheckpoints:
@@ -192,7 +262,7 @@ class TestCheckpoints:
         return [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))) for _ in range(2)]
 
     def test_best_weights_register_as_a_local_model(self, isolated_caches):
-        """The checkpoint loads back with load_model('local/<name>') giving the trained model's outputs."""
+        """The checkpoint loads back with load_model('local/<name>') giving the same outputs."""
         import timm
 
         import torchbridge
@@ -200,8 +270,13 @@ class TestCheckpoints:
         model = timm.create_model("test_resnet", num_classes=3)
         batches = self._timm_batches()
         history = fit(
-            model, batches, batches, epochs=2, optimizer={"rule": "Adam", "eta": 1e-3},
-            loss="logitcrossentropy", checkpoint=Checkpoint("digits-ckpt", save="last"),
+            model,
+            batches,
+            batches,
+            epochs=2,
+            optimizer={"rule": "Adam", "eta": 1e-3},
+            loss="logitcrossentropy",
+            checkpoint=Checkpoint("digits-ckpt", save="last"),
             progress=False,
         )
         assert history.checkpoint.id == "local/digits-ckpt"
@@ -220,8 +295,12 @@ class TestCheckpoints:
         settings = dict(
             epochs=1, optimizer={"rule": "Adam"}, loss="logitcrossentropy", progress=False
         )
-        fit(timm.create_model("test_resnet", num_classes=3), batches,
-            checkpoint=Checkpoint("taken"), **settings)
+        fit(
+            timm.create_model("test_resnet", num_classes=3),
+            batches,
+            checkpoint=Checkpoint("taken"),
+            **settings,
+        )
         model = timm.create_model("test_resnet", num_classes=3)
         before = [p.detach().clone() for p in model.parameters()]
         with pytest.raises(TrainingError, match="taken"):

@@ -38,7 +38,7 @@ class TestFluxDocExamples:
     """The numbers Flux's docstrings print (src/losses/functions.jl)."""
 
     def test_logitcrossentropy(self):
-        """logitcrossentropy(reshape(vcat(-9:0, 0:9, 7.5f0), 3, 7), onehot("abcabaa")) == 1.5791205f0."""
+        """logitcrossentropy(reshape(vcat(-9:0, 0:9, 7.5f0), 3, 7), "abcabaa") == 1.5791205f0."""
         y_model = julia_matrix([*range(-9, 1), *range(0, 10), 7.5], 3, 7)
         labels = [0, 1, 2, 0, 1, 0, 0]  # "abcabaa" over 'a':'c'
         assert logitcrossentropy(y_model, onehot(labels, 3)).item() == pytest.approx(
@@ -49,7 +49,7 @@ class TestFluxDocExamples:
         )
 
     def test_crossentropy(self):
-        """crossentropy(softmax(reshape(-7:7, 3, 5)), onehotbatch([0,1,2,1,0], 0:2)) == 1.6076053f0."""
+        """crossentropy(softmax(reshape(-7:7, 3, 5)), onehot([0,1,2,1,0])) == 1.6076053f0."""
         y_model = torch.softmax(julia_matrix(list(range(-7, 8)), 3, 5), dim=-1)
         labels = [0, 1, 2, 1, 0]
         assert crossentropy(y_model, onehot(labels, 3)).item() == pytest.approx(1.6076053, abs=1e-6)
@@ -66,7 +66,7 @@ class TestFluxDocExamples:
         assert crossentropy(y_model, smooth).item() == pytest.approx(1.5776052, abs=1e-6)
 
     def test_binarycrossentropy(self):
-        """binarycrossentropy(y_prob[2,:], Bool[1,0,1]) == 0.43989f0, as crossentropy(y_prob, y_hot)."""
+        """binarycrossentropy(y_prob[2,:], Bool[1,0,1]) == 0.43989f0, like crossentropy."""
         y_prob = torch.softmax(julia_matrix([1, 2, 3, 3, 4, 5], 2, 3), dim=-1)
         y_bin = torch.tensor([True, False, True])
         assert binarycrossentropy(y_prob[:, 1], y_bin).item() == pytest.approx(0.43989, abs=1e-5)

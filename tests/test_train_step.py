@@ -20,7 +20,11 @@ class TestTrainStep:
         """One step equals forward, loss, backward and w -= η ∇w written out by hand."""
         model, reference = linear_model(), linear_model()
         x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
-        step = TrainStep(model, optimizer_from_spec({"rule": "Descent", "eta": 0.5}, model.parameters()), logitcrossentropy)
+        step = TrainStep(
+            model,
+            optimizer_from_spec({"rule": "Descent", "eta": 0.5}, model.parameters()),
+            logitcrossentropy,
+        )
         result = step(x, y)
         loss = logitcrossentropy(reference(x), y)
         loss.backward()
@@ -59,7 +63,9 @@ class TestTrainStep:
         """mixed_precision on the CPU runs the forward in bfloat16 and still lowers the loss."""
         model = linear_model()
         step = TrainStep(
-            model, torch.optim.SGD(model.parameters(), lr=0.5), logitcrossentropy,
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            logitcrossentropy,
             mixed_precision=True,
         )
         x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
@@ -74,7 +80,8 @@ class TestTrainStep:
         """A loss that is not reduced to a scalar is a TrainingError."""
         model = linear_model()
         step = TrainStep(
-            model, torch.optim.SGD(model.parameters(), lr=0.1),
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
             lambda out, y: logitcrossentropy(out, y, agg="none"),
         )
         with pytest.raises(TrainingError, match="scalar"):
@@ -85,7 +92,9 @@ class TestTrainStep:
         """On CUDA, mixed precision runs float16 with a GradScaler and lowers the loss."""
         model = linear_model().cuda()
         step = TrainStep(
-            model, torch.optim.SGD(model.parameters(), lr=0.5), logitcrossentropy,
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            logitcrossentropy,
             mixed_precision=True,
         )
         x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))

@@ -68,7 +68,7 @@ def load_digit_tasks(image_size: int, *, seed: int = 0, limit: int | None = None
 
 
 def julia_batches(images, labels, batch_size: int, *, seed: int) -> list[tuple[Any, Any]]:
-    """Batches as Julia holds them: Fortran-order ``(W, H, C, N)`` Float32 arrays and Int64 labels."""
+    """Batches as Julia holds them: Fortran-order ``(W, H, C, N)`` Float32 arrays, Int64 labels."""
     import numpy as np
 
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -164,7 +164,10 @@ def run_demo(
             metrics=["accuracy"],
             schedule={"schedule": "onecycle", "steps": steps},
             checkpoint=Checkpoint(
-                PRETRAIN_NAME, architecture=base_id, directory=str(models_dir), save="last",
+                PRETRAIN_NAME,
+                architecture=base_id,
+                directory=str(models_dir),
+                save="last",
                 overwrite=True,
             ),
             progress=progress,
@@ -244,10 +247,18 @@ def run_demo(
     _say("")
     _say(f"done in {summary['seconds']:.0f} s. Files in {out}/:")
     _say(f"  {onnx_path.name}   the finetuned model, ONNX")
-    _say(f"  models/           the registry models {summary['finetune']['registered_as']}"
-         + (f" and {summary['pretrain'].get('registered_as')}" if "registered_as" in summary["pretrain"] else ""))
+    _say(
+        f"  models/           the registry models {summary['finetune']['registered_as']}"
+        + (
+            f" and {summary['pretrain'].get('registered_as')}"
+            if "registered_as" in summary["pretrain"]
+            else ""
+        )
+    )
     _say("  summary.json      every figure above")
-    _say(f"  reuse them:  TORCHBRIDGE_MODEL_DIRS={models_dir} torchbridge info local/{FINETUNE_NAME}")
+    _say(
+        f"  reuse them:  TORCHBRIDGE_MODEL_DIRS={models_dir} torchbridge info local/{FINETUNE_NAME}"
+    )
     return summary
 
 
@@ -266,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     parser.add_argument(
-        "--model", default=os.environ.get("MODEL") or None,
+        "--model",
+        default=os.environ.get("MODEL") or None,
         help="finetune this pretrained registry model instead (default: $MODEL)",
     )
     parser.add_argument("--arch", default="resnet10t", help="timm architecture to pretrain")

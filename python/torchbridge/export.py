@@ -274,9 +274,7 @@ def _graph_info(onnx_model) -> tuple[int, tuple[TensorInfo, ...], tuple[TensorIn
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
         return TensorInfo(value.name, shape, dtype)
 
-    opset = next(
-        (o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), 0
-    )
+    opset = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), 0)
     initializers = {i.name for i in onnx_model.graph.initializer}
     inputs = tuple(info(v) for v in onnx_model.graph.input if v.name not in initializers)
     outputs = tuple(info(v) for v in onnx_model.graph.output)
@@ -295,7 +293,9 @@ def _verify(module, path, input_size, dtype, device, batch_sizes, tolerance) -> 
         x = torch.randn(batch, *input_size, generator=generator, dtype=torch.float32)
         x = x.to(dtype)
         with torch.no_grad():
-            expected = [t.detach().float().cpu().numpy() for t in _flat_outputs(module(x.to(device)))]
+            expected = [
+                t.detach().float().cpu().numpy() for t in _flat_outputs(module(x.to(device)))
+            ]
         feed = x.float().numpy() if dtype == torch.bfloat16 else x.numpy()
         try:
             got = session.run(None, {input_name: feed})
@@ -314,7 +314,11 @@ def _verify(module, path, input_size, dtype, device, batch_sizes, tolerance) -> 
                     f"export_onnx: output {i} has shape {g.shape} in onnxruntime and {e.shape} "
                     f"in torch at batch size {batch}."
                 )
-            diff = float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) if g.size else 0.0
+            diff = (
+                float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64))))
+                if g.size
+                else 0.0
+            )
             if not np.isfinite(diff):
                 diff = float("inf")
             worst = max(worst, diff)
@@ -338,7 +342,8 @@ def export_onnx(
     weights: str | None = None,
     num_classes: int | None = None,
 ) -> ExportReport:
-    """export_onnx(model, path, *, input_size, dynamic_batch=True, opset=None, verify=True) -> ExportReport
+    """export_onnx(model, path, *, input_size, dynamic_batch=True, opset=None, verify=True)
+    -> ExportReport
 
     Export ``model`` to the ONNX file ``path``, check it, and verify it numerically.
 
@@ -402,8 +407,13 @@ def export_onnx(
             target = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
         try:
             caught = _write(
-                module, example, target, names=names, dynamic_batch=dynamic_batch,
-                opset=opset, external=external,
+                module,
+                example,
+                target,
+                names=names,
+                dynamic_batch=dynamic_batch,
+                opset=opset,
+                external=external,
             )
             if not target.exists():
                 raise ExportError(f"export_onnx: torch.onnx.export wrote no file at {path}.")

@@ -22,7 +22,8 @@ def _input_size(text: str) -> tuple[int, ...]:
         size = ()
     if not size or any(n < 1 for n in size):
         raise argparse.ArgumentTypeError(
-            f"expected positive sizes in torch order without the batch, e.g. 3,224,224; got {text!r}"
+            "expected positive sizes in torch order without the batch, e.g. 3,224,224; "
+            f"got {text!r}"
         )
     return size
 

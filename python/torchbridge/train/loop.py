@@ -457,8 +457,6 @@ def _print_summary(row: dict[str, float], epochs: int) -> None:
     from tqdm.auto import tqdm
 
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]
-    parts += [
-        f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr")
-    ]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr")]
     parts.append(f"{row['seconds']:.1f}s")
     tqdm.write("  ".join(parts))

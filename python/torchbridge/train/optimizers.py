@@ -109,7 +109,7 @@ _ALIASES = {"ADAM": "Adam", "ADAMW": "AdamW", "ADAGrad": "AdaGrad"}
 
 
 def supported_rules() -> tuple[str, ...]:
-    """supported_rules() -> ("AdaGrad", "Adam", ...): the rule names ``optimizer_from_spec`` takes."""
+    """supported_rules() -> ("AdaGrad", "Adam", ...): the names ``optimizer_from_spec`` takes."""
     return tuple(sorted(_RULES))
 
 

@@ -46,7 +46,7 @@ _SCHEDULES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 
 def supported_schedules() -> tuple[str, ...]:
-    """supported_schedules() -> ("constant", "cosine", ...): the names ``schedule_from_spec`` takes."""
+    """supported_schedules() -> ("constant", ...): the names ``schedule_from_spec`` takes."""
     return tuple(sorted(_SCHEDULES))
 
 
