@@ -169,6 +169,7 @@ def run_demo(
                 directory=str(models_dir),
                 save="last",
                 overwrite=True,
+                extra={"description": _description(f"{base_id} trained", "0-4", image_size)},
             ),
             progress=progress,
         )
@@ -213,6 +214,7 @@ def run_demo(
             num_classes=5,
             directory=str(models_dir),
             overwrite=True,
+            extra={"description": _description(f"{model_id} finetuned", "5-9", image_size)},
         ),
         early_stopping={"patience": 3, "monitor": "valid_accuracy"},
         progress=progress,
@@ -260,6 +262,13 @@ def run_demo(
         f"  reuse them:  TORCHBRIDGE_MODEL_DIRS={models_dir} torchbridge info local/{FINETUNE_NAME}"
     )
     return summary
+
+
+def _description(what: str, digits: str, image_size: int) -> str:
+    return (
+        f"{what} by torchbridge.demo on the handwritten digits {digits} "
+        f"(scikit-learn), {image_size}x{image_size} RGB scaled to [-1, 1]"
+    )
 
 
 def _architecture_of(model: Any, model_id: str) -> str:
