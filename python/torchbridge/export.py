@@ -361,15 +361,19 @@ def export_onnx(
             1 and 3 (1 only without ``dynamic_batch``).
         tolerance: The largest accepted difference; default 1e-4 for float32.
         weights: A weight file for a registry id (``--weights``).
-        num_classes: A new classifier size for a registry id (``--num-classes``).
+        num_classes: With ``weights``, the head size the file was trained with
+            (``--num-classes``); a head the file cannot fill is refused.
 
     The model is exported in eval mode; its mode is restored afterwards.
 
     Raises:
-        ExportError: the model cannot be loaded or expressed in ONNX (the message
-            names the operation), or the written file fails ``onnx.checker``.
+        ExportError: the model cannot be expressed in ONNX (the message names
+            the operation), would hold random weights, or the written file fails
+            ``onnx.checker``.
         ExportVerificationError: onnxruntime's outputs differ from torch's.
-        In every failure case no file is left at ``path``.
+        UnknownModelError, WeightsNotFoundError, ...: a registry id cannot be loaded.
+
+    A failed export writes nothing: a file already at ``path`` is left as it was.
     """
     started = time.perf_counter()
     try:
