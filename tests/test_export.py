@@ -211,3 +211,9 @@ class TestRegistryAndCommandLine:
                 "timm/test_resnet", out, input_size=SIZE, weights=str(weights), num_classes=4
             )
         assert not out.exists()
+
+    def test_num_classes_without_weights_is_refused(self, isolated_caches):
+        """A new head without a weight file would be untrained, so it is refused up front."""
+        with pytest.raises(ExportError, match="untrained head"):
+            export_onnx("timm/test_resnet", isolated_caches / "h.onnx", num_classes=4)
+        assert not (isolated_caches / "h.onnx").exists()

@@ -125,6 +125,12 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
     options: dict[str, Any] = {}
     if num_classes is not None:
         options["num_classes"] = num_classes
+    if num_classes and weights is None:
+        raise ExportError(
+            f"export_onnx: num_classes={num_classes} without weights would give {model} a new, "
+            "untrained head. Pass the weight file that head was trained in (--weights FILE), "
+            "or export the finetuned model by its local/<name> id."
+        )
     if weights is not None:
         module = registry.load_model(model, weights=weights, **options)
         if num_classes:
