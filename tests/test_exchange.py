@@ -133,3 +133,20 @@ class TestResultsOut:
             copy_into(np.zeros((2, 2), np.float32), source)
         with pytest.raises(UnsupportedDTypeError, match="Float32"):
             copy_into(np.zeros((2, 3), np.float64), source)
+
+
+class TestColumnMajorDetection:
+    def test_inserted_axis_with_zero_stride(self):
+        """A column-major array whose size-1 axis has a meaningless stride is still reversed."""
+        x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+        a = np.asfortranarray(x[:, None].transpose(3, 2, 1, 0))  # size (4, 3, 1, 2)
+        assert a.strides[2] == 0  # numpy's stride for the inserted axis
+        t = to_torch(a)
+        assert t.shape == (2, 1, 3, 4)
+        assert t[1, 0, 2, 3] == a[3, 2, 0, 1]
+        assert t.data_ptr() == a.ctypes.data
+
+    def test_c_array_with_size_one_axis_is_kept(self):
+        """A C-ordered (N, 1, F) array is taken as given."""
+        a = np.zeros((5, 1, 3), np.float32)
+        assert to_torch(a).shape == (5, 1, 3)

@@ -63,12 +63,13 @@ def describe_array(t: torch.Tensor) -> str:
 
 
 def _is_column_major(a: np.ndarray) -> bool:
-    """True when ``a`` is laid out exactly as a compact Julia array and not as a C array.
+    """True when ``a`` is laid out as a compact Julia array rather than a C array.
 
-    numpy normalises nothing in ``strides``, so a Julia ``(10, 1)`` matrix keeps
-    its column-major strides even though it is also "C-contiguous" by numpy's
-    flags (which ignore size-1 dimensions). Comparing strides exactly decides
-    the batch-of-one case that flags get wrong.
+    numpy's contiguity flags ignore size-1 dimensions, so a Julia ``(10, 1)``
+    matrix (strides ``(4, 40)``) is "C-contiguous" to numpy; its exact strides
+    still say column-major, and decide the batch-of-one case. Where the strides
+    of size-1 dimensions say nothing (numpy gives ``None``-inserted axes a
+    stride of 0), only the other dimensions are compared.
     """
     if a.ndim < 2:
         return False
@@ -83,7 +84,14 @@ def _is_column_major(a: np.ndarray) -> bool:
         step *= n
     row_major.reverse()
     strides = list(a.strides)
-    return strides == col_major and strides != row_major
+    if strides == row_major:
+        return False
+    if strides == col_major:
+        return True
+    significant = [i for i, n in enumerate(a.shape) if n != 1]
+    loose_col = all(strides[i] == col_major[i] for i in significant)
+    loose_row = all(strides[i] == row_major[i] for i in significant)
+    return loose_col and not loose_row
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
