@@ -103,3 +103,17 @@ class TestTrainStep:
         for _ in range(20):
             last = step(x, y)
         assert last.loss.item() < first.loss.item()
+
+
+def test_bridged_models_keep_their_shared_gradient_buffers():
+    """A TrainStep over a bridged module zeroes the shared gradient buffers in place, never replaces them."""
+    import torchbridge
+
+    model = torch.nn.Linear(4, 3)
+    bm = torchbridge.bridge(model)
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
+    for _ in range(2):
+        step(torch.randn(5, 4), torch.randn(5, 3))
+    assert all(p.grad is g for p, g in zip(model.parameters(), bm.grads))
+    assert all(torch.count_nonzero(g) == 0 for g in bm.grads)
+    bm.close()

@@ -72,6 +72,10 @@ class TrainStep:
             device = first.device if first is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
+        # Gradients that exist already may be shared (a bridged model's buffers
+        # are Julia's view of the gradients): zero those in place instead of
+        # dropping them, which would cut the shared memory off.
+        self._zero_in_place = any(p.grad is not None for p in model.parameters())
         self._autocast_dtype: torch.dtype | None = None
         self._scaler = None
         if mixed_precision:
@@ -109,5 +113,5 @@ class TrainStep:
         else:
             loss.backward()
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self._zero_in_place)
         return StepResult(loss=loss.detach(), outputs=outputs.detach(), targets=targets)
