@@ -22,6 +22,7 @@ __all__ = [
     "ExportError",
     "ExportVerificationError",
     "InputShapeError",
+    "InputSpecError",
     "LeakError",
     "ModelClosedError",
     "PullbackReleasedError",
@@ -137,6 +138,10 @@ class CorruptWeightsError(WeightsError):
 
 class DuplicateSourceError(RegistryError, ValueError):
     """A model source name is registered twice."""
+
+
+class InputSpecError(RegistryError, ValueError):
+    """A model's input size or normalisation (mean, std) is not valid."""
 
 
 # -- training and export -----------------------------------------------------

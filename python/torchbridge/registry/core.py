@@ -252,6 +252,9 @@ class ModelRegistry:
         metadata: dict[str, Any] | None = None,
         directory: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
+        input_size: tuple[int, ...] | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
         from .paths import local_models_dir
@@ -272,6 +275,9 @@ class ModelRegistry:
             kwargs=kwargs,
             metadata=metadata,
             overwrite=overwrite,
+            input_size=input_size,
+            mean=mean,
+            std=std,
         )
         if directory and isinstance(local, LocalSource):
             local.add_directory(folder)
@@ -408,21 +414,29 @@ def register_local_model(
     metadata: dict[str, Any] | None = None,
     directory: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    input_size: tuple[int, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> ModelEntry:
     """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ...,
-    directory=None) -> ModelEntry
+    directory=None, overwrite=False, input_size=None, mean=None, std=None) -> ModelEntry
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
     as ``"timm/resnet18"``) and loads them back. ``num_classes`` is the head
     size of the saved weights (read from the module when it says, else the
     architecture's). ``kwargs`` are builder arguments to store (JSON values).
-    The files go to ``directory`` or ``<torchbridge home>/models``
-    (``$TORCHBRIDGE_HOME``, else the platform's user data folder).
+    ``input_size`` (one sample in torch order, e.g. ``(3, 32, 32)``) and the
+    per-channel ``mean`` and ``std`` describe what the saved model expects;
+    each one not given is the architecture's. The files go to ``directory`` or
+    ``<torchbridge home>/models`` (``$TORCHBRIDGE_HOME``, else the platform's
+    user data folder).
 
     Raises:
         UnknownModelError: ``architecture`` is not a registry id.
         DuplicateModelError: ``local/<name>`` exists there and ``overwrite`` is false.
+        InputSpecError: ``input_size`` is not a tuple of positive ints, ``mean`` or
+            ``std`` not one finite float per channel, or an entry of ``std`` is not > 0.
     """
     return get_registry().register_local_model(
         name,
@@ -436,4 +450,7 @@ def register_local_model(
         metadata=metadata,
         directory=directory,
         overwrite=overwrite,
+        input_size=input_size,
+        mean=mean,
+        std=std,
     )

@@ -13,6 +13,10 @@ preferred; ``.pt``/``.pth`` accepted and loaded safely) and ``<name>.json``::
       "input_size": [3, 224, 224], "mean": [...], "std": [...], "license": "..."
     }
 
+``input_size`` (torch order, without the batch), ``mean`` and ``std`` are
+those given to :func:`register_local_model`, else the architecture's; a
+sidecar without them describes a model without them.
+
 The folders searched: those passed as ``directory=`` to
 :func:`register_local_model` in this process, then ``$TORCHBRIDGE_MODEL_DIRS``
 (separated by ``os.pathsep``), then ``<torchbridge home>/models``.
@@ -22,6 +26,8 @@ Ids are ``local/<name>``.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 import threading
@@ -30,14 +36,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import DuplicateModelError, RegistryError
+from ...errors import DuplicateModelError, InputSpecError, RegistryError
 from ..entry import ModelEntry, WeightsInfo
 from ..heads import replace_classifier
 from ..paths import local_models_dir
 from ..weights import load_into_model, load_state_dict, sha256_file
 from .base import ModelSource
 
-__all__ = ["LocalSource", "save_local_model"]
+__all__ = ["LocalSource", "resolve_input_spec", "save_local_model"]
 
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -201,6 +207,86 @@ def _guess_weights(sidecar: Path) -> str | None:
     return None
 
 
+def resolve_input_spec(
+    architecture: ModelEntry,
+    input_size: Any = None,
+    mean: Any = None,
+    std: Any = None,
+    *,
+    what: str = "register_local_model",
+) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """resolve_input_spec(architecture, input_size=None, mean=None, std=None) -> (size, mean, std)
+
+    The input size and normalisation to record for a model built from
+    ``architecture``: each one given, checked, else the architecture's.
+    ``input_size`` is a tuple of positive ints in torch order without the
+    batch (``(3, 32, 32)``); ``mean`` and ``std`` are sequences of finite
+    floats, one per channel (``input_size[0]``), and ``std`` entries are > 0.
+    ``what`` starts the error messages.
+
+    Raises:
+        InputSpecError: a value given is malformed, or the channel counts disagree.
+    """
+    size = _positive_ints(input_size, what) if input_size is not None else architecture.input_size
+    mean_ = _finite_floats(mean, "mean", what) if mean is not None else architecture.mean
+    std_ = _finite_floats(std, "std", what) if std is not None else architecture.std
+    if std is not None and any(v <= 0 for v in std_):
+        raise InputSpecError(f"{what}: std entries must be > 0, got {list(std_)}")
+    channels = size[0] if size else None
+    for label, values, given in (("mean", mean_, mean is not None), ("std", std_, std is not None)):
+        if values is None or channels is None or len(values) == channels:
+            continue
+        if given and input_size is None:
+            raise InputSpecError(
+                f"{what}: {label} has {len(values)} values, but the input size "
+                f"{tuple(size)} of {architecture.id} has {channels} channels; pass input_size too"
+            )
+        if given:
+            raise InputSpecError(
+                f"{what}: {label} has {len(values)} values, but input_size "
+                f"{tuple(size)} has {channels} channels"
+            )
+        raise InputSpecError(
+            f"{what}: input_size {tuple(size)} has {channels} channels, but the {label} of "
+            f"{architecture.id} has {len(values)} values; pass {label} for the saved model"
+        )
+    if mean_ is not None and std_ is not None and len(mean_) != len(std_):
+        raise InputSpecError(
+            f"{what}: mean has {len(mean_)} values and std {len(std_)}; give one per channel"
+        )
+    return (
+        tuple(size) if size is not None else None,
+        tuple(mean_) if mean_ is not None else None,
+        tuple(std_) if std_ is not None else None,
+    )
+
+
+def _positive_ints(value: Any, what: str) -> tuple[int, ...]:
+    ok = isinstance(value, (tuple, list)) and len(value) > 0
+    ok = ok and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    if not ok:
+        raise InputSpecError(
+            f"{what}: input_size must be a tuple of positive ints in torch order without the "
+            f"batch, e.g. (3, 32, 32); got {value!r}"
+        )
+    return tuple(int(v) for v in value)
+
+
+def _finite_floats(value: Any, label: str, what: str) -> tuple[float, ...]:
+    ok = isinstance(value, (tuple, list)) and len(value) > 0
+    ok = ok and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    if not ok:
+        raise InputSpecError(
+            f"{what}: {label} must be a sequence of finite floats, one per channel, "
+            f"e.g. (0.5, 0.5, 0.5); got {value!r}"
+        )
+    return tuple(float(v) for v in value)
+
+
 def save_local_model(
     name: str,
     module_or_state_dict: Any,
@@ -214,6 +300,9 @@ def save_local_model(
     kwargs: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    input_size: Any = None,
+    mean: Any = None,
+    std: Any = None,
 ) -> Path:
     """save_local_model(name, module_or_state_dict, *, architecture, ...) -> Path: write weights
     + sidecar.
@@ -251,6 +340,7 @@ def save_local_model(
         )
     if num_classes is None:
         num_classes = architecture.num_classes
+    input_size, mean, std = resolve_input_spec(architecture, input_size, mean, std)
 
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / f"{name}.safetensors"
@@ -283,9 +373,9 @@ def save_local_model(
         "task": task or architecture.task,
         "description": description or f"{name}: {architecture.id} with local weights",
         "tags": list(dict.fromkeys([*tags, *architecture.tags])),
-        "input_size": list(architecture.input_size) if architecture.input_size else None,
-        "mean": list(architecture.mean) if architecture.mean else None,
-        "std": list(architecture.std) if architecture.std else None,
+        "input_size": list(input_size) if input_size else None,
+        "mean": list(mean) if mean else None,
+        "std": list(std) if std else None,
         "license": architecture.license,
         "kwargs": dict(kwargs or {}),
         "metadata": dict(metadata or {}),
