@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,77 @@ class TestCheckpoints:
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         history = fit(model, batches, checkpoint=Checkpoint("taken", overwrite=True), **settings)
         assert history.checkpoint.id == "local/taken"
+
+    def test_checkpoint_records_input_size_and_normalisation(self, isolated_caches):
+        """Checkpoint's input_size, mean and std end up in the registered entry and its sidecar."""
+        import json
+
+        import timm
+
+        import torchbridge
+
+        batches = self._timm_batches()
+        history = fit(
+            timm.create_model("test_resnet", num_classes=3),
+            batches,
+            epochs=1,
+            optimizer={"rule": "Adam"},
+            loss="logitcrossentropy",
+            checkpoint=Checkpoint(
+                "sized-ckpt",
+                input_size=(3, 16, 16),
+                mean=(0.5, 0.5, 0.5),
+                std=(0.5, 0.5, 0.5),
+                extra={"description": "trained on 16x16 noise"},
+            ),
+            progress=False,
+        )
+        entry = torchbridge.model_info("local/sized-ckpt")
+        assert entry == history.checkpoint
+        assert entry.input_size == (3, 16, 16) and entry.julia_input_size == (16, 16, 3)
+        assert entry.mean == (0.5, 0.5, 0.5) and entry.std == (0.5, 0.5, 0.5)
+        assert entry.description == "trained on 16x16 noise"
+        data = json.loads(Path(entry.metadata["sidecar"]).read_text())
+        assert data["input_size"] == [3, 16, 16] and data["std"] == [0.5, 0.5, 0.5]
+
+    def test_checkpoint_without_input_spec_inherits_the_architecture(self, isolated_caches):
+        """A Checkpoint without input_size, mean and std records the architecture's."""
+        import timm
+
+        import torchbridge
+
+        batches = self._timm_batches()
+        history = fit(
+            timm.create_model("test_resnet", num_classes=3),
+            batches,
+            epochs=1,
+            optimizer={"rule": "Adam"},
+            loss="logitcrossentropy",
+            checkpoint=Checkpoint("plain-ckpt"),
+            progress=False,
+        )
+        arch = torchbridge.model_info("timm/test_resnet")
+        assert history.checkpoint.input_size == arch.input_size
+        assert history.checkpoint.mean == arch.mean and history.checkpoint.std == arch.std
+
+    def test_invalid_input_spec_is_refused_before_training(self, isolated_caches):
+        """A bad std, or input_size given twice, fails before any epoch runs or file is written."""
+        import timm
+
+        from torchbridge.errors import InputSpecError
+
+        model = timm.create_model("test_resnet", num_classes=3)
+        before = [p.detach().clone() for p in model.parameters()]
+        settings = dict(
+            epochs=1, optimizer={"rule": "Adam"}, loss="logitcrossentropy", progress=False
+        )
+        batches = self._timm_batches()
+        with pytest.raises(InputSpecError, match="std entries must be > 0"):
+            fit(model, batches, checkpoint=Checkpoint("bad", std=(0.5, 0.0, 0.5)), **settings)
+        with pytest.raises(InputSpecError, match="input_size must be a tuple"):
+            fit(model, batches, checkpoint={"name": "bad", "input_size": (3, 0, 16)}, **settings)
+        twice = Checkpoint("bad", input_size=(3, 16, 16), extra={"input_size": (3, 16, 16)})
+        with pytest.raises(TrainingError, match="both as a field and in extra"):
+            fit(model, batches, checkpoint=twice, **settings)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        assert not (isolated_caches / "torchbridge" / "models").exists()

@@ -97,8 +97,12 @@ class Checkpoint:
     ``architecture`` is what rebuilds the module (a registry id such as
     ``"timm/resnet18"``); for timm models it defaults to the model's own
     architecture. ``num_classes`` defaults to the model's ``num_classes``.
-    An existing ``local/<name>`` is replaced only with ``overwrite=True``
-    (checked before training starts).
+    ``input_size`` (one sample in torch order, e.g. ``(3, 32, 32)``), ``mean``
+    and ``std`` record what the model was trained on; each one not given is the
+    architecture's. An existing ``local/<name>`` is replaced only with
+    ``overwrite=True``. Both, and the input size and normalisation, are checked
+    before training starts. ``extra`` holds other arguments of
+    ``register_local_model`` (``description``, ``tags`` ...).
     """
 
     name: str
@@ -108,6 +112,9 @@ class Checkpoint:
     save: str = "best"
     overwrite: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # passed to register_local_model
+    input_size: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -267,6 +274,39 @@ def _architecture(model: torch.nn.Module, policy: Checkpoint) -> str:
     return f"timm/{timm_arch}"
 
 
+def _register_kwargs(policy: Checkpoint) -> dict[str, Any]:
+    """``extra`` plus the input size and normalisation given as fields (not both ways)."""
+    kwargs = dict(policy.extra)
+    for key in ("input_size", "mean", "std"):
+        value = getattr(policy, key)
+        if value is None:
+            continue
+        if key in kwargs:
+            raise TrainingError(
+                f"fit: checkpoint {policy.name!r} has {key} both as a field and in extra; "
+                "give it once."
+            )
+        kwargs[key] = value
+    return kwargs
+
+
+def _check_input_spec(model: torch.nn.Module, policy: Checkpoint) -> None:
+    """Refuse, before any training, an input size or normalisation the registry would refuse."""
+    from .. import registry
+    from ..registry.sources.local_source import resolve_input_spec
+
+    kwargs = _register_kwargs(policy)
+    if not any(kwargs.get(key) is not None for key in ("input_size", "mean", "std")):
+        return
+    resolve_input_spec(
+        registry.model_info(_architecture(model, policy)),
+        kwargs.get("input_size"),
+        kwargs.get("mean"),
+        kwargs.get("std"),
+        what=f"fit: checkpoint {policy.name!r}",
+    )
+
+
 def _register(model: torch.nn.Module, policy: Checkpoint, *, overwrite: bool) -> Any:
     from .. import registry
 
@@ -282,7 +322,7 @@ def _register(model: torch.nn.Module, policy: Checkpoint, *, overwrite: bool) ->
         num_classes=num_classes,
         directory=policy.directory,
         overwrite=overwrite,
-        **dict(policy.extra),
+        **_register_kwargs(policy),
     )
 
 
@@ -347,6 +387,7 @@ def fit(
     Raises:
         TrainingError: unusable data, metric, checkpoint or early-stopping settings.
         UnknownOptimizerError, UnknownLossError, UnknownScheduleError: bad specs.
+        InputSpecError: the checkpoint's ``input_size``, ``mean`` or ``std`` is not valid.
     """
     if int(epochs) < 1:
         raise TrainingError(f"fit: epochs must be at least 1, got {epochs!r}.")
@@ -364,6 +405,7 @@ def fit(
             raise TrainingError(f"fit: Checkpoint.save is 'best' or 'last', got {saving.save!r}.")
         _architecture(model, saving)
         _check_free(saving)
+        _check_input_spec(model, saving)
     train_batches = _batches(
         train_data, batch_size=batch_size, shuffle=True, epochs=epochs, role="train_data"
     )
