@@ -16,7 +16,9 @@ using TorchBridge: TorchBridge
 TorchBridge._before_share(::CUDA.CuArray) = CUDA.synchronize()
 
 function TorchBridge._allocate(::Val{:cuda}, ::Type{T}, dims::Dims, index::Int) where {T}
-    return CUDA.device!(index) do
+    # CUDA.jl 5 defines `device!(f, ::CuDevice)` only; torch's index is the
+    # same 0-based ordinal that `CuDevice` takes.
+    return CUDA.device!(CUDA.CuDevice(index)) do
         CUDA.CuArray{T}(undef, dims)
     end
 end
