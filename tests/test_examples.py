@@ -26,7 +26,7 @@ def load_script(path: Path):
 
 class TestDemo:
     def test_quick_demo_pretrains_finetunes_and_exports(self, isolated_caches, capsys):
-        """The demo trains, registers, finetunes via the registry and exports a verified file."""
+        """The demo trains, registers with input size and normalisation, finetunes, exports."""
         from torchbridge import demo
 
         out = isolated_caches / "demo"
@@ -37,6 +37,11 @@ class TestDemo:
         assert finetune["model"] == "local/digits-0to4"
         assert finetune["registered_as"] == "local/digits-5to9"
         assert finetune["accuracy_after"] > finetune["accuracy_before"]
+        for step in ("pretrain", "finetune"):  # 16x16 pixels normalised to [-1, 1]
+            assert summary[step]["input_size"] == [3, 16, 16]
+            assert summary[step]["mean"] == [0.5] * 3 and summary[step]["std"] == [0.5] * 3
+        sidecar = json.loads((out / "models" / "digits-5to9.json").read_text())
+        assert sidecar["input_size"] == [3, 16, 16] and sidecar["std"] == [0.5] * 3
         export = summary["export"]
         assert export["max_abs_diff"] < 1e-4 and export["batch_sizes_checked"] == [1, 3]
         assert export["onnx_accuracy"] == pytest.approx(finetune["accuracy_after"], abs=0.02)

@@ -4,8 +4,9 @@ The path a user walks, on real data that ships with scikit-learn (its 1,797
 handwritten 8×8 digits, upsampled to small RGB images):
 
 1. train a small timm model from scratch on the digits 0–4 and save it as the
-   local registry model ``local/digits-0to4`` — it stands in for pretrained
-   weights, which cannot be downloaded here;
+   local registry model ``local/digits-0to4``, with the input size and
+   normalisation it was trained on — it stands in for pretrained weights,
+   which cannot be downloaded here;
 2. load it back through the registry with a new 5-class head,
    ``load_model("local/digits-0to4", num_classes=5)``, and finetune it on a
    different task, the digits 5–9, reporting accuracy before and after. These
@@ -33,13 +34,17 @@ __all__ = ["load_digit_tasks", "main", "run_demo"]
 
 PRETRAIN_NAME = "digits-0to4"
 FINETUNE_NAME = "digits-5to9"
+# pixels in [0, 1] become (pixel - MEAN) / STD, in [-1, 1]
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
 
 
 def load_digit_tasks(image_size: int, *, seed: int = 0, limit: int | None = None) -> dict[str, Any]:
     """load_digit_tasks(image_size) -> {"pretrain": (...), "finetune": (...)}
 
     scikit-learn's digits as float32 ``(N, 3, S, S)`` images (bilinear
-    upsampling, grey copied to three channels, scaled to [-1, 1]). Task
+    upsampling, grey copied to three channels, normalised with ``MEAN`` and
+    ``STD`` to [-1, 1]). Task
     ``pretrain`` holds the digits 0–4, task ``finetune`` the digits 5–9
     relabelled 0–4; each is ``(train_x, train_y, valid_x, valid_y)`` with a
     quarter held out.
@@ -52,7 +57,8 @@ def load_digit_tasks(image_size: int, *, seed: int = 0, limit: int | None = None
     digits = load_digits()
     images = torch.from_numpy((digits.images / 16.0).astype(np.float32))[:, None]
     images = F.interpolate(images, size=(image_size, image_size), mode="bilinear")
-    images = (images.repeat(1, 3, 1, 1) - 0.5) / 0.5
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    images = (images.repeat(1, 3, 1, 1) - mean) / std
     labels = digits.target.astype(np.int64)
     rng = np.random.default_rng(seed)
     tasks = {}
@@ -169,7 +175,10 @@ def run_demo(
                 directory=str(models_dir),
                 save="last",
                 overwrite=True,
-                extra={"description": _description(f"{base_id} trained", "0-4", image_size)},
+                input_size=(3, image_size, image_size),
+                mean=MEAN,
+                std=STD,
+                extra={"description": _description(f"{base_id} trained", "0-4")},
             ),
             progress=progress,
         )
@@ -179,10 +188,11 @@ def run_demo(
             "valid_accuracy": history["valid_accuracy"][-1],
             "seconds": history.seconds,
             "registered_as": model_id,
+            **_expects(history.checkpoint),
         }
         _say(
             f"      digits 0-4 accuracy {history['valid_accuracy'][-1]:.1%}; "
-            f"registered as {model_id}"
+            f"registered as {model_id} ({_expects_text(history.checkpoint)})"
         )
     else:
         _say(f"[1/3] using the pretrained {model_id}")
@@ -214,7 +224,10 @@ def run_demo(
             num_classes=5,
             directory=str(models_dir),
             overwrite=True,
-            extra={"description": _description(f"{model_id} finetuned", "5-9", image_size)},
+            input_size=(3, image_size, image_size),
+            mean=MEAN,
+            std=STD,
+            extra={"description": _description(f"{model_id} finetuned", "5-9")},
         ),
         early_stopping={"patience": 3, "monitor": "valid_accuracy"},
         progress=progress,
@@ -227,8 +240,10 @@ def run_demo(
         "epochs": len(history.epochs),
         "seconds": history.seconds,
         "registered_as": history.checkpoint.id,
+        **_expects(history.checkpoint),
     }
     _say(f"      digits 5-9 accuracy: {before:.1%} before, {after:.1%} after finetuning")
+    _say(f"      registered as {history.checkpoint.id} ({_expects_text(history.checkpoint)})")
 
     # 3. export, verify, and score the ONNX file itself
     _say("[3/3] exporting to ONNX and verifying with onnxruntime ...")
@@ -264,11 +279,25 @@ def run_demo(
     return summary
 
 
-def _description(what: str, digits: str, image_size: int) -> str:
-    return (
-        f"{what} by torchbridge.demo on the handwritten digits {digits} "
-        f"(scikit-learn), {image_size}x{image_size} RGB scaled to [-1, 1]"
-    )
+def _description(what: str, digits: str) -> str:
+    return f"{what} by torchbridge.demo on the handwritten digits {digits} (scikit-learn)"
+
+
+def _expects(entry: Any) -> dict[str, Any]:
+    """What a registered model says it expects: its input size and normalisation."""
+    return {
+        "input_size": list(entry.input_size) if entry.input_size else None,
+        "mean": list(entry.mean) if entry.mean else None,
+        "std": list(entry.std) if entry.std else None,
+    }
+
+
+def _expects_text(entry: Any) -> str:
+    def values(v: Any) -> str:
+        return f"{v[0]:g}" if v and len(set(v)) == 1 else ", ".join(f"{x:g}" for x in v or ())
+
+    size = "x".join(map(str, entry.input_size or ())) or "unknown"
+    return f"input {size}, mean {values(entry.mean)}, std {values(entry.std)}"
 
 
 def _architecture_of(model: Any, model_id: str) -> str:
