@@ -43,7 +43,7 @@ println(model_info(MODEL))
 # Optimisers.jl's Adam as a torch optimiser, with a cosine schedule.
 
 model = load_model(MODEL; pretrained = true, num_classes = CLASSES)
-trainmode!(model)
+Flux.trainmode!(model) # Flux's mode functions switch torch's BatchNorm and dropout
 learner = FluxTraining.Learner(
     model,
     Flux.logitcrossentropy;
@@ -54,7 +54,7 @@ learner = FluxTraining.Learner(
     ),
 )
 fit_torch!(learner, 3)
-testmode!(model)
+Flux.testmode!(model)
 println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
 
 ## 2. A Flux head on the torch backbone, Zygote + Optimisers.jl
@@ -66,13 +66,13 @@ println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
 # in place.
 
 backbone = load_model(MODEL; pretrained = true, num_classes = 0, input_grads = false)
-trainmode!(backbone)
 net = Flux.Chain(backbone, Flux.Dense(512 => 64, Flux.relu), Flux.Dense(64 => CLASSES))
 state = Optimisers.setup(Optimisers.Adam(1.0f-3), net)
 Optimisers.adjust!(state.layers[1], 1.0f-4) # a smaller step for the pretrained layers
 
 baseline = memory_stats()
 for epoch in 1:3
+    Flux.trainmode!(net) # the torch backbone too
     for (x, y) in train
         TorchBridge.scope() do
             # whatever happens, no graph outlives the step
@@ -80,6 +80,7 @@ for epoch in 1:3
             Optimisers.update!(state, net, grads[1])
         end
     end
+    Flux.testmode!(net)
     println("epoch $epoch: validation accuracy ", accuracy(net, valid))
 end
 @assert memory_stats() == baseline "the bridge's ledger is back at its baseline"

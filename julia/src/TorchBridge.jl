@@ -29,7 +29,7 @@ using PythonCall:
 
 export TorchModel, TorchBridgeError
 export to_torch, from_torch
-export trainmode!, testmode!, zero_grad!, close!
+export zero_grad!, close!
 export memory_stats, release!
 export models, search_models, model_info, load_model
 export export_onnx
@@ -37,7 +37,7 @@ export TorchOptimiser, TorchTrainer, train_step!, fit_torch!
 
 @static if VERSION >= v"1.11.0-DEV.469"
     eval(Meta.parse(
-        "public scope, optimiser_spec, loss_name, schedule_spec, parameter_names",
+        "public scope, optimiser_spec, loss_name, schedule_spec, parameter_names, trainmode!, testmode!",
     ))
 end
 

@@ -139,6 +139,11 @@ end
 Put the torch module in training mode (BatchNorm uses batch statistics and
 updates its running ones, dropout is active), or in evaluation mode with
 `mode = false`.
+
+Not exported, as Flux exports functions of the same names: call it
+`TorchBridge.trainmode!`, or, with Flux loaded, use Flux's `trainmode!` and
+`testmode!`, which reach torch for a `TorchModel` alone or inside a `Chain`
+(the Flux extension).
 """
 function trainmode!(m::TorchModel, mode::Bool = true)
     _guard(() -> m.py.train(mode))
@@ -148,7 +153,8 @@ end
 """
     testmode!(m::TorchModel) -> m
 
-Evaluation mode: BatchNorm uses its running statistics, dropout is off.
+Evaluation mode: BatchNorm uses its running statistics, dropout is off. Not
+exported (see [`trainmode!`](@ref)).
 """
 testmode!(m::TorchModel) = trainmode!(m, false)
 

@@ -206,8 +206,14 @@ torch_param(module_, i, name) = pyconvert(
         end
         @test err isa TorchBridgeError && err.kind === :UnknownModelError
         m = load_model("torchvision/resnet18"; num_classes = 3)
-        testmode!(m)
+        TorchBridge.testmode!(m)
+        @test !pyconvert(Bool, m.py.training)
         @test size(m(randn(Float32, 64, 64, 3, 2))) == (3, 2)
+        # Flux's mode functions reach torch through a Chain (the Flux extension)
+        Flux.trainmode!(Flux.Chain(m, Flux.Dense(3 => 1)))
+        @test pyconvert(Bool, m.py.training)
+        Flux.testmode!(m)
+        @test !pyconvert(Bool, m.py.training)
         close!(m)
     end
 end
