@@ -7,9 +7,11 @@
 #     grads = Zygote.gradient(m -> loss(m(x), y), model)[1]
 #     state, model = Optimisers.update!(state, model, grads)
 #
-# `update!` copies the gradient into torch's gradient buffers (a no-op copy
-# when it came straight from the pullback) and runs one torch optimiser step
-# (and one schedule step).
+# `update!` copies the gradient into torch's gradient buffers (the tangent the
+# rrule returns is a copy of them, see `rrules.jl`, so this is one copy per
+# parameter) and runs one torch optimiser step (and one schedule step).
+# `setup` takes the TorchModel itself: inside a `Chain`, use an Optimisers.jl
+# rule, or set up the TorchModel's part with its own state.
 module TorchBridgeOptimisersExt
 
 using Optimisers: Optimisers

@@ -113,10 +113,19 @@ TorchOptimiser(rule; schedule = nothing) = TorchOptimiser(
 
 # The Python optimiser for `m`.
 function _torch_optimiser(m::TorchModel, o::TorchOptimiser)
-    spec = PythonCall.pydict(o.spec)
-    schedule = o.schedule === nothing ? nothing : PythonCall.pydict(o.schedule)
+    spec = _pydict(o.spec)
+    schedule = o.schedule === nothing ? nothing : _pydict(o.schedule)
     return _guard(() -> _tbjl.optimizer(m.py, spec; schedule = schedule))
 end
+
+# A spec as a Python dict, nested specs (a warmup's `then`) included: a Julia
+# Dict would otherwise cross as a wrapped Julia object, not a `dict`.
+_pydict(d::AbstractDict) = PythonCall.pydict(Dict{String, Any}(
+    String(k) => _pyvalue(v)
+    for (k, v) in d
+))
+_pyvalue(v::AbstractDict) = _pydict(v)
+_pyvalue(v) = v
 
 """
     TorchTrainer(model::TorchModel, optimiser, lossfn; loss_options = (;)) -> TorchTrainer
