@@ -39,17 +39,19 @@ def exchange() -> dict:
         tensor = to_torch(array)
         assert tensor.data_ptr() == array.ctypes.data  # zero-copy, or the figure means nothing
         reps = 2000 if nbytes <= 2**20 else 200
-        results[f"exchange_in_{label}_us"] = _median_time(lambda: to_torch(array), reps) * 1e6
+        results[f"exchange_in_{label}_us"] = (
+            _median_time(lambda array=array: to_torch(array), reps) * 1e6
+        )
         results[f"exchange_out_{label}_us"] = (
-            _median_time(lambda: np.from_dlpack(tensor), reps) * 1e6
+            _median_time(lambda tensor=tensor: np.from_dlpack(tensor), reps) * 1e6
         )
         copy_reps = 200 if nbytes <= 2**20 else 3
-        results[f"copy_{label}_us"] = _median_time(lambda: tensor.clone(), copy_reps) * 1e6
+        results[f"copy_{label}_us"] = (
+            _median_time(lambda tensor=tensor: tensor.clone(), copy_reps) * 1e6
+        )
         del array, tensor
         gc.collect()
-    results["exchange_1GB_over_1KB"] = (
-        results["exchange_in_1GB_us"] / results["exchange_in_1KB_us"]
-    )
+    results["exchange_1GB_over_1KB"] = results["exchange_in_1GB_us"] / results["exchange_in_1KB_us"]
     return results
 
 

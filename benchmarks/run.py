@@ -47,9 +47,7 @@ def _meets(value, comparison, target) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument(
-        "--only", nargs="*", choices=sorted(SUITES), help="run only these suites"
-    )
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these suites")
     args = parser.parse_args(argv)
 
     import torch

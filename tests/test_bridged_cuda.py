@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import mlp, reference_step, small_cnn
 
 import torchbridge
+from models import mlp, reference_step, small_cnn
 from torchbridge import memory
 from torchbridge.errors import DeviceMismatchError
 from torchbridge.exchange import copy_into, julia_layout, to_torch

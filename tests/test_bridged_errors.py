@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dlpack_producer import CountingProducer
-from models import mlp
 
 import torchbridge
+from dlpack_producer import CountingProducer
+from models import mlp
 from torchbridge import memory
 from torchbridge.errors import (
     CotangentError,

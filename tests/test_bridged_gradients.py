@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import mlp, reference_step, small_cnn
 
 import torchbridge
+from models import mlp, reference_step, small_cnn
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -147,7 +147,9 @@ def test_none_cotangent_is_zero():
 
 def test_integer_inputs_have_no_gradient():
     """An integer input (token ids) gets None; the embedding still gets its gradient."""
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+    )
     bm = torchbridge.bridge(model)
     ids = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)
     (y,), pullback = bm.forward(ids)

@@ -7,10 +7,10 @@ import gc
 import numpy as np
 import pytest
 import torch
-from dlpack_producer import CountingProducer
-from models import mlp
 
 import torchbridge
+from dlpack_producer import CountingProducer
+from models import mlp
 from torchbridge import memory
 from torchbridge.errors import LeakError
 
@@ -123,7 +123,7 @@ class TestDeleterRunsAtTheReleasePoint:
 
         class Boom(torch.nn.Module):
             def forward(self, x):
-                y = x * 2
+                x = x * 2  # a graph node that holds the input
                 raise ValueError("boom")
 
         bm = torchbridge.bridge(Boom())

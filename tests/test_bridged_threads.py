@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import torch
-from models import mlp
 
 import torchbridge
+from models import mlp
 from torchbridge import memory
 
 THREADS = 4
@@ -18,7 +18,10 @@ STEPS = 25
 def _batches(seed: int):
     rng = np.random.default_rng(seed)
     return [
-        (rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32))
+        (
+            rng.standard_normal((8, 6)).astype(np.float32),
+            rng.standard_normal((8, 4)).astype(np.float32),
+        )
         for _ in range(STEPS)
     ]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dlpack_producer import CountingProducer
 
+from dlpack_producer import CountingProducer
 from torchbridge.errors import UnsupportedArrayError, UnsupportedDTypeError
 from torchbridge.exchange import copy_into, julia_layout, julia_shape, to_torch
 

@@ -111,7 +111,9 @@ def test_bridged_models_keep_their_shared_gradient_buffers():
 
     model = torch.nn.Linear(4, 3)
     bm = torchbridge.bridge(model)
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
+    step = TrainStep(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss
+    )
     for _ in range(2):
         step(torch.randn(5, 4), torch.randn(5, 3))
     assert all(p.grad is g for p, g in zip(model.parameters(), bm.grads))

@@ -58,16 +58,34 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import errors, memory, train
-    from .bridged import BridgedModel, OutputStructure, Pullback, bridge
-    from .exchange import to_torch
-    from .export import ExportReport, export_onnx
+    from . import errors as errors
+    from . import memory as memory
+    from . import train as train
+    from .bridged import BridgedModel as BridgedModel
+    from .bridged import OutputStructure as OutputStructure
+    from .bridged import Pullback as Pullback
+    from .bridged import bridge as bridge
+    from .exchange import to_torch as to_torch
+    from .export import ExportReport as ExportReport
+    from .export import export_onnx as export_onnx
     from .registry import (
-        ModelEntry,
-        list_models,
-        load_model,
-        model_info,
-        register_local_model,
-        register_source,
-        search_models,
+        ModelEntry as ModelEntry,
+    )
+    from .registry import (
+        list_models as list_models,
+    )
+    from .registry import (
+        load_model as load_model,
+    )
+    from .registry import (
+        model_info as model_info,
+    )
+    from .registry import (
+        register_local_model as register_local_model,
+    )
+    from .registry import (
+        register_source as register_source,
+    )
+    from .registry import (
+        search_models as search_models,
     )

@@ -117,7 +117,9 @@ class BridgedModel:
         self.lock = threading.RLock()
         self._closed = False
         self._input_shapes = (
-            None if input_shapes is None else [None if s is None else tuple(s) for s in input_shapes]
+            None
+            if input_shapes is None
+            else [None if s is None else tuple(s) for s in input_shapes]
         )
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.param_names: tuple[str, ...] = tuple(n for n, _ in named)
@@ -140,14 +142,12 @@ class BridgedModel:
         self._device = first.device if first is not None else None
         floating = [p for p in module.parameters() if p.is_floating_point()]
         self._float_dtype = floating[0].dtype if floating else None
-        LEDGER.add_model(
-            self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads])
-        )
+        LEDGER.add_model(self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads]))
 
     # -- state -------------------------------------------------------------
     @property
     def parameters(self) -> tuple[torch.nn.Parameter, ...]:
-        """The trainable ``nn.Parameter`` objects, in :attr:`param_names` order (for torch optimisers)."""
+        """The trainable ``nn.Parameter`` objects in :attr:`param_names` order."""
         return self._parameters
 
     @property
@@ -276,10 +276,17 @@ class BridgedModel:
         got = ", ".join(f"torch {tuple(s)} / Julia {julia_shape(s)}" for s in shapes)
         expected = ""
         if self._input_shapes:
-            expected = " Expected " + ", ".join(
-                "torch " + _spec_str(s) + " / Julia " + _spec_str(None if s is None else s[::-1])
-                for s in self._input_shapes
-            ) + "."
+            expected = (
+                " Expected "
+                + ", ".join(
+                    "torch "
+                    + _spec_str(s)
+                    + " / Julia "
+                    + _spec_str(None if s is None else s[::-1])
+                    for s in self._input_shapes
+                )
+                + "."
+            )
         return (
             f"forward: the inputs do not fit {type(self.module).__name__}: got {got}.{expected} "
             f"torch said: {detail.splitlines()[0] if detail else '?'}. Julia dimensions are the "
@@ -460,9 +467,7 @@ def _leaves(tensors: list[torch.Tensor], wants: list[bool]) -> list[torch.Tensor
     # A helper, not a loop in forward: a loop variable would keep the last
     # input alive in forward's frame if the module raised.
     return [
-        t.detach().requires_grad_(True)
-        if want and (t.is_floating_point() or t.is_complex())
-        else t
+        t.detach().requires_grad_(True) if want and (t.is_floating_point() or t.is_complex()) else t
         for t, want in zip(tensors, wants)
     ]
 
@@ -503,5 +508,3 @@ def _spec_str(spec) -> str:
     if spec is None:
         return "(any)"
     return "(" + ", ".join("*" if d is None else str(d) for d in spec) + ")"
-
-
