@@ -85,8 +85,8 @@ def _print_table(results: dict) -> None:
 
     table = Table(title="torchbridge benchmarks (one run, this machine)")
     table.add_column("suite")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right", overflow="fold")
     table.add_column("target")
     for suite, figures in results.items():
         if suite == "machine":
