@@ -215,3 +215,25 @@ class TestOldSidecars:
         assert entry.std == arch.std and entry.num_classes == 5
         x = torch.randn(1, *arch.input_size)
         assert torch.equal(torchbridge.load_model("local/earlier").eval()(x), net(x))
+
+
+def test_local_models_do_not_claim_the_architectures_weight_tags(isolated_caches):
+    """A local model lists only its own tags and license, not those of the architecture's published weights."""
+    import timm
+
+    import torchbridge
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    entry = torchbridge.register_local_model(
+        "tags-check", model, architecture="timm/resnet10t", num_classes=3, tags=("digits",)
+    )
+    assert set(entry.tags) == {"local", "digits"}
+    assert entry.license is None
+    licensed = torchbridge.register_local_model(
+        "tags-check-licensed",
+        model,
+        architecture="timm/resnet10t",
+        num_classes=3,
+        metadata={"license": "mit"},
+    )
+    assert licensed.license == "mit"

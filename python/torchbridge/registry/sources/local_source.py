@@ -372,11 +372,13 @@ def save_local_model(
         "num_classes": num_classes,
         "task": task or architecture.task,
         "description": description or f"{name}: {architecture.id} with local weights",
-        "tags": list(dict.fromkeys([*tags, *architecture.tags])),
+        # The architecture's tags and license describe its published weights
+        # (``in1k``, a training recipe), not these: only the caller's are kept.
+        "tags": list(dict.fromkeys(tags)),
         "input_size": list(input_size) if input_size else None,
         "mean": list(mean) if mean else None,
         "std": list(std) if std else None,
-        "license": architecture.license,
+        "license": (metadata or {}).get("license"),
         "kwargs": dict(kwargs or {}),
         "metadata": dict(metadata or {}),
     }
