@@ -26,7 +26,26 @@ def _check_lr(lr: float, rule: str) -> None:
         raise ValueError(f"{rule}: the learning rate cannot be negative, got eta={lr}")
 
 
-class Momentum(torch.optim.Optimizer):
+class _PerParameterRule(torch.optim.Optimizer):
+    """A torch optimiser whose step applies :meth:`update` to each parameter with a gradient."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p, p.grad, self.state[p], group)
+        return loss
+
+    def update(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+
+class Momentum(_PerParameterRule):
     """Momentum(params, lr=0.01, rho=0.9) -> Optimizer
 
     Optimisers.jl's ``Momentum(η, ρ)``, per parameter ``x`` with gradient ``g``::
@@ -39,27 +58,15 @@ class Momentum(torch.optim.Optimizer):
         _check_lr(lr, "Momentum")
         super().__init__(params, {"lr": lr, "rho": rho})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            eta, rho = group["lr"], group["rho"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p)
-                velocity = state["velocity"]
-                velocity.mul_(rho).add_(p.grad, alpha=eta)
-                p.sub_(velocity)
-        return loss
+    def update(self, p, g, state, group):
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(p)
+        velocity = state["velocity"]
+        velocity.mul_(group["rho"]).add_(g, alpha=group["lr"])
+        p.sub_(velocity)
 
 
-class Nesterov(torch.optim.Optimizer):
+class Nesterov(_PerParameterRule):
     """Nesterov(params, lr=0.001, rho=0.9) -> Optimizer
 
     Optimisers.jl's ``Nesterov(η, ρ)``, per parameter ``x`` with gradient ``g``::
@@ -73,28 +80,17 @@ class Nesterov(torch.optim.Optimizer):
         _check_lr(lr, "Nesterov")
         super().__init__(params, {"lr": lr, "rho": rho})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            eta, rho = group["lr"], group["rho"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p)
-                velocity = state["velocity"]
-                delta = velocity * (-(rho**2)) + p.grad * ((1 + rho) * eta)
-                velocity.mul_(rho).sub_(p.grad, alpha=eta)
-                p.sub_(delta)
-        return loss
+    def update(self, p, g, state, group):
+        eta, rho = group["lr"], group["rho"]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(p)
+        velocity = state["velocity"]
+        delta = velocity * (-(rho**2)) + g * ((1 + rho) * eta)
+        velocity.mul_(rho).sub_(g, alpha=eta)
+        p.sub_(delta)
 
 
-class DecoupledAdamW(torch.optim.Optimizer):
+class DecoupledAdamW(_PerParameterRule):
     """DecoupledAdamW(params, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> Optimizer
 
     Optimisers.jl's ``AdamW(η, β, λ, ϵ; couple=false)``: Adam with learning
@@ -117,31 +113,18 @@ class DecoupledAdamW(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            eta, (beta1, beta2) = group["lr"], group["betas"]
-            eps, decay = group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-                adam = (m / (1 - beta1**t)).div_(denom)
-                # the decay uses x before this step's update, as in Optimisers.jl
-                p.sub_(p * decay + adam * eta)
-        return loss
+    def update(self, p, g, state, group):
+        eta, (beta1, beta2) = group["lr"], group["betas"]
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        adam = (m / (1 - beta1**t)).div_(denom)
+        # the decay uses x before this step's update, as in Optimisers.jl
+        p.sub_(p * group["weight_decay"] + adam * eta)
