@@ -14,21 +14,13 @@ import time
 
 import numpy as np
 import torch
+from timing import median_time
 
 import torchbridge
 from torchbridge import memory
 from torchbridge.exchange import to_torch
 
 SIZES = {"1KB": 2**10, "1MB": 2**20, "100MB": 100 * 2**20, "1GB": 2**30}
-
-
-def _median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def exchange() -> dict:
@@ -40,14 +32,14 @@ def exchange() -> dict:
         assert tensor.data_ptr() == array.ctypes.data  # zero-copy, or the figure means nothing
         reps = 2000 if nbytes <= 2**20 else 200
         results[f"exchange_in_{label}_us"] = (
-            _median_time(lambda array=array: to_torch(array), reps) * 1e6
+            median_time(lambda array=array: to_torch(array), reps) * 1e6
         )
         results[f"exchange_out_{label}_us"] = (
-            _median_time(lambda tensor=tensor: np.from_dlpack(tensor), reps) * 1e6
+            median_time(lambda tensor=tensor: np.from_dlpack(tensor), reps) * 1e6
         )
         copy_reps = 200 if nbytes <= 2**20 else 3
         results[f"copy_{label}_us"] = (
-            _median_time(lambda tensor=tensor: tensor.clone(), copy_reps) * 1e6
+            median_time(lambda tensor=tensor: tensor.clone(), copy_reps) * 1e6
         )
         del array, tensor
         gc.collect()
@@ -80,8 +72,8 @@ def resnet18_step(batch: int = 8, size: int = 224, reps: int = 6) -> dict:
     bridge_step()
     plain_times, bridge_times = [], []
     for _ in range(reps):
-        plain_times.append(_median_time(plain_step, 1))
-        bridge_times.append(_median_time(bridge_step, 1))
+        plain_times.append(median_time(plain_step, 1))
+        bridge_times.append(median_time(bridge_step, 1))
     bm.close()
     p, b = statistics.median(plain_times), statistics.median(bridge_times)
     return {

@@ -15,7 +15,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import median_time
 
 QUERIES = (
     "tiny vision transformer",
@@ -32,15 +33,6 @@ import torchbridge
 entries = torchbridge.list_models()
 print(json.dumps({"seconds": time.perf_counter() - start, "count": len(entries)}))
 """
-
-
-def _median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def first_list() -> dict:
@@ -60,9 +52,9 @@ def run() -> dict:
     torchbridge.list_models()  # warm this process
     torchbridge.search_models(QUERIES[0])
     timm_count = len(torchbridge.list_models(source="timm"))
-    list_s = _median_time(torchbridge.list_models, reps=7)
+    list_s = median_time(torchbridge.list_models, reps=7)
     search_s = statistics.median(
-        _median_time(lambda q=q: torchbridge.search_models(q), reps=5) for q in QUERIES
+        median_time(lambda q=q: torchbridge.search_models(q), reps=5) for q in QUERIES
     )
     return {
         "registry_list_first_s": round(first["seconds"], 3),
