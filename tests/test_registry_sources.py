@@ -68,6 +68,11 @@ class TestTimm:
         assert torch.equal(model(image), timm_model(image))
         assert model.pretrained_cfg["file"] == str(path)
 
+    def test_num_classes_zero_gives_pooled_features(self, image):
+        """num_classes=0 is timm's headless model: (N, num_features) pooled features."""
+        model = torchbridge.load_model("timm/test_resnet", num_classes=0).eval()
+        assert model(image).shape == (2, model.num_features)
+
     def test_round_trip_from_hf_cache_offline(self, timm_model, image, isolated_caches):
         """pretrained=True finds the file in the Hugging Face cache and never needs the network."""
         from test_registry_listing import make_hf_cache_file
@@ -151,6 +156,18 @@ class TestTorchvision:
         ).eval()
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
         _body_equal(reference, model, "classifier.1.")
+
+    def test_num_classes_zero_removes_the_classifier(self, tmp_path, isolated_caches):
+        """num_classes=0 gives the features the classifier read, with or without weights."""
+        import torchvision
+
+        reference = torchvision.models.squeezenet1_1().eval()
+        path = _save_safetensors(reference, tmp_path / "sq.safetensors")
+        model = torchbridge.load_model("torchvision/squeezenet1_1", weights=path, num_classes=0)
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+        untrained = torchbridge.load_model(TV_ID, num_classes=0).eval()
+        assert isinstance(untrained.fc, torch.nn.Identity)
+        assert untrained(torch.randn(2, 3, 64, 64)).shape == (2, 1024)
 
 
 HUBCONF = '''

@@ -15,7 +15,9 @@ def replace_classifier(model: Any, num_classes: int, *, model_id: str) -> Any:
     Give ``model`` a freshly initialised head with ``num_classes`` outputs; every
     other weight is untouched. Models with timm's ``reset_classifier`` use it;
     otherwise the last ``Linear`` (or 1x1 ``Conv2d``, as in SqueezeNet) of the
-    module tree is swapped for a new layer of the same kind.
+    module tree is swapped for a new layer of the same kind. ``num_classes=0``
+    removes the classifier: the layer becomes an ``nn.Identity`` and the model
+    returns the features the classifier read (timm's pooled features).
     """
     import torch.nn as nn
 
@@ -36,12 +38,10 @@ def replace_classifier(model: Any, num_classes: int, *, model_id: str) -> Any:
             f"{model_id}: found no Linear layer to replace with a {num_classes}-class head. "
             "Replace the head yourself after load_model(...)."
         )
-    if isinstance(last, nn.Linear):
-        new: nn.Module = (
-            nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
-            if num_classes
-            else nn.Identity()
-        )
+    if num_classes == 0:
+        new: nn.Module = nn.Identity()
+    elif isinstance(last, nn.Linear):
+        new = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
     else:
         new = nn.Conv2d(last.in_channels, num_classes, kernel_size=1, bias=last.bias is not None)
     new = new.to(next(last.parameters()).device)

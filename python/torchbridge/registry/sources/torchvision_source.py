@@ -115,6 +115,10 @@ class TorchvisionSource(ModelSource):
 
         builder, _, tag = entry.name.partition(".")
         if not pretrained:
+            if num_classes == 0:
+                # torchvision would build a 0-output Linear; remove the classifier instead
+                model = get_model(builder, weights=None, **kwargs)
+                return replace_classifier(model, 0, model_id=entry.id)
             if num_classes is not None:
                 kwargs["num_classes"] = num_classes
             return get_model(builder, weights=None, **kwargs)
