@@ -243,6 +243,59 @@ class TestRegistryRows:
         assert jl.info_row(found[0]["id"])["id"] == found[0]["id"]
 
 
+class TestFastAI:
+    """What the FastAI extension calls: the rows it registers, the variants' head swap."""
+
+    def test_fastai_rows_are_pretrained_tags(self):
+        """One row per tagged timm image classifier with weights, as three equal columns."""
+        rows = jl.fastai_rows(source="timm")
+        ids, checkpoints = rows["id"], rows["checkpoint"]
+        assert len(ids) == len(rows["description"]) == len(checkpoints) > 0
+        assert len(set(ids)) == len(ids)
+        assert "timm/resnet18.a1_in1k" in ids
+        assert "timm/resnet18" not in ids  # an architecture name, not a set of weights
+        for model_id, tag in zip(ids, checkpoints, strict=True):
+            assert model_id.startswith("timm/") and model_id.endswith("." + tag)
+        expected = {
+            e.id
+            for e in torchbridge.list_models(
+                source="timm", pretrained=True, task="image-classification"
+            )
+            if "." in e.name
+        }
+        assert set(ids) == expected
+
+    def test_replace_head_removes_the_classifier(self):
+        """num_classes=0 gives timm's pooled features; the old bridge is closed, the body kept."""
+        import timm
+
+        module = timm.create_model("test_resnet").eval()
+        body = {k: v.clone() for k, v in module.state_dict().items() if not k.startswith("fc.")}
+        old = torchbridge.bridge(module)
+        open_before = jl.memory_stats()["open_models"]
+        new = jl.replace_head(old, 0, model_id="timm/test_resnet")
+        assert old.closed and not new.closed
+        assert jl.memory_stats()["open_models"] == open_before
+        assert not any(n.startswith("fc.") for n in new.param_names)
+        x = julia_share(julia_array(64, 64, 3, 2))  # Julia (W, H, C, N)
+        outputs, pullback, layouts = jl.forward(new, x, grad=False)
+        assert pullback is None
+        assert layouts[0][0] == (module.num_features, 2)  # Julia (F, N)
+        for key, value in body.items():
+            assert torch.equal(module.state_dict()[key], value), key
+        new.close()
+
+    def test_replace_head_resizes_a_linear_head(self, model):
+        """A module without reset_classifier gets a new last Linear of the asked size."""
+        new = jl.replace_head(model, 4, model_id="tiny")
+        assert model.closed
+        assert new.module.fc.out_features == 4 and new.module.fc.in_features == 3
+        state = jl.model_state(new)
+        weight = state["params"][state["param_names"].index("fc.weight")]
+        assert tuple(weight.shape) == (4, 3)  # Julia sees (3, 4), the Dense layout
+        new.close()
+
+
 # Optimisers.jl 0.4's field names for each rule, as optimiser_spec builds them
 # from fieldnames(typeof(rule)) with the rule's defaults.
 OPTIMISERS_JL_RULES = {

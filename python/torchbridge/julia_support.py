@@ -37,6 +37,7 @@ __all__ = [
     "TorchTrainer",
     "copy_out",
     "entry_row",
+    "fastai_rows",
     "forward",
     "info_row",
     "layouts",
@@ -47,6 +48,7 @@ __all__ = [
     "pullback",
     "registry_rows",
     "release",
+    "replace_head",
     "scope_enter",
     "scope_exit",
     "search_rows",
@@ -254,6 +256,54 @@ def info_row(model_id: str) -> dict[str, Any]:
     from . import registry
 
     return entry_row(registry.model_info(model_id))
+
+
+# -- FastAI.jl's model registry ----------------------------------------------------
+
+
+def fastai_rows(*, source: str = "timm") -> dict[str, list[str]]:
+    """fastai_rows(*, source="timm") -> dict of columns ``id``, ``description``, ``checkpoint``
+
+    The models TorchBridge.jl's FastAI extension adds to FastAI.jl's model
+    registry: every image classifier of ``source`` that has published weights
+    under a pretrained tag (``timm/resnet18.a1_in1k``, checkpoint ``"a1_in1k"``).
+    Untagged architecture names (``timm/resnet18``, which loads its default
+    tag) and models without weights are left out, so each row names exactly
+    one set of weights. Columns rather than rows: Julia converts three lists
+    instead of one dict per model.
+    """
+    from . import registry
+
+    ids, descriptions, checkpoints = [], [], []
+    for e in registry.list_models(source=source, pretrained=True, task="image-classification"):
+        _, _, tag = e.name.partition(".")
+        if not tag:
+            continue
+        ids.append(e.id)
+        descriptions.append(e.description)
+        checkpoints.append(tag)
+    return {"id": ids, "description": descriptions, "checkpoint": checkpoints}
+
+
+def replace_head(model: BridgedModel, num_classes: int, *, model_id: str) -> BridgedModel:
+    """replace_head(model, num_classes, *, model_id) -> BridgedModel
+
+    The bridged module with a new classifier of ``num_classes`` outputs
+    (:func:`torchbridge.registry.heads.replace_classifier`; ``0`` removes it, so
+    the model returns its pooled features), bridged anew. ``model`` is closed
+    first: its parameter list changes, so the Julia arrays over it must not be
+    used again. The new layer is moved to the model's device and floating-point
+    type. ``model_id`` names the model in error messages.
+    """
+    from .bridged import bridge
+    from .registry.heads import replace_classifier
+
+    module, device, dtype = model.module, model.device, model.dtype
+    model.close()
+    replace_classifier(module, num_classes, model_id=model_id)
+    if device is not None:
+        module.to(device=device, dtype=dtype)
+    return bridge(module)
 
 
 # -- training: torch optimisers over a bridged model -------------------------------
