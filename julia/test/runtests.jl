@@ -15,6 +15,12 @@ using Optimisers: Optimisers
 using Flux: Flux
 using FluxTraining: FluxTraining
 
+# FastAI.jl is not a test dependency; in an environment that has it, the FastAI
+# extension loads and its testset runs when that FastAI has a model registry.
+if Base.find_package("FastAI") !== nothing
+    @eval using FastAI: FastAI
+end
+
 const torch = pyimport("torch")
 const tb = pyimport("torchbridge")
 
@@ -215,5 +221,32 @@ torch_param(module_, i, name) = pyconvert(
         Flux.testmode!(m)
         @test !pyconvert(Bool, m.py.training)
         close!(m)
+    end
+
+    @testset "FastAI model registry" begin
+        ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
+        found = ext === nothing ? nothing : ext.model_registry()
+        if found === nothing
+            @info "no FastAI.jl with a model registry in this environment; skipping"
+            @test_skip found !== nothing
+        else
+            registry, _ = found
+            id = "timm/resnet18.a1_in1k"
+            @test haskey(registry, id)
+            entry = registry[id]
+            @test entry.backend === :torch
+            @test entry.checkpoints == ["a1_in1k"]
+            @test first.(entry.variants) == ["classifier", "backbone"]
+            @test ext.register_models!() == 0 # ids already there are skipped
+            x = rand(Float32, 64, 64, 3, 2)
+            # no checkpoint: timm's random initialisation, no weights needed
+            classifier = FastAI.Registries.load(entry)
+            @test size(classifier(x)) == (1000, 2)
+            backbone = FastAI.Registries.load(entry; variant = "backbone")
+            @test size(backbone(x)) == (512, 2)
+            headed = FastAI.Registries.load(entry; num_classes = 10)
+            @test size(headed(x)) == (10, 2)
+            foreach(close!, (classifier, backbone, headed))
+        end
     end
 end
