@@ -1,11 +1,13 @@
 # Finetune a pretrained timm model from Julia, two ways, then export it to ONNX.
+# docs/tutorial.md walks through it.
 #
 #     julia --project=julia examples/finetune.jl
 #
-# Needs Flux, FluxTraining, Optimisers and Zygote in the active environment
-# (`julia --project=julia/test` has them) and the pretrained weights of
-# timm/resnet18.a1_in1k in the Hugging Face cache, or network access. The data
-# is synthetic: two classes of 64×64 images told apart by their mean colour.
+# Needs Flux, FluxTraining, Optimisers and Zygote in an environment on the load
+# path (your default environment, `@v1.10` ...) and the pretrained weights of
+# timm/resnet18.a1_in1k in the Hugging Face cache, or network access; offline,
+# pass the file instead: load_model(MODEL; weights = PATH, ...). The data is
+# synthetic: two classes of 64×64 images told apart by their mean colour.
 
 using TorchBridge
 using Flux: Flux
