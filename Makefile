@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export TORCHBRIDGE_OFFLINE ?= 1
 export PYTHON_JULIAPKG_OFFLINE ?= yes
 
-.PHONY: setup demo test test-python lint-julia format-julia test-julia bench notebook clean
+.PHONY: setup demo test test-python lint-python lint-julia format-julia test-julia bench notebook clean
 
 setup: $(VENV)/.installed
 
@@ -35,10 +35,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m torchbridge.demo
 
-test: test-python lint-julia
+test: lint-python lint-julia test-python
 
 test-python: setup
 	$(PY) -m pytest
+
+lint-python: setup
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
 lint-julia: setup
 	$(FATOU) lint --color never julia

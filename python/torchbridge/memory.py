@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from .errors import LeakError
 
 if TYPE_CHECKING:
-
     from .bridged import BridgedModel, Pullback
 
 __all__ = [
