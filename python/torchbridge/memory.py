@@ -110,6 +110,7 @@ class _Ledger:
         self._models: dict[int, tuple[int, Counter]] = {}
         self._released_by_gc = 0
         self._scopes = threading.local()
+        self.open_scopes = 0  # in any thread
 
     # pullbacks ---------------------------------------------------------------
     # Only a weak reference is kept: the ledger must never be what keeps a
@@ -117,9 +118,10 @@ class _Ledger:
     def add_pullback(self, pullback: Pullback) -> None:
         # A single dict store is atomic under the GIL; no lock on the hot path.
         self._pullbacks[id(pullback)] = weakref.ref(pullback)
-        stack = getattr(self._scopes, "stack", None)
-        if stack:
-            stack[-1].append(pullback)
+        if self.open_scopes:  # skip the thread-local lookup when no scope is open
+            stack = getattr(self._scopes, "stack", None)
+            if stack:
+                stack[-1].append(pullback)
 
     def remove_pullback(self, pullback: Pullback, *, by_gc: bool = False) -> None:
         self._pullbacks.pop(id(pullback), None)
@@ -206,10 +208,14 @@ def scope() -> Iterator[None]:
     stack = LEDGER.scope_stack()
     created: list[Pullback] = []
     stack.append(created)
+    with LEDGER._lock:
+        LEDGER.open_scopes += 1
     try:
         yield
     finally:
         stack.pop()
+        with LEDGER._lock:
+            LEDGER.open_scopes -= 1
         for pullback in created:
             pullback.release()
         created.clear()
