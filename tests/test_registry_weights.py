@@ -134,6 +134,32 @@ class TestCorruptFiles:
         with pytest.raises(CorruptWeightsError, match="truncated"):
             w.load_state_dict(path)
 
+    @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+    def test_truncated_small_pickle(self, tmp_path, keep):
+        """A small .pth (a head, a linear probe) cut short is a CorruptWeightsError too, whatever
+        error torch's zip reader meets."""
+        path = tmp_path / "head.pth"
+        torch.save({"weight": torch.randn(64, 64), "bias": torch.randn(64)}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(CorruptWeightsError, match="truncated"):
+            w.load_state_dict(path)
+
+    def test_truncated_legacy_pickle(self, tmp_path):
+        """A checkpoint in torch's legacy (non-zip) format cut inside a record is a
+        CorruptWeightsError."""
+        path = tmp_path / "legacy.pth"
+        torch.save({"weight": torch.randn(8, 8)}, path, _use_new_zipfile_serialization=False)
+        data = path.read_bytes()
+        for cut in range(1, len(data)):
+            path.write_bytes(data[:cut])
+            try:
+                w.load_state_dict(path)
+            except (CorruptWeightsError, UnsafeCheckpointError):
+                # a record cut inside a global's name reads as a global no one allows
+                continue
+            raise AssertionError(f"a checkpoint cut at byte {cut} of {len(data)} loaded")
+
     def test_garbage_file(self, tmp_path):
         """A file that is no checkpoint at all is a CorruptWeightsError."""
         path = tmp_path / "notes.pt"

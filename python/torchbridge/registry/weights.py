@@ -167,6 +167,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
 def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
     import argparse
     import pickle
+    import struct
     import zipfile
 
     import torch
@@ -186,7 +187,19 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
                 f"({detail}); it was not loaded. Convert it to safetensors, or, only if you "
                 "trust where it came from, pass trust_pickle=True."
             ) from err
-    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+    except PermissionError:
+        raise  # an unreadable file is not a damaged one: the OS error says what is wrong
+    except (
+        RuntimeError,
+        EOFError,
+        KeyError,
+        IndexError,
+        ValueError,
+        zipfile.BadZipFile,
+        struct.error,  # a legacy (non-zip) checkpoint cut inside a record
+        AssertionError,  # a legacy checkpoint whose storage keys are damaged
+        OSError,  # a small zip checkpoint cut short: torch's reader fails with EINVAL
+    ) as err:
         raise _corrupt(path, err) from err
 
     warnings.warn(
