@@ -237,3 +237,48 @@ def test_local_models_do_not_claim_the_architectures_weight_tags(isolated_caches
         metadata={"license": "mit"},
     )
     assert licensed.license == "mit"
+
+
+class TestFailedRegistration:
+    def test_metadata_that_is_not_json_writes_nothing(self, net, isolated_caches):
+        """Metadata that cannot be stored as JSON is refused before any file is written, so the
+        same name can be registered right after."""
+        folder = _models_dir(isolated_caches)
+        with pytest.raises(TypeError, match="JSON values"):
+            torchbridge.register_local_model(
+                "unstored", net, architecture=ARCH, metadata={"when": object()}
+            )
+        assert not folder.exists() or list(folder.iterdir()) == []
+        entry = torchbridge.register_local_model("unstored", net, architecture=ARCH)
+        assert entry.id == "local/unstored"
+
+    def test_failed_overwrite_keeps_the_earlier_model_loadable(self, net, isolated_caches):
+        """An overwrite refused for its metadata leaves the earlier weights and sidecar as they
+        were: the model still loads and passes its sha256 check."""
+        import timm
+
+        torchbridge.register_local_model("kept", net, architecture=ARCH)
+        folder = _models_dir(isolated_caches)
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        other = timm.create_model("test_resnet", num_classes=5)
+        with pytest.raises(TypeError, match="JSON values"):
+            torchbridge.register_local_model(
+                "kept", other, architecture=ARCH, overwrite=True, kwargs={"bad": {1, 2}}
+            )
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        x = torch.randn(1, 3, 32, 32)
+        assert torch.equal(torchbridge.load_model("local/kept").eval()(x), net(x))
+
+    def test_failed_write_leaves_no_partial_files(self, net, isolated_caches, monkeypatch):
+        """A failure while the weights are written leaves neither the model nor a partial file."""
+        import safetensors.torch
+
+        def full_disk(tensors, filename, metadata=None):
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 10)
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            torchbridge.register_local_model("diskfull", net, architecture=ARCH)
+        assert list(_models_dir(isolated_caches).iterdir()) == []

@@ -342,6 +342,31 @@ def save_local_model(
         num_classes = architecture.num_classes
     input_size, mean, std = resolve_input_spec(architecture, input_size, mean, std)
 
+    data = {
+        "format": SIDECAR_FORMAT,
+        "architecture": architecture.id,
+        "weights": f"{name}.safetensors",
+        "sha256": None,  # filled in once the weights are written
+        "num_classes": num_classes,
+        "task": task or architecture.task,
+        "description": description or f"{name}: {architecture.id} with local weights",
+        # The architecture's tags and license describe its published weights
+        # (``in1k``, a training recipe), not these: only the caller's are kept.
+        "tags": list(dict.fromkeys(tags)),
+        "input_size": list(input_size) if input_size else None,
+        "mean": list(mean) if mean else None,
+        "std": list(std) if std else None,
+        "license": (metadata or {}).get("license"),
+        "kwargs": dict(kwargs or {}),
+        "metadata": dict(metadata or {}),
+    }
+    try:  # before any file is written: a refused sidecar leaves nothing behind
+        json.dumps(data)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"register_local_model: metadata and kwargs must be JSON values ({err})"
+        ) from err
+
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / f"{name}.safetensors"
     sidecar = directory / f"{name}.json"
@@ -360,35 +385,18 @@ def save_local_model(
             value = value.clone()
         seen.add(ident)
         tensors[key] = value
+    # Both files are written under temporary names and moved in place only once
+    # both are complete: a failure while writing leaves no new file behind, and
+    # never new weights next to an old sidecar (whose sha256 they would fail).
     partial = weights_path.with_name(weights_path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"architecture": architecture.id})
-    os.replace(partial, weights_path)
-
-    data = {
-        "format": SIDECAR_FORMAT,
-        "architecture": architecture.id,
-        "weights": weights_path.name,
-        "sha256": sha256_file(weights_path),
-        "num_classes": num_classes,
-        "task": task or architecture.task,
-        "description": description or f"{name}: {architecture.id} with local weights",
-        # The architecture's tags and license describe its published weights
-        # (``in1k``, a training recipe), not these: only the caller's are kept.
-        "tags": list(dict.fromkeys(tags)),
-        "input_size": list(input_size) if input_size else None,
-        "mean": list(mean) if mean else None,
-        "std": list(std) if std else None,
-        "license": (metadata or {}).get("license"),
-        "kwargs": dict(kwargs or {}),
-        "metadata": dict(metadata or {}),
-    }
-    try:
-        text = json.dumps(data, indent=2)
-    except TypeError as err:
-        raise TypeError(
-            f"register_local_model: metadata and kwargs must be JSON values ({err})"
-        ) from err
     partial_sidecar = sidecar.with_name(sidecar.name + ".partial")
-    partial_sidecar.write_text(text + "\n", encoding="utf-8")
-    os.replace(partial_sidecar, sidecar)
+    try:
+        save_file(tensors, str(partial), metadata={"architecture": architecture.id})
+        data["sha256"] = sha256_file(partial)
+        partial_sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, weights_path)
+        os.replace(partial_sidecar, sidecar)
+    finally:
+        for leftover in (partial, partial_sidecar):
+            leftover.unlink(missing_ok=True)
     return sidecar
