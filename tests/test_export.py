@@ -89,6 +89,20 @@ class TestExport:
         assert model.training
         assert report.inputs[0].shape == ("batch", 3, 24, 24)
 
+    def test_each_submodule_keeps_its_own_mode(self, tmp_path):
+        """A model finetuned with a frozen batch-norm layer (in eval mode inside a model in train
+        mode) gets every submodule's mode back, not train mode everywhere."""
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 8),
+            torch.nn.BatchNorm1d(8),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(8, 2),
+        )
+        model.train()
+        model[1].eval()
+        export_onnx(model, tmp_path / "frozen.onnx", input_size=(4,))
+        assert [m.training for m in model.modules()] == [True, True, False, True, True]
+
     def test_without_verification(self, tmp_path):
         """verify=False checks the file but reports no numerical comparison."""
         model = torch.nn.Linear(3, 2)

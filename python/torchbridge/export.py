@@ -370,7 +370,7 @@ def export_onnx(
         num_classes: With ``weights``, the head size the file was trained with
             (``--num-classes``); a head the file cannot fill is refused.
 
-    The model is exported in eval mode; its mode is restored afterwards.
+    The model is exported in eval mode; the mode of each submodule is restored afterwards.
 
     Raises:
         ExportError: the model cannot be expressed in ONNX (the message names
@@ -400,7 +400,8 @@ def export_onnx(
     )
     external = tensor_bytes > SINGLE_FILE_LIMIT
 
-    was_training = module.training
+    # every submodule's own mode (a finetuned model may keep frozen batch-norm layers in eval)
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         # a batch of 2 for the example: torch.export specialises dimensions of size 1
@@ -453,7 +454,8 @@ def export_onnx(
                 _remove(path, data_path)
             raise
     finally:
-        module.train(was_training)
+        for submodule, training in modes:
+            submodule.training = training
 
     has_data = external and data_path.exists()
     return ExportReport(
