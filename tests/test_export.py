@@ -119,6 +119,15 @@ class TestFailures:
         assert not isinstance(info.value, ExportVerificationError)
         assert list(tmp_path.iterdir()) == []
 
+    def test_failed_export_leaves_no_new_folder(self, tmp_path):
+        """The folders made for the file are removed again when the export fails; a folder that
+        was already there stays."""
+        with pytest.raises(ExportError):
+            export_onnx(SvdHead(), tmp_path / "new" / "deeper" / "svd.onnx", input_size=(3, 4, 4))
+        assert list(tmp_path.iterdir()) == []
+        report = export_onnx(torch.nn.Linear(3, 2), tmp_path / "made" / "l.onnx", input_size=(3,))
+        assert report.path.is_file()
+
     def test_numerical_mismatch_removes_the_file(self, tmp_path):
         """When onnxruntime disagrees with torch the export fails and no file is left."""
         with pytest.raises(ExportVerificationError, match="differ by up to"):

@@ -393,7 +393,6 @@ def export_onnx(
     dtype, device = _model_dtype_device(module)
     tol = tolerance if tolerance is not None else _TOLERANCE.get(dtype, 1e-4)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data_path = path.with_name(path.name + ".data")
     tensor_bytes = sum(
         t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
@@ -416,7 +415,10 @@ def export_onnx(
             # one file: written beside the target and moved over it once verified,
             # so a failed export leaves any earlier file at `path` untouched
             target = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
+        # folders made for `path` are removed again if the export fails
+        created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             caught = _write(
                 module,
                 example,
@@ -452,6 +454,9 @@ def export_onnx(
             _remove(target, target.with_name(target.name + ".data"))
             if external:
                 _remove(path, data_path)
+            for folder in created:  # deepest first; a folder something else wrote into stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
     finally:
         for submodule, training in modes:
