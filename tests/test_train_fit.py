@@ -147,6 +147,48 @@ class TestFit:
         assert history.stopped_early
         assert len(history.epochs) == 3 and history.best_epoch == 1
 
+    def test_patience_zero_stops_at_the_first_epoch_without_improvement(self, digits):
+        """Patience 0 keeps training while every epoch improves, and stops at the first that
+        does not; an improving epoch never ends training early."""
+        train, valid = digits
+        improving = fit(
+            small_cnn(),
+            train,
+            valid,
+            epochs=2,
+            optimizer={"rule": "Adam", "eta": 1e-3},
+            loss="logitcrossentropy",
+            early_stopping=0,
+            progress=False,
+        )
+        assert improving["valid_loss"][1] < improving["valid_loss"][0]
+        assert len(improving.epochs) == 2 and not improving.stopped_early
+        flat = fit(
+            small_cnn(),
+            train[:3],
+            valid,
+            epochs=10,
+            optimizer={"rule": "Descent", "eta": 0.0},
+            loss="logitcrossentropy",
+            early_stopping=0,
+            progress=False,
+        )
+        assert flat.stopped_early and len(flat.epochs) == 2 and flat.best_epoch == 1
+
+    def test_negative_patience_is_refused(self, digits):
+        """A negative patience is a TrainingError before any training."""
+        train, _ = digits
+        with pytest.raises(TrainingError, match="patience"):
+            fit(
+                small_cnn(),
+                train,
+                epochs=2,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                early_stopping=-1,
+                progress=False,
+            )
+
     def test_early_stopping_restores_the_best_weights(self, digits):
         """When a later epoch diverges, the model ends with the best epoch's weights."""
         train, valid = digits

@@ -142,14 +142,21 @@ def _early_stopping(spec: Any) -> EarlyStopping | None:
     if spec is None or spec is False:
         return None
     if isinstance(spec, EarlyStopping):
-        return spec
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        return EarlyStopping(patience=spec)
-    if isinstance(spec, Mapping):
-        return EarlyStopping(**spec)
-    raise TrainingError(
-        f"fit: early_stopping is an EarlyStopping, a patience (int) or a dict, got {spec!r}."
-    )
+        policy = spec
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        policy = EarlyStopping(patience=spec)
+    elif isinstance(spec, Mapping):
+        policy = EarlyStopping(**spec)
+    else:
+        raise TrainingError(
+            f"fit: early_stopping is an EarlyStopping, a patience (int) or a dict, got {spec!r}."
+        )
+    patience = policy.patience
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise TrainingError(
+            f"fit: early stopping patience is a number of epochs >= 0, got {patience!r}."
+        )
+    return policy
 
 
 def _checkpoint(spec: Any) -> Checkpoint | None:
@@ -455,7 +462,8 @@ def fit(
             history.checkpoint = _register(model, saving, overwrite=overwrite)
         if progress:
             _print_summary(row, epochs)
-        if stopping is not None and stale >= stopping.patience:
+        # an epoch that improved never stops training, even with patience 0
+        if stopping is not None and not improved and stale >= stopping.patience:
             history.stopped_early = True
             break
     if keep_best and best_state is not None:
