@@ -406,3 +406,37 @@ class TestLocal:
             torchbridge.register_local_model("a/b", timm_model, architecture="timm/test_resnet")
         with pytest.raises(TypeError, match="tensors"):
             torchbridge.register_local_model("c", {"w": [1, 2]}, architecture="timm/test_resnet")
+
+
+DOWNLOADING_HUBCONF = '''
+import torch
+
+
+def fetcher(pretrained=False):
+    """An entry point that downloads its own weights when asked for them."""
+    net = torch.nn.Linear(2, 2)
+    if pretrained:
+        url = "https://example.invalid/weights/fetcher-0123abcd.pth"
+        net.load_state_dict(torch.hub.load_state_dict_from_url(url, progress=False))
+    return net
+'''
+
+
+def test_offline_hub_entry_download_fails_at_once(tmp_path, isolated_caches, monkeypatch):
+    """Offline, an entry point that downloads its own weights fails at once, naming where the file goes."""
+    import time
+
+    from torchbridge.errors import WeightsNotFoundError
+    from torchbridge.registry import add_hub_repo
+
+    monkeypatch.setattr(hub_source, "_ADDED", {})
+    repo = tmp_path / "fetchrepo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(DOWNLOADING_HUBCONF)
+    add_hub_repo(repo)
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError, match="fetcher-0123abcd.pth") as info:
+        torchbridge.load_model("hub/fetchrepo/fetcher", pretrained=True)
+    assert time.perf_counter() - start < 5
+    assert str(isolated_caches / "torch" / "hub" / "checkpoints") in str(info.value)
+    assert torchbridge.load_model("hub/fetchrepo/fetcher")(torch.ones(1, 2)).shape == (1, 2)

@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import contextlib
 import threading
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 from ...errors import RegistryError, WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
 from ..heads import replace_classifier
-from ..paths import torch_hub_dir
+from ..paths import is_offline, torch_hub_checkpoints_dir, torch_hub_dir
 from ..weights import load_into_model, load_state_dict
 from .base import ModelSource
 
@@ -152,13 +153,47 @@ class HubSource(ModelSource):
             num_classes = None
         if "entry_weights" in call:
             call["weights"] = call.pop("entry_weights")
-        model = torch.hub.load(str(folder), function, source="local", **call)
+        with _downloads_refused_offline(entry.id):
+            model = torch.hub.load(str(folder), function, source="local", **call)
         if weights is not None:
             state = load_state_dict(weights, trust_pickle=trust_pickle)
             load_into_model(model, state, source=str(weights))
         if num_classes is not None:
             replace_classifier(model, num_classes, model_id=entry.id)
         return model
+
+
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _downloads_refused_offline(model_id: str):
+    """Offline, an entry point that fetches its own weights fails at once, naming the file.
+
+    Entry points download through ``torch.hub.download_url_to_file`` (directly,
+    or through ``load_state_dict_from_url``, which looks in the hub cache
+    first); offline, that call raises instead of waiting on the network.
+    """
+    if not is_offline():
+        yield
+        return
+    import torch.hub
+
+    def refuse(url, dst, *args, **kwargs):
+        name = Path(str(dst)).name.removesuffix(".partial")
+        raise WeightsNotFoundError(
+            f"{model_id}: its entry point wants to download {url}, and downloads are off "
+            f"(TORCHBRIDGE_OFFLINE or HF_HUB_OFFLINE). Put the file at "
+            f"{torch_hub_checkpoints_dir() / name} or pass weights=PATH."
+        )
+
+    with _DOWNLOAD_LOCK:
+        original = torch.hub.download_url_to_file
+        torch.hub.download_url_to_file = refuse
+        try:
+            yield
+        finally:
+            torch.hub.download_url_to_file = original
 
 
 def _read_hubconf(repo: str, folder: Path) -> list[ModelEntry]:
