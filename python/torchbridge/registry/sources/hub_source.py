@@ -11,12 +11,12 @@ with ``torch.hub.load(folder, entry, source="local")``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import os
 import sys
-import contextlib
 import threading
 import warnings
 from pathlib import Path
