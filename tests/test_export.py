@@ -222,6 +222,16 @@ class TestRegistryAndCommandLine:
         assert info.value.code == 2
         assert "3,224,224" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("bad", ["-1", "ten"])
+    def test_bad_num_classes_is_a_usage_error(self, capsys, bad):
+        """A negative or non-numeric --num-classes is rejected by the argument parser."""
+        from torchbridge.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["export", "timm/test_resnet", "-o", "x.onnx", "--num-classes", bad])
+        assert info.value.code == 2
+        assert "number of classes" in capsys.readouterr().err
+
     def test_num_classes_that_the_weights_lack_is_refused(self, isolated_caches):
         """A --num-classes the weight file lacks would export a random head, so it is refused."""
         from safetensors.torch import save_file

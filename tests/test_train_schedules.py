@@ -9,6 +9,7 @@ import torch
 
 from torchbridge.errors import UnknownScheduleError
 from torchbridge.train import optimizer_from_spec, schedule_from_spec, supported_schedules
+from torchbridge.train.schedules import schedule_factor
 
 
 def lrs(spec, steps, eta=0.1):
@@ -93,3 +94,19 @@ class TestErrors:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         with pytest.raises(UnknownScheduleError, match="positive"):
             schedule_from_spec({"schedule": "onecycle", "steps": 0}, opt)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"schedule": "cosine", "steps": None}, "steps must be a positive whole number"),
+        ({"schedule": "step", "step_size": "ten"}, "step_size must be a positive whole number"),
+        ({"schedule": "step", "step_size": 2.5}, "step_size must be a positive whole number"),
+        ({"schedule": "cosine", "steps": 10, "min_factor": "low"}, "min_factor must be a number"),
+        ({"schedule": "onecycle", "steps": 10, "div": True}, "div must be a number"),
+    ],
+)
+def test_settings_of_the_wrong_kind_are_typed_errors(spec, match):
+    """A setting of the wrong kind is an UnknownScheduleError naming it, not a bare TypeError."""
+    with pytest.raises(UnknownScheduleError, match=match):
+        schedule_factor(spec)

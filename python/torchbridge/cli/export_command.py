@@ -28,6 +28,16 @@ def _input_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def _head_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of classes (0 or more), got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """register(subparsers) -> None: add ``export``."""
     p = subparsers.add_parser(
@@ -41,7 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_id", help="a registry id, e.g. timm/resnet18 or local/my-model")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--weights", default=None, help="a weight file (.safetensors, .pth) to load")
-    p.add_argument("--num-classes", type=int, default=None, help="a new classifier head size")
+    p.add_argument(
+        "--num-classes",
+        type=_head_size,
+        default=None,
+        help="the classifier head size of the --weights file (0: export the features only)",
+    )
     p.add_argument(
         "--input-size",
         type=_input_size,

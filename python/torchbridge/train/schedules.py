@@ -77,11 +77,18 @@ def _settings(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             + (f"missing: {', '.join(missing)}." if missing else "")
         )
     settings = {**optional, **given}
-    for key in required:
-        if key in ("steps", "step_size") and int(settings[key]) < 1:
+    for key, value in settings.items():
+        if key == "then":
+            continue
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in ("steps", "step_size"):
+            valid = valid and float(value).is_integer() and value >= 1
+        if not valid:
+            kind = (
+                "a positive whole number of steps" if key in ("steps", "step_size") else "a number"
+            )
             raise UnknownScheduleError(
-                f"schedule_from_spec: {name}: {key} must be a positive number of steps, "
-                f"got {settings[key]!r}."
+                f"schedule_from_spec: {name}: {key} must be {kind}, got {value!r}."
             )
     return name, settings
 
