@@ -213,3 +213,16 @@ def test_torch_optimizer_sees_the_same_buffers():
     assert [g.data_ptr() for g in bm.grads] == pointers
     assert all(p.grad is g for p, g in zip(model.parameters(), bm.grads))
     bm.close()
+
+
+@pytest.mark.parametrize("input_grads", [True, False])
+def test_the_bridge_is_a_boundary_for_callers_graphs(input_grads):
+    """A torch input with its own history gets no gradient through the pullback: only the returned one."""
+    leaf = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    x = leaf * 2  # a non-leaf with a graph behind it
+    bm = torchbridge.bridge(mlp())
+    (y,), pullback = bm.forward(x, input_grads=input_grads)
+    (gx,) = pullback(torch.ones_like(y))
+    assert leaf.grad is None
+    assert (gx is not None) == input_grads
+    bm.close()

@@ -25,6 +25,12 @@ Each trainable parameter ``p`` gets a buffer ``g`` allocated once, and
 memory a foreign optimiser reads never moves, and torch's own optimisers see
 the same gradients. If something replaces ``p.grad`` (``zero_grad(set_to_none=True)``
 does), the next pullback puts the buffer back.
+
+The trainable set is fixed when the model is bridged: freeze parameters
+(``requires_grad_(False)``) before bridging. As in plain PyTorch, a pullback
+accumulates into ``.grad`` of every leaf the forward reached that requires a
+gradient; a parameter unfrozen after bridging gets its gradient in its own
+``.grad``, not in a shared buffer.
 """
 
 from __future__ import annotations
@@ -406,14 +412,14 @@ class Pullback:
         if grads and not accumulate:
             _zero_all(grads)
         diff_inputs = [t for t in inputs if t.requires_grad]
-        targets = [*params, *diff_inputs] if diff_inputs else params
-        if pairs and targets:
+        if pairs and (params or diff_inputs):
+            # No `inputs=`: restricting the engine to a list of leaves costs ~3%
+            # on a ResNet. Every leaf the forward reached accumulates, as in
+            # plain PyTorch training (see NOTE [gradient buffers]).
             if len(pairs) == 1:
-                torch.autograd.backward(pairs[0][0], pairs[0][1], inputs=targets)
+                torch.autograd.backward(pairs[0][0], pairs[0][1])
             else:
-                torch.autograd.backward(
-                    [o for o, _ in pairs], [c for _, c in pairs], inputs=targets
-                )
+                torch.autograd.backward([o for o, _ in pairs], [c for _, c in pairs])
         if not diff_inputs:
             return (None,) * len(inputs)
         result = []
@@ -466,8 +472,11 @@ class Pullback:
 def _leaves(tensors: list[torch.Tensor], wants: list[bool]) -> list[torch.Tensor]:
     # A helper, not a loop in forward: a loop variable would keep the last
     # input alive in forward's frame if the module raised.
+    # Every input is cut from any graph of the caller's: the bridge is a boundary.
     return [
-        t.detach().requires_grad_(True) if want and (t.is_floating_point() or t.is_complex()) else t
+        t.detach().requires_grad_(True)
+        if want and (t.is_floating_point() or t.is_complex())
+        else (t.detach() if t.requires_grad else t)
         for t, want in zip(tensors, wants)
     ]
 
