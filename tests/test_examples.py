@@ -42,6 +42,15 @@ class TestDemo:
             assert summary[step]["mean"] == [0.5] * 3 and summary[step]["std"] == [0.5] * 3
         sidecar = json.loads((out / "models" / "digits-5to9.json").read_text())
         assert sidecar["input_size"] == [3, 16, 16] and sidecar["std"] == [0.5] * 3
+        bridged = summary["bridge"]  # one step of the path Julia's AD takes
+        assert bridged["julia_size"] == [16, 16, 3, 32] and bridged["torch_shape"] == [
+            32,
+            3,
+            16,
+            16,
+        ]
+        assert bridged["zero_copy"] and bridged["ledger_at_baseline"]
+        assert bridged["max_grad_diff"] < 1e-5 and bridged["logits_shape"] == [32, 5]
         export = summary["export"]
         assert export["max_abs_diff"] < 1e-4 and export["batch_sizes_checked"] == [1, 3]
         assert export["onnx_accuracy"] == pytest.approx(finetune["accuracy_after"], abs=0.02)

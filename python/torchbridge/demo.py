@@ -86,6 +86,46 @@ def julia_batches(images, labels, batch_size: int, *, seed: int) -> list[tuple[A
     return batches
 
 
+def bridge_step(model, whcn, labels) -> dict[str, Any]:
+    """One forward and pullback of the autograd bridge on a Julia-ordered batch.
+
+    The cotangent is that of the mean cross-entropy; the parameter gradients
+    are compared with plain PyTorch autograd on the same batch.
+    """
+    import numpy as np
+    import torch
+
+    import torchbridge
+    from torchbridge import memory
+
+    model.eval()  # running statistics stay as trained; the comparison is exact
+    baseline = memory.snapshot()
+    with torchbridge.bridge(model) as bm:
+        (logits,), pullback = bm.forward(whcn, input_grads=False)
+        target = torch.from_numpy(np.asarray(labels))
+        cotangent = (torch.softmax(logits, 1) - torch.nn.functional.one_hot(target, 5)) / len(
+            target
+        )
+        pullback(cotangent)
+        bridged = [g.clone() for g in bm.grads]
+        shape = tuple(bm.forward(whcn, grad=False)[0][0].shape)
+    torch_batch = torch.from_numpy(np.ascontiguousarray(whcn.transpose(3, 2, 1, 0)))
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(torch_batch), target).backward()
+    reference = [p.grad for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    diff = max((a - b).abs().max().item() for a, b in zip(bridged, reference))
+    return {
+        "julia_size": list(whcn.shape),
+        "torch_shape": list(torch_batch.shape),
+        "zero_copy": bool(torchbridge.to_torch(whcn).data_ptr() == whcn.ctypes.data),
+        "logits_shape": list(shape),
+        "parameters": len(bridged),
+        "max_grad_diff": diff,
+        "ledger_at_baseline": not memory.stats().differences(baseline),
+    }
+
+
 def torch_batches(images, labels, batch_size: int) -> Any:
     import torch
 
@@ -156,7 +196,7 @@ def run_demo(
     # 1. a "pretrained" model: trained here on the digits 0-4, saved in the registry
     if model_id is None:
         base_id = f"timm/{arch}"
-        _say(f"[1/3] pretraining {base_id} on the digits 0-4 ({image_size}x{image_size} RGB) ...")
+        _say(f"[1/4] pretraining {base_id} on the digits 0-4 ({image_size}x{image_size} RGB) ...")
         model = torchbridge.load_model(base_id, num_classes=5)
         train_x, train_y, valid_x, valid_y = tasks["pretrain"]
         steps = pretrain_epochs * -(-len(train_y) // batch_size)
@@ -195,11 +235,11 @@ def run_demo(
             f"registered as {model_id} ({_expects_text(history.checkpoint)})"
         )
     else:
-        _say(f"[1/3] using the pretrained {model_id}")
+        _say(f"[1/4] using the pretrained {model_id}")
         summary["pretrain"] = {"model": model_id}
 
     # 2. finetune it on another task, fed as Julia-ordered arrays through the bridge
-    _say(f"[2/3] finetuning {model_id} on the digits 5-9 with a new 5-class head ...")
+    _say(f"[2/4] finetuning {model_id} on the digits 5-9 with a new 5-class head ...")
     # a local model always loads its saved weights; others load their published ones
     model = torchbridge.load_model(model_id, pretrained=True, num_classes=5)
     train_x, train_y, valid_x, valid_y = tasks["finetune"]
@@ -245,8 +285,18 @@ def run_demo(
     _say(f"      digits 5-9 accuracy: {before:.1%} before, {after:.1%} after finetuning")
     _say(f"      registered as {history.checkpoint.id} ({_expects_text(history.checkpoint)})")
 
-    # 3. export, verify, and score the ONNX file itself
-    _say("[3/3] exporting to ONNX and verifying with onnxruntime ...")
+    # 3. the path Julia's AD takes: one bridge forward, one pullback, nothing left held
+    _say("[3/4] one step through the bridge, as Zygote drives it from Julia ...")
+    summary["bridge"] = bridge_step(model, *julia_batches(valid_x, valid_y, 32, seed=seed)[0])
+    b = summary["bridge"]
+    _say(
+        f"      Julia {tuple(b['julia_size'])} batch in as torch {tuple(b['torch_shape'])}, "
+        f"zero-copy: {b['zero_copy']}; {b['parameters']} parameter gradients, max |bridge - "
+        f"autograd| {b['max_grad_diff']:.1e}; ledger back at baseline: {b['ledger_at_baseline']}"
+    )
+
+    # 4. export, verify, and score the ONNX file itself
+    _say("[4/4] exporting to ONNX and verifying with onnxruntime ...")
     onnx_path = out / f"{FINETUNE_NAME}.onnx"
     report = torchbridge.export_onnx(model, onnx_path, input_size=(3, image_size, image_size))
     summary["export"] = {
