@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import torchbridge
+from julia_arrays import ArrayValue
 from models import mlp, reference_step, small_cnn
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -67,10 +68,10 @@ def test_cnn_with_batchnorm_and_dropout(mode):
 
 
 def test_julia_batch_matches_torch_batch():
-    """A column-major Julia-shaped (W,H,C,N) batch gives the gradients of its NCHW tensor."""
+    """A raw Julia (W,H,C,N) batch from PythonCall gives the gradients of its NCHW tensor."""
     model = small_cnn().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    julia_array = np.asfortranarray(x.numpy().transpose(3, 2, 1, 0))  # size (W,H,C,N)
+    julia_array = ArrayValue(np.asfortranarray(x.numpy().transpose(3, 2, 1, 0)))  # (W,H,C,N)
     cot = torch.randn(2, 5, dtype=torch.float64)
     _, ref_in, ref_params, _, _ = reference_step(model, [x], [cot], seed=0)
     bm = torchbridge.bridge(model)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import torchbridge
 from dlpack_producer import CountingProducer
+from julia_arrays import ArrayValue
 from torchbridge.errors import UnsupportedArrayError, UnsupportedDTypeError
 from torchbridge.exchange import copy_into, julia_layout, julia_shape, to_torch
 
@@ -24,10 +26,10 @@ class TestToTorch:
         assert t[2, 3] == -1
 
     def test_julia_whcn_batch_enters_as_nchw(self):
-        """A column-major (W,H,C,N) array is the reversed-dims (N,C,H,W) view, as DLPack.jl shares it."""
+        """A raw Julia (W,H,C,N) array from PythonCall is the reversed-dims (N,C,H,W) view, as DLPack.jl shares it."""
         w, h, c, n = 5, 4, 3, 2
         a = np.asfortranarray(np.random.default_rng(0).standard_normal((w, h, c, n)), np.float32)
-        t = to_torch(a)
+        t = to_torch(ArrayValue(a))
         assert t.shape == (n, c, h, w)
         assert t.is_contiguous()
         assert t.data_ptr() == a.ctypes.data
@@ -36,12 +38,11 @@ class TestToTorch:
         assert a[3, 2, 1, 0] == 7.0
 
     def test_julia_batch_of_one_is_reversed(self):
-        """A Julia (features, 1) matrix is torch (1, features) although numpy calls it C-contiguous."""
+        """A Julia (features, 1) matrix is torch (1, features): the type decides, not the strides."""
         a = np.zeros((10, 1), dtype=np.float32, order="F")
-        assert a.flags.c_contiguous  # numpy's flags ignore the size-1 dimension
-        assert to_torch(a).shape == (1, 10)
+        assert to_torch(ArrayValue(a)).shape == (1, 10)
         b = np.zeros((1, 10), dtype=np.float32, order="F")
-        assert to_torch(b).shape == (10, 1)
+        assert to_torch(ArrayValue(b)).shape == (10, 1)
 
     def test_row_major_shape_is_kept(self):
         """DLPack shapes are taken as given: a C-ordered (N,C,H,W) array is not permuted."""
@@ -120,11 +121,18 @@ class TestResultsOut:
         assert julia_shape((1, 2, 3)) == (3, 2, 1)
 
     def test_copy_into_a_julia_owned_array(self):
-        """copy_into fills a caller-owned column-major array with the tensor's values."""
+        """copy_into fills a caller-owned Julia array with the tensor's values."""
         source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
         destination = np.zeros((3, 2), dtype=np.float32, order="F")  # Julia size (3, 2)
-        copy_into(destination, source)
+        copy_into(ArrayValue(destination), source)
         assert np.array_equal(destination.T, source.numpy())
+
+    def test_copy_into_a_numpy_array_keeps_its_shape(self):
+        """A Fortran-ordered numpy destination of the source's own shape receives it as is."""
+        source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        destination = np.zeros((2, 3), dtype=np.float32, order="F")
+        copy_into(destination, source)
+        assert np.array_equal(destination, source.numpy())
 
     def test_copy_into_checks_shape_and_dtype(self):
         """A destination of the wrong size or eltype is refused with the expected size."""
@@ -135,16 +143,72 @@ class TestResultsOut:
             copy_into(np.zeros((2, 3), np.float64), source)
 
 
-class TestColumnMajorDetection:
-    def test_inserted_axis_with_zero_stride(self):
-        """A column-major array whose size-1 axis has a meaningless stride is still reversed."""
+class TestDeclaredLayout:
+    """NOTE [dimension order]: layout is declared or known from the type, never read from strides."""
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            np.asfortranarray,
+            lambda x: x.T.copy(order="F").T,  # Fortran memory, numpy shape (32, 5)
+            lambda x: x.T.copy().T,  # a transposed view
+            lambda x: x[:, ::-1][:, ::-1],  # negative strides, then back
+        ],
+    )
+    def test_numpy_keeps_its_own_shape_whatever_its_strides(self, make):
+        """A (32, 5) batch from pandas or sklearn is torch (32, 5), with the same values, however it is laid out."""
+        x = np.random.default_rng(0).standard_normal((32, 5)).astype(np.float32)
+        a = make(x)
+        t = to_torch(a)
+        assert t.shape == (32, 5)
+        assert np.array_equal(t.numpy(), x)
+
+    def test_square_fortran_batch_is_not_transposed(self):
+        """forward gives the same numbers for the same numpy values, C- or Fortran-ordered."""
+        lin = torch.nn.Linear(4, 3)
+        x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+        with torchbridge.bridge(lin) as m:
+            (c,), _ = m.forward(x, grad=False)
+            (f,), _ = m.forward(np.asfortranarray(x), grad=False)
+        torch.testing.assert_close(c, f, rtol=1e-6, atol=1e-6)  # a transposed batch differs by O(1)
+
+    def test_fortran_array_with_size_one_axis_keeps_its_shape(self):
+        """A Fortran (10, 1) numpy array is torch (10, 1)."""
+        a = np.zeros((10, 1), dtype=np.float32, order="F")
+        assert to_torch(a).shape == (10, 1)
+
+    def test_declared_julia_layout_reverses_any_array(self):
+        """layout="julia" declares Julia order: a Fortran (W,H,C,N) numpy array is the (N,C,H,W) view."""
+        a = np.asfortranarray(np.arange(120, dtype=np.float32).reshape(5, 4, 3, 2))
+        t = to_torch(a, layout="julia")
+        assert t.shape == (2, 3, 4, 5)
+        assert t.is_contiguous() and t.data_ptr() == a.ctypes.data
+        assert t[1, 2, 3, 4] == a[4, 3, 2, 1]
+
+    def test_declared_julia_layout_with_zero_stride_axis(self):
+        """A declared Julia array with a size-1 axis of stride 0 is reversed like any other."""
         x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
         a = np.asfortranarray(x[:, None].transpose(3, 2, 1, 0))  # size (4, 3, 1, 2)
-        assert a.strides[2] == 0  # numpy's stride for the inserted axis
-        t = to_torch(a)
+        t = to_torch(a, layout="julia")
         assert t.shape == (2, 1, 3, 4)
         assert t[1, 0, 2, 3] == a[3, 2, 0, 1]
         assert t.data_ptr() == a.ctypes.data
+
+    def test_declared_torch_layout_keeps_a_julia_array_as_given(self):
+        """layout="torch" overrides the type: a raw Julia array keeps the size Julia reports."""
+        a = np.zeros((5, 3), dtype=np.float32, order="F")
+        assert to_torch(ArrayValue(a), layout="torch").shape == (5, 3)
+
+    def test_dlpack_share_is_taken_as_given(self):
+        """What DLPack.jl shares is already torch order: a C-contiguous reversed view, kept."""
+        a = np.asfortranarray(np.zeros((5, 4, 3, 2), np.float32))
+        shared = torch.from_dlpack(a.T)  # DLPack.share(x, torch.from_dlpack)
+        assert to_torch(shared).shape == (2, 3, 4, 5)
+
+    def test_unknown_layout_is_refused(self):
+        """A layout other than None, "julia" or "torch" is a typed error."""
+        with pytest.raises(UnsupportedArrayError, match="layout"):
+            to_torch(np.zeros(3), layout="fortran")
 
     def test_c_array_with_size_one_axis_is_kept(self):
         """A C-ordered (N, 1, F) array is taken as given."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from julia_arrays import ArrayValue
 from torchbridge.errors import TrainingError
 from torchbridge.train import TrainStep, as_batch, logitcrossentropy, optimizer_from_spec
 
@@ -36,12 +37,12 @@ class TestTrainStep:
             torch.testing.assert_close(got, expected)
         assert all(p.grad is None for p in model.parameters())  # zero-grad ran
 
-    def test_column_major_batch_is_viewed_as_nchw(self):
-        """A Fortran-order (W, H, C, N) array trains exactly like its (N, C, H, W) tensor."""
+    def test_julia_batch_is_viewed_as_nchw(self):
+        """A raw Julia (W, H, C, N) array trains exactly like its (N, C, H, W) tensor."""
         rng = np.random.default_rng(0)
-        julia_batch = np.asfortranarray(rng.standard_normal((5, 4, 2, 3), dtype=np.float32))
-        assert not julia_batch.flags.c_contiguous
-        torch_batch = torch.from_numpy(np.ascontiguousarray(julia_batch.transpose(3, 2, 1, 0)))
+        memory = np.asfortranarray(rng.standard_normal((5, 4, 2, 3), dtype=np.float32))
+        julia_batch = ArrayValue(memory)
+        torch_batch = torch.from_numpy(np.ascontiguousarray(memory.transpose(3, 2, 1, 0)))
         labels = np.array([0, 2, 1])
 
         def make():
@@ -53,7 +54,7 @@ class TestTrainStep:
         step_b = TrainStep(b, torch.optim.SGD(b.parameters(), lr=0.1), logitcrossentropy)
         viewed = as_batch(julia_batch, torch.device("cpu"))
         assert viewed.shape == (3, 2, 4, 5)
-        assert viewed.data_ptr() == julia_batch.ctypes.data  # no copy
+        assert viewed.data_ptr() == memory.ctypes.data  # no copy
         ra, rb = step_a(julia_batch, labels), step_b(torch_batch, torch.from_numpy(labels))
         assert ra.loss.item() == pytest.approx(rb.loss.item())
         for pa, pb in zip(a.parameters(), b.parameters(), strict=True):

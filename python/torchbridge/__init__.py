@@ -10,6 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Every error class at the top level (``except torchbridge.TorchBridgeError``);
+# the module is small and imports nothing heavy.
+from . import errors as errors
+from .errors import *  # noqa: F403
+from .errors import __all__ as _ERROR_NAMES
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
@@ -38,7 +44,7 @@ _SUBMODULES = frozenset(
     {"cli", "errors", "exchange", "export", "memory", "registry", "train", "bridged"}
 )
 
-__all__ = sorted([*_EXPORTS, "errors", "memory", "train", "__version__"])
+__all__ = sorted([*_EXPORTS, *_ERROR_NAMES, "errors", "memory", "train", "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -58,7 +64,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import errors as errors
     from . import memory as memory
     from . import train as train
     from .bridged import BridgedModel as BridgedModel

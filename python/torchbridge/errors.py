@@ -26,6 +26,7 @@ __all__ = [
     "LeakError",
     "ModelClosedError",
     "PullbackReleasedError",
+    "ReadOnlyArrayError",
     "RegistryError",
     "TorchBridgeError",
     "TrainingError",
@@ -59,6 +60,10 @@ class UnsupportedArrayError(BridgeError, TypeError):
 
 class UnsupportedDTypeError(BridgeError, TypeError):
     """The array's element type cannot cross through DLPack."""
+
+
+class ReadOnlyArrayError(BridgeError, ValueError):
+    """A destination array is read-only; nothing was written to it."""
 
 
 class DTypeMismatchError(BridgeError, TypeError):

@@ -4,35 +4,71 @@ NOTE [dimension order]
 A Julia array is column-major. DLPack.jl shares a Julia array of size
 ``(W, H, C, N)`` as a row-major tensor of shape ``(N, C, H, W)`` over the same
 memory, so Flux's WHCN is torch's NCHW and Flux's ``(features, batch)`` is
-torch's ``(batch, features)`` without a copy. torchbridge never permutes what it
-receives through DLPack. The one place a dimension order is chosen here is a
-*column-major strided array* (a Fortran-ordered numpy array, or a raw Julia
-array that PythonCall passes through the buffer protocol): it is viewed with its
-dimensions reversed, which is exactly the tensor DLPack.jl would have shared.
-Both routes from Julia therefore give the same torch tensor.
+torch's ``(batch, features)`` without a copy.
 
-Nothing here copies. An object that cannot be viewed is refused with a typed
-error instead of being copied behind the caller's back.
+Which arrays are Julia's is *declared*, never guessed from strides:
+
+* ``layout=None`` (the default everywhere): an array keeps its own shape —
+  numpy (whatever its strides: a Fortran-ordered ``(32, 5)`` batch is torch
+  ``(32, 5)``), torch tensors, DLPack producers and capsules (DLPack.jl's
+  shares among them: they already carry the reversed dims). The one exception
+  is known from the type: a raw Julia array that PythonCall passes to Python
+  (``juliacall.ArrayValue``) reports Julia's size, and is viewed reversed.
+* ``layout="julia"``: the caller declares that the array's shape is listed in
+  Julia order; it is viewed with its dimensions reversed.
+* ``layout="torch"``: the shape is taken as given, whatever the type.
+
+Every entry point (``bridge``'s forward and pullback, ``TrainStep``, ``fit``,
+``copy_into``, the Julia-support calls) reaches arrays through
+:func:`to_torch` with this rule.
+
+NOTE [read-only memory]
+A producer may mark its memory read-only (numpy's ``writeable`` flag, the
+buffer protocol's ``readonly``, DLPack 1.0's ``DLPACK_FLAG_BITMASK_READ_ONLY``).
+torch has no read-only tensors, so such memory is never handed to torch as a
+view: as an input it is copied once (counted in the ledger as
+``read_only_copies``), as a destination it is refused with
+:class:`~torchbridge.errors.ReadOnlyArrayError`. A model that works in place on
+its input can then never write into, or crash on, a read-only mapping.
+
+Apart from that copy nothing here copies. An object that cannot be viewed is
+refused with a typed error instead of being copied behind the caller's back.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+import inspect
+import warnings
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.utils.dlpack
 
-from .errors import UnsupportedArrayError, UnsupportedDTypeError
+from .errors import ReadOnlyArrayError, UnsupportedArrayError, UnsupportedDTypeError
 
-__all__ = ["copy_into", "describe_array", "julia_eltype", "julia_layout", "julia_shape", "to_torch"]
+__all__ = [
+    "Layout",
+    "copy_into",
+    "describe_array",
+    "is_julia_array",
+    "julia_eltype",
+    "julia_layout",
+    "julia_shape",
+    "to_torch",
+]
 
-# Julia's names for torch dtypes, for messages aimed at Julia users.
+Layout = Literal["julia", "torch"] | None
+_LAYOUTS = (None, "julia", "torch")
+
+# Julia's names for torch dtypes: the element types a Julia array can receive.
 _JULIA_ELTYPE = {
     torch.float16: "Float16",
     torch.bfloat16: "BFloat16",
     torch.float32: "Float32",
     torch.float64: "Float64",
+    torch.complex32: "ComplexF16",
     torch.complex64: "ComplexF32",
     torch.complex128: "ComplexF64",
     torch.int8: "Int8",
@@ -40,12 +76,15 @@ _JULIA_ELTYPE = {
     torch.int32: "Int32",
     torch.int64: "Int64",
     torch.uint8: "UInt8",
+    torch.uint16: "UInt16",
+    torch.uint32: "UInt32",
+    torch.uint64: "UInt64",
     torch.bool: "Bool",
 }
 
 
 def julia_eltype(dtype: torch.dtype) -> str:
-    """julia_eltype(torch.float32) -> "Float32"."""
+    """julia_eltype(torch.float32) -> "Float32" (a dtype without a Julia type: torch's name)."""
     return _JULIA_ELTYPE.get(dtype, str(dtype))
 
 
@@ -62,69 +101,33 @@ def describe_array(t: torch.Tensor) -> str:
     )
 
 
-def _is_column_major(a: np.ndarray) -> bool:
-    """True when ``a`` is laid out as a compact Julia array rather than a C array.
+def is_julia_array(obj: Any) -> bool:
+    """True for a raw Julia array that PythonCall passed to Python (``juliacall.ArrayValue``).
 
-    numpy's contiguity flags ignore size-1 dimensions, so a Julia ``(10, 1)``
-    matrix (strides ``(4, 40)``) is "C-contiguous" to numpy; its exact strides
-    still say column-major, and decide the batch-of-one case. Where the strides
-    of size-1 dimensions say nothing (numpy gives ``None``-inserted axes a
-    stride of 0), only the other dimensions are compared.
+    Known from the type alone, without importing juliacall (which would start Julia).
     """
-    if a.ndim < 2:
-        return False
-    col_major, row_major = [], []
-    step = a.itemsize
-    for n in a.shape:
-        col_major.append(step)
-        step *= n
-    step = a.itemsize
-    for n in reversed(a.shape):
-        row_major.append(step)
-        step *= n
-    row_major.reverse()
-    strides = list(a.strides)
-    if strides == row_major:
-        return False
-    if strides == col_major:
-        return True
-    significant = [i for i, n in enumerate(a.shape) if n != 1]
-    loose_col = all(strides[i] == col_major[i] for i in significant)
-    loose_row = all(strides[i] == row_major[i] for i in significant)
-    return loose_col and not loose_row
+    return any(
+        c.__name__ == "ArrayValue" and c.__module__ == "juliacall" for c in type(obj).__mro__
+    )
 
 
-def _from_numpy(a: np.ndarray) -> torch.Tensor:
-    if a.dtype.kind not in "biufc":
-        raise UnsupportedDTypeError(
-            f"to_torch: arrays of {a.dtype} cannot cross the bridge; "
-            "pass a numeric array (Float32 is what most models expect)."
-        )
-    try:
-        # from_numpy is the cheapest zero-copy view; it refuses read-only arrays
-        # (with a warning) and a few dtypes, which DLPack takes instead.
-        tensor = torch.from_numpy(a) if a.flags.writeable else torch.from_dlpack(a)
-    except (BufferError, TypeError, RuntimeError) as exc:
-        raise UnsupportedDTypeError(
-            f"to_torch: a numpy array of dtype {a.dtype} cannot be exported through DLPack "
-            f"({exc}). Convert it first, e.g. to float32 (Float32 in Julia)."
-        ) from exc
-    if a.flags.f_contiguous and a.ndim >= 2 and _is_column_major(a):
-        tensor = tensor.permute(*reversed(range(a.ndim)))
-    return tensor
+def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
+    """to_torch(obj, *, layout=None) -> Tensor
 
-
-def to_torch(obj: Any) -> torch.Tensor:
-    """to_torch(obj) -> Tensor
-
-    View ``obj`` as a torch tensor over the same memory; never copies.
+    View ``obj`` as a torch tensor over the same memory.
 
     Accepts torch tensors (returned as they are), DLPack producers (objects with
     ``__dlpack__`` and ``__dlpack_device__``: numpy, CuPy, JAX, DLPack.jl's
     shared arrays), unconsumed DLPack capsules, and objects exposing the buffer
-    protocol or ``__array_interface__`` (a raw Julia array passed by
-    PythonCall). A column-major strided array is viewed with its dimensions
-    reversed (see NOTE [dimension order] in this module).
+    protocol or ``__array_interface__`` (a raw Julia array passed by PythonCall).
+
+    ``layout`` declares the dimension order (NOTE [dimension order] in this
+    module): ``None`` keeps every array's own shape except a raw Julia array's,
+    which is known by its type and reversed; ``"julia"`` reverses the dims of
+    any array; ``"torch"`` keeps them as given.
+
+    Memory its producer marked read-only is copied once, never viewed (NOTE
+    [read-only memory]).
 
     .. warning::
         The tensor shares memory with ``obj``: writes on either side are seen
@@ -134,17 +137,47 @@ def to_torch(obj: Any) -> torch.Tensor:
         UnsupportedDTypeError: the element type cannot cross through DLPack
             (for example bfloat16 from numpy/ml_dtypes).
         UnsupportedArrayError: ``obj`` is not a strided array (a list, a
-            scalar, a sparse tensor, a used capsule ...).
+            scalar, a sparse tensor, a used capsule ...), or ``layout`` is not
+            one of ``None``, ``"julia"``, ``"torch"``.
     """
-    if isinstance(obj, torch.Tensor):
+    reverse = _reverses(obj, layout)
+    tensor, read_only = _view(obj)
+    if reverse:
+        tensor = _reversed(tensor)
+    if read_only:
+        from .memory import LEDGER
+
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+        LEDGER.count_read_only_copy()
+    return tensor
+
+
+def _reverses(obj: Any, layout: Layout) -> bool:
+    if layout not in _LAYOUTS:
+        raise UnsupportedArrayError(
+            f"to_torch: layout must be None, 'julia' or 'torch', got {layout!r}. 'julia' "
+            "declares that the array's shape is listed in Julia order (reversed for torch)."
+        )
+    if layout is None:
+        return is_julia_array(obj)
+    return layout == "julia"
+
+
+def _reversed(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(*reversed(range(t.dim()))) if t.dim() >= 2 else t
+
+
+def _view(obj: Any) -> tuple[torch.Tensor, bool]:
+    """A tensor over ``obj``'s memory and whether its producer marked it read-only."""
+    if isinstance(obj, torch.Tensor) and not isinstance(obj, _READ_ONLY_WRAPPERS):
         if obj.layout is not torch.strided:
             raise UnsupportedArrayError(
                 f"to_torch: got a {obj.layout} tensor; only dense strided tensors cross the "
                 "bridge. Call .to_dense() first."
             )
-        return obj
+        return obj, False
     if isinstance(obj, np.ndarray):
-        return _from_numpy(obj)
+        return _from_numpy(obj), not obj.flags.writeable
     if hasattr(obj, "__dlpack__"):
         try:
             capsule = _request_capsule(obj)
@@ -154,14 +187,16 @@ def to_torch(obj: Any) -> torch.Tensor:
                 "Its element type or layout cannot cross; convert it to a supported dtype "
                 "(float16/32/64, integer, bool, complex) first."
             ) from exc
-        return _import_capsule(capsule, type(obj).__name__)
+        read_only = _capsule_read_only(capsule)
+        return _import_capsule(capsule, type(obj).__name__), read_only
     if type(obj).__name__ == "PyCapsule":
         if not _capsule_name(obj):
             raise UnsupportedArrayError(
                 "to_torch: this DLPack capsule was already consumed. A capsule is consumed by "
                 "its first import: share the array again for each use."
             )
-        return _import_capsule(obj, "DLPack capsule")
+        read_only = _capsule_read_only(obj)
+        return _import_capsule(obj, "DLPack capsule"), read_only
     if hasattr(obj, "__array_interface__") or _has_buffer(obj):
         try:
             view = np.asarray(obj)
@@ -171,7 +206,7 @@ def to_torch(obj: Any) -> torch.Tensor:
                 f"view ({exc})."
             ) from exc
         if view.dtype != object:
-            return _from_numpy(view)
+            return _from_numpy(view), not view.flags.writeable
     raise UnsupportedArrayError(
         f"to_torch: cannot view a {type(obj).__name__} as an array without copying. Pass a "
         "strided array: a torch tensor, a numpy array, any object with __dlpack__, or a Julia "
@@ -179,24 +214,55 @@ def to_torch(obj: Any) -> torch.Tensor:
     )
 
 
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    if a.dtype.kind not in "biufc":
+        raise UnsupportedDTypeError(
+            f"to_torch: arrays of numpy dtype {a.dtype} cannot cross the bridge; "
+            "pass a numeric array (Float32 is what most models expect)."
+        )
+    try:
+        if not a.flags.writeable:
+            # A view torch believes writable; the caller copies or refuses it at once
+            # (NOTE [read-only memory]), so torch's warning about it says nothing here.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(a)
+        return torch.from_numpy(a)
+    except (TypeError, RuntimeError) as exc:
+        raise UnsupportedDTypeError(
+            f"to_torch: a numpy array of dtype {a.dtype} cannot cross the bridge ({exc}). "
+            "Convert it first, e.g. to float32 (Float32 in Julia)."
+        ) from exc
+
+
 # -- DLPack capsules -----------------------------------------------------------
 # torch.from_dlpack negotiates with the producer and imports in one call; when
 # the import fails, the capsule it requested is dropped unconsumed, and a
 # producer whose capsule has no destructor (DLPack.jl's, for one) then never
 # gets its deleter called. Requesting the capsule here lets a failed import run
-# the deleter at once, so a refused array leaves nothing allocated.
+# the deleter at once, so a refused array leaves nothing allocated, and lets
+# the read-only flag of a DLPack 1.0 capsule be read before torch ignores it.
 
 _kDLCUDA, _kDLROCM = 2, 10
 _CAPSULE_NAMES = (b"dltensor", b"dltensor_versioned")
 # offset of `deleter` in DLManagedTensor (after DLTensor: 48 bytes, manager_ctx)
 # and in DLManagedTensorVersioned (after version: 8 bytes, manager_ctx)
 _DELETER_OFFSET = {b"dltensor": 56, b"dltensor_versioned": 16}
+# DLManagedTensorVersioned.flags follows the deleter; bit 0 is READ_ONLY.
+_FLAGS_OFFSET, _FLAG_READ_ONLY = 24, 1
+# torch reads versioned (DLPack 1.0) capsules from 2.9 on; older torch gets the
+# legacy capsule it understands. Decided once, from the signature torch has.
+_TORCH_READS_VERSIONED = "max_version" in inspect.signature(torch.Tensor.__dlpack__).parameters
+_READ_ONLY_WRAPPERS = tuple(
+    t for t in (getattr(torch.utils.dlpack, "ReadOnlyTensorWrapper", None),) if t is not None
+)
 
 _pythonapi = ctypes.pythonapi
 _pythonapi.PyCapsule_IsValid.restype = ctypes.c_int
 _pythonapi.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
 _pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_pythonapi.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _Deleter = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -207,6 +273,15 @@ def _capsule_name(capsule: Any) -> bytes | None:
     return None
 
 
+def _capsule_read_only(capsule: Any) -> bool:
+    """True for an unconsumed DLPack 1.0 capsule whose producer set the read-only flag."""
+    if _capsule_name(capsule) != b"dltensor_versioned":
+        return False
+    pointer = _pythonapi.PyCapsule_GetPointer(capsule, b"dltensor_versioned")
+    flags = ctypes.c_uint64.from_address(pointer + _FLAGS_OFFSET).value
+    return bool(flags & _FLAG_READ_ONLY)
+
+
 def _request_capsule(obj: Any) -> Any:
     """Ask a producer for a capsule the way ``torch.from_dlpack`` does, stream included."""
     kwargs: dict[str, Any] = {}
@@ -215,6 +290,8 @@ def _request_capsule(obj: Any) -> Any:
         # The producer must order its pending work before torch's current stream reads.
         stream = torch.cuda.current_stream(f"cuda:{device_index}").cuda_stream
         kwargs["stream"] = 1 if device_type == _kDLCUDA and stream == 0 else stream
+    if not _TORCH_READS_VERSIONED:
+        return obj.__dlpack__(**kwargs)
     try:
         return obj.__dlpack__(max_version=(1, 0), **kwargs)
     except TypeError:  # a producer that predates DLPack 1.0
@@ -240,8 +317,7 @@ def _delete_unconsumed(capsule: Any) -> None:
         return
     pointer = _pythonapi.PyCapsule_GetPointer(capsule, name)
     deleter = ctypes.c_void_p.from_address(pointer + _DELETER_OFFSET[name]).value
-    ctypes.pythonapi.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    ctypes.pythonapi.PyCapsule_SetName(capsule, b"used_" + name)
+    _pythonapi.PyCapsule_SetName(capsule, b"used_" + name)
     if deleter:
         _Deleter(deleter)(pointer)
 
@@ -260,23 +336,49 @@ def julia_layout(t: torch.Tensor) -> tuple[tuple[int, ...], str, str, int]:
     What a Julia caller needs to allocate an array that will receive ``t``:
     its size in Julia order, its element type's Julia name, and its device
     (``"cpu"`` with index -1, or ``"cuda"`` with the device index).
+
+    Raises:
+        UnsupportedDTypeError: ``t``'s dtype has no Julia element type (the
+            float8 formats, quantised types).
     """
+    eltype = _JULIA_ELTYPE.get(t.dtype)
+    if eltype is None:
+        raise UnsupportedDTypeError(
+            f"julia_layout: torch dtype {t.dtype} has no Julia element type; convert the "
+            f"tensor first (e.g. .float()). Types that cross: {', '.join(_JULIA_ELTYPE.values())}."
+        )
     device = t.device
     index = -1 if device.index is None else device.index
-    return julia_shape(t.shape), julia_eltype(t.dtype), device.type, index
+    return julia_shape(t.shape), eltype, device.type, index
 
 
-def copy_into(destination: Any, source: torch.Tensor) -> None:
-    """copy_into(destination, source) -> None
+def copy_into(destination: Any, source: torch.Tensor, *, layout: Layout = None) -> None:
+    """copy_into(destination, source, *, layout=None) -> None
 
     Copy ``source`` into the memory of ``destination`` (any array
-    :func:`to_torch` accepts, typically a Julia array shared with
-    ``DLPack.share``). This is how results cross to an owner on the other
-    side: the receiving language allocates, owns and frees the memory, and
-    torch's tensor can be dropped at once (see NOTE [ownership] in
+    :func:`to_torch` accepts, with the same ``layout`` rule; typically a Julia
+    array shared with ``DLPack.share``). This is how results cross to an owner
+    on the other side: the receiving language allocates, owns and frees the
+    memory, and torch's tensor can be dropped at once (see NOTE [ownership] in
     :mod:`torchbridge.memory`).
+
+    Raises:
+        ReadOnlyArrayError: the destination's producer marked it read-only
+            (NOTE [read-only memory]); nothing is written.
+        UnsupportedArrayError, UnsupportedDTypeError: the destination's shape
+            or element type differs from the source's.
     """
-    target = to_torch(destination)
+    reverse = _reverses(destination, layout)
+    target, read_only = _view(destination)
+    if read_only:
+        del target
+        raise ReadOnlyArrayError(
+            f"copy_into: the destination ({type(destination).__name__}) is read-only, so "
+            "nothing was written. Pass writable memory (numpy: a copy, or "
+            "np.load(..., mmap_mode='r+')); torch cannot honour a read-only flag."
+        )
+    if reverse:
+        target = _reversed(target)
     if target.shape != source.shape:
         raise UnsupportedArrayError(
             f"copy_into: destination has torch shape {tuple(target.shape)} (Julia size "

@@ -15,6 +15,15 @@ The ledger counts all of these so that a test or a benchmark can check that a
 run leaves nothing behind. A pullback that is only reclaimed by the garbage
 collector still frees its graph, but is counted in ``released_by_gc``: on the
 Julia side that would be a finalizer, which is not a release point.
+
+NOTE [the ledger under the garbage collector]
+The collector can run a pullback's ``__del__`` at any allocation, in any
+thread, including one that holds the ledger's lock (``stats()`` allocates
+while it sums). So the collector's path takes no lock at all: it removes the
+pullback with a single dict operation and records the release in a deque
+(both atomic under the GIL), and ``stats()`` folds those records in later.
+Only calls made on purpose (a model opening or closing, a scope, ``stats()``)
+take the lock.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -57,6 +66,9 @@ class MemoryStats:
         shared_bytes: bytes of ``shared_buffers`` per device.
         released_by_gc: pullbacks freed by the garbage collector rather than by
             a call, a ``release()``, a scope or ``close()``; cumulative.
+        read_only_copies: inputs copied because their producer marked them
+            read-only (NOTE [read-only memory] in :mod:`torchbridge.exchange`);
+            cumulative, and not a leak: :meth:`differences` leaves it out.
     """
 
     live_pullbacks: int = 0
@@ -66,6 +78,7 @@ class MemoryStats:
     shared_buffers: int = 0
     shared_bytes: dict[str, int] = field(default_factory=dict)
     released_by_gc: int = 0
+    read_only_copies: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -76,12 +89,15 @@ class MemoryStats:
             "shared_buffers": self.shared_buffers,
             "shared_bytes": dict(self.shared_bytes),
             "released_by_gc": self.released_by_gc,
+            "read_only_copies": self.read_only_copies,
         }
 
     def differences(self, baseline: MemoryStats) -> list[str]:
         """The counters that differ from ``baseline``, as readable lines."""
         lines = []
         for name, now in self.to_dict().items():
+            if name in _NOT_RELEASED:
+                continue
             before = baseline.to_dict()[name]
             if isinstance(now, dict):
                 for device in sorted(set(now) | set(before)):
@@ -93,6 +109,10 @@ class MemoryStats:
         return lines
 
 
+# counters that record work done, not memory held: no release brings them back
+_NOT_RELEASED = frozenset({"read_only_copies"})
+
+
 def tensor_bytes(tensors) -> Counter:
     """Bytes per device of ``tensors`` (each counted at its own size)."""
     total: Counter = Counter()
@@ -102,13 +122,15 @@ def tensor_bytes(tensors) -> Counter:
 
 
 class _Ledger:
-    """The process-wide counts behind :func:`stats`; every update holds one lock."""
+    """The counts behind :func:`stats` (NOTE [the ledger under the garbage collector])."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pullbacks: dict[int, weakref.ref[Pullback]] = {}
         self._models: dict[int, tuple[int, Counter]] = {}
         self._released_by_gc = 0
+        self._gc_releases: deque[None] = deque()  # appended without a lock, folded by stats()
+        self._read_only_copies = 0
         self._scopes = threading.local()
         self.open_scopes = 0  # in any thread
 
@@ -124,10 +146,14 @@ class _Ledger:
                 stack[-1].append(pullback)
 
     def remove_pullback(self, pullback: Pullback, *, by_gc: bool = False) -> None:
+        # No lock: this runs from __del__, possibly inside stats() on this thread.
         self._pullbacks.pop(id(pullback), None)
         if by_gc:
-            with self._lock:
-                self._released_by_gc += 1
+            self._gc_releases.append(None)
+
+    def count_read_only_copy(self) -> None:
+        with self._lock:
+            self._read_only_copies += 1
 
     def live_pullbacks(self) -> list[Pullback]:
         refs = list(self._pullbacks.copy().values())
@@ -150,29 +176,41 @@ class _Ledger:
         return stack
 
     def stats(self) -> MemoryStats:
+        # Pullbacks are summed outside the lock: a collection may free one meanwhile
+        # (its weak reference then reads None), and must never wait for this call.
+        held_bytes: Counter = Counter()
+        held = 0
+        live = 0
+        for ref in list(self._pullbacks.copy().values()):
+            pullback = ref()
+            if pullback is None or not pullback.live:
+                continue
+            tensors = pullback.held_tensors()
+            live += 1
+            held += len(tensors)
+            held_bytes.update(tensor_bytes(tensors))
+            del pullback
         with self._lock:
-            held_bytes: Counter = Counter()
-            held = 0
-            pullbacks = self._pullbacks.copy()
-            for ref in pullbacks.values():
-                pullback = ref()
-                tensors = pullback.held_tensors() if pullback is not None else ()
-                held += len(tensors)
-                held_bytes.update(tensor_bytes(tensors))
-            shared_bytes: Counter = Counter()
-            shared = 0
-            for buffers, nbytes in self._models.values():
-                shared += buffers
-                shared_bytes.update(nbytes)
-            return MemoryStats(
-                live_pullbacks=len(pullbacks),
-                held_buffers=held,
-                held_bytes=dict(held_bytes),
-                open_models=len(self._models),
-                shared_buffers=shared,
-                shared_bytes=dict(shared_bytes),
-                released_by_gc=self._released_by_gc,
-            )
+            while self._gc_releases:
+                self._gc_releases.popleft()
+                self._released_by_gc += 1
+            models = list(self._models.values())
+            released_by_gc, read_only_copies = self._released_by_gc, self._read_only_copies
+        shared_bytes: Counter = Counter()
+        shared = 0
+        for buffers, nbytes in models:
+            shared += buffers
+            shared_bytes.update(nbytes)
+        return MemoryStats(
+            live_pullbacks=live,
+            held_buffers=held,
+            held_bytes=dict(held_bytes),
+            open_models=len(models),
+            shared_buffers=shared,
+            shared_bytes=dict(shared_bytes),
+            released_by_gc=released_by_gc,
+            read_only_copies=read_only_copies,
+        )
 
 
 LEDGER = _Ledger()
