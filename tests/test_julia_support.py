@@ -6,7 +6,8 @@ A Julia array reaches Python in one of two forms, and both are used here:
   Julia array ``x`` of size ``a.shape``: a C-contiguous torch tensor with the
   dimensions reversed, over the same memory;
 * ``julia_raw(a)``: what PythonCall passes for a raw Julia array, a
-  Fortran-ordered (column-major) numpy array of the Julia size.
+  ``juliacall.ArrayValue`` reporting the Julia size over column-major memory
+  (:mod:`julia_arrays` stands in for it).
 
 ``a`` is always a Fortran-ordered numpy array standing for the Julia array.
 """
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import torchbridge
+from julia_arrays import ArrayValue
 from torchbridge import julia_support as jl
 from torchbridge.errors import (
     CotangentError,
@@ -26,6 +28,7 @@ from torchbridge.errors import (
     UnknownOptimizerError,
     UnsupportedArrayError,
 )
+from torchbridge.julia_support.rows import ROW_FIELDS
 from torchbridge.registry.entry import ModelEntry, WeightsInfo
 
 
@@ -40,9 +43,9 @@ def julia_share(a: np.ndarray) -> torch.Tensor:
     return torch.from_dlpack(a.T)
 
 
-def julia_raw(a: np.ndarray) -> np.ndarray:
+def julia_raw(a: np.ndarray) -> ArrayValue:
     """What PythonCall passes for the raw Julia array ``a``."""
-    return a
+    return ArrayValue(a)
 
 
 def julia_receive(layout):
@@ -228,13 +231,13 @@ class TestRegistryRows:
         assert row["julia_input_size"] == [48, 32, 3]
         assert row["cached"] is True and row["pretrained"] is True
         assert row["std"] is None and row["tags"] == ["cnn"]
-        assert set(row) == set(jl._ROW_FIELDS)
+        assert set(row) == set(ROW_FIELDS)
 
     def test_registry_rows_filter_by_source(self):
         """registry_rows passes its filters to list_models, as models(; source) does."""
         rows = jl.registry_rows(None, source="torchvision", pretrained=None, task=None)
         assert rows and all(r["source"] == "torchvision" for r in rows)
-        assert all(set(r) == set(jl._ROW_FIELDS) for r in rows[:5])
+        assert all(set(r) == set(ROW_FIELDS) for r in rows[:5])
 
     def test_search_and_info_rows(self):
         """search_rows and info_row return rows for known ids."""
@@ -378,3 +381,41 @@ class TestTraining:
         opt = jl.optimizer(model, {"rule": "Descent"})
         with pytest.raises(UnknownLossError, match="mse"):
             jl.trainer(opt, "hinge_loss")
+
+
+class TestTrainerAfterGradsReplaced:
+    def test_step_after_zero_grad_set_to_none_applies_the_real_gradient(self):
+        """After module.zero_grad(set_to_none=True) the torch-native step applies this batch's gradient, not zeros."""
+        torch.manual_seed(0)
+        module = torch.nn.Linear(3, 2)
+        reference = torch.nn.Linear(3, 2)
+        reference.load_state_dict(module.state_dict())
+        m = torchbridge.bridge(module)
+        opt = jl.optimizer(m, {"rule": "Descent", "eta": 0.1})
+        t = jl.trainer(opt, "mse")
+        x, y = torch.randn(4, 3), torch.randn(4, 2)
+        module.zero_grad(set_to_none=True)  # what a user's own torch code may do between steps
+        jl.train_step(t, x, y)
+        torch.nn.functional.mse_loss(reference(x), y).backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= 0.1 * p.grad
+        for got, want in zip(module.parameters(), reference.parameters()):
+            torch.testing.assert_close(got, want)
+        assert [p.grad is g for p, g in zip(m.parameters, m.grads)] == [True, True]
+        m.close()
+
+
+def test_every_error_class_is_importable_from_the_package():
+    """except torchbridge.TorchBridgeError works, and every error class is a top-level name."""
+    from torchbridge import errors
+
+    for name in errors.__all__:
+        assert getattr(torchbridge, name) is getattr(errors, name)
+        assert name in torchbridge.__all__
+    try:
+        torchbridge.load_model("nosuchsource/nosuchmodel")
+    except torchbridge.TorchBridgeError as exc:
+        assert isinstance(exc, torchbridge.UnknownSourceError | torchbridge.UnknownModelError)
+    else:
+        raise AssertionError("an unknown model id must raise")

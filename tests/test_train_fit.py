@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from julia_arrays import ArrayValue
 from torchbridge.errors import TrainingError
 from torchbridge.train import Checkpoint, EarlyStopping, fit
 
@@ -28,7 +29,7 @@ def digits_batches(batch_size=64):
             chunk = images[start : min(start + batch_size, hi)]
             # (N, H, W) row-major -> the column-major (W, H, C, N) array Julia would pass
             whcn = np.array(chunk[:, None, :, :].transpose(3, 2, 1, 0), order="F")
-            out.append((whcn, labels[start : min(start + batch_size, hi)]))
+            out.append((ArrayValue(whcn), labels[start : min(start + batch_size, hi)]))
         return out
 
     return batches(0, 1400), batches(1400, len(labels))
@@ -100,7 +101,10 @@ class TestFit:
         """A map-style torch Dataset is batched and trained on like a DataLoader."""
         train, _ = digits
         xs = torch.cat(
-            [torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 1, 0))) for x, _ in train]
+            [
+                torch.from_numpy(np.ascontiguousarray(x.array.transpose(3, 2, 1, 0)))
+                for x, _ in train
+            ]
         )
         ys = torch.cat([torch.from_numpy(y) for _, y in train])
         dataset = torch.utils.data.TensorDataset(xs, ys)

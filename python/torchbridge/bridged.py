@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .devices import module_device, module_float_dtype
 from .errors import (
     CotangentError,
     DeviceMismatchError,
@@ -142,12 +143,8 @@ class BridgedModel:
         self.buffer_names: tuple[str, ...] = tuple(n for n, _ in named_buffers)
         self.buffers: tuple[torch.Tensor, ...] = tuple(b.detach() for _, b in named_buffers)
         self.output_structure: OutputStructure | None = None
-        first = next(iter(module.parameters()), None)
-        if first is None:
-            first = next(iter(module.buffers()), None)
-        self._device = first.device if first is not None else None
-        floating = [p for p in module.parameters() if p.is_floating_point()]
-        self._float_dtype = floating[0].dtype if floating else None
+        self._device = module_device(module)
+        self._float_dtype = module_float_dtype(module)
         LEDGER.add_model(self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads]))
 
     # -- state -------------------------------------------------------------
@@ -183,6 +180,17 @@ class BridgedModel:
     def eval(self) -> BridgedModel:
         """eval() -> self: BatchNorm uses running statistics, dropout is off."""
         return self.train(False)
+
+    def attach_grads(self) -> None:
+        """attach_grads() -> None: make each parameter's ``.grad`` its shared buffer again.
+
+        Anything that may have replaced ``p.grad`` (``zero_grad(set_to_none=True)``,
+        an optimiser of the user's) is undone before every step that fills or
+        reads the buffers (NOTE [gradient buffers]).
+        """
+        for p, g in zip(self._parameters, self._grad_list):
+            if p.grad is not g:
+                p.grad = g
 
     def zero_grad(self) -> None:
         """zero_grad() -> None: set every gradient buffer to zero, in place."""
@@ -406,9 +414,7 @@ class Pullback:
         inputs = self._inputs
         params = model._parameters
         grads = model._grad_list
-        for p, g in zip(params, grads):
-            if p.grad is not g:  # see NOTE [gradient buffers]
-                p.grad = g
+        model.attach_grads()
         if grads and not accumulate:
             _zero_all(grads)
         diff_inputs = [t for t in inputs if t.requires_grad]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..devices import module_device
 from ..errors import TrainingError
 from ..exchange import to_torch
 
@@ -23,8 +24,9 @@ def as_batch(obj: Any, device: torch.device) -> torch.Tensor:
     """as_batch(obj, device) -> Tensor: ``obj`` viewed as a tensor (no copy) on ``device``.
 
     Foreign arrays (numpy, DLPack producers, Julia arrays) go through
-    :func:`torchbridge.exchange.to_torch`, so a column-major Julia ``(W, H, C, N)``
-    batch arrives as torch ``(N, C, H, W)``. Moving to another device copies.
+    :func:`torchbridge.exchange.to_torch` and its layout rule: an array keeps its
+    own shape, a raw Julia ``(W, H, C, N)`` batch from PythonCall arrives as torch
+    ``(N, C, H, W)``. Moving to another device copies.
     """
     tensor = to_torch(obj)
     if tensor.device != device:
@@ -68,8 +70,7 @@ class TrainStep:
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         if device is None:
-            first = next(model.parameters(), None)
-            device = first.device if first is not None else torch.device("cpu")
+            device = module_device(model) or torch.device("cpu")
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
         # Gradients that exist already may be shared (a bridged model's buffers

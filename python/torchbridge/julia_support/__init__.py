@@ -1,0 +1,72 @@
+"""The calls TorchBridge.jl makes, each one round trip, with plain results.
+
+TorchBridge.jl (``julia/``) keeps its logic in Python, where it is tested, and
+calls only the names of this façade, the public names of :mod:`torchbridge`,
+and ``torch.from_dlpack``. ``tests/test_julia_contract.py`` checks every such
+call in the Julia sources against the signatures here. Each concern lives in
+its own module:
+
+* :mod:`.step` — a model's shared state, forward, pullback, and results copied
+  into Julia-owned arrays (NOTE [results cross to a Julia owner]);
+* :mod:`.ledger` — the memory ledger and explicit scopes;
+* :mod:`.rows` — registry rows, FastAI.jl's registry, classifier heads;
+* :mod:`.training` — torch optimisers and the torch-native step over a
+  bridged model's gradient buffers.
+
+Arrays arrive as torch tensors that DLPack.jl made from Julia arrays
+(``DLPack.share(x, torch.from_dlpack)``: a C-contiguous tensor with the Julia
+dimensions reversed), or as raw Julia arrays that PythonCall passes
+(``juliacall.ArrayValue``, reversed by type); both are the same tensor (NOTE
+[dimension order] in :mod:`torchbridge.exchange`).
+"""
+
+from __future__ import annotations
+
+from .ledger import memory_stats, scope_enter, scope_exit
+from .rows import entry_row, fastai_rows, info_row, registry_rows, replace_head, search_rows
+from .step import (
+    Layout,
+    copy_out,
+    forward,
+    layouts,
+    model_state,
+    pullback,
+    release,
+    synchronize,
+)
+from .training import (
+    TorchOptimizer,
+    TorchTrainer,
+    optimizer,
+    optimizer_step,
+    set_learning_rate,
+    train_step,
+    trainer,
+)
+
+__all__ = [
+    "Layout",
+    "TorchOptimizer",
+    "TorchTrainer",
+    "copy_out",
+    "entry_row",
+    "fastai_rows",
+    "forward",
+    "info_row",
+    "layouts",
+    "memory_stats",
+    "model_state",
+    "optimizer",
+    "optimizer_step",
+    "pullback",
+    "registry_rows",
+    "release",
+    "replace_head",
+    "scope_enter",
+    "scope_exit",
+    "search_rows",
+    "set_learning_rate",
+    "synchronize",
+    "train_step",
+    "trainer",
+]

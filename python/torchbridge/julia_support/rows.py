@@ -1,0 +1,129 @@
+"""The registry as plain rows, FastAI.jl's model registry, and classifier heads.
+
+The registry is imported by each call, not with this module: wrapping a model
+from Julia never pays for the registry's sources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..bridged import BridgedModel
+
+__all__ = [
+    "ROW_FIELDS",
+    "entry_row",
+    "fastai_rows",
+    "info_row",
+    "registry_rows",
+    "replace_head",
+    "search_rows",
+]
+
+ROW_FIELDS = (
+    "id",
+    "source",
+    "name",
+    "task",
+    "description",
+    "pretrained",
+    "cached",
+    "input_size",
+    "julia_input_size",
+    "mean",
+    "std",
+    "num_classes",
+    "license",
+    "tags",
+)
+
+
+def entry_row(entry: Any) -> dict[str, Any]:
+    """entry_row(entry) -> dict: a ``ModelEntry`` as the plain row TorchBridge.jl shows.
+
+    Keys are :data:`ROW_FIELDS`; sizes are lists (``julia_input_size`` is the
+    reverse of ``input_size``), ``cached`` says whether the pretrained weights
+    are on this machine, missing values are ``None``.
+    """
+    d = entry.to_dict()
+    weights = d.get("weights") or {}
+    row = {key: d.get(key) for key in ROW_FIELDS if key != "cached"}
+    row["cached"] = bool(weights.get("cached", False))
+    row["tags"] = list(d.get("tags") or [])
+    return row
+
+
+def registry_rows(
+    pattern: str | None = None,
+    *,
+    source: str | None = None,
+    pretrained: bool | None = None,
+    task: str | None = None,
+) -> list[dict[str, Any]]:
+    """registry_rows(pattern=None, *, source=None, pretrained=None, task=None) -> list of rows."""
+    from .. import registry
+
+    entries = registry.list_models(pattern, source=source, pretrained=pretrained, task=task)
+    return [entry_row(e) for e in entries]
+
+
+def search_rows(query: str, *, limit: int = 20) -> list[dict[str, Any]]:
+    """search_rows(query, *, limit=20) -> list of rows, best match first."""
+    from .. import registry
+
+    return [entry_row(e) for e in registry.search_models(query, limit=limit)]
+
+
+def info_row(model_id: str) -> dict[str, Any]:
+    """info_row(model_id) -> row: what the registry knows about one model."""
+    from .. import registry
+
+    return entry_row(registry.model_info(model_id))
+
+
+# -- FastAI.jl's model registry ----------------------------------------------------
+
+
+def fastai_rows(*, source: str = "timm") -> dict[str, list[str]]:
+    """fastai_rows(*, source="timm") -> dict of columns ``id``, ``description``, ``checkpoint``
+
+    The models TorchBridge.jl's FastAI extension adds to FastAI.jl's model
+    registry: every image classifier of ``source`` that has published weights
+    under a pretrained tag (``timm/resnet18.a1_in1k``, checkpoint ``"a1_in1k"``).
+    Untagged architecture names (``timm/resnet18``, which loads its default
+    tag) and models without weights are left out, so each row names exactly
+    one set of weights. Columns rather than rows: Julia converts three lists
+    instead of one dict per model.
+    """
+    from .. import registry
+
+    ids, descriptions, checkpoints = [], [], []
+    for e in registry.list_models(source=source, pretrained=True, task="image-classification"):
+        _, _, tag = e.name.partition(".")
+        if not tag:
+            continue
+        ids.append(e.id)
+        descriptions.append(e.description)
+        checkpoints.append(tag)
+    return {"id": ids, "description": descriptions, "checkpoint": checkpoints}
+
+
+def replace_head(model: BridgedModel, num_classes: int, *, model_id: str) -> BridgedModel:
+    """replace_head(model, num_classes, *, model_id) -> BridgedModel
+
+    The bridged module with a new classifier of ``num_classes`` outputs
+    (:func:`torchbridge.registry.heads.replace_classifier`; ``0`` removes it, so
+    the model returns its pooled features), bridged anew. ``model`` is closed
+    first: its parameter list changes, so the Julia arrays over it must not be
+    used again. The new layer is moved to the model's device and floating-point
+    type. ``model_id`` names the model in error messages.
+    """
+    from ..bridged import bridge
+    from ..registry.heads import replace_classifier
+
+    module, device, dtype = model.module, model.device, model.dtype
+    model.close()
+    replace_classifier(module, num_classes, model_id=model_id)
+    if device is not None:
+        module.to(device=device, dtype=dtype)
+    return bridge(module)

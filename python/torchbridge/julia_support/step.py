@@ -1,0 +1,141 @@
+"""The step: wrap a model once, forward, pullback, results into Julia-owned arrays.
+
+NOTE [results cross to a Julia owner]
+Nothing torch allocates is handed to Julia by reference. A forward or a
+pullback returns its tensors together with their *layouts*
+(:func:`torchbridge.exchange.julia_layout`: Julia size, element type, device);
+Julia allocates arrays of those sizes, shares them, and :func:`copy_out` fills
+them. Julia then drops its handles to the torch tensors at once, so no torch
+memory waits for Julia's garbage collector (the DLPack.jl #26 leak).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..bridged import BridgedModel, Pullback
+from ..errors import UnsupportedArrayError
+from ..exchange import copy_into, julia_layout
+
+__all__ = [
+    "Layout",
+    "copy_out",
+    "forward",
+    "layouts",
+    "model_state",
+    "pullback",
+    "release",
+    "synchronize",
+]
+
+Layout = tuple[tuple[int, ...], str, str, int]
+
+
+def model_state(model: BridgedModel) -> dict[str, Any]:
+    """model_state(model) -> dict: what TorchBridge.jl wraps once, when it wraps a model.
+
+    Keys: ``param_names`` (tuple of str), ``params`` and ``grads`` (tuples of
+    tensors, C-contiguous, over the model's own memory; a 0-dim parameter is
+    given as a 1-element view so DLPack can carry it), ``device`` (``"cpu"`` or
+    ``"cuda"``), ``device_index`` (-1 on the CPU) and ``dtype`` (Julia's name,
+    e.g. ``"Float32"``).
+
+    Raises:
+        UnsupportedArrayError: a parameter or gradient buffer is not
+            C-contiguous (channels-last weights, transposed views): Julia could
+            only see it with a copy. Call ``module.to(memory_format=torch.contiguous_format)``
+            before bridging.
+    """
+    params, grads = [], []
+    for name, p, g in zip(model.param_names, model.params, model.grads, strict=True):
+        for kind, t in (("parameter", p), ("gradient buffer", g)):
+            if not t.is_contiguous():
+                raise UnsupportedArrayError(
+                    f"model_state: the {kind} of {name!r} (torch shape {tuple(t.shape)}, "
+                    f"strides {t.stride()}) is not C-contiguous, so Julia cannot view it "
+                    "without a copy. Make the module contiguous first: "
+                    "module.to(memory_format=torch.contiguous_format)."
+                )
+        params.append(p if p.dim() else p.reshape(1))
+        grads.append(g if g.dim() else g.reshape(1))
+    device = model.device or torch.device("cpu")
+    _, eltype, _, _ = julia_layout(params[0]) if params else ((), "Float32", "", -1)
+    return {
+        "param_names": tuple(model.param_names),
+        "params": tuple(params),
+        "grads": tuple(grads),
+        "device": device.type,
+        "device_index": -1 if device.index is None else device.index,
+        "dtype": eltype,
+    }
+
+
+def layouts(tensors: Sequence[torch.Tensor | None]) -> tuple[Layout | None, ...]:
+    """layouts(tensors) -> tuple: ``julia_layout`` of each tensor, ``None`` kept."""
+    return tuple(None if t is None else julia_layout(t) for t in tensors)
+
+
+def forward(
+    model: BridgedModel, *inputs: Any, grad: bool = True, input_grads: bool | Sequence[bool] = True
+) -> tuple[tuple[torch.Tensor, ...], Pullback | None, tuple[Layout, ...]]:
+    """forward(model, *inputs, grad=True, input_grads=True) -> (outputs, pullback, layouts)
+
+    :meth:`BridgedModel.forward` plus the layouts Julia needs to allocate the
+    receiving arrays (see NOTE [results cross to a Julia owner]).
+    """
+    outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads)
+    return outputs, pullback, layouts(outputs)
+
+
+def pullback(
+    pullback: Pullback, *cotangents: Any, accumulate: bool = False
+) -> tuple[tuple[torch.Tensor | None, ...], tuple[Layout | None, ...]]:
+    """pullback(pullback, *cotangents, accumulate=False) -> (input_grads, layouts)
+
+    Runs the one-shot ``pullback`` (parameter gradients land in the model's
+    gradient buffers) and returns the input gradients with their layouts. On
+    any error the pullback is released before the error propagates, so a
+    failed step holds no graph.
+    """
+    try:
+        grads = pullback(*cotangents, accumulate=accumulate)
+    except BaseException:
+        pullback.release()
+        raise
+    return grads, layouts(grads)
+
+
+def release(pullback: Pullback | None) -> bool:
+    """release(pullback) -> bool: free the pullback's graph without computing; idempotent."""
+    return False if pullback is None else pullback.release()
+
+
+def copy_out(destinations: Sequence[Any], tensors: Sequence[torch.Tensor | None]) -> None:
+    """copy_out(destinations, tensors) -> None
+
+    Copies each tensor into its destination (caller-owned memory, e.g. a Julia
+    array shared with DLPack.jl); a ``None`` tensor or destination is skipped.
+    When a destination is on a CUDA device, waits for torch's stream so the
+    caller may read at once.
+    """
+    if len(destinations) != len(tensors):
+        raise UnsupportedArrayError(
+            f"copy_out: {len(destinations)} destination(s) for {len(tensors)} tensor(s)."
+        )
+    cuda = False
+    for dest, t in zip(destinations, tensors, strict=True):
+        if dest is None or t is None:
+            continue
+        copy_into(dest, t)
+        cuda = cuda or t.device.type == "cuda"
+    if cuda:
+        torch.cuda.current_stream().synchronize()
+
+
+def synchronize(device_index: int = -1) -> None:
+    """synchronize(device_index=-1) -> None: wait for torch's current CUDA stream (no-op on CPU)."""
+    if device_index >= 0 and torch.cuda.is_available():
+        torch.cuda.current_stream(device_index).synchronize()

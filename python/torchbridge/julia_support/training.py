@@ -1,0 +1,132 @@
+"""Training with torch's optimisers over a bridged model's shared gradient buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..bridged import BridgedModel
+from ..errors import UnsupportedArrayError
+from ..exchange import julia_layout, to_torch
+from .step import Layout
+
+__all__ = [
+    "TorchOptimizer",
+    "TorchTrainer",
+    "optimizer",
+    "optimizer_step",
+    "set_learning_rate",
+    "train_step",
+    "trainer",
+]
+
+
+class TorchOptimizer:
+    """A torch optimiser (and optional schedule) over a bridged model's parameters.
+
+    The gradients it applies are the model's gradient buffers, the memory that
+    TorchBridge.jl sees as ``model.grads``: whatever Julia wrote there (the
+    pullback's result, or a gradient copied back by ``Optimisers.update!``) is
+    what the step uses.
+    """
+
+    def __init__(self, model: BridgedModel, spec: Mapping[str, Any], schedule=None):
+        from ..train import optimizer_from_spec, schedule_from_spec
+
+        self.model = model
+        self.spec = dict(spec)
+        self.optimizer = optimizer_from_spec(self.spec, list(model.parameters))
+        self.scheduler = (
+            None if schedule is None else schedule_from_spec(dict(schedule), self.optimizer)
+        )
+        self.steps = 0
+
+    def step(self) -> None:
+        """Apply the gradients in the model's buffers, then advance the schedule."""
+        model = self.model
+        with model.lock:
+            model.attach_grads()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.steps += 1
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def optimizer(
+    model: BridgedModel, spec: Mapping[str, Any], *, schedule: Mapping[str, Any] | None = None
+) -> TorchOptimizer:
+    """optimizer(model, spec, *, schedule=None) -> TorchOptimizer
+
+    ``spec`` is an Optimisers.jl rule as a dict (``{"rule": "Adam", "eta": ...}``,
+    see :func:`torchbridge.train.optimizer_from_spec`); ``schedule`` a
+    :func:`torchbridge.train.schedule_from_spec` dict.
+    """
+    return TorchOptimizer(model, spec, schedule)
+
+
+def optimizer_step(opt: TorchOptimizer) -> float:
+    """optimizer_step(opt) -> learning rate used: one step from the model's gradient buffers."""
+    lr = opt.learning_rate
+    opt.step()
+    return lr
+
+
+def set_learning_rate(opt: TorchOptimizer, eta: float) -> None:
+    """set_learning_rate(opt, eta) -> None: set η of every group (a schedule rescales it)."""
+    for group in opt.optimizer.param_groups:
+        group["lr"] = float(eta)
+        if "initial_lr" in group:
+            group["initial_lr"] = float(eta)
+    if opt.scheduler is not None:
+        opt.scheduler.base_lrs = [float(eta)] * len(opt.optimizer.param_groups)
+
+
+class TorchTrainer:
+    """One torch-native step: zero the buffers, forward, loss, backward, optimiser step.
+
+    Unlike :class:`torchbridge.train.TrainStep`, the gradient buffers are zeroed
+    in place, never replaced, so Julia's views of them stay valid.
+    """
+
+    def __init__(self, opt: TorchOptimizer, loss: Any, loss_options: Mapping | None = None):
+        from ..train import loss_from_name
+
+        self.opt = opt
+        self.loss_fn = loss_from_name(loss, **dict(loss_options or {}))
+
+    def step(self, x: Any, y: Any) -> tuple[float, torch.Tensor]:
+        model = self.opt.model
+        inputs, targets = to_torch(x), to_torch(y)
+        with model.lock:
+            # The buffers first: a backward into a replaced .grad would leave the
+            # step below applying the buffers' zeros (NOTE [gradient buffers]).
+            model.attach_grads()
+            model.zero_grad()
+            with torch.enable_grad():
+                outputs = model.module(inputs)
+                loss = self.loss_fn(outputs, targets)
+                if loss.ndim != 0:
+                    raise UnsupportedArrayError(
+                        f"train_step: the loss must be a scalar, got torch shape "
+                        f"{tuple(loss.shape)}; use agg='mean' or 'sum'."
+                    )
+                loss.backward()
+            self.opt.step()
+        return float(loss.detach()), outputs.detach()
+
+
+def trainer(opt: TorchOptimizer, loss: Any, *, loss_options: Mapping | None = None) -> TorchTrainer:
+    """trainer(opt, loss, *, loss_options=None) -> TorchTrainer: ``loss`` is a Flux loss name."""
+    return TorchTrainer(opt, loss, loss_options)
+
+
+def train_step(trainer: TorchTrainer, x: Any, y: Any) -> tuple[float, torch.Tensor, Layout]:
+    """train_step(trainer, x, y) -> (loss, outputs, layout): one torch-native step on a batch."""
+    loss, outputs = trainer.step(x, y)
+    return loss, outputs, julia_layout(outputs)
