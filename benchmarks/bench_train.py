@@ -51,8 +51,10 @@ def _plain_step(model, optimizer, x, y) -> float:
 
 
 def _bridged_step(step, x, y) -> float:
+    from torchbridge.exchange import to_torch
+
     started = time.perf_counter()
-    step(x, y)
+    step(to_torch(x, layout="julia"), y)  # a Julia-ordered batch, declared as such
     return time.perf_counter() - started
 
 

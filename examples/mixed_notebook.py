@@ -105,7 +105,8 @@ if not JULIA:
     up = (up / 16.0 - 0.5) / 0.5
     whcn = np.array(np.repeat(up.transpose(2, 1, 0)[:, :, None, :], 3, axis=2), order="F")
 
-images = torchbridge.to_torch(whcn)  # Julia (W, H, 3, N) -> torch (N, 3, H, W), no copy
+# Julia order, declared: (W, H, 3, N) -> torch (N, 3, H, W), no copy
+images = torchbridge.to_torch(whcn, layout="julia")
 print("torch sees", tuple(images.shape), "over the same memory")
 
 # %% [markdown]

@@ -74,7 +74,12 @@ def load_digit_tasks(image_size: int, *, seed: int = 0, limit: int | None = None
 
 
 def julia_batches(images, labels, batch_size: int, *, seed: int) -> list[tuple[Any, Any]]:
-    """Batches as Julia holds them: Fortran-order ``(W, H, C, N)`` Float32 arrays, Int64 labels."""
+    """Batches as Julia holds them: Fortran-order ``(W, H, C, N)`` Float32 arrays, Int64 labels.
+
+    numpy arrays keep their own shape at the boundary, so each batch is handed
+    over declared as Julia-ordered (``to_torch(whcn, layout="julia")``: the
+    torch ``(N, C, H, W)`` view of the same memory, as DLPack.jl shares it).
+    """
     import numpy as np
 
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -84,6 +89,13 @@ def julia_batches(images, labels, batch_size: int, *, seed: int) -> list[tuple[A
         whcn = np.array(images[index].transpose(3, 2, 1, 0), order="F")
         batches.append((whcn, labels[index]))
     return batches
+
+
+def _declared(batches):
+    """Julia-ordered batches declared as such: torch views of the same memory."""
+    import torchbridge
+
+    return [(torchbridge.to_torch(x, layout="julia"), y) for x, y in batches]
 
 
 def bridge_step(model, whcn, labels) -> dict[str, Any]:
@@ -101,14 +113,16 @@ def bridge_step(model, whcn, labels) -> dict[str, Any]:
     model.eval()  # running statistics stay as trained; the comparison is exact
     baseline = memory.snapshot()
     with torchbridge.bridge(model) as bm:
-        (logits,), pullback = bm.forward(whcn, input_grads=False)
+        batch = torchbridge.to_torch(whcn, layout="julia")  # Julia order, declared
+        (logits,), pullback = bm.forward(batch, input_grads=False)
         target = torch.from_numpy(np.asarray(labels))
         cotangent = (torch.softmax(logits, 1) - torch.nn.functional.one_hot(target, 5)) / len(
             target
         )
         pullback(cotangent)
         bridged = [g.clone() for g in bm.grads]
-        shape = tuple(bm.forward(whcn, grad=False)[0][0].shape)
+        shape = tuple(bm.forward(batch, grad=False)[0][0].shape)
+        del batch
     torch_batch = torch.from_numpy(np.ascontiguousarray(whcn.transpose(3, 2, 1, 0)))
     model.zero_grad(set_to_none=True)
     torch.nn.functional.cross_entropy(model(torch_batch), target).backward()
@@ -118,7 +132,9 @@ def bridge_step(model, whcn, labels) -> dict[str, Any]:
     return {
         "julia_size": list(whcn.shape),
         "torch_shape": list(torch_batch.shape),
-        "zero_copy": bool(torchbridge.to_torch(whcn).data_ptr() == whcn.ctypes.data),
+        "zero_copy": bool(
+            torchbridge.to_torch(whcn, layout="julia").data_ptr() == whcn.ctypes.data
+        ),
         "logits_shape": list(shape),
         "parameters": len(bridged),
         "max_grad_diff": diff,
@@ -247,8 +263,8 @@ def run_demo(
     steps = finetune_epochs * -(-len(train_y) // batch_size)
     history = fit(
         model,
-        julia_batches(train_x, train_y, batch_size, seed=seed),
-        julia_batches(valid_x, valid_y, 256, seed=seed),
+        _declared(julia_batches(train_x, train_y, batch_size, seed=seed)),
+        _declared(julia_batches(valid_x, valid_y, 256, seed=seed)),
         epochs=finetune_epochs,
         optimizer={"rule": "AdamW", "eta": 1e-3, "lambda": 1e-4},
         loss="logitcrossentropy",
