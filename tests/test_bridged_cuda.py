@@ -91,3 +91,22 @@ def test_thousand_steps_keep_cuda_memory_flat():
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() - before <= x.nbytes
     bm.close()
+
+
+def test_julia_pullback_leaves_torch_stream_idle_without_input_grads():
+    """After a Julia-support pullback with input_grads=False, torch's stream has no pending work: Julia may read the gradient buffers at once."""
+    from torchbridge import julia_support as jl
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(8)]).cuda()
+    bm = torchbridge.bridge(module)
+    x = torch.randn(512, 2048, device="cuda")
+    for _ in range(3):
+        outputs, pb, _ = jl.forward(bm, x, input_grads=False)
+        grads, _ = jl.pullback(pb, torch.ones_like(outputs[0]))
+        assert grads == (None,)
+        assert torch.cuda.current_stream().query()  # nothing left to run
+    opt = jl.optimizer(bm, {"rule": "Adam", "eta": 1e-3})
+    jl.optimizer_step(opt)
+    assert torch.cuda.current_stream().query()
+    bm.close()

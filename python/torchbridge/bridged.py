@@ -350,21 +350,32 @@ class BridgedModel:
 
 
 class Pullback:
-    """Pullback: the one-shot reverse pass of one forward; it owns that forward's graph.
+    """Pullback: the reverse pass of one forward; it owns that forward's graph.
 
     ``pullback(*cotangents, accumulate=False) -> input_grads`` computes the
     gradients with respect to the inputs (returned, ``None`` for an input that
     is not differentiated) and to every parameter (written into the model's
     ``grads``: overwritten, or added with ``accumulate=True``), then frees the
     graph. A ``None`` cotangent means zero. Calling it a second time, or after
-    :meth:`release`, raises :class:`~torchbridge.errors.PullbackReleasedError`.
+    :meth:`release`, raises :class:`~torchbridge.errors.PullbackReleasedError`
+    — except for a pullback created inside ``memory.scope(reusable=True)``,
+    which may be called again until its scope ends (NOTE [reusable pullbacks]
+    in :mod:`torchbridge.memory`).
 
     A cotangent that does not fit its output raises
     :class:`~torchbridge.errors.CotangentError` and leaves the pullback live, so
     the caller may retry or :meth:`release` it.
     """
 
-    __slots__ = ("_model", "_inputs", "_outputs", "output_structure", "_state", "__weakref__")
+    __slots__ = (
+        "_model",
+        "_inputs",
+        "_outputs",
+        "output_structure",
+        "_state",
+        "reusable",
+        "__weakref__",
+    )
 
     def __init__(self, model: BridgedModel, inputs: list, outputs: list, structure):
         self._model = model
@@ -372,7 +383,7 @@ class Pullback:
         self._outputs = outputs
         self.output_structure: OutputStructure = structure
         self._state = "live"
-        LEDGER.add_pullback(self)
+        self.reusable: bool = LEDGER.add_pullback(self)
 
     def held_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors this pullback keeps alive: the imported inputs and the graph outputs."""
@@ -404,12 +415,14 @@ class Pullback:
                 for i, (out, cot) in enumerate(zip(outputs, cotangents))
                 if cot is not None and out.requires_grad
             ]
+            if self.reusable:
+                return self._backward(pairs, accumulate, retain=True)
             try:
-                return self._backward(pairs, accumulate)
+                return self._backward(pairs, accumulate, retain=False)
             finally:
                 self._free("called")
 
-    def _backward(self, pairs, accumulate: bool):
+    def _backward(self, pairs, accumulate: bool, *, retain: bool):
         model = self._model
         inputs = self._inputs
         params = model._parameters
@@ -418,14 +431,19 @@ class Pullback:
         if grads and not accumulate:
             _zero_all(grads)
         diff_inputs = [t for t in inputs if t.requires_grad]
+        if retain:  # each call of a reusable pullback returns its own input gradients
+            for t in diff_inputs:
+                t.grad = None
         if pairs and (params or diff_inputs):
             # No `inputs=`: restricting the engine to a list of leaves costs ~3%
             # on a ResNet. Every leaf the forward reached accumulates, as in
             # plain PyTorch training (see NOTE [gradient buffers]).
             if len(pairs) == 1:
-                torch.autograd.backward(pairs[0][0], pairs[0][1])
+                torch.autograd.backward(pairs[0][0], pairs[0][1], retain_graph=retain)
             else:
-                torch.autograd.backward([o for o, _ in pairs], [c for _, c in pairs])
+                torch.autograd.backward(
+                    [o for o, _ in pairs], [c for _, c in pairs], retain_graph=retain
+                )
         if not diff_inputs:
             return (None,) * len(inputs)
         result = []
@@ -459,7 +477,9 @@ class Pullback:
         if self._state == "called":
             raise PullbackReleasedError(
                 "pullback: this pullback already ran and its graph is freed; a pullback is "
-                "one-shot. Run forward again for another gradient."
+                "one-shot. Run forward again for another gradient, or create it inside "
+                "torchbridge.memory.scope(reusable=True) (Julia: TorchBridge.scope(f; "
+                "reusable = true)) to call it several times; the scope frees it at its end."
             )
         if self._state == "released":
             raise PullbackReleasedError(

@@ -137,13 +137,17 @@ class _Ledger:
     # pullbacks ---------------------------------------------------------------
     # Only a weak reference is kept: the ledger must never be what keeps a
     # graph alive. Sizes are summed when stats() asks, off the training step.
-    def add_pullback(self, pullback: Pullback) -> None:
+    def add_pullback(self, pullback: Pullback) -> bool:
+        """Record ``pullback`` in the innermost scope; True when that scope is reusable."""
         # A single dict store is atomic under the GIL; no lock on the hot path.
         self._pullbacks[id(pullback)] = weakref.ref(pullback)
         if self.open_scopes:  # skip the thread-local lookup when no scope is open
             stack = getattr(self._scopes, "stack", None)
             if stack:
-                stack[-1].append(pullback)
+                scope = stack[-1]
+                scope.created.append(pullback)
+                return scope.reusable
+        return False
 
     def remove_pullback(self, pullback: Pullback, *, by_gc: bool = False) -> None:
         # No lock: this runs from __del__, possibly inside stats() on this thread.
@@ -169,7 +173,7 @@ class _Ledger:
             self._models.pop(id(model), None)
 
     # scopes ------------------------------------------------------------------
-    def scope_stack(self) -> list[list[Pullback]]:
+    def scope_stack(self) -> list[_Scope]:
         stack = getattr(self._scopes, "stack", None)
         if stack is None:
             stack = self._scopes.stack = []
@@ -229,13 +233,28 @@ def stats() -> MemoryStats:
 snapshot = stats
 
 
+@dataclass
+class _Scope:
+    reusable: bool
+    created: list[Pullback] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def scope() -> Iterator[None]:
-    """scope() -> context manager
+def scope(*, reusable: bool = False) -> Iterator[None]:
+    """scope(*, reusable=False) -> context manager
 
     Releases, at exit, every pullback created inside it by this thread that
-    has not run yet — a forward whose pullback is never called then holds no
-    memory past the step. Scopes nest; each releases what was created in it.
+    has not been freed yet — a forward whose pullback is never called then
+    holds no memory past the step. Scopes nest; each releases what was created
+    in it.
+
+    NOTE [reusable pullbacks]
+    A pullback is one-shot: its first call frees the graph. Inside
+    ``scope(reusable=True)`` the pullbacks created (in the innermost scope)
+    may be called any number of times, each call computing the gradients for
+    its own cotangents (a Jacobian row by row, ``test_rrule``'s repeated
+    calls), and their graphs are freed when the scope exits. Memory stays
+    deterministic either way: freed by the call, or by the scope.
 
     Example:
         >>> with torchbridge.memory.scope():
@@ -244,8 +263,8 @@ def scope() -> Iterator[None]:
         0
     """
     stack = LEDGER.scope_stack()
-    created: list[Pullback] = []
-    stack.append(created)
+    current = _Scope(reusable=bool(reusable))
+    stack.append(current)
     with LEDGER._lock:
         LEDGER.open_scopes += 1
     try:
@@ -254,9 +273,9 @@ def scope() -> Iterator[None]:
         stack.pop()
         with LEDGER._lock:
             LEDGER.open_scopes -= 1
-        for pullback in created:
+        for pullback in current.created:
             pullback.release()
-        created.clear()
+        current.created.clear()
 
 
 def release_all() -> int:

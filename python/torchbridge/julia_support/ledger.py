@@ -14,9 +14,14 @@ def memory_stats() -> dict[str, Any]:
     return memory.stats().to_dict()
 
 
-def scope_enter() -> Any:
-    """scope_enter() -> scope: open a ``torchbridge.memory.scope``; close it with ``scope_exit``."""
-    cm = memory.scope()
+def scope_enter(*, reusable: bool = False) -> Any:
+    """scope_enter(*, reusable=False) -> scope: open a ``torchbridge.memory.scope``.
+
+    Close it with ``scope_exit``. ``reusable=True`` lets the pullbacks created
+    inside be called several times until then (NOTE [reusable pullbacks] in
+    :mod:`torchbridge.memory`).
+    """
+    cm = memory.scope(reusable=reusable)
     cm.__enter__()
     return cm
 

@@ -28,6 +28,7 @@ __all__ = [
     "model_state",
     "pullback",
     "release",
+    "settle",
     "synchronize",
 ]
 
@@ -95,16 +96,19 @@ def pullback(
 ) -> tuple[tuple[torch.Tensor | None, ...], tuple[Layout | None, ...]]:
     """pullback(pullback, *cotangents, accumulate=False) -> (input_grads, layouts)
 
-    Runs the one-shot ``pullback`` (parameter gradients land in the model's
-    gradient buffers) and returns the input gradients with their layouts. On
-    any error the pullback is released before the error propagates, so a
-    failed step holds no graph.
+    Runs ``pullback`` (parameter gradients land in the model's gradient
+    buffers) and returns the input gradients with their layouts. On any error
+    the pullback is released before the error propagates, so a failed step
+    holds no graph. On a CUDA model, torch's stream is synchronised before
+    returning: Julia reads the gradient buffers next, on its own stream, even
+    when no input gradient is copied out.
     """
     try:
         grads = pullback(*cotangents, accumulate=accumulate)
     except BaseException:
         pullback.release()
         raise
+    settle(pullback.model)
     return grads, layouts(grads)
 
 
@@ -133,6 +137,17 @@ def copy_out(destinations: Sequence[Any], tensors: Sequence[torch.Tensor | None]
         cuda = cuda or t.device.type == "cuda"
     if cuda:
         torch.cuda.current_stream().synchronize()
+
+
+def settle(model: BridgedModel) -> None:
+    """settle(model) -> None: wait for torch's stream when the model is on CUDA.
+
+    Called after torch wrote memory that Julia reads next (gradient buffers,
+    parameters after an optimiser step): Julia's stream knows nothing of torch's.
+    """
+    device = model.device
+    if device is not None and device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def synchronize(device_index: int = -1) -> None:

@@ -10,7 +10,7 @@ import torch
 from ..bridged import BridgedModel
 from ..errors import UnsupportedArrayError
 from ..exchange import julia_layout, to_torch
-from .step import Layout
+from .step import Layout, settle
 
 __all__ = [
     "TorchOptimizer",
@@ -51,6 +51,7 @@ class TorchOptimizer:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
+            settle(model)  # Julia reads the parameters next, on its own stream
         self.steps += 1
 
     @property
