@@ -51,9 +51,14 @@ lint-julia: setup
 format-julia: setup
 	$(FATOU) format julia
 
-# Needs a Julia installation (not available on the build machines).
+# The Julia suite, wherever a `julia` exists. With .venv set up, PythonCall
+# uses its Python (torch, timm and this package installed) instead of
+# resolving a Conda environment; without it, CondaPkg installs julia/CondaPkg.toml.
+JULIA ?= julia
+JULIA_PYTHON_ENV = $(if $(wildcard $(PY)),JULIA_CONDAPKG_BACKEND=Null JULIA_PYTHONCALL_EXE=$(abspath $(PY)))
+
 test-julia:
-	julia --project=julia -e 'using Pkg; Pkg.test()'
+	$(JULIA_PYTHON_ENV) $(JULIA) --project=julia -e 'using Pkg; Pkg.test()'
 
 bench: setup
 	$(PY) benchmarks/run.py --json benchmarks/results.json

@@ -5,9 +5,14 @@
 #
 # Needs Flux, FluxTraining, Optimisers and Zygote in an environment on the load
 # path (your default environment, `@v1.10` ...) and the pretrained weights of
-# timm/resnet18.a1_in1k in the Hugging Face cache, or network access; offline,
-# pass the file instead: load_model(MODEL; weights = PATH, ...). The data is
-# synthetic: two classes of 64×64 images told apart by their mean colour.
+# timm/resnet18.a1_in1k in the Hugging Face cache, or network access. Offline,
+# name a weights file, and optionally another model, in the environment:
+#
+#     MODEL=timm/resnet10t WEIGHTS=/path/to/resnet10t.safetensors EPOCHS=1 \
+#         julia --project=julia examples/finetune.jl
+#
+# The data is synthetic: two classes of 64×64 images told apart by their mean
+# colour.
 
 using TorchBridge
 using Flux: Flux
@@ -15,9 +20,14 @@ using FluxTraining: FluxTraining
 using Optimisers: Optimisers
 using Zygote: Zygote
 
-const MODEL = "timm/resnet18.a1_in1k"
+const MODEL = get(ENV, "MODEL", "timm/resnet18.a1_in1k")
+const WEIGHTS = get(ENV, "WEIGHTS", nothing) # a file instead of the published weights
+const EPOCHS = parse(Int, get(ENV, "EPOCHS", "3"))
 const CLASSES = 2
 const SIZE = 64
+
+# source, task, input size (Julia order), mean/std, weights cached?
+println(model_info(MODEL))
 
 # Synthetic images in Julia order (W, H, C, N), one-hot labels (classes, N).
 function batch(n)
@@ -37,14 +47,12 @@ accuracy(model, data) = sum(
 ) /
     sum(size(y, 2) for (_, y) in data)
 
-println(model_info(MODEL))
-
 ## 1. The whole step in torch, driven by a FluxTraining Learner
 #
 # A new 2-class head on the pretrained network; TorchOptimiser runs
 # Optimisers.jl's Adam as a torch optimiser, with a cosine schedule.
 
-model = load_model(MODEL; pretrained = true, num_classes = CLASSES)
+model = load_model(MODEL; pretrained = true, weights = WEIGHTS, num_classes = CLASSES)
 Flux.trainmode!(model) # Flux's mode functions switch torch's BatchNorm and dropout
 learner = FluxTraining.Learner(
     model,
@@ -52,10 +60,10 @@ learner = FluxTraining.Learner(
     data = (train, valid),
     optimizer = TorchOptimiser(
         Optimisers.Adam(1.0f-3);
-        schedule = (schedule = :cosine, steps = 3 * length(train)),
+        schedule = (schedule = :cosine, steps = EPOCHS * length(train)),
     ),
 )
-fit_torch!(learner, 3)
+fit_torch!(learner, EPOCHS)
 Flux.testmode!(model)
 println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
 
@@ -67,13 +75,21 @@ println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
 # backbone's parameters are torch's memory and Optimisers.update! changes them
 # in place.
 
-backbone = load_model(MODEL; pretrained = true, num_classes = 0, input_grads = false)
-net = Flux.Chain(backbone, Flux.Dense(512 => 64, Flux.relu), Flux.Dense(64 => CLASSES))
+backbone = load_model(
+    MODEL;
+    pretrained = true,
+    weights = WEIGHTS,
+    num_classes = 0,
+    input_grads = false,
+)
+Flux.testmode!(backbone) # running statistics stay as loaded while we measure
+features = size(backbone(first(train)[1]), 1)
+net = Flux.Chain(backbone, Flux.Dense(features => 64, Flux.relu), Flux.Dense(64 => CLASSES))
 state = Optimisers.setup(Optimisers.Adam(1.0f-3), net)
 Optimisers.adjust!(state.layers[1], 1.0f-4) # a smaller step for the pretrained layers
 
 baseline = memory_stats()
-for epoch in 1:3
+for epoch in 1:EPOCHS
     Flux.trainmode!(net) # the torch backbone too
     for (x, y) in train
         TorchBridge.scope() do
@@ -105,5 +121,6 @@ println(
     report.max_abs_diff,
 )
 
-close!(model)
+@assert memory_stats().live_pullbacks == 0 # nothing held between steps
+close!(model) # stop sharing its parameters and gradient buffers
 close!(backbone)

@@ -121,3 +121,32 @@ class TestMixedNotebook:
         assert scope["images"].data_ptr() == scope["whcn"].ctypes.data  # no copy
         assert scope["report"].max_abs_diff < 1e-4
         assert (isolated_caches / "nb" / "digits.onnx").is_file()
+
+
+def _code_lines(text: str) -> list[str]:
+    """Julia code lines without comments or indentation, blank lines dropped."""
+    lines = []
+    for line in text.splitlines():
+        code = line.split(" #", 1)[0].strip()
+        if code and not code.startswith("#"):
+            lines.append(code)
+    return lines
+
+
+def test_tutorial_julia_blocks_are_the_example_the_julia_suite_runs():
+    """Every Julia block of docs/tutorial.md is, line for line and in order, part of examples/finetune.jl."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    tutorial = (root / "docs" / "tutorial.md").read_text()
+    example = _code_lines((root / "examples" / "finetune.jl").read_text())
+    blocks = re.findall(r"```julia\n(.*?)```", tutorial, re.S)
+    checked = 0
+    for block in blocks:
+        if "/path/to/" in block:  # a placeholder path, shown for offline use
+            continue
+        lines = _code_lines(block)
+        start = example.index(lines[0])
+        assert example[start : start + len(lines)] == lines, block
+        checked += 1
+    assert checked >= 5

@@ -1,14 +1,60 @@
-# A torch-native training phase for FluxTraining: the forward pass, the loss,
-# the backward pass and the optimiser step all run in torch (a `TorchTrainer`),
-# and only the batch crosses the boundary. Callbacks see the step as usual
-# (`xs`, `ys`, `ŷs`, `loss`); there are no Julia gradients (`step.grads` is not
-# set), so callbacks that read them belong with FluxTraining's own
-# `TrainingPhase` (Zygote through the TorchModel's rrule), which keeps working
-# for the same learner.
+# FluxTraining with torch models.
+#
+# - A torch-native training phase: the forward pass, the loss, the backward
+#   pass and the optimiser step all run in torch (a `TorchTrainer`), and only
+#   the batch crosses the boundary. Callbacks see the step as usual (`xs`,
+#   `ys`, `ŷs`, `loss`); there are no Julia gradients (`step.grads` is not
+#   set), so callbacks that read them belong with FluxTraining's own
+#   `TrainingPhase` (Zygote through the TorchModel's rrule), which keeps
+#   working for the same learner.
+# - Phases set torch's mode. FluxTraining sets no mode itself (Flux layers
+#   follow AD automatically; torch has no such notion), so every TorchModel in
+#   a learner's model runs training epochs in train mode and validation epochs
+#   in eval mode (BatchNorm's running statistics never see validation data,
+#   dropout is off), and gets back the mode it had when the epoch ends.
 module TorchBridgeFluxTrainingExt
 
 using FluxTraining: FluxTraining
 using TorchBridge: TorchBridge, TorchModel, TorchOptimiser, TorchTrainer, train_step!
+
+# The TorchModels inside a learner's model (a TorchModel, a Chain holding one ...).
+_torch_models(model) = filter(x -> x isa TorchModel, TorchBridge.Functors.fcollect(model))
+
+# Run `f()` with every TorchModel in `model` in train (`true`) or eval mode,
+# then restore each one's mode, also when `f` throws.
+function _in_mode(f, model, train::Bool)
+    ms = _torch_models(model)
+    isempty(ms) && return f()
+    before = map(TorchBridge._training, ms)
+    foreach(m -> TorchBridge.trainmode!(m, train), ms)
+    try
+        return f()
+    finally
+        foreach((m, mode) -> TorchBridge.trainmode!(m, mode), ms, before)
+    end
+end
+
+_phase_trains(::FluxTraining.AbstractTrainingPhase) = true
+_phase_trains(::FluxTraining.AbstractValidationPhase) = false
+
+# FluxTraining's own phases: the same epoch, in the phase's torch mode.
+for Phase in (FluxTraining.TrainingPhase, FluxTraining.ValidationPhase)
+    @eval function FluxTraining.epoch!(
+        learner,
+        phase::$Phase,
+        dataiter = learner.data[FluxTraining.phasedataiter(phase)],
+    )
+        return _in_mode(learner.model, _phase_trains(phase)) do
+            invoke(
+                FluxTraining.epoch!,
+                Tuple{Any, FluxTraining.Phase, Any},
+                learner,
+                phase,
+                dataiter,
+            )
+        end
+    end
+end
 
 """
     TorchTrainingPhase()
@@ -53,6 +99,18 @@ function FluxTraining.step!(learner, phase::TorchTrainingPhase, batch)
         state.loss = loss
         handle(FluxTraining.Events.BackwardBegin())
         handle(FluxTraining.Events.BackwardEnd())
+    end
+end
+
+function FluxTraining.epoch!(learner, phase::TorchTrainingPhase, dataiter)
+    return _in_mode(learner.model, true) do
+        invoke(
+            FluxTraining.epoch!,
+            Tuple{Any, FluxTraining.Phase, Any},
+            learner,
+            phase,
+            dataiter,
+        )
     end
 end
 

@@ -45,6 +45,7 @@ function Optimisers.update!(state::TorchOptimiserState, m::TorchModel, grads)
                 copyto!(buffer, g)
             end
         end
+        TorchBridge._before_torch(m) # Julia's copies into the buffers land first
         TorchBridge._guard(() -> TorchBridge._tbjl.optimizer_step(state.py))
     end
     return state, m

@@ -16,7 +16,9 @@ What the bridge keeps alive right now, from torchbridge's ledger
 - `open_models`, `shared_buffers`, `shared_bytes`: wrapped models and their
   shared parameters and gradient buffers;
 - `released_by_gc`: pullbacks that only the garbage collector freed (cumulative;
-  a well-behaved program keeps it constant).
+  a well-behaved program keeps it constant);
+- `read_only_copies`: inputs copied because their memory was marked read-only
+  (cumulative; not a leak).
 
 Take it before a loop and compare after it: a loop that leaves nothing behind
 returns to the same value.
@@ -34,6 +36,7 @@ function memory_stats()
             shared_buffers = count("shared_buffers"),
             shared_bytes = bytes("shared_bytes"),
             released_by_gc = count("released_by_gc"),
+            read_only_copies = count("read_only_copies"),
         )
     finally
         PythonCall.pydel!(stats)
@@ -50,7 +53,7 @@ session; inside a loop prefer [`TorchBridge.scope`](@ref).
 release!() = pyconvert(Int, _guard(() -> _tb.memory.release_all()))
 
 """
-    TorchBridge.scope(f) -> f()
+    TorchBridge.scope(f; reusable = false) -> f()
 
 Run `f()` and then release every pullback created inside it that has not run,
 so a forward whose pullback is never called (an AD that only wanted the
@@ -64,15 +67,36 @@ TorchBridge.scope() do
 end
 ```
 
+With `reusable = true`, the pullbacks created inside (in the innermost scope)
+may be called any number of times, each call giving the gradients of its own
+cotangent; their graphs are freed when the scope ends. This is what AD code
+that calls a pullback more than once needs:
+
+```julia
+J = TorchBridge.scope(; reusable = true) do
+    Zygote.jacobian(x -> m(x), x)[1]
+end
+```
+
 A pullback called after its scope has ended throws a `TorchBridgeError` of
 kind `:PullbackReleasedError`. Scopes nest.
 """
-function scope(f)
-    handle = _guard(() -> _tbjl.scope_enter())
+function scope(f; reusable::Bool = false)
+    handle = _guard(() -> _tbjl.scope_enter(; reusable = reusable))
+    stack = get!(() -> Bool[], task_local_storage(), :torchbridge_scopes)::Vector{Bool}
+    push!(stack, reusable)
     try
         return f()
     finally
+        pop!(stack)
         _tbjl.scope_exit(handle)
         PythonCall.pydel!(handle)
     end
+end
+
+# Whether the innermost open scope of this task makes reusable pullbacks; the
+# Python ledger decides the same for the pullbacks it creates.
+function _in_reusable_scope()
+    stack = get(task_local_storage(), :torchbridge_scopes, nothing)
+    return stack !== nothing && !isempty(stack) && last(stack::Vector{Bool})
 end

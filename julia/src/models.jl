@@ -108,6 +108,7 @@ end
 # (`nothing` when `grad` is false). The input shares are dropped before
 # returning: the pullback holds its own references to them.
 function _forward(m::TorchModel, xs::Tuple, grad::Bool)
+    _before_torch(m)
     shares = map(to_torch, xs)
     result = try
         _guard(
@@ -130,6 +131,10 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool)
     pb = _isnone(pullback) ? nothing : pullback
     return (length(ys) == 1 ? only(ys) : Tuple(ys)), pb
 end
+
+# Device extensions order Julia's pending writes to the model's memory before
+# torch reads it (CUDA: synchronize Julia's stream).
+_before_torch(::TorchModel) = nothing
 
 ##  Model state  ##
 
@@ -157,6 +162,9 @@ Evaluation mode: BatchNorm uses its running statistics, dropout is off. Not
 exported (see [`trainmode!`](@ref)).
 """
 testmode!(m::TorchModel) = trainmode!(m, false)
+
+# Whether torch's module is in training mode.
+_training(m::TorchModel) = pyconvert(Bool, _guard(() -> m.py.training))
 
 """
     zero_grad!(m::TorchModel) -> m

@@ -2,12 +2,17 @@
 #
 # NOTE [one forward, one pullback]
 # The rrule runs one bridge forward that records torch's graph and returns a
-# one-shot Python `Pullback` owning it. The Julia pullback calls it exactly
-# once: parameter gradients land in the model's gradient buffers (`m.grads`),
-# input gradients come back as Julia-owned arrays. Whatever happens, the
-# Python pullback is released and its handle dropped before the Julia pullback
-# returns or throws, so no graph outlives the step (an AD that never calls the
-# pullback leaves it to `TorchBridge.scope` or `release!`).
+# Python `Pullback` owning it. By default the Julia pullback is one-shot: its
+# call writes the parameter gradients into the model's gradient buffers
+# (`m.grads`), returns the input gradients as Julia-owned arrays, and releases
+# the Python pullback and drops its handle before returning or throwing, so no
+# graph outlives the step (an AD that never calls the pullback leaves it to
+# `TorchBridge.scope` or `release!`).
+#
+# Inside `TorchBridge.scope(f; reusable = true)` the pullback may be called any
+# number of times (`Zygote.jacobian`, `ChainRulesTestUtils.test_rrule`); each
+# call returns the gradients of its own cotangent, and the scope frees the
+# graph when it ends.
 #
 # The parameter tangent holds *copies* of the gradient buffers: the buffers are
 # overwritten by the next pullback of the same model, and a tangent that
@@ -16,17 +21,20 @@
 # parameters per step.
 
 function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...)
+    reusable = _in_reusable_scope()
     ys, pullback = _forward(m, xs, true)
     projections = map(ProjectTo, xs)
     used = Ref(false)
     function torchmodel_pullback(Δ)
-        if used[]
+        if used[] && !reusable
             msg = "pullback: this TorchModel pullback already ran and torch freed its graph; " *
-                "a pullback is one-shot. Run the model again for another gradient."
+                "a pullback is one-shot. Run the model again for another gradient, or run " *
+                "the AD inside `TorchBridge.scope(f; reusable = true)` to call the " *
+                "pullback several times (Zygote.jacobian does); the scope frees it at its end."
             throw(TorchBridgeError(:PullbackReleasedError, msg))
         end
         used[] = true
-        dxs = _pullback(pullback, ys, unthunk(Δ), length(xs))
+        dxs = _pullback(pullback, ys, unthunk(Δ), length(xs); release = !reusable)
         dparams = map(copy, m.grads)
         dinputs = map(projections, dxs) do project, dx
             dx === nothing ? NoTangent() : project(dx)
@@ -36,9 +44,11 @@ function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...)
     return ys, torchmodel_pullback
 end
 
-# Call the Python pullback once with the cotangents of `ys`; return one
-# Julia-owned gradient (or nothing) per input. See NOTE [one forward, one pullback].
-function _pullback(pullback::Py, ys, Δ, ninputs::Int)
+# Call the Python pullback with the cotangents of `ys`; return one Julia-owned
+# gradient (or nothing) per input. With `release`, the Python pullback is
+# released and its handle dropped whatever happens; a reusable one is left to
+# its scope. See NOTE [one forward, one pullback].
+function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
     shares = map(c -> c === nothing ? nothing : to_torch(c), _cotangents(ys, Δ))
     try
         result = _guard(() -> _tbjl.pullback(pullback, shares...))
@@ -56,8 +66,10 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int)
             PythonCall.pydel!(layouts)
         end
     finally
-        _tbjl.release(pullback)
-        PythonCall.pydel!(pullback)
+        if release
+            _tbjl.release(pullback)
+            PythonCall.pydel!(pullback)
+        end
         foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
     end
 end

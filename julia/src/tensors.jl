@@ -14,8 +14,12 @@
 # - Parameters and gradient buffers are torch's memory, wrapped once when a
 #   model is wrapped (`_wrap`) and owned by the model (see `models.jl`).
 
+# Element types by the name `torchbridge.exchange.julia_layout` gives them:
+# every type DLPack.jl can share. `BFloat16` is BFloat16s.jl's, which DLPack.jl
+# loads; torch's `complex32` (`ComplexF16`) has no DLPack.jl mapping.
 const _ELTYPES = Dict{String, DataType}(
     "Float16" => Float16,
+    "BFloat16" => DLPack.BFloat16,
     "Float32" => Float32,
     "Float64" => Float64,
     "ComplexF32" => ComplexF32,
@@ -25,8 +29,21 @@ const _ELTYPES = Dict{String, DataType}(
     "Int32" => Int32,
     "Int64" => Int64,
     "UInt8" => UInt8,
+    "UInt16" => UInt16,
+    "UInt32" => UInt32,
+    "UInt64" => UInt64,
     "Bool" => Bool,
 )
+
+function _eltype(name::String)
+    T = get(_ELTYPES, name, nothing)
+    T === nothing || return T
+    msg = "a result has torch element type $name, which TorchBridge cannot receive through " *
+        "DLPack.jl; convert it in torch first (e.g. to Float32). Types that cross: " *
+        join(sort!(collect(keys(_ELTYPES))), ", ") *
+        "."
+    throw(TorchBridgeError(:UnsupportedDTypeError, msg))
+end
 
 """
     to_torch(x::AbstractArray) -> Py
@@ -40,11 +57,15 @@ A strided array is shared without a copy; any other array (a `FillArray`, a
 DLPack.jl keeps `x` alive until torch drops the tensor; drop the returned
 handle with `PythonCall.pydel!` when done with it so that happens at once.
 """
-function to_torch(x::StridedArray)
-    _before_share(x)
-    return DLPack.share(x, _torch.from_dlpack)
+function to_torch(x::AbstractArray)
+    shared = _shareable(x)
+    _before_share(shared)
+    return DLPack.share(shared, _torch.from_dlpack)
 end
-to_torch(x::AbstractArray) = to_torch(collect(x))
+
+# The array DLPack.jl shares for `x`: `x` itself when strided, else a dense
+# copy (owned by the share). Device extensions add their own rules.
+_shareable(x::AbstractArray) = x isa StridedArray ? x : collect(x)
 
 # Device extensions order pending work before torch reads (CUDA: synchronize).
 _before_share(x) = nothing
@@ -93,7 +114,7 @@ function _receive(tensors::Py, layouts::Py)
                 Tuple{Vector{Int}, String, String, Int},
                 layout,
             )
-            A = _allocate(Val(Symbol(device)), _ELTYPES[eltype], Tuple(dims), index)
+            A = _allocate(Val(Symbol(device)), _eltype(eltype), Tuple(dims), index)
             arrays[i] = A
             shares[i] = to_torch(A)
         end

@@ -170,6 +170,7 @@ model's element type.
 """
 function train_step!(t::TorchTrainer, x::AbstractArray, y::AbstractArray)
     y = eltype(y) == Bool ? _float_like(t.model, y) : y
+    _before_torch(t.model)
     xs, ys = to_torch(x), to_torch(y)
     result = try
         _guard(() -> _tbjl.train_step(t.py, xs, ys))

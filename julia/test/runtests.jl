@@ -9,11 +9,17 @@
 using Test
 using TorchBridge
 using PythonCall: PythonCall, pyconvert, pyimport
+using ChainRulesCore: ChainRulesCore, NoTangent
+using ChainRulesTestUtils: ChainRulesTestUtils, test_rrule, ⊢
 using Zygote: Zygote
 using FiniteDifferences: FiniteDifferences, central_fdm
 using Optimisers: Optimisers
 using Flux: Flux
-using FluxTraining: FluxTraining
+
+# FluxTraining 0.3 pins Flux 0.14 and Optimisers 0.3: an environment that
+# resolves to newer ones has no FluxTraining, and its testsets are skipped.
+const HAS_FLUXTRAINING = Base.find_package("FluxTraining") !== nothing
+HAS_FLUXTRAINING && @eval using FluxTraining: FluxTraining
 
 # FastAI.jl is not a test dependency; in an environment that has it, the FastAI
 # extension loads and its testset runs when that FastAI has a model registry.
@@ -161,39 +167,158 @@ torch_param(module_, i, name) = pyconvert(
         close!(m)
     end
 
-    @testset "FluxTraining: torch-native and Zygote epochs" begin
-        m, _ = tiny_model()
-        xs = randn(Float32, 3, 256)
-        labels = Int.(xs[1, :] .> 0) .+ 1
-        ys = Float32.(Flux.onehotbatch(labels, 1:2))
-        batches = [(xs[:, i:(i + 31)], ys[:, i:(i + 31)]) for i in 1:32:256]
-        learner = FluxTraining.Learner(
-            m,
-            Flux.logitcrossentropy;
-            data = (batches, batches[1:2]),
-            optimizer = TorchOptimiser(
-                Optimisers.Adam(0.05);
-                schedule = (schedule = :cosine, steps = 40),
-            ),
-            usedefaultcallbacks = false,
-        )
-        loss_before = Flux.logitcrossentropy(m(xs), ys)
-        fit_torch!(learner, 5)
-        loss_after = Flux.logitcrossentropy(m(xs), ys)
-        @test loss_after < 0.5 * loss_before
-        # the standard phase, with Zygote through the rrule and an Optimisers.jl rule
-        learner2 = FluxTraining.Learner(
-            m,
-            Flux.logitcrossentropy;
-            data = (batches, batches[1:2]),
-            optimizer = Optimisers.Adam(0.01),
-            usedefaultcallbacks = false,
-        )
-        FluxTraining.fit!(learner2, 2)
-        @test Flux.logitcrossentropy(m(xs), ys) < loss_after * 1.1
+    @testset "one-shot by default, reusable inside a scope" begin
+        m, _ = tiny_model(; T = Float64)
+        x = randn(3, 4)
+        baseline = memory_stats()
+        # a loop of plain Zygote.gradient calls, no scope: every step frees its graph
+        for _ in 1:50
+            Zygote.gradient(m -> sum(abs2, m(x)), m)
+            @test memory_stats() == baseline
+        end
+        # a second call of a one-shot pullback says how to get a reusable one
+        _, back = Zygote.pullback(m -> sum(m(x)), m)
+        back(1.0)
+        err = try
+            back(1.0)
+            nothing
+        catch e
+            e
+        end
+        @test err isa TorchBridgeError && occursin("reusable = true", err.msg)
+        # Zygote.jacobian calls the pullback once per output element
+        J = TorchBridge.scope(; reusable = true) do
+            Zygote.jacobian(x -> m(x), x)[1]
+        end
+        @test size(J) == (8, 12)
+        @test J ≈
+            FiniteDifferences.jacobian(central_fdm(5, 1), x -> m(x), x)[1] rtol = 1.0e-6
+        @test memory_stats() == baseline
+        close!(m)
+    end
+
+    @testset "ChainRulesTestUtils.test_rrule" begin
+        m, _ = tiny_model(; T = Float64)
+        x = randn(3, 4)
+        TorchBridge.scope(; reusable = true) do
+            # the inputs' tangents against finite differences; test_rrule calls the
+            # pullback several times, with thunked and zero cotangents
+            test_rrule(
+                m ⊢ NoTangent(),
+                x;
+                check_inferred = false,
+                rtol = 1.0e-7,
+                atol = 1.0e-9,
+            )
+        end
+        # the model's own tangent against finite differences of its parameters
+        TorchBridge.scope(; reusable = true) do
+            ȳ = randn(2, 4)
+            _, back = ChainRulesCore.rrule(m, x)
+            dm, _ = back(ȳ)
+            dm2, _ = back(ȳ) # a second call gives the same tangent
+            fdm = central_fdm(5, 1)
+            for i in eachindex(m.params)
+                p0 = copy(m.params[i])
+                fd = FiniteDifferences.j′vp(
+                    fdm,
+                    p -> (copyto!(m.params[i], p); m(x)),
+                    ȳ,
+                    p0,
+                )[1]
+                copyto!(m.params[i], p0)
+                @test dm.params[i] ≈ fd rtol = 1.0e-6
+                @test dm2.params[i] == dm.params[i]
+            end
+        end
         @test memory_stats().live_pullbacks == 0
         close!(m)
     end
+
+    HAS_FLUXTRAINING &&
+        @testset "FluxTraining phases set torch's mode" begin
+            torch.manual_seed(0)
+            nn = torch.nn
+            module_ = nn.Sequential(
+                nn.Linear(3, 8),
+                nn.BatchNorm1d(8),
+                nn.Dropout(0.5),
+                nn.Linear(8, 2),
+            )
+            m = TorchModel(tb.bridge(module_))
+            running_mean() = pyconvert(Array, module_[1].running_mean.numpy())
+            xs = randn(Float32, 3, 64)
+            ys = Float32.(Flux.onehotbatch(Int.(xs[1, :] .> 0) .+ 1, 1:2))
+            batches = [(xs[:, i:(i + 15)], ys[:, i:(i + 15)]) for i in 1:16:64]
+            valid = [(randn(Float32, 3, 16) .+ 5.0f0, ys[:, 1:16])]
+            for (fitter, optimiser) in (
+                    (FluxTraining.fit!, Optimisers.Adam(0.01)),
+                    (fit_torch!, TorchOptimiser(Optimisers.Adam(0.01))),
+                )
+                learner = FluxTraining.Learner(
+                    m,
+                    Flux.logitcrossentropy;
+                    data = (batches, valid),
+                    optimizer = optimiser,
+                    usedefaultcallbacks = false,
+                )
+                TorchBridge.testmode!(m) # the user's mode, restored after fitting
+                before = running_mean()
+                FluxTraining.epoch!(learner, FluxTraining.ValidationPhase(), valid)
+                @test running_mean() == before # validation never updates the statistics
+                @test !pyconvert(Bool, m.py.training)
+                fitter(learner, 1)
+                @test running_mean() != before        # training did, in train mode
+                @test !pyconvert(Bool, m.py.training) # the user's eval mode is back
+                # validation runs in eval mode: dropout off, the same output twice
+                TorchBridge.trainmode!(m)
+                after_train = running_mean()
+                outputs = []
+                FluxTraining.epoch!(learner, FluxTraining.ValidationPhase(), valid)
+                push!(outputs, learner.step.ŷs)
+                FluxTraining.epoch!(learner, FluxTraining.ValidationPhase(), valid)
+                push!(outputs, learner.step.ŷs)
+                @test outputs[1] == outputs[2]
+                @test running_mean() == after_train
+                @test pyconvert(Bool, m.py.training) # and the user's train mode is back
+            end
+            close!(m)
+        end
+
+    HAS_FLUXTRAINING &&
+        @testset "FluxTraining: torch-native and Zygote epochs" begin
+            m, _ = tiny_model()
+            xs = randn(Float32, 3, 256)
+            labels = Int.(xs[1, :] .> 0) .+ 1
+            ys = Float32.(Flux.onehotbatch(labels, 1:2))
+            batches = [(xs[:, i:(i + 31)], ys[:, i:(i + 31)]) for i in 1:32:256]
+            learner = FluxTraining.Learner(
+                m,
+                Flux.logitcrossentropy;
+                data = (batches, batches[1:2]),
+                optimizer = TorchOptimiser(
+                    Optimisers.Adam(0.05);
+                    schedule = (schedule = :cosine, steps = 40),
+                ),
+                usedefaultcallbacks = false,
+            )
+            loss_before = Flux.logitcrossentropy(m(xs), ys)
+            fit_torch!(learner, 5)
+            loss_after = Flux.logitcrossentropy(m(xs), ys)
+            @test loss_after < 0.5 * loss_before
+            # the standard phase, with Zygote through the rrule and an Optimisers.jl rule
+            learner2 = FluxTraining.Learner(
+                m,
+                Flux.logitcrossentropy;
+                data = (batches, batches[1:2]),
+                optimizer = Optimisers.Adam(0.01),
+                usedefaultcallbacks = false,
+            )
+            FluxTraining.fit!(learner2, 2)
+            @test Flux.logitcrossentropy(m(xs), ys) < loss_after * 1.1
+            @test memory_stats().live_pullbacks == 0
+            close!(m)
+        end
 
     @testset "registry" begin
         rows = models(; source = "torchvision")
@@ -222,6 +347,24 @@ torch_param(module_, i, name) = pyconvert(
         @test !pyconvert(Bool, m.py.training)
         close!(m)
     end
+
+    HAS_FLUXTRAINING &&
+        @testset "examples/finetune.jl (the tutorial) runs offline" begin
+            # a small timm model's weights, written here: no download
+            dir = mktempdir()
+            weights = joinpath(dir, "resnet10t.safetensors")
+            pyimport("safetensors.torch").save_file(
+                pyimport("timm").create_model("resnet10t").state_dict(),
+                weights,
+            )
+            example = joinpath(@__DIR__, "..", "..", "examples", "finetune.jl")
+            baseline = memory_stats()
+            withenv("MODEL" => "timm/resnet10t", "WEIGHTS" => weights, "EPOCHS" => "1") do
+                Base.include(Module(:FinetuneExample), example)
+            end
+            @test memory_stats().live_pullbacks == baseline.live_pullbacks
+            @test memory_stats().open_models == baseline.open_models
+        end
 
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
