@@ -31,16 +31,21 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
+# Julia is used only when it is installed: juliacall is never imported otherwise.
+# Where it is, juliacall comes before torch: the other order can crash the
+# process (juliacall warns about it), so it is imported here, first.
+JULIA = os.environ.get("PYTHON_JULIAPKG_EXE") or shutil.which("julia")
+if JULIA:
+    from juliacall import Main as jl
 
-import torchbridge
-from torchbridge.train import fit
+import numpy as np  # noqa: E402 (after juliacall, on purpose)
+import torch  # noqa: E402
+
+import torchbridge  # noqa: E402
+from torchbridge.train import fit  # noqa: E402
 
 QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"
 OUT = Path(os.environ.get("NOTEBOOK_OUT", "notebook-output"))
-# Julia is used only when it is installed: juliacall is never imported otherwise.
-JULIA = os.environ.get("PYTHON_JULIAPKG_EXE") or shutil.which("julia")
 print("Julia:", JULIA or "not found; the Julia cells fall back to numpy")
 
 # %% [markdown]
@@ -76,8 +81,6 @@ labels = digits.target[:LIMIT].astype(np.int64)
 # %% tags=["julia"]
 # Julia cell: runs only where Julia is installed
 if JULIA:
-    from juliacall import Main as jl
-
     jl.seval(
         """
         function prepare(images::AbstractArray{<:Real,3}, k::Integer)

@@ -150,3 +150,22 @@ def test_tutorial_julia_blocks_are_the_example_the_julia_suite_runs():
         assert example[start : start + len(lines)] == lines, block
         checked += 1
     assert checked >= 5
+
+
+def test_notebook_imports_juliacall_before_torch():
+    """Where Julia is used, juliacall is imported before torch (the other order can crash)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    tree = ast.parse((root / "examples" / "mixed_notebook.py").read_text())
+    order = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            order += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            order.append((node.lineno, node.module.split(".")[0]))
+    first = {}
+    for line, name in sorted(order):
+        first.setdefault(name, line)
+    assert first["juliacall"] < first["torch"]
+    assert first["juliacall"] < first["torchbridge"]
