@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export TORCHBRIDGE_OFFLINE ?= 1
 export PYTHON_JULIAPKG_OFFLINE ?= yes
 
-.PHONY: setup demo test test-python lint-python lint-julia format-julia test-julia bench notebook clean
+.PHONY: setup demo test test-python lint-python lint-julia format-julia test-julia bench bench-julia notebook clean
 
 setup: $(VENV)/.installed
 
@@ -45,11 +45,11 @@ lint-python: setup
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
 lint-julia: setup
-	$(FATOU) lint --color never julia
-	$(FATOU) format --check --color never julia
+	$(FATOU) lint --color never julia benchmarks/julia examples/finetune.jl
+	$(FATOU) format --check --color never julia benchmarks/julia examples/finetune.jl
 
 format-julia: setup
-	$(FATOU) format julia
+	$(FATOU) format julia benchmarks/julia examples/finetune.jl
 
 # The Julia suite, wherever a `julia` exists. With .venv set up, PythonCall
 # uses its Python (torch, timm and this package installed) instead of
@@ -59,6 +59,11 @@ JULIA_PYTHON_ENV = $(if $(wildcard $(PY)),JULIA_CONDAPKG_BACKEND=Null JULIA_PYTH
 
 test-julia:
 	$(JULIA_PYTHON_ENV) $(JULIA) --project=julia -e 'using Pkg; Pkg.test()'
+
+# Julia-side figures beside plain torch (benchmarks/julia/run.jl); a report, not a test.
+bench-julia: setup
+	$(JULIA_PYTHON_ENV) $(JULIA) --project=benchmarks/julia -e 'using Pkg; Pkg.develop(path = "julia"); Pkg.instantiate()'
+	$(JULIA_PYTHON_ENV) $(JULIA) --project=benchmarks/julia benchmarks/julia/run.jl benchmarks/julia/results.json
 
 bench: setup
 	$(PY) benchmarks/run.py --json benchmarks/results.json
