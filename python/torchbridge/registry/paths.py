@@ -11,6 +11,8 @@ from pathlib import Path
 
 __all__ = [
     "hf_hub_cache_dir",
+    "hf_repo_dir",
+    "hf_repo_folder",
     "is_offline",
     "local_models_dir",
     "torch_hub_checkpoints_dir",
@@ -70,3 +72,17 @@ def hf_hub_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
+
+
+def hf_repo_folder(repo_id: str) -> str:
+    """hf_repo_folder(repo_id) -> str: a model repo's folder name in the Hugging Face cache.
+
+    ``"timm/resnet18.a1_in1k"`` (or ``"...@<revision>"``) gives
+    ``"models--timm--resnet18.a1_in1k"``.
+    """
+    return "models--" + repo_id.partition("@")[0].replace("/", "--")
+
+
+def hf_repo_dir(repo_id: str) -> Path:
+    """hf_repo_dir(repo_id) -> Path: the Hugging Face cache folder of a model repo."""
+    return hf_hub_cache_dir() / hf_repo_folder(repo_id)

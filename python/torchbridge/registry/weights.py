@@ -35,7 +35,7 @@ from ..errors import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
-from .paths import hf_hub_cache_dir, is_offline, torch_hub_checkpoints_dir
+from .paths import hf_hub_cache_dir, hf_repo_dir, is_offline, torch_hub_checkpoints_dir
 
 __all__ = [
     "ResolvedWeights",
@@ -321,8 +321,7 @@ def find_in_hf_cache(repo_id: str, filenames: Iterable[str]) -> Path | None:
     ``repo_id`` may end in ``@revision``. Never touches the network.
     """
     repo, _, revision = repo_id.partition("@")
-    repo_dir = hf_hub_cache_dir() / ("models--" + repo.replace("/", "--"))
-    if not repo_dir.is_dir():  # cheap answer for the common case
+    if not hf_repo_dir(repo).is_dir():  # cheap answer for the common case
         return None
     from huggingface_hub import try_to_load_from_cache
 
@@ -333,11 +332,6 @@ def find_in_hf_cache(repo_id: str, filenames: Iterable[str]) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
-
-
-def hf_repo_dir(repo_id: str) -> Path:
-    """hf_repo_dir(repo_id) -> Path: the Hugging Face cache folder of a model repo."""
-    return hf_hub_cache_dir() / ("models--" + repo_id.partition("@")[0].replace("/", "--"))
 
 
 def find_in_hub_checkpoints(filename: str) -> Path | None:
