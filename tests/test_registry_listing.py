@@ -178,6 +178,39 @@ class TestModelInfo:
         path.unlink()
         assert torchbridge.model_info(repo).weights.cached is False
 
+    def test_cached_flag_follows_the_hub_checkpoints(self, isolated_caches):
+        """A torchvision entry reports its weights cached while its file is in torch.hub's
+        checkpoints folder, as timm's URL weights do."""
+        tv = "torchvision/shufflenet_v2_x0_5"
+        name = torchbridge.model_info(tv).weights.filename
+        ckpt = isolated_caches / "torch" / "hub" / "checkpoints"
+        ckpt.mkdir(parents=True)
+        (ckpt / name).write_bytes(b"weights")
+        assert torchbridge.model_info(tv).weights.cached is True
+        assert torchbridge.model_info(tv).weights.path == str(ckpt / name)
+        (ckpt / name).unlink()
+        assert torchbridge.model_info(tv).weights.cached is False
+
+    def test_refresh_rebuilds_the_entries_of_every_source(self, isolated_caches, monkeypatch):
+        """After refresh(), timm and torchvision entries are built again from their libraries,
+        whatever the caches hold."""
+        from torchvision.models import ShuffleNet_V2_X0_5_Weights
+
+        registry = core.get_registry()
+        tv = "torchvision/shufflenet_v2_x0_5"
+        member = ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1
+        url = "https://example.invalid/models/shufflenet-0123abcd.pth"
+        assert torchbridge.model_info(tv).weights.location != url  # entries built for these caches
+        try:
+            monkeypatch.setattr(member.value, "url", url)
+            registry.refresh()
+            assert torchbridge.model_info(tv).weights.location == url
+            assert torchbridge.model_info(tv).weights.filename == "shufflenet-0123abcd.pth"
+        finally:
+            monkeypatch.undo()
+            registry.refresh()
+        assert torchbridge.model_info(tv).weights.location != url
+
 
 class TestUnknownIds:
     def test_typo_gets_suggestions(self):

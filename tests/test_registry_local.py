@@ -282,3 +282,53 @@ class TestFailedRegistration:
         with pytest.raises(OSError, match="No space"):
             torchbridge.register_local_model("diskfull", net, architecture=ARCH)
         assert list(_models_dir(isolated_caches).iterdir()) == []
+
+
+class TestOwnRegistry:
+    def test_custom_registry_builds_local_models_from_its_own_sources(self, tmp_path):
+        """A local model of a ModelRegistry of its own is built by that registry, from an
+        architecture the process-wide registry does not have."""
+        from test_registry_listing import ToySource
+        from torchbridge.registry.sources.local_source import LocalSource
+
+        registry = core.ModelRegistry(sources=[ToySource(), LocalSource()], discover=False)
+        toy = registry.load_model("toy/two-layer", num_classes=4)
+        registry.register_local_model(
+            "mine", toy, architecture="toy/two-layer", directory=tmp_path / "mine"
+        )
+        x = torch.randn(3, 8)
+        assert torch.equal(registry.load_model("local/mine")(x), toy(x))
+
+    def test_local_source_with_its_own_folder(self, tmp_path, isolated_caches):
+        """LocalSource(directories=[folder]) saves there by default and searches only there;
+        the process-wide registry does not see what it holds."""
+        from test_registry_listing import ToySource
+        from torchbridge.errors import UnknownModelError
+        from torchbridge.registry.sources.local_source import LocalSource
+
+        folder = tmp_path / "mine"
+        registry = core.ModelRegistry(
+            sources=[ToySource(), LocalSource(directories=[folder])], discover=False
+        )
+        toy = registry.load_model("toy/two-layer", num_classes=4)
+        entry = registry.register_local_model("mine", toy, architecture="toy/two-layer")
+        assert entry.num_classes == 4 and (folder / "mine.safetensors").is_file()
+        x = torch.randn(3, 8)
+        assert torch.equal(registry.load_model("local/mine")(x), toy(x))
+        with pytest.raises(UnknownModelError):
+            torchbridge.model_info("local/mine")
+        assert not _models_dir(isolated_caches).exists()
+
+    def test_sources_do_not_import_the_registry(self):
+        """No source module imports registry.core (sources reach their registry through the
+        attribute the registry sets), so the two import in one direction."""
+        import ast
+        from pathlib import Path
+
+        import torchbridge.registry.sources as sources
+
+        for path in Path(sources.__file__).parent.glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    name = "." * node.level + (node.module or "")
+                    assert name not in ("..core", "torchbridge.registry.core"), path.name

@@ -60,7 +60,8 @@ class ModelRegistry:
                 return
             initial = self._pending if self._pending is not None else builtin_sources()
             for source in initial:
-                self._sources.setdefault(source.name, source)
+                if source.name not in self._sources:
+                    self._adopt(source)
             if self._discover:
                 for source in entry_point_sources():
                     if source.name in self._sources:
@@ -72,8 +73,12 @@ class ModelRegistry:
                             stacklevel=3,
                         )
                         continue
-                    self._sources[source.name] = source
+                    self._adopt(source)
             self._ready = True
+
+    def _adopt(self, source: ModelSource) -> None:
+        source.registry = self  # a source loads the models it builds on through its registry
+        self._sources[source.name] = source
 
     def register_source(self, source: Any, *, replace: bool = False) -> ModelSource:
         """register_source(source, *, replace=False) -> ModelSource
@@ -93,7 +98,7 @@ class ModelRegistry:
                     f"a model source named {name!r} is already registered "
                     f"({self._sources[name]!r}); pass replace=True to replace it"
                 )
-            self._sources[name] = source
+            self._adopt(source)
         return source
 
     def source(self, name: str) -> ModelSource:
@@ -184,6 +189,15 @@ class ModelRegistry:
             raise self._unknown(model_id, f"no model {model_id!r} in the {source_name} source")
         return entry
 
+    def classifier(self, model_id: str) -> tuple[str, ...]:
+        """classifier(model_id) -> tuple[str, ...]: the module names of a model's classifier
+        head (``("fc",)``, ``("head.fc",)`` ...); empty when it has none the registry knows.
+
+        See NOTE [head rule] in :mod:`torchbridge.registry.heads`.
+        """
+        entry = self.model_info(model_id)
+        return self.source(entry.source).classifier(entry)
+
     def _unknown(self, model_id: str, message: str) -> UnknownModelError:
         suggestions = self.suggest(model_id)
         if suggestions:
@@ -262,13 +276,25 @@ class ModelRegistry:
 
         local = self.source("local")
         arch_entry = self.model_info(architecture)
-        folder = Path(directory).expanduser().resolve() if directory else local_models_dir()
+        if directory:
+            folder = Path(directory).expanduser().resolve()
+        else:
+            folder = (
+                local.save_directory() if isinstance(local, LocalSource) else local_models_dir()
+            )
+        classifier: tuple[str, ...] = ()
+        if arch_entry.source != "local":
+            try:
+                classifier = self.source(arch_entry.source).classifier(arch_entry)
+            except Exception:  # a builder that cannot run here: the head size is not checked
+                classifier = ()
         save_local_model(
             name,
             module_or_state_dict,
             architecture=arch_entry,
             num_classes=num_classes,
             directory=folder,
+            classifier=classifier,
             description=description,
             task=task,
             tags=tuple(tags),
@@ -279,7 +305,7 @@ class ModelRegistry:
             mean=mean,
             std=std,
         )
-        if directory and isinstance(local, LocalSource):
+        if isinstance(local, LocalSource) and folder not in local.directories():
             local.add_directory(folder)
         entry = local.get(name)
         if entry is None or Path(entry.metadata.get("sidecar", "")).parent != folder:
@@ -365,13 +391,17 @@ def load_model(
     Build a model by id. With ``pretrained=True`` the published weights are
     found offline-first: the Hugging Face and torch.hub caches, then a download
     unless ``TORCHBRIDGE_OFFLINE``/``HF_HUB_OFFLINE`` is set. ``weights=PATH``
-    loads that file instead (and implies ``pretrained``). ``num_classes``
-    gives the model a new classifier head of that size and keeps every other
-    pretrained weight. Pickled files are loaded with ``weights_only=True``;
+    loads that file instead (and implies ``pretrained``). Weights keep their own
+    head, whose size is read from the file; a different ``num_classes`` replaces
+    it with a new one of that size, keeps every other weight, and logs the
+    tensors dropped (NOTE [head rule] in :mod:`torchbridge.registry.heads`).
+    Without weights, ``num_classes`` is the size of the untrained head.
+    Pickled files are loaded with ``weights_only=True``;
     ``trust_pickle=True`` allows full unpickling of a file you trust. Other
     keyword arguments go to the model's builder (e.g. timm's ``drop_rate``).
 
-    Local models (``local/<name>``) always load their saved weights.
+    Local models (``local/<name>``) always load their saved weights, and are built
+    from their architecture by the registry that holds them.
 
     Raises:
         UnknownModelError, UnknownSourceError: the id is not known.
@@ -423,17 +453,19 @@ def register_local_model(
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
-    as ``"timm/resnet18"``) and loads them back. ``num_classes`` is the head
-    size of the saved weights (read from the module when it says, else the
-    architecture's). ``kwargs`` are builder arguments to store (JSON values).
+    as ``"timm/resnet18"``) and loads them back. The head size recorded is read
+    from the weights (the architecture's classifier tensors; 0 without them);
+    ``num_classes``, when given, must agree with it. ``kwargs`` are builder
+    arguments to store (JSON values).
     ``input_size`` (one sample in torch order, e.g. ``(3, 32, 32)``) and the
     per-channel ``mean`` and ``std`` describe what the saved model expects;
     each one not given is the architecture's. The files go to ``directory`` or
     ``<torchbridge home>/models`` (``$TORCHBRIDGE_HOME``, else the platform's
-    user data folder).
+    user data folder; for a ``LocalSource(directories=...)``, its first folder).
 
     Raises:
         UnknownModelError: ``architecture`` is not a registry id.
+        RegistryError: ``num_classes`` differs from the head the weights hold.
         DuplicateModelError: ``local/<name>`` exists there and ``overwrite`` is false.
         InputSpecError: ``input_size`` is not a tuple of positive ints, ``mean`` or
             ``std`` not one finite float per channel, or an entry of ``std`` is not > 0.

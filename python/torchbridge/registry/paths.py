@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "folder_names",
     "hf_hub_cache_dir",
     "hf_repo_dir",
     "hf_repo_folder",
@@ -86,3 +87,11 @@ def hf_repo_folder(repo_id: str) -> str:
 def hf_repo_dir(repo_id: str) -> Path:
     """hf_repo_dir(repo_id) -> Path: the Hugging Face cache folder of a model repo."""
     return hf_hub_cache_dir() / hf_repo_folder(repo_id)
+
+
+def folder_names(path: Path) -> set[str]:
+    """folder_names(path) -> set[str]: the names in a folder; empty when it cannot be listed."""
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()

@@ -3,37 +3,58 @@
 A source lists its models as :class:`ModelEntry` objects and builds a
 ``torch.nn.Module`` for one of them. The registry owns ids (``source/name``),
 filtering, search and error messages; a source only speaks of its own names.
+
+A source loads models in one of two ways: it implements :meth:`ModelSource.load`
+itself, or it implements :meth:`~ModelSource.build` (an untrained model with a
+head of a given size) and :meth:`~ModelSource.build_pretrained` (a model holding
+its weights), and the default ``load`` applies NOTE [head rule]
+(:mod:`torchbridge.registry.heads`) the same way for every source. The built-in
+sources do the latter. :class:`TableSource` adds the entry table that timm and
+torchvision share: built once from the library, kept current for the caches.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import threading
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..heads import classifier_names, held_classes, settle_head
+from ..weights import load_into_model
+from .presence import CachePresence, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..entry import ModelEntry
 
-__all__ = ["ModelSource"]
+__all__ = ["ModelSource", "TableSource"]
 
 
 class ModelSource(abc.ABC):
     """Base class of every model source (built in, or added by a package).
 
     Subclasses set ``name`` (the id prefix, without ``/``) and implement
-    :meth:`entries` and :meth:`load`. A package adds its source through the
-    entry point group ``torchbridge.sources`` (the entry point names a
-    ``ModelSource`` subclass, an instance, or a function returning one), or at
-    run time with ``torchbridge.register_source(source)``.
+    :meth:`entries`, and either :meth:`load` or :meth:`build` and
+    :meth:`build_pretrained`. A package adds its source through the entry point
+    group ``torchbridge.sources`` (the entry point names a ``ModelSource``
+    subclass, an instance, or a function returning one), or at run time with
+    ``torchbridge.register_source(source)``.
     """
 
     #: The id prefix: entries of this source have ids ``f"{name}/{entry.name}"``.
     name: str = ""
     #: Install hint shown when :meth:`available` is false.
     requirement: str = ""
+    #: The registry the source was added to (set by the registry); a source whose
+    #: models are built from other registry models (``local``) loads them through it.
+    registry: Any = None
+    #: Whether a model of this source *is* its saved weights (``local``): they are
+    #: always loaded, and dropping their head is a warning, as for ``weights=FILE``.
+    saved_weights: bool = False
 
     def available(self) -> bool:
         """available() -> bool: whether the libraries this source needs import."""
@@ -44,6 +65,7 @@ class ModelSource(abc.ABC):
         """entries() -> Iterable[ModelEntry]: every model of the source.
 
         Called on every ``list_models``: cache what is expensive to build.
+        Listing runs no code from the models' repositories.
         """
 
     def get(self, name: str) -> ModelEntry | None:
@@ -56,7 +78,6 @@ class ModelSource(abc.ABC):
                 return entry
         return None
 
-    @abc.abstractmethod
     def load(
         self,
         entry: ModelEntry,
@@ -72,13 +93,142 @@ class ModelSource(abc.ABC):
         Build the model of ``entry``. With ``pretrained`` (always true when
         ``weights`` is a file), load the weights following the registry's
         offline-first order and safe loading (:mod:`torchbridge.registry.weights`).
-        With ``num_classes``, give the model a new head of that size and keep
-        the rest of the pretrained weights.
+        ``num_classes`` follows NOTE [head rule]. The default does all of this
+        with :meth:`build` and :meth:`build_pretrained`.
         """
+        if not (pretrained or weights is not None or self.saved_weights):
+            return self.build(entry, num_classes=num_classes, **kwargs)
+        model = self.build_pretrained(entry, weights=weights, trust_pickle=trust_pickle, **kwargs)
+        if num_classes is None:
+            return model
+        return settle_head(
+            model,
+            num_classes,
+            names=self.classifier(entry),
+            model_id=entry.id,
+            yours=weights is not None or self.saved_weights,
+        )
+
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any) -> Any:
+        """build(entry, *, num_classes, **kwargs) -> nn.Module: the untrained model.
+
+        Its head has ``num_classes`` outputs (``None``: the architecture's own;
+        0: no classifier).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither load() nor build() and build_pretrained()"
+        )
+
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
+    ) -> Any:
+        """build_pretrained(entry, *, weights, trust_pickle, **kwargs) -> nn.Module
+
+        The model holding every tensor of ``weights`` (or of the published
+        weights, when ``weights`` is ``None``) with the head size they hold;
+        :meth:`build_holding` does it for a state dict.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither load() nor build() and build_pretrained()"
+        )
+
+    def build_holding(
+        self, entry: ModelEntry, state: Mapping[str, Any], *, source: str, **kwargs: Any
+    ) -> Any:
+        """build_holding(entry, state, *, source, **kwargs) -> nn.Module
+
+        :meth:`build` the model with the head size ``state`` holds, and load
+        every tensor of it strictly (:func:`~torchbridge.registry.weights.load_into_model`;
+        ``source`` names the file in errors).
+        """
+        held = held_classes(state, self.classifier(entry))
+        model = self.build(entry, num_classes=held, **kwargs)
+        load_into_model(model, state, source=source)
+        return model
+
+    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        """classifier(entry) -> tuple[str, ...]: the module names of the entry's classifier.
+
+        The default builds the untrained model once (on the ``meta`` device
+        where it can) and asks :func:`~torchbridge.registry.heads.classifier_names`;
+        the answer is kept until :meth:`refresh`.
+        """
+        cache: dict[str, tuple[str, ...]] = vars(self).setdefault("_classifiers", {})
+        if entry.id not in cache:
+            import torch
+
+            def build() -> Any:
+                return self.load(
+                    entry, pretrained=False, weights=None, num_classes=None, trust_pickle=False
+                )
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    with torch.device("meta"):
+                        model = build()
+                except Exception:  # some builders need real tensors (e.g. .item() at init)
+                    model = build()
+            cache[entry.id] = classifier_names(model)
+        return cache[entry.id]
 
     def refresh(self) -> None:
         """refresh() -> None: forget cached entries (new files, new repos)."""
-        return None  # sources without a cache have nothing to forget
+        vars(self).pop("_classifiers", None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+class TableSource(ModelSource):
+    """A source whose entries are built once from its library, by name, and kept current
+    for the cache folders that may hold their weights (see :class:`.presence.CachePresence`).
+
+    Subclasses implement :meth:`build_table`, :meth:`cache_folders`, :meth:`hints`
+    and :meth:`finish`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._static: Mapping[str, Any] | None = None
+        self._presence: CachePresence[Any] = CachePresence(self.hints, self.finish)
+
+    @abc.abstractmethod
+    def build_table(self) -> Mapping[str, Any]:
+        """build_table() -> Mapping[str, item]: what never changes about each entry, by name."""
+
+    @abc.abstractmethod
+    def cache_folders(self) -> tuple[Path, ...]:
+        """cache_folders() -> tuple[Path, ...]: the folders whose listings say what is cached."""
+
+    @abc.abstractmethod
+    def hints(self, item: Any) -> Iterable[Hint]:
+        """hints(item) -> Iterable[(folder index, name)]: what hints the item's weights are here."""
+
+    @abc.abstractmethod
+    def finish(self, item: Any, hinted: bool) -> ModelEntry:
+        """finish(item, hinted) -> ModelEntry: the entry, with its cache presence."""
+
+    def static(self) -> Mapping[str, Any]:
+        """static() -> Mapping[str, item]: the table, built on first use."""
+        with self._lock:
+            if self._static is None:
+                self._static = self.build_table()
+            return self._static
+
+    def table(self) -> Mapping[str, ModelEntry]:
+        """table() -> Mapping[str, ModelEntry]: every entry by name, current for the caches."""
+        if not self.available():
+            return {}
+        return self._presence.entries(self.static(), self.cache_folders())
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self.table().values())
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self.table().get(name)
+
+    def refresh(self) -> None:
+        super().refresh()
+        with self._lock:
+            self._static = None

@@ -24,9 +24,9 @@ from typing import Any
 
 from ...errors import RegistryError, WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
-from ..heads import replace_classifier
+from ..heads import model_classes, replace_classifier
 from ..paths import is_offline, torch_hub_checkpoints_dir, torch_hub_dir
-from ..weights import load_into_model, load_state_dict
+from ..weights import load_state_dict
 from .base import ModelSource
 
 __all__ = ["HubSource", "add_hub_repo"]
@@ -65,8 +65,11 @@ class HubSource(ModelSource):
         self._lock = threading.Lock()
         # repo folder -> (hubconf mtime, entries)
         self._cache: dict[Path, tuple[int, list[ModelEntry]]] = {}
+        # repo folder -> (hubconf mtime, the imported module): imported once per version
+        self._modules: dict[Path, tuple[int, Any]] = {}
 
     def refresh(self) -> None:
+        super().refresh()
         with self._lock:
             self._cache.clear()
 
@@ -86,6 +89,8 @@ class HubSource(ModelSource):
         with _ADDED_LOCK:
             found.update(_ADDED)
         return found
+
+    # -- listing ---------------------------------------------------------------
 
     def entries(self) -> list[ModelEntry]:
         out: list[ModelEntry] = []
@@ -119,48 +124,105 @@ class HubSource(ModelSource):
             self._cache[folder] = (mtime, entries)
         return entries
 
-    def load(
-        self,
-        entry: ModelEntry,
-        *,
-        pretrained: bool,
-        weights: Path | None,
-        num_classes: int | None,
-        trust_pickle: bool,
-        **kwargs: Any,
-    ):
-        import torch.hub
+    # -- loading (imports the repository) --------------------------------------
 
-        repo, _, function = entry.name.partition("/")
-        folder = self.repos().get(repo)
-        if folder is None:
-            raise RegistryError(f"{entry.id}: the hub repo {repo} is no longer on this machine")
-        params = set(entry.metadata.get("parameters", ()))
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
+        function, params = self._entry_point(entry)
         call = dict(kwargs)
-        fetch_own = pretrained and weights is None
-        if fetch_own and not entry.pretrained:
+        if "pretrained" in params:
+            call.setdefault("pretrained", False)
+        if "entry_weights" in call:
+            call["weights"] = call.pop("entry_weights")
+        resize = num_classes
+        if num_classes and "num_classes" in params:
+            call["num_classes"], resize = num_classes, None
+        with _downloads_refused_offline(entry.id):
+            model = function(**call)
+        if resize is not None and model_classes(model, self.classifier(entry)) != resize:
+            replace_classifier(model, resize, model_id=entry.id, names=self.classifier(entry))
+        return model
+
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
+    ):
+        if weights is not None:
+            state = load_state_dict(weights, trust_pickle=trust_pickle)
+            return self.build_holding(entry, state, source=str(weights), **kwargs)
+        function, params = self._entry_point(entry)
+        call = dict(kwargs)
+        if "pretrained" in params:
+            call.setdefault("pretrained", True)
+        elif "weights" in params:
+            # torchvision-style entry points take weights=<enum name>; "DEFAULT" is the usual one
+            call.setdefault("weights", call.pop("entry_weights", "DEFAULT"))
+        else:
             raise WeightsNotFoundError(
                 f"{entry.id} takes no 'pretrained' or 'weights' argument, so it has no weights "
                 "to fetch; pass weights=PATH."
             )
-        if "pretrained" in params:
-            call.setdefault("pretrained", fetch_own)
-        elif "weights" in params and fetch_own:
-            # torchvision-style entry points take weights=<enum name>; "DEFAULT" is the usual one
-            call.setdefault("weights", call.pop("entry_weights", "DEFAULT"))
-        if num_classes is not None and not pretrained and "num_classes" in params:
-            call["num_classes"] = num_classes
-            num_classes = None
         if "entry_weights" in call:
             call["weights"] = call.pop("entry_weights")
         with _downloads_refused_offline(entry.id):
-            model = torch.hub.load(str(folder), function, source="local", **call)
-        if weights is not None:
-            state = load_state_dict(weights, trust_pickle=trust_pickle)
-            load_into_model(model, state, source=str(weights))
-        if num_classes is not None:
-            replace_classifier(model, num_classes, model_id=entry.id)
-        return model
+            return function(**call)
+
+    def _entry_point(self, entry: ModelEntry) -> tuple[Any, tuple[str, ...]]:
+        """The entry point's function and parameter names, importing ``hubconf.py``."""
+        repo, _, attr = entry.name.partition("/")
+        folder = self.repos().get(repo)
+        if folder is None:
+            raise RegistryError(f"{entry.id}: the hub repo {repo} is no longer on this machine")
+        module = self._import(entry.id, folder)
+        function = getattr(module, attr, None)
+        if not callable(function):
+            raise RegistryError(
+                f"{entry.id}: {folder / 'hubconf.py'} defines no callable {attr!r} once imported"
+            )
+        try:
+            params = tuple(inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            params = ()
+        return function, params
+
+    def _import(self, model_id: str, folder: Path) -> Any:
+        hubconf = folder / "hubconf.py"
+        mtime = hubconf.stat().st_mtime_ns
+        with self._lock:
+            cached = self._modules.get(folder)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        module = _import_hubconf(model_id, folder)
+        with self._lock:
+            self._modules[folder] = (mtime, module)
+        return module
+
+
+def _import_hubconf(model_id: str, folder: Path) -> Any:
+    """Import ``hubconf.py`` as torch.hub does (its folder first on ``sys.path``), and check
+    the packages it lists in ``dependencies``."""
+    module_name = "torchbridge_hubconf_" + hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, folder / "hubconf.py")
+    if spec is None or spec.loader is None:
+        raise RegistryError(f"{model_id}: {folder / 'hubconf.py'} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # hubconf imports modules that sit next to it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise RegistryError(
+            f"{model_id}: {folder / 'hubconf.py'} failed to import ({type(err).__name__}: "
+            f"{err}). Install what it needs, or fix the repository."
+        ) from err
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(folder))
+    dependencies = getattr(module, "dependencies", None) or ()
+    missing = [d for d in dependencies if importlib.util.find_spec(d) is None]
+    if missing:
+        raise RegistryError(
+            f"{model_id}: the hub repo {folder} needs {', '.join(missing)}; install "
+            f"{'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)})."
+        )
+    return module
 
 
 _DOWNLOAD_LOCK = threading.Lock()

@@ -19,8 +19,13 @@ sidecar without them describes a model without them.
 
 The folders searched: those passed as ``directory=`` to
 :func:`register_local_model` in this process, then ``$TORCHBRIDGE_MODEL_DIRS``
-(separated by ``os.pathsep``), then ``<torchbridge home>/models``.
+(separated by ``os.pathsep``), then ``<torchbridge home>/models``; a
+``LocalSource(directories=...)`` searches the folders it is given instead.
 Ids are ``local/<name>``.
+
+A local model is built from its architecture through the registry that holds
+the source, so a registry of your own loads local models of its own sources.
+Loading follows NOTE [head rule]: the head size is read from the saved weights.
 """
 
 from __future__ import annotations
@@ -32,15 +37,15 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ...errors import DuplicateModelError, InputSpecError, RegistryError
 from ..entry import ModelEntry, WeightsInfo
-from ..heads import replace_classifier
+from ..heads import held_classes
 from ..paths import local_models_dir
-from ..weights import load_into_model, load_state_dict, sha256_file
+from ..weights import load_state_dict, sha256_file
 from .base import ModelSource
 
 __all__ = ["LocalSource", "resolve_input_spec", "save_local_model"]
@@ -51,13 +56,24 @@ _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 class LocalSource(ModelSource):
-    """Models saved on this machine (``register_local_model``, or files you drop in)."""
+    """Models saved on this machine (``register_local_model``, or files you drop in).
+
+    ``directories`` replaces the default folders (``$TORCHBRIDGE_MODEL_DIRS``,
+    then ``<torchbridge home>/models``); the first is where models are saved
+    when ``register_local_model`` is given no ``directory``.
+    """
 
     name = "local"
+    saved_weights = True  # a local model is its weights: they are always loaded
 
-    def __init__(self) -> None:
+    def __init__(self, directories: Iterable[str | os.PathLike[str]] | None = None) -> None:
         self._lock = threading.Lock()
         self._extra_dirs: list[Path] = []
+        self._own_dirs = (
+            [Path(d).expanduser().resolve() for d in directories]
+            if directories is not None
+            else None
+        )
         # sidecar path -> (mtime, entry or None when it is not a model sidecar)
         self._cache: dict[Path, tuple[int, ModelEntry | None]] = {}
 
@@ -70,16 +86,25 @@ class LocalSource(ModelSource):
 
     def directories(self) -> list[Path]:
         """directories() -> list[Path]: the folders searched, first match wins."""
+        with self._lock:
+            extra = list(self._extra_dirs)
+        if self._own_dirs is not None:
+            return list(dict.fromkeys([*extra, *self._own_dirs]))
         env = [
             Path(p.strip()).expanduser()
             for p in os.environ.get("TORCHBRIDGE_MODEL_DIRS", "").split(os.pathsep)
             if p.strip()
         ]
-        with self._lock:
-            extra = list(self._extra_dirs)
         return list(dict.fromkeys([*extra, *env, local_models_dir()]))
 
+    def save_directory(self) -> Path:
+        """save_directory() -> Path: where a model is saved when no folder is named."""
+        if self._own_dirs:
+            return self._own_dirs[0]
+        return local_models_dir()
+
     def refresh(self) -> None:
+        super().refresh()
         with self._lock:
             self._cache.clear()
 
@@ -117,32 +142,36 @@ class LocalSource(ModelSource):
             self._cache[sidecar] = (mtime, entry)
         return entry
 
-    def load(
-        self,
-        entry: ModelEntry,
-        *,
-        pretrained: bool,
-        weights: Path | None,
-        num_classes: int | None,
-        trust_pickle: bool,
-        **kwargs: Any,
-    ):
-        # A local model is its weights: they are loaded whatever `pretrained` says.
-        from ..core import load_model
+    # -- loading: through the architecture, in this source's registry ----------
 
-        meta = entry.metadata
-        build_kwargs = {**meta.get("kwargs", {}), **kwargs}
-        saved_classes = entry.num_classes
-        if saved_classes is not None:
-            build_kwargs["num_classes"] = saved_classes
-        model = load_model(meta["architecture"], pretrained=False, **build_kwargs)
-        file = weights if weights is not None else Path(meta["weights_path"])
-        expected = meta.get("sha256") if weights is None else None
+    def _architecture(self, entry: ModelEntry) -> tuple[Any, ModelEntry]:
+        registry = self.registry
+        if registry is None:
+            raise RegistryError(
+                f"{entry.id}: this local source belongs to no registry, so its architecture "
+                f"{entry.metadata['architecture']} cannot be built. Add it to a ModelRegistry."
+            )
+        return registry, registry.model_info(entry.metadata["architecture"])
+
+    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        registry, architecture = self._architecture(entry)
+        return registry.source(architecture.source).classifier(architecture)
+
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
+        registry, architecture = self._architecture(entry)
+        build_kwargs = {**entry.metadata.get("kwargs", {}), **kwargs}
+        build_kwargs.pop("num_classes", None)  # the head size comes from the weights
+        return registry.load_model(
+            architecture.id, pretrained=False, num_classes=num_classes, **build_kwargs
+        )
+
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
+    ):
+        file = weights if weights is not None else Path(entry.metadata["weights_path"])
+        expected = entry.metadata.get("sha256") if weights is None else None
         state = load_state_dict(file, trust_pickle=trust_pickle, sha256=expected)
-        load_into_model(model, state, source=str(file))
-        if num_classes is not None and num_classes != saved_classes:
-            replace_classifier(model, num_classes, model_id=entry.id)
-        return model
+        return self.build_holding(entry, state, source=str(file), **kwargs)
 
 
 def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
@@ -294,6 +323,7 @@ def save_local_model(
     architecture: ModelEntry,
     num_classes: int | None,
     directory: Path,
+    classifier: tuple[str, ...] = (),
     description: str | None = None,
     task: str | None = None,
     tags: tuple[str, ...] = (),
@@ -307,7 +337,10 @@ def save_local_model(
     """save_local_model(name, module_or_state_dict, *, architecture, ...) -> Path: write weights
     + sidecar.
 
-    Returns the sidecar's path. See :func:`torchbridge.registry.register_local_model`.
+    ``classifier`` names the architecture's classifier layers: the head size
+    recorded is read from the weights (NOTE [head rule]), and a ``num_classes``
+    that differs from it is refused. Returns the sidecar's path. See
+    :func:`torchbridge.registry.register_local_model`.
     """
     import torch
     from safetensors.torch import save_file
@@ -322,10 +355,10 @@ def save_local_model(
             f"architecture {architecture.id} is itself a local model: name the architecture it "
             f"was built from ({architecture.metadata.get('architecture')})"
         )
+    own_classes = None
     if isinstance(module_or_state_dict, torch.nn.Module):
         state = module_or_state_dict.state_dict()
-        if num_classes is None:
-            num_classes = getattr(module_or_state_dict, "num_classes", None)
+        own_classes = getattr(module_or_state_dict, "num_classes", None)
     elif isinstance(module_or_state_dict, Mapping):
         state = dict(module_or_state_dict)
     else:
@@ -338,8 +371,16 @@ def save_local_model(
         raise TypeError(
             f"register_local_model: state dict values must be tensors; not: {not_tensors[:5]}"
         )
-    if num_classes is None:
-        num_classes = architecture.num_classes
+    held = held_classes(state, classifier)  # NOTE [head rule]: the weights say
+    if num_classes is not None and held is not None and num_classes != held:
+        raise RegistryError(
+            f"register_local_model: num_classes={num_classes}, but the weights hold a "
+            f"{held}-class head ({classifier[0]}); pass num_classes={held}, or none."
+        )
+    for candidate in (num_classes, held, own_classes, architecture.num_classes):
+        if isinstance(candidate, int):
+            num_classes = candidate
+            break
     input_size, mean, std = resolve_input_spec(architecture, input_size, mean, std)
 
     data = {

@@ -9,25 +9,24 @@ this machine" part is recomputed per call, from two directory listings.
 from __future__ import annotations
 
 import importlib.util
-import os
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ...errors import WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
-from ..paths import hf_hub_cache_dir, torch_hub_checkpoints_dir
+from ..heads import held_classes
+from ..paths import hf_hub_cache_dir, hf_repo_dir, hf_repo_folder, torch_hub_checkpoints_dir
 from ..weights import (
     find_in_hf_cache,
+    find_in_hub_checkpoints,
     hash_prefix_from_filename,
-    hf_repo_dir,
     load_state_dict,
     misfit_error,
     resolve_weights_file,
     url_filename,
 )
-from .base import ModelSource
+from .base import TableSource
 
 __all__ = ["TimmSource"]
 
@@ -66,92 +65,58 @@ class _Static:
     url_file: str | None  # the URL's file name in torch.hub's checkpoints folder
 
 
-class TimmSource(ModelSource):
+class TimmSource(TableSource):
     """Models from ``timm`` (``pip install timm``)."""
 
     name = "timm"
     requirement = "timm (pip install 'torchbridge[timm]')"
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._static: dict[str, _Static] | None = None
-        # finished entries for one (hf cache, checkpoints folder) pair
-        self._cache_key: tuple[str, str] | None = None
-        self._finished: dict[str, ModelEntry] = {}
-        self._present: set[str] = set()
-
     def available(self) -> bool:
         return importlib.util.find_spec("timm") is not None
 
-    def refresh(self) -> None:
-        with self._lock:
-            self._static = None
-            self._cache_key = None
-
     # -- listing -------------------------------------------------------------
 
-    def entries(self) -> list[ModelEntry]:
-        return list(self._current().values())
+    def build_table(self) -> dict[str, _Static]:
+        return _build_static()
 
-    def get(self, name: str) -> ModelEntry | None:
-        return self._current().get(name)
+    def cache_folders(self) -> tuple[Path, ...]:
+        return (hf_hub_cache_dir(), torch_hub_checkpoints_dir())
 
-    def _current(self) -> dict[str, ModelEntry]:
-        if not self.available():
-            return {}
-        with self._lock:
-            static = self._static_entries()
-            hf_dir, ckpt_dir = hf_hub_cache_dir(), torch_hub_checkpoints_dir()
-            key = (str(hf_dir), str(ckpt_dir))
-            if key != self._cache_key:
-                self._finished = {n: _with_weights(s, present=False) for n, s in static.items()}
-                self._present = set()
-                self._cache_key = key
-            # Presence: two directory listings, then a precise look only where they hint.
-            hf_names = _listdir(hf_dir)
-            ckpt_names = _listdir(ckpt_dir)
-            maybe = (
-                {
-                    n
-                    for n, s in static.items()
-                    if (s.hf_folder is not None and s.hf_folder in hf_names)
-                    or (s.url_file is not None and s.url_file in ckpt_names)
-                }
-                if (hf_names or ckpt_names)
-                else set()
-            )
-            for name in maybe | self._present:
-                self._finished[name] = _with_weights(static[name], present=name in maybe)
-            self._present = {n for n in maybe if self._finished[n].weights.cached}  # type: ignore[union-attr]
-            return self._finished
+    def hints(self, item: _Static) -> list[tuple[int, str]]:
+        hints = []
+        if item.hf_folder:
+            hints.append((0, item.hf_folder))
+        if item.url_file:
+            hints.append((1, item.url_file))
+        return hints
 
-    def _static_entries(self) -> dict[str, _Static]:
-        if self._static is None:
-            self._static = _build_static()
-        return self._static
+    def finish(self, item: _Static, hinted: bool) -> ModelEntry:
+        return _with_weights(item, hinted)
 
     # -- loading -------------------------------------------------------------
 
-    def load(
-        self,
-        entry: ModelEntry,
-        *,
-        pretrained: bool,
-        weights: Path | None,
-        num_classes: int | None,
-        trust_pickle: bool,
-        **kwargs: Any,
-    ):
+    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        named = entry.metadata.get("classifier")
+        if isinstance(named, str) and named:
+            return (named,)
+        if isinstance(named, (tuple, list)) and named:
+            return tuple(named)
+        return super().classifier(entry)
+
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         import timm
 
-        create_kwargs = dict(kwargs)
         if num_classes is not None:
-            # timm drops the pretrained classifier and keeps the body when sizes differ
-            create_kwargs["num_classes"] = num_classes
-        if not pretrained:
-            return timm.create_model(entry.name, pretrained=False, **create_kwargs)
+            kwargs["num_classes"] = num_classes
+        return timm.create_model(entry.name, pretrained=False, **kwargs)
 
-        static = self._static_entries().get(entry.name)
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
+    ):
+        import timm
+        from timm.models import get_pretrained_cfg
+
+        static = self.static().get(entry.name)
         if weights is None and (static is None or not entry.pretrained):
             raise WeightsNotFoundError(
                 f"{entry.id} has no published pretrained weights. Pick a pretrained tag "
@@ -166,51 +131,54 @@ class TimmSource(ModelSource):
             url=static.url if static else None,
         )
         path = resolved.path
+        cfg = get_pretrained_cfg(entry.name)
+        published = getattr(cfg, "num_classes", None)
+        offset = getattr(cfg, "label_offset", None) or 0
         # NOTE: never let timm resolve weights itself: offline, its Hub fallback
         # retries for ~45 s. It always gets the resolved file (or state dict).
+        held = None
         if path.suffix == ".npz":
             # original JAX checkpoints: timm reads them with np.load(allow_pickle=False)
             overlay: dict[str, Any] = {"file": str(path), "custom_load": True}
         else:
-            # Read once ourselves: typed errors for unsafe, corrupt or mismatched files.
+            # Read once ourselves: typed errors for unsafe, corrupt or mismatched files,
+            # and the head size the file holds (NOTE [head rule]).
             state = load_state_dict(path, trust_pickle=trust_pickle)
+            held = held_classes(state, self.classifier(entry))
             if trust_pickle and path.suffix != ".safetensors":
                 # timm itself would refuse a pickle that needs trust: hand it the tensors
                 overlay = {"state_dict": state}
             else:
                 del state
                 overlay = {"file": str(path)}
+        if held is None or published is None or held == published + offset:
+            held = published  # the published layout: timm drops a label offset itself
+        else:
+            # timm compares the model's head with its config's to decide whether the
+            # file's head is kept: the config says what the file holds.
+            overlay.update(num_classes=held, label_offset=0)
+        if held is not None:
+            kwargs["num_classes"] = held
         try:
             model = timm.create_model(
-                entry.name, pretrained=True, pretrained_cfg_overlay=overlay, **create_kwargs
+                entry.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
             )
         except RuntimeError as err:
             if "state_dict" not in str(err) and "shape" not in str(err):
                 raise
-            reference = timm.create_model(entry.name, pretrained=False, **create_kwargs)
+            reference = timm.create_model(entry.name, pretrained=False, **kwargs)
             state = load_state_dict(path, trust_pickle=trust_pickle)
             raise misfit_error(
                 reference, state, source=str(path), model_id=entry.id, cause=err
             ) from err
-        cfg = getattr(model, "pretrained_cfg", None)
-        if isinstance(cfg, dict):
-            cfg.pop("state_dict", None)  # do not keep a second copy of the weights alive
-            cfg["file"] = str(path)
+        cfg_dict = getattr(model, "pretrained_cfg", None)
+        if isinstance(cfg_dict, dict):
+            cfg_dict.pop("state_dict", None)  # do not keep a second copy of the weights alive
+            cfg_dict["file"] = str(path)
         return model
 
 
-def _listdir(path: Path) -> set[str]:
-    try:
-        return set(os.listdir(path))
-    except OSError:
-        return set()
-
-
-def _hf_folder(repo_id: str) -> str:
-    return "models--" + repo_id.partition("@")[0].replace("/", "--")
-
-
-def _with_weights(static: _Static, *, present: bool) -> ModelEntry:
+def _with_weights(static: _Static, present: bool) -> ModelEntry:
     """The entry with weights information for the current caches."""
     entry = static.entry
     if not entry.pretrained:
@@ -218,9 +186,8 @@ def _with_weights(static: _Static, *, present: bool) -> ModelEntry:
     found = None
     if present and static.hf_repo:
         found = find_in_hf_cache(static.hf_repo, static.hf_files)
-    if found is None and present and static.url:
-        candidate = torch_hub_checkpoints_dir() / url_filename(static.url)
-        found = candidate if candidate.is_file() else None
+    if found is None and present and static.url_file:
+        found = find_in_hub_checkpoints(static.url_file)
     if static.hf_repo:
         info = WeightsInfo(
             location=f"hf-hub:{static.hf_repo}",
@@ -365,6 +332,6 @@ def _static_entry(name: str, cfg: Any, pretrained: bool, module: str, *, tagged:
         hf_repo,
         hf_files,
         url,
-        hf_folder=_hf_folder(hf_repo) if hf_repo else None,
+        hf_folder=hf_repo_folder(hf_repo) if hf_repo else None,
         url_file=url_filename(url) if url else None,
     )

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import importlib.util
 import inspect
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,7 +21,7 @@ from typing import Any
 
 from ...errors import RegistryError, WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
-from ..heads import replace_classifier
+from ..heads import held_classes, replace_classifier
 from ..paths import torch_hub_checkpoints_dir
 from ..weights import (
     hash_prefix_from_filename,
@@ -32,7 +31,7 @@ from ..weights import (
     resolve_weights_file,
     url_filename,
 )
-from .base import ModelSource
+from .base import TableSource
 
 __all__ = ["TorchvisionSource"]
 
@@ -47,19 +46,11 @@ _TASK_BY_MODULE = (
 _FETCHER_LOCK = threading.Lock()
 
 
-class TorchvisionSource(ModelSource):
+class TorchvisionSource(TableSource):
     """Models from ``torchvision.models`` (when torchvision imports)."""
 
     name = "torchvision"
     requirement = "torchvision (pip install torchvision)"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._static: dict[str, ModelEntry] | None = None
-        # entries located in one checkpoints folder, and the files found there last time
-        self._located: dict[str, ModelEntry] = {}
-        self._located_dir: Path | None = None
-        self._present: set[str] = set()
 
     def available(self) -> bool:
         if importlib.util.find_spec("torchvision") is None:
@@ -70,89 +61,76 @@ class TorchvisionSource(ModelSource):
             return False
         return True
 
-    def refresh(self) -> None:
-        with self._lock:
-            self._static = None
+    def build_table(self) -> dict[str, ModelEntry]:
+        return _build_static()
 
-    def entries(self) -> list[ModelEntry]:
-        return list(self._current().values())
+    def cache_folders(self) -> tuple[Path, ...]:
+        return (torch_hub_checkpoints_dir(),)
 
-    def get(self, name: str) -> ModelEntry | None:
-        return self._current().get(name)
+    def hints(self, item: ModelEntry) -> list[tuple[int, str]]:
+        info = item.weights
+        return [(0, info.filename)] if info is not None and info.filename else []
 
-    def _current(self) -> dict[str, ModelEntry]:
-        if not self.available():
-            return {}
-        with self._lock:
-            if self._static is None:
-                self._static = _build_static()
-            ckpt_dir = torch_hub_checkpoints_dir()
-            try:
-                present = set(os.listdir(ckpt_dir))
-            except OSError:
-                present = set()
-            if ckpt_dir != self._located_dir:
-                self._located = {n: _locate(e, ckpt_dir, present) for n, e in self._static.items()}
-            elif present != self._present:
-                changed = present ^ self._present
-                for n, e in self._static.items():
-                    if e.weights is not None and e.weights.filename in changed:
-                        self._located[n] = _locate(e, ckpt_dir, present)
-            self._located_dir, self._present = ckpt_dir, present
-            return self._located
+    def finish(self, item: ModelEntry, hinted: bool) -> ModelEntry:
+        info = item.weights
+        if info is None or info.filename is None:
+            return item
+        path = str(torch_hub_checkpoints_dir() / info.filename)
+        if info.cached == hinted and info.path == path:
+            return item
+        return replace(item, weights=replace(info, cached=hinted, path=path))
 
-    def load(
-        self,
-        entry: ModelEntry,
-        *,
-        pretrained: bool,
-        weights: Path | None,
-        num_classes: int | None,
-        trust_pickle: bool,
-        **kwargs: Any,
+    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        if entry.task != "image-classification":
+            return ()  # detection, segmentation ... heads are not one layer
+        return super().classifier(entry)
+
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
+        from torchvision.models import get_model
+
+        builder = entry.name.partition(".")[0]
+        if num_classes == 0:
+            # torchvision would build a 0-output Linear; remove the classifier instead
+            model = get_model(builder, weights=None, **kwargs)
+            return replace_classifier(model, 0, model_id=entry.id, names=self.classifier(entry))
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return get_model(builder, weights=None, **kwargs)
+
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
     ):
         from torchvision.models import get_model, get_model_weights
 
         builder, _, tag = entry.name.partition(".")
-        if not pretrained:
-            if num_classes == 0:
-                # torchvision would build a 0-output Linear; remove the classifier instead
-                model = get_model(builder, weights=None, **kwargs)
-                return replace_classifier(model, 0, model_id=entry.id)
-            if num_classes is not None:
-                kwargs["num_classes"] = num_classes
-            return get_model(builder, weights=None, **kwargs)
-
         member = _weights_member(builder, tag, get_model_weights)
-        if member is None:
+        if member is None and weights is None:
             raise WeightsNotFoundError(
                 f"{entry.id} has no published weights in torchvision; pass weights=PATH."
             )
-        resolved = resolve_weights_file(entry.id, explicit=weights, url=member.url)
+        resolved = resolve_weights_file(
+            entry.id, explicit=weights, url=member.url if member is not None else None
+        )
+        source = str(resolved.path)
         state = load_state_dict(resolved.path, trust_pickle=trust_pickle)
+        held = held_classes(state, self.classifier(entry))
+        if member is None or (held is not None and held != _classes(member)):
+            # not the published layout (a finetuned head): the untrained builder at that size
+            return self.build_holding(entry, state, source=source, **kwargs)
         kwargs.setdefault("progress", False)
         try:
             with _serving_state_dict(member.url, state) as served:
                 if served:
-                    model = get_model(builder, weights=member, **kwargs)
-                else:  # torchvision without the fetcher we expect: plain strict load
-                    model = get_model(builder, weights=None, num_classes=_classes(member), **kwargs)
-                    load_into_model(model, state, source=str(resolved.path))
+                    return get_model(builder, weights=member, **kwargs)
+                # torchvision without the fetcher we expect: plain strict load
+                model = get_model(builder, weights=None, num_classes=_classes(member), **kwargs)
+                load_into_model(model, state, source=source)
+                return model
         except RuntimeError as err:
             reference = get_model(builder, weights=None, num_classes=_classes(member))
             raise misfit_error(
-                reference, state, source=str(resolved.path), model_id=entry.id, cause=err
+                reference, state, source=source, model_id=entry.id, cause=err
             ) from err
-
-        if num_classes is not None and num_classes != _classes(member):
-            if entry.task != "image-classification":
-                raise RegistryError(
-                    f"{entry.id}: num_classes with pretrained weights is supported for image "
-                    f"classifiers only, and this is a {entry.task} model. Build it with "
-                    "load_model(..., num_classes=N) and no weights, or adapt its heads yourself."
-                )
-            replace_classifier(model, num_classes, model_id=entry.id)
-        return model
 
 
 @contextlib.contextmanager
@@ -201,17 +179,6 @@ def _weights_member(builder: str, tag: str, get_model_weights: Any) -> Any:
 def _classes(member: Any) -> int | None:
     categories = member.meta.get("categories")
     return len(categories) if categories else member.meta.get("num_classes")
-
-
-def _locate(entry: ModelEntry, ckpt_dir: Path, present: set[str]) -> ModelEntry:
-    info = entry.weights
-    if info is None or info.filename is None:
-        return entry
-    cached = info.filename in present
-    path = str(ckpt_dir / info.filename)
-    if info.cached == cached and info.path == path:
-        return entry
-    return replace(entry, weights=replace(info, cached=cached, path=path))
 
 
 def _build_static() -> dict[str, ModelEntry]:
