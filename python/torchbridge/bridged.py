@@ -438,12 +438,7 @@ class Pullback:
             # No `inputs=`: restricting the engine to a list of leaves costs ~3%
             # on a ResNet. Every leaf the forward reached accumulates, as in
             # plain PyTorch training (see NOTE [gradient buffers]).
-            if len(pairs) == 1:
-                torch.autograd.backward(pairs[0][0], pairs[0][1], retain_graph=retain)
-            else:
-                torch.autograd.backward(
-                    [o for o, _ in pairs], [c for _, c in pairs], retain_graph=retain
-                )
+            _run_backward([o for o, _ in pairs], [c for _, c in pairs], retain)
         if not diff_inputs:
             return (None,) * len(inputs)
         result = []
@@ -493,6 +488,32 @@ class Pullback:
 
     def __repr__(self) -> str:
         return f"Pullback({self._state}, {self.output_structure})"
+
+
+# torch.autograd.backward re-validates every cotangent (_make_grads) before it
+# calls the engine; the bridge has already checked shape, dtype and device
+# (_check_cotangent), and that check is most of the Python cost of a small
+# step. Plain tensors go straight to the engine entry torch.autograd.backward
+# itself uses; anything else (tensor subclasses, a torch without that entry)
+# takes the public function.
+_engine_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
+
+
+def _run_backward(outputs: list, cotangents: list, retain: bool) -> None:
+    if _engine_run_backward is not None and all(
+        type(t) is torch.Tensor for t in (*outputs, *cotangents)
+    ):
+        _engine_run_backward(
+            tuple(outputs),
+            tuple(cotangents),
+            retain,
+            False,
+            (),
+            allow_unreachable=True,
+            accumulate_grad=True,
+        )
+    else:
+        torch.autograd.backward(outputs, cotangents, retain_graph=retain)
 
 
 def _leaves(tensors: list[torch.Tensor], wants: list[bool]) -> list[torch.Tensor]:

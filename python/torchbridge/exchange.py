@@ -106,9 +106,10 @@ def is_julia_array(obj: Any) -> bool:
 
     Known from the type alone, without importing juliacall (which would start Julia).
     """
-    return any(
-        c.__name__ == "ArrayValue" and c.__module__ == "juliacall" for c in type(obj).__mro__
-    )
+    cls = type(obj)
+    if cls.__module__ != "juliacall":  # every juliacall type lives in that module
+        return False
+    return any(c.__name__ == "ArrayValue" and c.__module__ == "juliacall" for c in cls.__mro__)
 
 
 def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
