@@ -211,6 +211,25 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.head(torch.relu(self.body(x)))
+
+
+def make_net(pretrained=False):
+    \"\"\"Two layers, imported by hubconf.py rather than defined in it.\"\"\"
+    return TinyNet(4)
+"""
+
+
+SIDE_EFFECT_HUBCONF = """
+dependencies = ["torch"]
+
+from tinynets import TinyNet, make_net
+
+{top}
+
+
+def side_net(pretrained=False, num_classes=10):
+    \"\"\"A net whose repository has a side effect at import.\"\"\"
+    return TinyNet(num_classes)
 """
 
 
@@ -274,18 +293,29 @@ class TestHub:
             torch.randn(1, 8)
         ).shape == (1, 2)
 
-    def test_broken_repo_warns_and_others_still_list(self, hub_repo, tmp_path, isolated_caches):
-        """A hubconf.py that fails to import is skipped with a warning; other repos still list."""
+    def test_broken_repos_list_without_running_and_fail_on_load(
+        self, hub_repo, tmp_path, isolated_caches
+    ):
+        """A hubconf.py that does not parse is skipped with a warning; one whose imports fail
+        still lists (nothing runs), and loading from it names the import that failed."""
         from torchbridge.registry import add_hub_repo
 
-        broken = tmp_path / "broken"
-        broken.mkdir()
-        (broken / "hubconf.py").write_text("import not_a_real_module_xyz\n")
-        add_hub_repo(hub_repo)
-        add_hub_repo(broken)
-        with pytest.warns(UserWarning, match="not_a_real_module_xyz"):
+        unparsable = tmp_path / "unparsable"
+        unparsable.mkdir()
+        (unparsable / "hubconf.py").write_text("def entry(:\n")
+        missing = tmp_path / "missing"
+        missing.mkdir()
+        (missing / "hubconf.py").write_text(
+            "import not_a_real_module_xyz\n\n\ndef entry():\n    return None\n"
+        )
+        for repo in (hub_repo, unparsable, missing):
+            add_hub_repo(repo)
+        with pytest.warns(UserWarning, match="unparsable"):
             ids = {e.id for e in torchbridge.list_models(source="hub")}
-        assert "hub/tinyrepo/tiny_net" in ids and not any(i.startswith("hub/broken/") for i in ids)
+        assert {"hub/tinyrepo/tiny_net", "hub/missing/entry"} <= ids
+        assert not any(i.startswith("hub/unparsable/") for i in ids)
+        with pytest.raises(RegistryError, match="not_a_real_module_xyz"):
+            torchbridge.load_model("hub/missing/entry")
 
     def test_weights_style_entry_gets_default_weights(self, hub_repo, isolated_caches):
         """pretrained=True on an entry taking weights= asks it for "DEFAULT", or the name given."""
@@ -297,6 +327,66 @@ class TestHub:
         assert model.weights_asked == "DEFAULT"
         named = torchbridge.load_model("hub/tinyrepo/tv_style", pretrained=True, entry_weights="V2")
         assert named.weights_asked == "V2"
+
+    @pytest.mark.parametrize("effect", ["writes", "raises"])
+    def test_listing_runs_no_repository_code(self, tmp_path, isolated_caches, monkeypatch, effect):
+        """list, search and info read hubconf.py without running it (its top-level side
+        effect does not happen, entry points and docstrings are still read); load runs it."""
+        from torchbridge.registry import add_hub_repo
+
+        monkeypatch.setattr(hub_source, "_ADDED", {})
+        marker = tmp_path / "ran.txt"
+        repo = tmp_path / "sidefx"
+        repo.mkdir()
+        (repo / "tinynets.py").write_text(textwrap.dedent(TINYNETS))
+        top = (
+            f"open({str(marker)!r}, 'w').write('ran')"
+            if effect == "writes"
+            else "raise RuntimeError('hubconf ran at import')"
+        )
+        (repo / "hubconf.py").write_text(SIDE_EFFECT_HUBCONF.format(top=top))
+        add_hub_repo(repo)
+        listed = sorted(e.id for e in torchbridge.list_models(source="hub"))
+        assert listed == ["hub/sidefx/make_net", "hub/sidefx/side_net"]
+        assert torchbridge.search_models("side effect net")[0].id == "hub/sidefx/side_net"
+        info = torchbridge.model_info("hub/sidefx/make_net")
+        assert "Two layers, imported" in info.description and info.pretrained
+        assert not marker.exists()
+        if effect == "writes":
+            model = torchbridge.load_model("hub/sidefx/side_net", num_classes=3)
+            assert model(torch.randn(2, 8)).shape == (2, 3) and marker.exists()
+        else:
+            with pytest.raises(RegistryError, match="hubconf ran at import"):
+                torchbridge.load_model("hub/sidefx/side_net")
+
+    def test_entry_points_are_read_through_imports(self, tmp_path):
+        """Static reading follows imports into the repository's modules (a package, a star
+        import, __all__), keeps functions, aliases and partials, and leaves out classes, modules
+        and values; a name from a module it cannot read is kept when it looks like a function."""
+        from torchbridge.registry.sources._hubconf import read_entry_points
+
+        package = tmp_path / "pkg"
+        package.mkdir()
+        (package / "__init__.py").write_text(
+            '__all__ = ["net_a", "NetClass"]\nfrom .nets import *\n'
+        )
+        (package / "nets.py").write_text(
+            "def net_a(pretrained=False, *, depth=2, **kw):\n"
+            '    """Net A.\n\n    More text."""\n\n\n'
+            "def net_b():\n    pass\n\n\n"
+            "class NetClass:\n    pass\n"
+        )
+        (tmp_path / "hubconf.py").write_text(
+            "import functools\nimport os\n"
+            "from pkg import NetClass, net_a, nets\n"
+            "from missing_pkg_xyz import MaybeClass, maybe_fn\n"
+            "alias = net_a\nlazy = functools.partial(net_a, depth=3)\nvalue = [1]\n"
+        )
+        points = {p.name: p for p in read_entry_points(tmp_path / "hubconf.py")}
+        assert sorted(points) == ["alias", "lazy", "maybe_fn", "net_a"]
+        assert points["net_a"].parameters == ("pretrained", "depth", "kw")
+        assert points["net_a"].summary == "Net A." and points["alias"].summary == "Net A."
+        assert points["lazy"].parameters is None and points["maybe_fn"].parameters is None
 
     def test_folder_without_hubconf(self, tmp_path):
         """add_hub_repo on a folder without hubconf.py says what is missing."""

@@ -4,9 +4,12 @@ Repositories come from torch.hub's cache (``torch.hub.get_dir()``, folders
 ``owner_repo_ref``), from ``$TORCHBRIDGE_HUB_REPOS`` (folders separated by
 ``os.pathsep``) and from :func:`add_hub_repo`. Ids are ``hub/<repo>/<entry>``.
 
-Entries are listed by importing ``hubconf.py`` from the folder, never over
-the network (``torch.hub.list`` only reads GitHub repos), and models are built
-with ``torch.hub.load(folder, entry, source="local")``.
+NOTE [static hubconf]
+    Listing, searching and ``model_info`` run no code from a repository: entry
+    points and their docstrings are read from ``hubconf.py`` with :mod:`ast`
+    (see :mod:`._hubconf`). A repository's ``hubconf.py`` is imported only when
+    one of its models is loaded; models are then built by calling the entry
+    point, as ``torch.hub.load(folder, entry, source="local")`` does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..entry import ModelEntry, WeightsInfo
 from ..heads import model_classes, replace_classifier
 from ..paths import is_offline, torch_hub_checkpoints_dir, torch_hub_dir
 from ..weights import load_state_dict
+from ._hubconf import EntryPoint, read_entry_points
 from .base import ModelSource
 
 __all__ = ["HubSource", "add_hub_repo"]
@@ -90,7 +94,7 @@ class HubSource(ModelSource):
             found.update(_ADDED)
         return found
 
-    # -- listing ---------------------------------------------------------------
+    # -- listing (no repository code runs) -------------------------------------
 
     def entries(self) -> list[ModelEntry]:
         out: list[ModelEntry] = []
@@ -119,7 +123,16 @@ class HubSource(ModelSource):
                 and all(e.name.startswith(repo + "/") for e in cached[1])
             ):
                 return cached[1]
-        entries = _read_hubconf(repo, folder)
+        try:
+            points = read_entry_points(hubconf)
+        except (SyntaxError, ValueError, OSError) as err:  # a repo that does not parse
+            warnings.warn(
+                f"torch.hub repo {folder}: hubconf.py cannot be read ({type(err).__name__}: "
+                f"{err}); its models are not listed",
+                stacklevel=4,
+            )
+            points = []
+        entries = [_entry(repo, folder, point) for point in points]
         with self._lock:
             self._cache[folder] = (mtime, entries)
         return entries
@@ -196,6 +209,27 @@ class HubSource(ModelSource):
         return module
 
 
+def _entry(repo: str, folder: Path, point: EntryPoint) -> ModelEntry:
+    params = point.parameters
+    pretrained = params is not None and ("pretrained" in params or "weights" in params)
+    description = f"{point.name} from the torch.hub repo {repo}"
+    if point.summary:
+        description += ": " + point.summary
+    return ModelEntry(
+        id=f"hub/{repo}/{point.name}",
+        source="hub",
+        name=f"{repo}/{point.name}",
+        task="unknown",
+        description=description,
+        pretrained=pretrained,
+        weights=WeightsInfo(location=f"fetched by {folder / 'hubconf.py'}:{point.name}")
+        if pretrained
+        else None,
+        tags=("hub", repo),
+        metadata={"repo_dir": str(folder), "parameters": params or ()},
+    )
+
+
 def _import_hubconf(model_id: str, folder: Path) -> Any:
     """Import ``hubconf.py`` as torch.hub does (its folder first on ``sys.path``), and check
     the packages it lists in ``dependencies``."""
@@ -256,57 +290,3 @@ def _downloads_refused_offline(model_id: str):
             yield
         finally:
             torch.hub.download_url_to_file = original
-
-
-def _read_hubconf(repo: str, folder: Path) -> list[ModelEntry]:
-    """Import ``hubconf.py`` and describe its public callables (as torch.hub.list does)."""
-    module_name = "torchbridge_hubconf_" + hashlib.sha1(str(folder).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, folder / "hubconf.py")
-    if spec is None or spec.loader is None:
-        return []
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(folder))  # hubconf imports modules that sit next to it
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # a repo with missing dependencies must not break listing
-        warnings.warn(
-            f"torch.hub repo {folder}: hubconf.py failed to import ({type(err).__name__}: {err}); "
-            "its models are not listed",
-            stacklevel=4,
-        )
-        return []
-    finally:
-        sys.path.remove(str(folder))
-
-    entries = []
-    for attr in sorted(dir(module)):
-        fn = getattr(module, attr)
-        # As torch.hub.list: public callables; classes a hubconf imports are not entry points.
-        if attr.startswith("_") or not callable(fn) or isinstance(fn, (type(sys), type)):
-            continue
-        try:
-            params = tuple(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            params = ()
-        doc = inspect.getdoc(fn) or ""
-        summary = doc.strip().splitlines()[0].strip() if doc.strip() else ""
-        pretrained = "pretrained" in params or "weights" in params
-        description = f"{attr} from the torch.hub repo {repo}"
-        if summary:
-            description += ": " + summary
-        entries.append(
-            ModelEntry(
-                id=f"hub/{repo}/{attr}",
-                source="hub",
-                name=f"{repo}/{attr}",
-                task="unknown",
-                description=description,
-                pretrained=pretrained,
-                weights=WeightsInfo(location=f"fetched by {folder / 'hubconf.py'}:{attr}")
-                if pretrained
-                else None,
-                tags=("hub", repo),
-                metadata={"repo_dir": str(folder), "parameters": params},
-            )
-        )
-    return entries
