@@ -201,3 +201,30 @@ class TestRecordedHead:
                 "wrong", tuned, architecture="torchvision/shufflenet_v2_x0_5", num_classes=1000
             )
         assert not (isolated_caches / "torchbridge" / "models" / "wrong.json").exists()
+
+
+class TestExportReadsLikeLoad:
+    """export_onnx reads weights and num_classes as load_model does."""
+
+    @pytest.fixture(autouse=True)
+    def _onnx(self):
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+
+    @pytest.mark.parametrize("model_id", ["timm/test_resnet", "torchvision/shufflenet_v2_x0_5"])
+    def test_file_head_exports_with_or_without_num_classes(
+        self, model_id, tmp_path, isolated_caches
+    ):
+        """A 10-class file exports its own head; num_classes=10 says the same; 4 is refused."""
+        from torchbridge.errors import ExportError
+        from torchbridge.export import export_onnx
+
+        path = _save(_finetuned(model_id, 10), tmp_path / "tuned.safetensors")
+        options = dict(input_size=(3, 32, 32), weights=str(path))
+        report = export_onnx(model_id, tmp_path / "a.onnx", **options)
+        assert report.outputs[0].shape == ("batch", 10)
+        with pytest.raises(ExportError, match="random"):
+            export_onnx(model_id, tmp_path / "b.onnx", num_classes=4, **options)
+        if model_id.startswith("timm/"):
+            report = export_onnx(model_id, tmp_path / "c.onnx", num_classes=10, **options)
+            assert report.outputs[0].shape == ("batch", 10)

@@ -120,53 +120,38 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
             f"got {type(model).__name__}."
         )
     from . import registry
+    from .registry.core import get_registry
+    from .registry.heads import model_classes, settle_head
 
+    # The same reading as load_model (NOTE [head rule]): the weights keep their own
+    # head, num_classes=0 removes it, and any other num_classes names it. One the
+    # weights do not hold would be a new, untrained head: an export must not hold one.
     entry = registry.model_info(model)
-    options: dict[str, Any] = {}
-    if num_classes is not None:
-        options["num_classes"] = num_classes
-    if num_classes and weights is None:
-        raise ExportError(
-            f"export_onnx: num_classes={num_classes} without weights would give {model} a new, "
-            "untrained head. Pass the weight file that head was trained in (--weights FILE), "
-            "or export the finetuned model by its local/<name> id."
-        )
-    if weights is not None:
-        module = registry.load_model(model, weights=weights, **options)
-        if num_classes:
-            _restore_head(module, model, weights)
+    if weights is None and entry.source != "local":
+        if not entry.pretrained:
+            raise ExportError(
+                f"export_onnx: {model} has no published pretrained weights, so the export would "
+                "hold random ones. Pass weights=FILE (--weights FILE) with a checkpoint."
+            )
+        if num_classes not in (None, 0, entry.num_classes):
+            raise ExportError(
+                f"export_onnx: num_classes={num_classes} without weights would give {model} a "
+                "new, untrained head. Pass the weight file that head was trained in "
+                "(--weights FILE), or export the finetuned model by its local/<name> id."
+            )
+    module = registry.load_model(model, pretrained=True, weights=weights)
+    if num_classes is None:
         return module
-    if entry.source == "local":
-        return registry.load_model(model, **options)
-    if not entry.pretrained:
+    names = get_registry().classifier(model)
+    held = model_classes(module, names)
+    if num_classes not in (0, held):
+        holds = f"a {held}-class head" if held is not None else "a head of unknown size"
         raise ExportError(
-            f"export_onnx: {model} has no published pretrained weights, so the export would "
-            "hold random ones. Pass weights=FILE (--weights FILE) with a checkpoint."
+            f"export_onnx: the weights of {model} hold {holds}, so num_classes={num_classes} "
+            "would export a new head with random values. Give the num_classes the weights "
+            "were trained with, or none."
         )
-    return registry.load_model(model, pretrained=True, **options)
-
-
-def _restore_head(module: torch.nn.Module, model_id: str, weights: str) -> None:
-    """Load the file's own head into the resized one, or refuse a randomly initialised head.
-
-    ``load_model(..., num_classes=N)`` gives a *new* head (for finetuning). For
-    an export, ``--weights FILE --num-classes N`` means the file holds an
-    N-class model, so every tensor must come from the file.
-    """
-    from .registry.weights import load_state_dict
-
-    state = load_state_dict(weights)
-    own = module.state_dict()
-    found = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    missing = [k for k in own if k not in found]
-    if missing:
-        raise ExportError(
-            f"export_onnx: {weights} has no tensors of the right shape for "
-            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} of {model_id} with "
-            f"num_classes={getattr(module, 'num_classes', '?')}, so they would be exported with "
-            "random values. Give the num_classes the file was trained with, or none."
-        )
-    module.load_state_dict(found)
+    return settle_head(module, num_classes, names=names, model_id=model, yours=True)
 
 
 def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[int, ...]:
@@ -367,8 +352,10 @@ def export_onnx(
             1 and 3 (1 only without ``dynamic_batch``).
         tolerance: The largest accepted difference; default 1e-4 for float32.
         weights: A weight file for a registry id (``--weights``).
-        num_classes: With ``weights``, the head size the file was trained with
-            (``--num-classes``); a head the file cannot fill is refused.
+        num_classes: The head size of the weights (``--num-classes``), read as
+            :func:`torchbridge.load_model` reads it: the weights keep their own
+            head, so a size they do not hold, which would export a new and
+            untrained head, is refused.
 
     The model is exported in eval mode; the mode of each submodule is restored afterwards.
 
