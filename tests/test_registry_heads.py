@@ -17,7 +17,7 @@ import torch
 
 import torchbridge
 from test_registry_sources import HUBCONF, TINYNETS
-from torchbridge.errors import RegistryError
+from torchbridge.errors import RegistryError, TrainingError
 from torchbridge.registry.sources import hub_source
 
 TIMM = "timm/test_resnet.r160_in1k"
@@ -201,6 +201,25 @@ class TestRecordedHead:
                 "wrong", tuned, architecture="torchvision/shufflenet_v2_x0_5", num_classes=1000
             )
         assert not (isolated_caches / "torchbridge" / "models" / "wrong.json").exists()
+
+    def test_fit_refuses_a_wrong_num_classes_before_training(self, isolated_caches):
+        """A Checkpoint num_classes that the model's head does not have fails before any epoch."""
+        from torchbridge.train import Checkpoint, fit
+
+        model = _finetuned("timm/test_resnet", 10)
+        before = [p.detach().clone() for p in model.parameters()]
+        batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+        with pytest.raises(TrainingError, match="has 10 outputs"):
+            fit(
+                model,
+                batches,
+                epochs=1,
+                optimizer={"rule": "Adam"},
+                loss="logitcrossentropy",
+                checkpoint=Checkpoint("bad", num_classes=3),
+                progress=False,
+            )
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class TestExportReadsLikeLoad:

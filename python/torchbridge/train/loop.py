@@ -96,7 +96,9 @@ class Checkpoint:
     value, each time it improves; ``save="last"`` registers after every epoch.
     ``architecture`` is what rebuilds the module (a registry id such as
     ``"timm/resnet18"``); for timm models it defaults to the model's own
-    architecture. ``num_classes`` defaults to the model's ``num_classes``.
+    architecture. The head size recorded is read from the weights (see
+    :func:`~torchbridge.register_local_model`); ``num_classes``, when given, must
+    agree with it.
     ``input_size`` (one sample in torch order, e.g. ``(3, 32, 32)``), ``mean``
     and ``std`` record what the model was trained on; each one not given is the
     architecture's. An existing ``local/<name>`` is replaced only with
@@ -314,19 +316,31 @@ def _check_input_spec(model: torch.nn.Module, policy: Checkpoint) -> None:
     )
 
 
+def _check_head(model: torch.nn.Module, policy: Checkpoint) -> None:
+    """Refuse, before any training, a num_classes that the model's head does not have."""
+    from ..registry.core import get_registry
+    from ..registry.heads import held_classes
+
+    if policy.num_classes is None:
+        return
+    names = get_registry().classifier(_architecture(model, policy))
+    held = held_classes(model.state_dict(), names)
+    if held is not None and held != policy.num_classes:
+        raise TrainingError(
+            f"fit: checkpoint {policy.name!r} has num_classes={policy.num_classes}, but the "
+            f"model's head ({names[0]}) has {held} outputs; give {held}, or leave it out."
+        )
+
+
 def _register(model: torch.nn.Module, policy: Checkpoint, *, overwrite: bool) -> Any:
     from .. import registry
 
-    architecture = _architecture(model, policy)
-    num_classes = policy.num_classes
-    if num_classes is None:
-        num_classes = getattr(model, "num_classes", None)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return registry.register_local_model(
         policy.name,
         state,
-        architecture=architecture,
-        num_classes=num_classes,
+        architecture=_architecture(model, policy),
+        num_classes=policy.num_classes,  # None: read from the weights' head
         directory=policy.directory,
         overwrite=overwrite,
         **_register_kwargs(policy),
@@ -413,6 +427,7 @@ def fit(
         _architecture(model, saving)
         _check_free(saving)
         _check_input_spec(model, saving)
+        _check_head(model, saving)
     train_batches = _batches(
         train_data, batch_size=batch_size, shuffle=True, epochs=epochs, role="train_data"
     )
