@@ -121,6 +121,33 @@ class TestModelInfo:
         assert e.weights.cached is False
         assert e.weights.path.startswith(str(isolated_caches / "hf" / "hub"))
 
+    def test_one_timm_model_by_id_never_lists_the_source(self, isolated_caches, monkeypatch):
+        """model_info and load_model of one timm id build that entry alone, the same entry the listing has; the cache flag is read for it too."""
+        from torchbridge.registry.sources.timm_source import TimmSource
+
+        registry = core.ModelRegistry()
+
+        def no_listing(self):
+            raise AssertionError("the whole timm table was built for one id")
+
+        with monkeypatch.context() as m:
+            m.setattr(TimmSource, "build_table", no_listing)
+            alone = registry.model_info("timm/resnet18.a1_in1k")
+            untagged = registry.model_info("timm/resnet18")
+            registry.load_model("timm/test_resnet", num_classes=3)
+            assert registry.source("timm").get("resnet18.no_such_tag") is None
+        assert alone == torchbridge.model_info("timm/resnet18.a1_in1k")
+        assert untagged == torchbridge.model_info("timm/resnet18")
+        with monkeypatch.context() as m:
+            m.setattr(TimmSource, "build_table", no_listing)
+            make_hf_cache_file(
+                isolated_caches / "hf" / "hub",
+                "timm/resnet18.a1_in1k",
+                "model.safetensors",
+                torch.nn.Linear(1, 1),
+            )
+            assert core.ModelRegistry().model_info("timm/resnet18.a1_in1k").weights.cached
+
     def test_torchvision_entry_fields(self, isolated_caches):
         """A torchvision entry names its URL file, the sha256 prefix in it, and where it would be
         cached."""

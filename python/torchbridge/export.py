@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .devices import module_device, module_float_dtype
 from .errors import ExportError, ExportVerificationError
 
 __all__ = ["SINGLE_FILE_LIMIT", "ExportReport", "TensorInfo", "export_onnx"]
@@ -180,10 +181,8 @@ def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[i
 
 
 def _model_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.is_floating_point():
-            return tensor.dtype, tensor.device
-    return torch.float32, torch.device("cpu")
+    dtype = module_float_dtype(module) or torch.float32
+    return dtype, module_device(module) or torch.device("cpu")
 
 
 def _output_names(outputs: Any) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..devices import module_device
 from ..errors import TrainingError
 from .losses import loss_from_name
 from .optimizers import optimizer_from_spec
@@ -353,9 +354,9 @@ def _register(model: torch.nn.Module, policy: Checkpoint, *, overwrite: bool) ->
 def _resolve_device(model: torch.nn.Module, device: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
-    first = next(model.parameters(), None)
-    if first is not None and first.device.type != "cpu":
-        return first.device
+    placed = module_device(model)
+    if placed is not None and placed.type != "cpu":
+        return placed
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -225,8 +225,35 @@ class TableSource(ModelSource):
     def entries(self) -> list[ModelEntry]:
         return list(self.table().values())
 
+    def build_item(self, name: str) -> Any:
+        """build_item(name) -> item, None, or NotImplemented
+
+        One entry's item, without building the table: loading one model by id
+        never lists a whole source. ``None`` when ``name`` is not in the
+        source; ``NotImplemented`` (the default) when the source can only
+        answer from its table.
+        """
+        return NotImplemented
+
     def get(self, name: str) -> ModelEntry | None:
+        if not self.available():
+            return None
+        with self._lock:
+            built = self._static is not None
+        if not built:
+            item = self.build_item(name)
+            if item is not NotImplemented:
+                return None if item is None else self._finish_one(item)
         return self.table().get(name)
+
+    def _finish_one(self, item: Any) -> ModelEntry:
+        """The entry of one item, its cache presence read from the folders it hints at."""
+        folders = self.cache_folders()
+        hinted = any(
+            index < len(folders) and (folders[index] / found).exists()
+            for index, found in self.hints(item)
+        )
+        return self.finish(item, hinted)
 
     def refresh(self) -> None:
         super().refresh()

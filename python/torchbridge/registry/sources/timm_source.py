@@ -79,6 +79,9 @@ class TimmSource(TableSource):
     def build_table(self) -> dict[str, _Static]:
         return _build_static()
 
+    def build_item(self, name: str) -> _Static | None:
+        return _build_one(name)
+
     def cache_folders(self) -> tuple[Path, ...]:
         return (hf_hub_cache_dir(), torch_hub_checkpoints_dir())
 
@@ -234,6 +237,23 @@ def _build_static() -> dict[str, _Static]:
             name, get_pretrained_cfg(name), True, module_of(arch), tagged=True
         )
     return out
+
+
+def _build_one(name: str) -> _Static | None:
+    """The table's item for ``name`` alone, as :func:`_build_static` would make it."""
+    import timm
+    from timm.models import get_pretrained_cfg, is_model_pretrained
+
+    arch, _, tag = name.partition(".")
+    module_of = _module_lookup()
+    if not tag:
+        if not timm.is_model(arch):
+            return None
+        cfg = get_pretrained_cfg(arch)
+        return _static_entry(arch, cfg, is_model_pretrained(arch), module_of(arch), tagged=False)
+    if name not in timm.list_pretrained(name):  # an exact name: no pattern characters
+        return None
+    return _static_entry(name, get_pretrained_cfg(name), True, module_of(arch), tagged=True)
 
 
 def _module_lookup():
