@@ -5,8 +5,8 @@ gradient buffer per parameter are shared with the caller at that moment; from
 then on each training step moves only the batch, the outputs, the cotangents
 and the input gradients.
 
-``forward(*inputs)`` runs the module on views of foreign arrays and returns the
-outputs with a one-shot :class:`Pullback` that owns the graph. Calling the
+``forward(*inputs, **kw_inputs)`` runs the module on views of foreign arrays
+and returns the outputs with a one-shot :class:`Pullback` that owns the graph. Calling the
 pullback writes the parameter gradients into the model's gradient buffers,
 returns the input gradients, and frees the graph at once.
 
@@ -26,6 +26,18 @@ memory a foreign optimiser reads never moves, and torch's own optimisers see
 the same gradients. If something replaces ``p.grad`` (``zero_grad(set_to_none=True)``
 does), the next pullback puts the buffer back.
 
+NOTE [keyword inputs]
+Keyword inputs (``input_ids=``, ``attention_mask=``, ``inputs_embeds=`` ...) are
+inputs like the positional ones: arrays are viewed, never copied; floating-point
+ones are differentiated unless ``input_grads`` says otherwise; integer ones
+(token ids, masks) never are. A keyword value that is not an array (``None``, a
+bool, a number, a string: ``output_hidden_states=True``) is passed as it is.
+The pullback returns one gradient per input, positional inputs first, then the
+keyword inputs in the order they were passed (``Pullback.input_names``), with
+``None`` for every input that is not differentiated. Before the module runs,
+token inputs are checked (:mod:`torchbridge.textinputs`): ids inside the
+vocabulary, masks of the ids' shape.
+
 The trainable set is fixed when the model is bridged: freeze parameters
 (``requires_grad_(False)``) before bridging. As in plain PyTorch, a pullback
 accumulates into ``.grad`` of every leaf the forward reached that requires a
@@ -38,7 +50,7 @@ from __future__ import annotations
 import re
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -56,6 +68,7 @@ from .errors import (
 from .exchange import describe_array, julia_eltype, julia_shape, to_torch
 from .memory import LEDGER, tensor_bytes
 from .outputs import OutputStructure, flatten_outputs
+from .textinputs import TextInputs
 
 __all__ = ["BridgedModel", "OutputStructure", "Pullback", "bridge"]
 
@@ -145,6 +158,7 @@ class BridgedModel:
         self.output_structure: OutputStructure | None = None
         self._device = module_device(module)
         self._float_dtype = module_float_dtype(module)
+        self._text = TextInputs.of(module)
         LEDGER.add_model(self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads]))
 
     # -- state -------------------------------------------------------------
@@ -232,53 +246,73 @@ class BridgedModel:
         )
 
     # -- the step ----------------------------------------------------------
-    def __call__(self, *inputs, grad: bool = True, input_grads: bool | Sequence[bool] = True):
-        return self.forward(*inputs, grad=grad, input_grads=input_grads)
+    def __call__(
+        self, *inputs, grad: bool = True, input_grads: bool | Sequence[bool] = True, **kw_inputs
+    ):
+        return self.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
 
-    def forward(self, *inputs, grad: bool = True, input_grads: bool | Sequence[bool] = True):
-        """forward(*inputs, grad=True, input_grads=True) -> (outputs, pullback)
+    def forward(
+        self,
+        *inputs,
+        grad: bool = True,
+        input_grads: bool | Sequence[bool] | Mapping[str | int, bool] = True,
+        **kw_inputs,
+    ):
+        """forward(*inputs, grad=True, input_grads=True, **kw_inputs) -> (outputs, pullback)
 
-        Run the module on views of ``inputs`` (any DLPack producers; never
-        copied) and return its outputs as a tuple of tensors (see
-        :attr:`output_structure` to rebuild a tuple, list or dict) together
-        with a :class:`Pullback` that owns the graph. With ``grad=False`` no
-        graph is built and ``pullback`` is ``None``.
+        Run the module on views of ``inputs`` and ``kw_inputs`` (any DLPack
+        producers; never copied) and return its outputs as a tuple of tensors
+        (see :attr:`output_structure` to name them or rebuild a tuple, dict,
+        dataclass or ``ModelOutput``) together with a :class:`Pullback` that
+        owns the graph. With ``grad=False`` no graph is built and ``pullback``
+        is ``None``.
 
-        ``input_grads`` says which inputs want a gradient (one bool for all, or
-        one per input); ``False`` skips that work for data batches. Only
-        floating-point inputs are ever differentiated.
+        ``input_grads`` says which inputs want a gradient: one bool for all,
+        one per positional input (keyword inputs then want one), or a mapping
+        from positions and keyword names to bools (those not named want one).
+        ``False`` skips that work for data batches. Only floating-point inputs
+        are ever differentiated; token ids and masks cross as they are (NOTE
+        [keyword inputs]).
         """
         self._check_open("forward")
-        tensors = [to_torch(x) for x in inputs]
-        self._check_inputs(tensors)
+        names = tuple(kw_inputs)
+        values = [to_torch(x) for x in inputs]
+        values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+        del kw_inputs
+        npos = len(inputs)
+        self._check_inputs(values, npos)
+        if self._text is not None:
+            self._text.check(values, npos, names)
         if not grad:
             with self.lock, torch.no_grad():
-                out = self._run(tensors)
+                out = self._run(values, npos, names)
             flat, structure = flatten_outputs(out)
             self.output_structure = structure
             return tuple(flat), None
-        leaves = _leaves(tensors, _per_input(input_grads, len(tensors)))
-        del tensors
+        leaves = _leaves(values, _per_input(input_grads, npos, names))
+        del values
         with self.lock:
             if torch.is_grad_enabled():
-                out = self._run(leaves)
+                out = self._run(leaves, npos, names)
             else:
                 with torch.enable_grad():
-                    out = self._run(leaves)
+                    out = self._run(leaves, npos, names)
         flat, structure = flatten_outputs(out)
         del out
         self.output_structure = structure
-        pullback = Pullback(self, leaves, flat, structure)
+        pullback = Pullback(self, leaves, flat, structure, (*range(npos), *names))
         return tuple(o.detach() for o in flat), pullback
 
-    def _run(self, tensors: list[torch.Tensor]) -> Any:
+    def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = ()) -> Any:
         try:
-            return self.module(*tensors)
+            if not names:
+                return self.module(*values)
+            return self.module(*values[:npos], **dict(zip(names, values[npos:])))
         except Exception as exc:
             # The failing frames hold the input views; clear them so the
             # foreign buffers are released now, not when the traceback dies.
-            shapes = [t.shape for t in tensors]
-            tensors.clear()
+            shapes = [t.shape for t in values if isinstance(t, torch.Tensor)]
+            values.clear()
             traceback.clear_frames(exc.__traceback__)
             if isinstance(exc, (RuntimeError, ValueError, AssertionError, TypeError)) and (
                 _SHAPE_MESSAGES.search(str(exc))
@@ -315,8 +349,11 @@ class BridgedModel:
                 "torchbridge.bridge(module) to keep using it."
             )
 
-    def _check_inputs(self, tensors: list[torch.Tensor]) -> None:
-        for i, t in enumerate(tensors):
+    def _check_inputs(self, values: list, npos: int | None = None) -> None:
+        npos = len(values) if npos is None else npos
+        for i, t in enumerate(values):
+            if not isinstance(t, torch.Tensor):
+                continue
             if self._device is not None and t.device != self._device:
                 raise DeviceMismatchError(
                     f"forward: input {i} is a {describe_array(t)}, but the model is on "
@@ -336,6 +373,7 @@ class BridgedModel:
                 )
         if self._input_shapes is None:
             return
+        tensors = values[:npos]
         if len(tensors) != len(self._input_shapes):
             raise InputShapeError(
                 f"forward: the model takes {len(self._input_shapes)} input(s), got {len(tensors)}."
@@ -372,22 +410,27 @@ class Pullback:
         "_inputs",
         "_outputs",
         "output_structure",
+        "input_names",
         "_state",
         "reusable",
         "__weakref__",
     )
 
-    def __init__(self, model: BridgedModel, inputs: list, outputs: list, structure):
+    def __init__(
+        self, model: BridgedModel, inputs: list, outputs: list, structure, names: tuple = ()
+    ):
         self._model = model
         self._inputs = inputs
         self._outputs = outputs
         self.output_structure: OutputStructure = structure
+        #: what each input gradient belongs to: positions, then keyword names
+        self.input_names: tuple[int | str, ...] = names or tuple(range(len(inputs)))
         self._state = "live"
         self.reusable: bool = LEDGER.add_pullback(self)
 
     def held_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors this pullback keeps alive: the imported inputs and the graph outputs."""
-        return (*self._inputs, *self._outputs)
+        return (*(t for t in self._inputs if isinstance(t, torch.Tensor)), *self._outputs)
 
     @property
     def live(self) -> bool:
@@ -398,12 +441,16 @@ class Pullback:
     def model(self) -> BridgedModel:
         return self._model
 
-    def __call__(self, *cotangents, accumulate: bool = False):
+    def __call__(self, *cotangents, accumulate: bool = False, **named):
         # The model's lock guards this pullback's state as well as the shared
         # gradient buffers: one lock, taken once per call.
         with self._model.lock:
             self._check_live()
             outputs = self._outputs
+            if len(cotangents) == 1 and isinstance(cotangents[0], Mapping) and not named:
+                named, cotangents = dict(cotangents[0]), ()
+            if named:
+                cotangents = self._by_name(cotangents, named)
             if len(cotangents) != len(outputs):
                 raise CotangentError(
                     f"pullback: expected {len(outputs)} cotangent(s), one per output "
@@ -422,6 +469,25 @@ class Pullback:
             finally:
                 self._free("called")
 
+    def _by_name(self, positional: tuple, named: dict) -> tuple:
+        # Cotangents for some outputs, by name: every other output's is zero,
+        # and a zero costs nothing (it is not part of the backward).
+        if positional:
+            raise CotangentError(
+                "pullback: pass cotangents either positionally (one per output) or by output "
+                "name, not both."
+            )
+        structure = self.output_structure
+        chosen: list[Any] = [None] * len(self._outputs)
+        for name, cot in named.items():
+            try:
+                chosen[structure.index(name)] = cot
+            except KeyError:
+                raise CotangentError(
+                    f"pullback: no output named {name!r}; the outputs are {list(structure.names)}."
+                ) from None
+        return tuple(chosen)
+
     def _backward(self, pairs, accumulate: bool, *, retain: bool):
         model = self._model
         inputs = self._inputs
@@ -430,7 +496,7 @@ class Pullback:
         model.attach_grads()
         if grads and not accumulate:
             _zero_all(grads)
-        diff_inputs = [t for t in inputs if t.requires_grad]
+        diff_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
         if retain:  # each call of a reusable pullback returns its own input gradients
             for t in diff_inputs:
                 t.grad = None
@@ -443,7 +509,7 @@ class Pullback:
             return (None,) * len(inputs)
         result = []
         for t in inputs:
-            if not t.requires_grad:
+            if not isinstance(t, torch.Tensor) or not t.requires_grad:
                 result.append(None)
                 continue
             g = t.grad
@@ -516,25 +582,51 @@ def _run_backward(outputs: list, cotangents: list, retain: bool) -> None:
         torch.autograd.backward(outputs, cotangents, retain_graph=retain)
 
 
-def _leaves(tensors: list[torch.Tensor], wants: list[bool]) -> list[torch.Tensor]:
+def _leaves(values: list, wants: list[bool]) -> list:
     # A helper, not a loop in forward: a loop variable would keep the last
     # input alive in forward's frame if the module raised.
     # Every input is cut from any graph of the caller's: the bridge is a boundary.
     return [
-        t.detach().requires_grad_(True)
+        t
+        if not isinstance(t, torch.Tensor)
+        else t.detach().requires_grad_(True)
         if want and (t.is_floating_point() or t.is_complex())
         else (t.detach() if t.requires_grad else t)
-        for t, want in zip(tensors, wants)
+        for t, want in zip(values, wants)
     ]
 
 
-def _per_input(flag: bool | Sequence[bool], n: int) -> list[bool]:
+_PLAIN_KEYWORDS = (type(None), bool, int, float, str)
+
+
+def _keyword_value(name: str, value: Any) -> Any:
+    """A keyword input: an array as a view (NOTE [keyword inputs]); a plain value as it is."""
+    if isinstance(value, _PLAIN_KEYWORDS):
+        return value
+    try:
+        return to_torch(value)
+    except UnsupportedArrayError as exc:
+        raise UnsupportedArrayError(f"forward: keyword input {name}=: {exc}") from exc
+
+
+def _per_input(
+    flag: bool | Sequence[bool] | Mapping[str | int, bool], n: int, names: tuple[str, ...] = ()
+) -> list[bool]:
     if isinstance(flag, bool):
-        return [flag] * n
+        return [flag] * (n + len(names))
+    if isinstance(flag, Mapping):
+        known = {*range(n), *names}
+        unknown = [k for k in flag if k not in known]
+        if unknown:
+            raise ValueError(
+                f"forward: input_grads names {unknown}, which are not inputs of this call "
+                f"(positions 0..{n - 1}, keywords {list(names)})"
+            )
+        return [bool(flag.get(k, True)) for k in (*range(n), *names)]
     flags = [bool(f) for f in flag]
     if len(flags) != n:
         raise ValueError(f"forward: input_grads has {len(flags)} entries for {n} inputs")
-    return flags
+    return flags + [True] * len(names)
 
 
 def _check_cotangent(i: int, out: torch.Tensor, cot: Any) -> torch.Tensor:

@@ -24,12 +24,17 @@ __all__ = [
     "InputShapeError",
     "InputSpecError",
     "LeakError",
+    "MaskShapeError",
     "ModelClosedError",
     "PullbackReleasedError",
     "ReadOnlyArrayError",
     "RegistryError",
+    "RemoteCodeError",
+    "TokenIdError",
+    "TokenizerNotFoundError",
     "TorchBridgeError",
     "TrainingError",
+    "UnknownArchitectureError",
     "UnknownLossError",
     "UnknownModelError",
     "UnknownOptimizerError",
@@ -76,6 +81,14 @@ class DeviceMismatchError(BridgeError, ValueError):
 
 class InputShapeError(BridgeError, ValueError):
     """An input has the wrong rank or shape for the model."""
+
+
+class MaskShapeError(InputShapeError):
+    """An attention mask (or token type ids) does not have the shape of the token ids."""
+
+
+class TokenIdError(BridgeError, ValueError):
+    """Token ids fall outside the model's vocabulary (checked before the embedding runs)."""
 
 
 class CotangentError(BridgeError, ValueError):
@@ -147,6 +160,18 @@ class DuplicateSourceError(RegistryError, ValueError):
 
 class InputSpecError(RegistryError, ValueError):
     """A model's input size or normalisation (mean, std) is not valid."""
+
+
+class UnknownArchitectureError(RegistryError, LookupError):
+    """A Hugging Face config names an architecture the installed transformers does not have."""
+
+
+class RemoteCodeError(RegistryError, PermissionError):
+    """A model repository needs its own Python code and ``trust_remote_code=True`` was not given."""
+
+
+class TokenizerNotFoundError(RegistryError, LookupError):
+    """A model has no tokenizer files on this machine (or none at all)."""
 
 
 # -- training and export -----------------------------------------------------
