@@ -257,7 +257,7 @@ class TestTheCheckerItself:
 
     def test_unknown_keyword_is_flagged(self):
         """A keyword the Python function does not take is reported."""
-        src = "res = _tbjl.forward(m.py, shares...; grad = true, no_such_kw = 1)"
+        src = "res = _tbjl.pullback(pb, cots...; accumulate = true, no_such_kw = 1)"
         problems = [p for r in find_references(src) for p in check(r)]
         assert any("no_such_kw" in p for p in problems)
 

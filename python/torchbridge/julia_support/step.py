@@ -80,14 +80,21 @@ def layouts(tensors: Sequence[torch.Tensor | None]) -> tuple[Layout | None, ...]
 
 
 def forward(
-    model: BridgedModel, *inputs: Any, grad: bool = True, input_grads: bool | Sequence[bool] = True
+    model: BridgedModel,
+    *inputs: Any,
+    grad: bool = True,
+    input_grads: bool | Sequence[bool] = True,
+    **kw_inputs: Any,
 ) -> tuple[tuple[torch.Tensor, ...], Pullback | None, tuple[Layout, ...]]:
-    """forward(model, *inputs, grad=True, input_grads=True) -> (outputs, pullback, layouts)
+    """forward(model, *inputs, grad=True, input_grads=True, **kw_inputs) -> (outputs, pullback,
+    layouts)
 
     :meth:`BridgedModel.forward` plus the layouts Julia needs to allocate the
-    receiving arrays (see NOTE [results cross to a Julia owner]).
+    receiving arrays (see NOTE [results cross to a Julia owner]). Keyword
+    inputs (``input_ids=``, ``attention_mask=``) pass through; the outputs'
+    names are ``model.output_structure.names``.
     """
-    outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads)
+    outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
     return outputs, pullback, layouts(outputs)
 
 
