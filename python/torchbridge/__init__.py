@@ -34,6 +34,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": "torchbridge.registry",
     "register_source": "torchbridge.registry",
     "register_local_model": "torchbridge.registry",
+    # text models
+    "load_tokenizer": "torchbridge.text",
+    "generate": "torchbridge.text",
     # export
     "export_onnx": "torchbridge.export",
     "ExportReport": "torchbridge.export",
@@ -41,7 +44,7 @@ _EXPORTS: dict[str, str] = {
 
 # submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
 _SUBMODULES = frozenset(
-    {"cli", "errors", "exchange", "export", "memory", "registry", "train", "bridged"}
+    {"cli", "errors", "exchange", "export", "memory", "registry", "train", "bridged", "text"}
 )
 
 __all__ = sorted([*_EXPORTS, *_ERROR_NAMES, "errors", "memory", "train", "__version__"])
@@ -94,3 +97,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .registry import (
         search_models as search_models,
     )
+    from .text import generate as generate
+    from .text import load_tokenizer as load_tokenizer

@@ -203,6 +203,8 @@ _PACKAGES = (
     "torchvision",
     "safetensors",
     "huggingface_hub",
+    "transformers",
+    "tokenizers",
     "onnx",
     "onnxruntime",
     "onnxscript",

@@ -11,7 +11,9 @@ its own module:
 * :mod:`.ledger` — the memory ledger and explicit scopes;
 * :mod:`.rows` — registry rows, FastAI.jl's registry, classifier heads;
 * :mod:`.training` — torch optimisers and the torch-native step over a
-  bridged model's gradient buffers.
+  bridged model's gradient buffers;
+* :mod:`.text` — text models: tokenize, decode and generate, token ids in
+  Julia order ``(seq, batch)``, 0-based.
 
 Arrays arrive as torch tensors that DLPack.jl made from Julia arrays
 (``DLPack.share(x, torch.from_dlpack)``: a C-contiguous tensor with the Julia
@@ -34,6 +36,7 @@ from .step import (
     release,
     synchronize,
 )
+from .text import decode, generate, tokenize, vocab_size
 from .training import (
     TorchOptimizer,
     TorchTrainer,
@@ -49,9 +52,11 @@ __all__ = [
     "TorchOptimizer",
     "TorchTrainer",
     "copy_out",
+    "decode",
     "entry_row",
     "fastai_rows",
     "forward",
+    "generate",
     "info_row",
     "layouts",
     "memory_stats",
@@ -67,6 +72,8 @@ __all__ = [
     "search_rows",
     "set_learning_rate",
     "synchronize",
+    "tokenize",
     "train_step",
     "trainer",
+    "vocab_size",
 ]

@@ -21,13 +21,15 @@ ENTRY_POINT_GROUP = "torchbridge.sources"
 
 
 def builtin_sources() -> list[ModelSource]:
-    """builtin_sources() -> list[ModelSource]: timm, torchvision, hub and local, in that order."""
+    """builtin_sources() -> list[ModelSource]: timm, torchvision, hub, hf and local, in that
+    order."""
+    from .hf_source import HFSource
     from .hub_source import HubSource
     from .local_source import LocalSource
     from .timm_source import TimmSource
     from .torchvision_source import TorchvisionSource
 
-    return [TimmSource(), TorchvisionSource(), HubSource(), LocalSource()]
+    return [TimmSource(), TorchvisionSource(), HubSource(), HFSource(), LocalSource()]
 
 
 def entry_point_sources() -> list[ModelSource]:

@@ -1,0 +1,593 @@
+"""The Hugging Face source: ``transformers`` models on this machine.
+
+Ids are ``hf/<org>/<name>`` (``hf/<name>`` for a repo without an organisation).
+Listed: every model repo in the Hugging Face cache (``$HF_HUB_CACHE``, else
+``$HF_HOME/hub``) whose ``config.json`` is a transformers config, and every
+folder written by ``save_pretrained`` named in ``$TORCHBRIDGE_HF_DIRS``
+(separated by ``os.pathsep``; a folder that holds such folders lists each of
+them), named by the folder's name.
+
+Entries are read from ``config.json`` (architecture class, ``model_type``, the
+task the class name says, labels, maximum sequence length, vocabulary and
+hidden size) and the cached model card (license); a config is read again only
+when its file changes. Listing imports nothing and runs no repository code.
+
+Loading (NOTE [hf loading]):
+    the class is the config's architecture (``BertForSequenceClassification``)
+    or, with ``task=``, transformers' ``AutoModelFor<Task>``. Weights load from
+    the cached snapshot folder, never through the network when offline;
+    safetensors are preferred and a pickled ``pytorch_model.bin`` is read with
+    ``weights_only=True``. Offline and not cached is a ``WeightsNotFoundError``
+    naming the cache path at once. A repository with its own code (``auto_map``
+    in its config) is refused without ``trust_remote_code=True``; an
+    architecture the installed transformers does not have is an
+    ``UnknownArchitectureError`` naming it and the version. ``num_labels``
+    (or ``num_classes``) follows NOTE [head rule]: the body always loads, a new
+    head is logged, and the config's ``num_labels`` follows the head.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from ...errors import (
+    RegistryError,
+    RemoteCodeError,
+    UnknownArchitectureError,
+    WeightsNotFoundError,
+)
+from ..entry import ModelEntry, WeightsInfo
+from ..heads import classifier_names
+from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
+from .base import ModelSource
+
+__all__ = ["AUTO_CLASSES", "HFSource", "hf_dirs", "task_of_architecture"]
+
+#: task -> the transformers Auto class that builds it
+AUTO_CLASSES = {
+    "feature-extraction": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "multiple-choice": "AutoModelForMultipleChoice",
+    "pretraining": "AutoModelForPreTraining",
+    "image-classification": "AutoModelForImageClassification",
+    "object-detection": "AutoModelForObjectDetection",
+    "semantic-segmentation": "AutoModelForSemanticSegmentation",
+    "audio-classification": "AutoModelForAudioClassification",
+    "speech-recognition": "AutoModelForCTC",
+}
+
+# class-name suffix -> task, longest first
+_SUFFIX_TASKS = (
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "masked-lm"),
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+    ("ForConditionalGeneration", "seq2seq-lm"),
+    ("ForMultipleChoice", "multiple-choice"),
+    ("ForPreTraining", "pretraining"),
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSemanticSegmentation", "semantic-segmentation"),
+    ("ForAudioClassification", "audio-classification"),
+    ("ForCTC", "speech-recognition"),
+    ("Model", "feature-extraction"),
+)
+
+#: tasks whose head has ``num_labels`` outputs
+LABEL_TASKS = frozenset(
+    {
+        "sequence-classification",
+        "token-classification",
+        "image-classification",
+        "audio-classification",
+    }
+)
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def task_of_architecture(architecture: str | None) -> str:
+    """task_of_architecture(name) -> str: ``"BertForSequenceClassification"`` gives
+    ``"sequence-classification"``; ``"unknown"`` when the name says nothing."""
+    if not architecture:
+        return "unknown"
+    for suffix, task in _SUFFIX_TASKS:
+        if architecture.endswith(suffix):
+            return task
+    return "unknown"
+
+
+def hf_dirs() -> list[Path]:
+    """hf_dirs() -> list[Path]: the folders named in ``$TORCHBRIDGE_HF_DIRS``."""
+    return [
+        Path(p.strip()).expanduser()
+        for p in os.environ.get("TORCHBRIDGE_HF_DIRS", "").split(os.pathsep)
+        if p.strip()
+    ]
+
+
+def snapshot_dir(repo_dir: Path) -> Path | None:
+    """snapshot_dir(repo_dir) -> Path | None: the snapshot ``refs/main`` names, else the newest."""
+    try:
+        revision = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
+    except OSError:
+        revision = ""
+    if revision:
+        snap = repo_dir / "snapshots" / revision
+        if snap.is_dir():
+            return snap
+    try:
+        snaps = [p for p in (repo_dir / "snapshots").iterdir() if (p / "config.json").is_file()]
+    except OSError:
+        return None
+    return max(snaps, key=lambda p: p.stat().st_mtime_ns) if snaps else None
+
+
+def _license(folder: Path) -> str | None:
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")[:4096]
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    for line in text.splitlines()[1:]:
+        if line.startswith("---"):
+            break
+        key, _, value = line.partition(":")
+        if key.strip() == "license" and value.strip():
+            return value.strip().strip("'\"")
+    return None
+
+
+def _first_int(config: dict, *keys: str) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        return _first_int(text, *keys)
+    return None
+
+
+def entry_from_config(name: str, folder: Path, config: dict, *, repo: str | None) -> ModelEntry:
+    """entry_from_config(name, folder, config, *, repo) -> ModelEntry: an ``hf/`` entry."""
+    architectures = config.get("architectures") or []
+    architecture = architectures[0] if architectures else None
+    task = task_of_architecture(architecture)
+    model_type = str(config.get("model_type") or "")
+    id2label = config.get("id2label")
+    labels = None
+    if isinstance(id2label, dict) and id2label:
+        try:
+            labels = [id2label[k] for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            labels = list(id2label.values())
+    num_labels = len(labels) if labels is not None else config.get("num_labels")
+    if num_labels is None and task in LABEL_TASKS:
+        num_labels = 2  # transformers' default, not written to config.json
+    max_length = _first_int(config, "max_position_embeddings", "n_positions", "n_ctx")
+    vocab = _first_int(config, "vocab_size")
+    hidden = _first_int(config, "hidden_size", "n_embd", "d_model", "dim")
+    image = _first_int(config, "image_size")
+    channels = _first_int(config, "num_channels")
+    input_size = (channels or 3, image, image) if image and task.startswith("image") else None
+    mean = std = None
+    try:
+        pre = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        mean = tuple(float(v) for v in pre.get("image_mean") or ()) or None
+        std = tuple(float(v) for v in pre.get("image_std") or ()) or None
+    except (OSError, ValueError, TypeError):
+        pass
+    weight = next((f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
+    remote = bool(config.get("auto_map"))
+    parts = [architecture or model_type or "transformers model"]
+    if task != "unknown":
+        parts.append(task.replace("-", " "))
+    if task in LABEL_TASKS and num_labels:
+        parts.append(f"{num_labels} labels")
+    if hidden:
+        parts.append(f"hidden {hidden}")
+    if vocab:
+        parts.append(f"vocabulary {vocab}")
+    if remote:
+        parts.append("custom code")
+    tags = tuple(dict.fromkeys(t for t in ("hf", "transformers", model_type, task) if t))
+    return ModelEntry(
+        id=f"hf/{name}",
+        source="hf",
+        name=name,
+        task=task,
+        description=", ".join(parts),
+        pretrained=weight is not None,
+        weights=WeightsInfo(
+            location=f"hf-hub:{repo}" if repo else str(folder),
+            filename=weight,
+            path=str(folder / weight) if weight else str(folder),
+            cached=weight is not None,
+        ),
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        num_classes=num_labels if task in LABEL_TASKS else None,
+        license=_license(folder),
+        tags=tags,
+        metadata={
+            "folder": str(folder),
+            "repo": repo,
+            "architecture": architecture,
+            "model_type": model_type,
+            "labels": labels,
+            "num_labels": num_labels,
+            "max_length": max_length,
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "custom_code": remote,
+        },
+    )
+
+
+class HFSource(ModelSource):
+    """transformers models in the Hugging Face cache and in ``$TORCHBRIDGE_HF_DIRS``."""
+
+    name = "hf"
+    requirement = "transformers (pip install 'torchbridge[hf]')"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # config.json path -> (mtime_ns, entry or None when it is no transformers config)
+        self._cache: dict[tuple[str, Path], tuple[int, ModelEntry | None]] = {}
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("transformers") is not None
+
+    def refresh(self) -> None:
+        super().refresh()
+        with self._lock:
+            self._cache.clear()
+
+    # -- listing -------------------------------------------------------------
+
+    def _read(self, name: str, folder: Path, repo: str | None) -> ModelEntry | None:
+        config_path = folder / "config.json"
+        try:
+            mtime = config_path.stat().st_mtime_ns
+        except OSError:
+            return None
+        key = (name, config_path)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = None
+        entry = None
+        if isinstance(config, dict) and (config.get("model_type") or config.get("architectures")):
+            entry = entry_from_config(name, folder, config, repo=repo)
+        with self._lock:
+            self._cache[key] = (mtime, entry)
+        return entry
+
+    def _cached_repos(self) -> list[tuple[str, Path]]:
+        hub = hf_hub_cache_dir()
+        try:
+            names = sorted(n for n in os.listdir(hub) if n.startswith("models--"))
+        except OSError:
+            return []
+        return [("/".join(n[len("models--") :].split("--")), hub / n) for n in names]
+
+    def _dir_models(self) -> list[tuple[str, Path]]:
+        found = []
+        for base in hf_dirs():
+            if (base / "config.json").is_file():
+                found.append((base.name, base))
+                continue
+            try:
+                children = sorted(base.iterdir())
+            except OSError:
+                continue
+            found.extend((c.name, c) for c in children if (c / "config.json").is_file())
+        return found
+
+    def entries(self) -> list[ModelEntry]:
+        found: dict[str, ModelEntry] = {}
+        for repo, repo_dir in self._cached_repos():
+            snap = snapshot_dir(repo_dir)
+            entry = self._read(repo, snap, repo) if snap is not None else None
+            if entry is not None:
+                found.setdefault(entry.name, entry)
+        for name, folder in self._dir_models():
+            entry = self._read(name, folder, None)
+            if entry is not None:
+                found.setdefault(entry.name, entry)
+        return list(found.values())
+
+    def get(self, name: str) -> ModelEntry | None:
+        """One model by name, reading its folder alone (never the whole cache).
+
+        A repo id that is not on this machine gives an entry without weights,
+        so that loading it downloads it, or, offline, says where it belongs.
+        """
+        for dir_name, folder in self._dir_models():
+            if dir_name == name:
+                return self._read(name, folder, None)
+        repo_dir = hf_hub_cache_dir() / hf_repo_folder(name)
+        snap = snapshot_dir(repo_dir) if repo_dir.is_dir() else None
+        if snap is not None:
+            entry = self._read(name, snap, name)
+            if entry is not None:
+                return entry
+        if not _REPO_ID.match(name):
+            return None
+        return ModelEntry(
+            id=f"hf/{name}",
+            source="hf",
+            name=name,
+            description=f"{name}: a Hugging Face Hub model, not on this machine",
+            pretrained=True,
+            weights=WeightsInfo(
+                location=f"hf-hub:{name}", filename="model.safetensors", path=str(repo_dir)
+            ),
+            tags=("hf", "transformers"),
+            metadata={"repo": name, "remote": True},
+        )
+
+    # -- loading: NOTE [hf loading] --------------------------------------------
+
+    def folder(self, entry: ModelEntry) -> Path:
+        """folder(entry) -> Path: the model's files here; downloaded first where allowed.
+
+        Raises:
+            WeightsNotFoundError: offline (or the download failed) and not on this machine.
+        """
+        folder = entry.metadata.get("folder")
+        if folder and Path(folder, "config.json").is_file():
+            return Path(folder)
+        repo = entry.metadata.get("repo") or entry.name
+        where = hf_hub_cache_dir() / hf_repo_folder(repo)
+        if is_offline():
+            raise WeightsNotFoundError(
+                f"{entry.id}: the model is not on this machine and offline (TORCHBRIDGE_OFFLINE "
+                f"or HF_HUB_OFFLINE is set). Expected the Hugging Face repo {repo} cached under "
+                f"{where} (snapshots/<revision>/config.json and model.safetensors). Download it "
+                "where the network is allowed (huggingface-cli download "
+                f"{repo}), copy that folder here, or name a save_pretrained folder in "
+                "TORCHBRIDGE_HF_DIRS."
+            )
+        from huggingface_hub import snapshot_download
+
+        try:  # the real download, with huggingface_hub's progress bar
+            path = snapshot_download(repo, cache_dir=str(hf_hub_cache_dir()))
+        except Exception as exc:
+            raise WeightsNotFoundError(
+                f"{entry.id}: could not download the Hugging Face repo {repo} into {where}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.refresh()
+        return Path(path)
+
+    def config(self, entry: ModelEntry, *, trust_remote_code: bool = False, **overrides: Any):
+        """config(entry, *, trust_remote_code=False, **overrides) -> PretrainedConfig"""
+        folder = self.folder(entry)
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        check_code(entry.id, raw, trust_remote_code)
+        import transformers
+
+        try:
+            return transformers.AutoConfig.from_pretrained(
+                str(folder), trust_remote_code=trust_remote_code, **overrides
+            )
+        except (ValueError, KeyError) as exc:
+            if "model_type" in str(exc) or "recognize" in str(exc):
+                raise UnknownArchitectureError(
+                    f"{entry.id}: its config has model_type {raw.get('model_type')!r}, which "
+                    f"transformers {transformers.__version__} does not know. Upgrade "
+                    "transformers (pip install -U transformers)."
+                ) from exc
+            raise
+
+    def model_class(self, entry: ModelEntry, config: Any, task: str | None) -> Any:
+        """model_class(entry, config, task) -> the transformers class that builds the model."""
+        import transformers
+
+        if task is not None:
+            if task not in AUTO_CLASSES:
+                raise ValueError(
+                    f"{entry.id}: unknown task {task!r}; the tasks are {sorted(AUTO_CLASSES)}"
+                )
+            return getattr(transformers, AUTO_CLASSES[task])
+        if getattr(config, "auto_map", None):
+            # custom code (trust_remote_code was given): the Auto class resolves it
+            arch = (config.architectures or [""])[0]
+            return getattr(transformers, AUTO_CLASSES.get(task_of_architecture(arch), "AutoModel"))
+        architectures = getattr(config, "architectures", None) or []
+        if not architectures:
+            return transformers.AutoModel
+        arch = architectures[0]
+        cls = getattr(transformers, arch, None)
+        if cls is None:
+            raise UnknownArchitectureError(
+                f"{entry.id}: its config names the architecture {arch!r}, which transformers "
+                f"{transformers.__version__} does not have. Upgrade transformers, or load it "
+                f"with task= one of {sorted(AUTO_CLASSES)} to use an Auto class for its "
+                f"model_type {getattr(config, 'model_type', '?')!r}."
+            )
+        return cls
+
+    def _split(self, kwargs: dict) -> tuple[str | None, bool, dict]:
+        task = kwargs.pop("task", None)
+        trust = bool(kwargs.pop("trust_remote_code", False))
+        return task, trust, kwargs
+
+    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        task = entry.task
+        if task not in LABEL_TASKS:
+            return ()
+        cache: dict[str, tuple[str, ...]] = vars(self).setdefault("_classifiers", {})
+        if entry.id not in cache:
+            import torch
+
+            config = self.config(entry)
+            cls = self.model_class(entry, config, None)
+            with torch.device("meta"):
+                model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+            cache[entry.id] = classifier_names(model)
+        return cache[entry.id]
+
+    def load(
+        self,
+        entry: ModelEntry,
+        *,
+        pretrained: bool,
+        weights: Path | None,
+        num_classes: int | None,
+        trust_pickle: bool,
+        num_labels: int | None = None,
+        **kwargs: Any,
+    ):
+        if num_labels is not None:
+            if num_classes is not None and num_classes != num_labels:
+                raise ValueError(
+                    f"{entry.id}: num_labels={num_labels} and num_classes={num_classes} disagree; "
+                    "pass one of them"
+                )
+            num_classes = num_labels
+        task = kwargs.get("task")
+        if num_classes is not None and (task or entry.task) not in LABEL_TASKS:
+            raise RegistryError(
+                f"{entry.id}: num_labels applies to a classifier ({sorted(LABEL_TASKS)}); this "
+                f"model is {task or entry.task}. Load it with task='sequence-classification' "
+                "(or another classification task) to put a classifier on its body."
+            )
+        if task is not None and task != entry.task and pretrained:
+            # another head on the same body: transformers loads the body, a new head
+            return self._from_pretrained(entry, weights, trust_pickle, num_classes, **kwargs)
+        model = super().load(
+            entry,
+            pretrained=pretrained,
+            weights=weights,
+            num_classes=num_classes,
+            trust_pickle=trust_pickle,
+            **kwargs,
+        )
+        if num_classes is not None and getattr(model.config, "num_labels", None) != num_classes:
+            model.config.num_labels = num_classes  # the config follows the head (and its labels)
+        return model
+
+    def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
+        task, trust, overrides = self._split(dict(kwargs))
+        if num_classes is not None:
+            overrides["num_labels"] = num_classes
+        config = self.config(entry, trust_remote_code=trust, **overrides)
+        cls = self.model_class(entry, config, task)
+        if hasattr(cls, "from_config"):
+            return cls.from_config(config, trust_remote_code=trust)
+        return cls._from_config(config)
+
+    def build_pretrained(
+        self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
+    ):
+        return self._from_pretrained(entry, weights, trust_pickle, None, **kwargs)
+
+    def _from_pretrained(
+        self,
+        entry: ModelEntry,
+        weights: Path | None,
+        trust_pickle: bool,
+        num_classes: int | None,
+        **kwargs: Any,
+    ):
+        task, trust, overrides = self._split(dict(kwargs))
+        if weights is not None:  # a file of the caller's: built from the config, loaded safely
+            from ..weights import load_state_dict
+
+            state = load_state_dict(weights, trust_pickle=trust_pickle)
+            return self.build_holding(
+                entry, state, source=str(weights), task=task, trust_remote_code=trust, **overrides
+            )
+        folder = self.folder(entry)
+        config = self.config(entry, trust_remote_code=trust, **overrides)
+        if num_classes is not None:
+            config.num_labels = num_classes
+        cls = self.model_class(entry, config, task)
+        return cls.from_pretrained(
+            str(folder),
+            config=config,
+            local_files_only=True,
+            trust_remote_code=trust,
+            weights_only=not trust_pickle,
+            ignore_mismatched_sizes=num_classes is not None,
+        )
+
+    def build_holding(self, entry, state, *, source: str, **kwargs: Any):
+        from ..heads import held_classes
+        from ..weights import load_into_model
+
+        held = held_classes(state, self.classifier(entry))
+        model = self.build(entry, num_classes=held if held else None, **kwargs)
+        missing = {k: v for k, v in model.state_dict().items() if k not in state}
+        # tied weights (an LM head sharing the embedding) are not stored twice
+        tied = {k for k in missing if _is_tied(model, k)}
+        full = dict(state)
+        full.update({k: missing[k] for k in tied})
+        load_into_model(model, full, source=source)
+        return model
+
+
+def _is_tied(model: Any, key: str) -> bool:
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(
+        model, "_tied_weights_keys", None
+    )
+    if isinstance(tied, dict):
+        return key in tied
+    if isinstance(tied, (list, tuple)):
+        return any(re.fullmatch(p, key) or p == key for p in tied)
+    return False
+
+
+def check_code(model_id: str, config: dict, trust_remote_code: bool) -> None:
+    """check_code(model_id, config, trust_remote_code) -> None
+
+    Raise :class:`~torchbridge.errors.RemoteCodeError` when the config needs the
+    repository's own Python code (``auto_map``) and it is not trusted.
+    """
+    auto_map = config.get("auto_map")
+    if auto_map and not trust_remote_code:
+        files = sorted({str(v).split(".")[0] for v in _flat(auto_map)})
+        raise RemoteCodeError(
+            f"{model_id}: this repository builds its model with its own Python code "
+            f"({', '.join(f + '.py' for f in files)}), which would run on this machine. Read it, "
+            "and pass trust_remote_code=True to load_model if you trust it."
+        )
+
+
+def _flat(value: Any):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _flat(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flat(v)
+    elif value:
+        yield value.split("--")[-1]

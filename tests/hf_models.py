@@ -1,0 +1,161 @@
+"""Tiny random transformers models, their tokenizers, and a Hugging Face cache to hold them.
+
+Nothing is downloaded: each model is built from a config (hidden size <= 64,
+2 layers), each tokenizer from a vocabulary written here, and both are saved
+with ``save_pretrained`` and laid out as the Hub cache lays out a repo
+(``models--org--name/refs/main``, ``snapshots/<revision>/...``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "the a an is was and or not good bad great terrible movie film book plot actor "
+    "i you we they it this that love hate like fine boring fun long short story end"
+).split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = [*SPECIAL, *WORDS, *(f"##{c}" for c in "sdeyr")]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    try:  # transformers >= 5 takes the vocabulary itself
+        return BertTokenizerFast(vocab=vocab, model_max_length=32)
+    except TypeError:  # pragma: no cover - transformers 4
+        path = folder / "vocab.txt"
+        path.write_text("\n".join(tokens) + "\n")
+        return BertTokenizerFast(vocab_file=str(path), model_max_length=32)
+
+
+def gpt2_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0}
+    for w in WORDS:
+        vocab.setdefault("Ġ" + w, len(vocab))
+        vocab.setdefault(w, len(vocab))
+    for c in "abcdefghijklmnopqrstuvwxyzĠ":
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=64,
+    )
+
+
+def make_bert(folder: Path, *, num_labels: int = 3, seed: int = 0, dtype=torch.float32):
+    """A 2-layer BERT sequence classifier with its WordPiece tokenizer, saved in ``folder``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = bert_tokenizer(folder)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).to(dtype)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+def make_gpt2(folder: Path, *, seed: int = 0):
+    """A 2-layer GPT-2 causal LM with a word-level byte tokenizer, saved in ``folder``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = gpt2_tokenizer(folder)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+def make_vit(folder: Path, *, num_labels: int = 4, seed: int = 0):
+    """A 2-layer ViT image classifier on 32x32 images, with its preprocessor config."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    model = ViTForImageClassification(config)
+    model.save_pretrained(folder)
+    folder.joinpath("preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": 32})
+    )
+    return model, None
+
+
+def cache_repo(hub: Path, repo: str, folder: Path, *, license: str | None = "apache-2.0") -> Path:
+    """Lay ``folder`` out in the Hub cache ``hub`` as the repo ``repo``; return the snapshot."""
+    repo_dir = hub / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / REVISION
+    shutil.copytree(folder, snap, dirs_exist_ok=True)
+    if license:
+        (snap / "README.md").write_text(f"---\nlicense: {license}\ntags:\n- test\n---\n# {repo}\n")
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(REVISION)
+    return snap
+
+
+def tiny_cache(hub: Path, work: Path) -> dict:
+    """The three tiny models in the cache ``hub``: test/tiny-bert, test/tiny-gpt2, test/tiny-vit."""
+    made = {}
+    for repo, make in (
+        ("test/tiny-bert", make_bert),
+        ("test/tiny-gpt2", make_gpt2),
+        ("test/tiny-vit", make_vit),
+    ):
+        folder = work / repo.replace("/", "_")
+        model, tok = make(folder)
+        cache_repo(hub, repo, folder)
+        made[repo] = (model, tok)
+    return made

@@ -1,0 +1,340 @@
+"""The hf source: tiny random BERT, GPT-2 and ViT laid out as a Hugging Face cache.
+
+Nothing is downloaded: tests/hf_models.py builds each model from a config and
+writes its tokenizer's vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import torchbridge  # noqa: E402
+from hf_models import cache_repo, make_bert, tiny_cache  # noqa: E402
+from julia_arrays import ArrayValue  # noqa: E402
+from torchbridge import julia_support as jl  # noqa: E402
+from torchbridge import memory  # noqa: E402
+from torchbridge.errors import (  # noqa: E402
+    MaskShapeError,
+    RemoteCodeError,
+    TokenIdError,
+    TokenizerNotFoundError,
+    UnknownArchitectureError,
+    UnknownModelError,
+    WeightsNotFoundError,
+)
+from torchbridge.registry.core import get_registry  # noqa: E402
+
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def hf_cache(tmp_path_factory):
+    """The cache, with HF_HUB_CACHE pointing at it for the module's tests."""
+    root = tmp_path_factory.mktemp("hf")
+    made = tiny_cache(root / "hub", root / "work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TORCHBRIDGE_OFFLINE", "1")
+        mp.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
+        get_registry().refresh()
+        yield {"root": root, "hub": root / "hub", "made": made}
+    get_registry().refresh()
+
+
+def same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class TestListing:
+    def test_entries_from_config(self, hf_cache):
+        """Each cached repo is listed with its task, labels, sizes and the card's license."""
+        entries = {e.id: e for e in torchbridge.list_models(source="hf")}
+        assert set(entries) == {"hf/test/tiny-bert", "hf/test/tiny-gpt2", "hf/test/tiny-vit"}
+        bert = entries["hf/test/tiny-bert"]
+        assert bert.task == "sequence-classification" and bert.num_classes == 3
+        assert bert.license == "apache-2.0" and bert.weights.cached
+        assert bert.metadata["architecture"] == "BertForSequenceClassification"
+        assert bert.metadata["model_type"] == "bert"
+        assert bert.metadata["labels"] == ["LABEL_0", "LABEL_1", "LABEL_2"]
+        assert bert.metadata["max_length"] == 64 and bert.metadata["hidden_size"] == 32
+        assert bert.metadata["vocab_size"] == 44
+        gpt2 = entries["hf/test/tiny-gpt2"]
+        assert gpt2.task == "causal-lm" and gpt2.num_classes is None
+        vit = entries["hf/test/tiny-vit"]
+        assert vit.task == "image-classification" and vit.input_size == (3, 32, 32)
+        assert vit.julia_input_size == (32, 32, 3) and vit.mean == (0.5, 0.5, 0.5)
+
+    def test_search_and_info(self, hf_cache):
+        """Search ranks hf models with the rest; model_info reads one repo."""
+        found = [e.id for e in torchbridge.search_models("tiny bert", limit=3)]
+        assert found[0] == "hf/test/tiny-bert"
+        assert torchbridge.model_info("hf/test/tiny-gpt2").task == "causal-lm"
+        assert torchbridge.list_models("hf/*gpt2*")[0].id == "hf/test/tiny-gpt2"
+
+    def test_save_pretrained_folders(self, hf_cache, tmp_path, monkeypatch):
+        """Folders named in TORCHBRIDGE_HF_DIRS are listed by their name, and load."""
+        make_bert(tmp_path / "mine" / "my-bert", num_labels=2)
+        monkeypatch.setenv("TORCHBRIDGE_HF_DIRS", str(tmp_path / "mine"))
+        entry = torchbridge.model_info("hf/my-bert")
+        assert entry.num_classes == 2 and entry.weights.location == str(
+            tmp_path / "mine" / "my-bert"
+        )
+        assert "hf/my-bert" in {e.id for e in torchbridge.list_models(source="hf")}
+        model = torchbridge.load_model("hf/my-bert", pretrained=True)
+        assert model.config.num_labels == 2
+
+
+class TestLoading:
+    def test_pretrained_is_the_saved_model(self, hf_cache):
+        """pretrained=True loads every saved tensor; the forward equals the saved model's."""
+        ref = hf_cache["made"]["test/tiny-bert"][0].eval()
+        model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True)
+        assert type(model).__name__ == "BertForSequenceClassification"
+        assert same_state(model, ref)
+        ids = torch.randint(0, 44, (2, 7))
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+    def test_new_head_keeps_the_body(self, hf_cache, caplog):
+        """num_labels replaces the head (logged), the body loads, the config follows."""
+        ref = hf_cache["made"]["test/tiny-bert"][0]
+        with caplog.at_level(logging.INFO, logger="torchbridge.registry"):
+            model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True, num_labels=5)
+        assert model.classifier.out_features == 5 and model.config.num_labels == 5
+        assert len(model.config.id2label) == 5
+        assert "classifier.weight" in caplog.text and "3-class head" in caplog.text
+        body = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier")}
+        assert all(torch.equal(v, ref.state_dict()[k]) for k, v in body.items())
+        same = torchbridge.load_model("hf/test/tiny-bert", pretrained=True, num_classes=3)
+        assert same_state(same, ref)
+        with pytest.raises(ValueError, match="disagree"):
+            torchbridge.load_model("hf/test/tiny-bert", num_labels=2, num_classes=3)
+        with pytest.raises(torchbridge.RegistryError, match="applies to a classifier"):
+            torchbridge.load_model("hf/test/tiny-gpt2", num_labels=2)
+
+    def test_untrained_and_by_task(self, hf_cache):
+        """Without weights the model is built from the config; task= picks an Auto class."""
+        model = torchbridge.load_model("hf/test/tiny-bert", num_labels=4, hidden_act="relu")
+        assert model.classifier.out_features == 4 and model.config.hidden_act == "relu"
+        body = torchbridge.load_model(
+            "hf/test/tiny-bert", pretrained=True, task="feature-extraction"
+        )
+        assert type(body).__name__ == "BertModel"
+        ref = hf_cache["made"]["test/tiny-bert"][0]
+        assert torch.equal(
+            body.embeddings.word_embeddings.weight, ref.bert.embeddings.word_embeddings.weight
+        )
+        vit = torchbridge.load_model("hf/test/tiny-vit", pretrained=True, num_classes=2)
+        assert vit.classifier.out_features == 2
+        assert vit(pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 2)
+
+    def test_weights_file(self, hf_cache, tmp_path):
+        """weights=FILE builds from the config and loads the file safely (pickles too)."""
+        ref = hf_cache["made"]["test/tiny-gpt2"][0]
+        torch.save(ref.state_dict(), tmp_path / "w.pt")
+        model = torchbridge.load_model("hf/test/tiny-gpt2", weights=tmp_path / "w.pt")
+        assert same_state(model, ref)
+
+    def test_tokenizer(self, hf_cache):
+        """load_tokenizer gives the model's fast tokenizer, once per folder."""
+        tok = torchbridge.load_tokenizer("hf/test/tiny-bert")
+        assert tok.is_fast and len(tok) == 44
+        assert tok is torchbridge.load_tokenizer("hf/test/tiny-bert")
+        made = hf_cache["made"]["test/tiny-bert"][1]
+        assert tok("the movie was great")["input_ids"] == made("the movie was great")["input_ids"]
+        with pytest.raises(TokenizerNotFoundError, match="no tokenizer files"):
+            torchbridge.load_tokenizer("hf/test/tiny-vit")
+
+
+class TestBadInput:
+    def test_not_cached_offline(self, hf_cache):
+        """An id not in the cache, offline: WeightsNotFoundError naming the cache path, at once."""
+        with memory.expect_baseline():
+            start = time.perf_counter()
+            with pytest.raises(WeightsNotFoundError) as err:
+                torchbridge.load_model("hf/nobody/nothing", pretrained=True)
+            assert time.perf_counter() - start < 1.0
+        assert str(hf_cache["hub"] / "models--nobody--nothing") in str(err.value)
+        with pytest.raises(UnknownModelError):
+            torchbridge.model_info("hf/not a repo")
+
+    def _variant(self, hf_cache, repo, edit):
+        snap = next((hf_cache["hub"] / "models--test--tiny-bert" / "snapshots").iterdir())
+        folder = hf_cache["root"] / "variants" / repo
+        shutil.copytree(snap, folder, dirs_exist_ok=True)
+        config = json.loads((folder / "config.json").read_text())
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+        cache_repo(hf_cache["hub"], repo, folder)
+        return f"hf/{repo}"
+
+    def test_unknown_architecture(self, hf_cache):
+        """An architecture (or model_type) transformers lacks is named with its version."""
+        import transformers
+
+        arch = self._variant(
+            hf_cache,
+            "test/future-arch",
+            lambda c: c.update(architectures=["FutureBertForSequenceClassification"]),
+        )
+        kind = self._variant(
+            hf_cache, "test/future-type", lambda c: c.update(model_type="futurebert")
+        )
+        with memory.expect_baseline():
+            with pytest.raises(UnknownArchitectureError) as err:
+                torchbridge.load_model(arch, pretrained=True)
+            assert "FutureBertForSequenceClassification" in str(err.value)
+            assert transformers.__version__ in str(err.value)
+            with pytest.raises(UnknownArchitectureError, match="futurebert"):
+                torchbridge.load_model(kind, pretrained=True)
+        # a body of a known model_type still loads with task=
+        assert torchbridge.load_model(arch, pretrained=True, task="sequence-classification")
+
+    def test_custom_code_needs_trust(self, hf_cache):
+        """A config with auto_map is refused without trust_remote_code=True, naming the files."""
+        repo = self._variant(
+            hf_cache,
+            "test/custom",
+            lambda c: c.update(auto_map={"AutoModel": "modeling_custom.CustomModel"}),
+        )
+        assert torchbridge.model_info(repo).metadata["custom_code"]
+        with memory.expect_baseline(), pytest.raises(RemoteCodeError, match="modeling_custom.py"):
+            torchbridge.load_model(repo, pretrained=True)
+
+    def test_token_ids_and_masks(self, hf_cache):
+        """Ids outside the vocabulary and masks of another shape fail before the model runs."""
+        bm = torchbridge.bridge(torchbridge.load_model("hf/test/tiny-bert", pretrained=True))
+        ids = torch.randint(0, 44, (2, 6))
+        with memory.expect_baseline():
+            with pytest.raises(TokenIdError, match="vocabulary of 44 tokens"):
+                bm.forward(input_ids=ids + 44)
+            with pytest.raises(MaskShapeError, match="attention_mask"):
+                bm.forward(input_ids=ids, attention_mask=torch.ones(2, 5, dtype=torch.int64))
+            with pytest.raises(MaskShapeError, match="token_type_ids"):
+                bm.forward(ids, token_type_ids=torch.zeros(6, 2, dtype=torch.int64))
+        bm.close()
+
+
+class TestBridge:
+    def test_forward_equals_direct_call(self, hf_cache):
+        """The bridge's named outputs equal the model's own, for each tiny model."""
+        for model_id, inputs in (
+            (
+                "hf/test/tiny-bert",
+                {
+                    "input_ids": torch.randint(0, 44, (2, 6)),
+                    "attention_mask": torch.ones(2, 6, dtype=torch.int64),
+                },
+            ),
+            ("hf/test/tiny-gpt2", {"input_ids": torch.randint(0, 94, (2, 6)), "use_cache": False}),
+            ("hf/test/tiny-vit", {"pixel_values": torch.randn(2, 3, 32, 32)}),
+        ):
+            model = torchbridge.load_model(model_id, pretrained=True)
+            want = model(**inputs)
+            bm = torchbridge.bridge(model)
+            outputs, pb = bm.forward(grad=False, **inputs)
+            assert pb is None and bm.output_structure.names == ("logits",)
+            torch.testing.assert_close(outputs[0], want.logits)
+            assert type(bm.output_structure.rebuild(outputs)) is type(want)
+            bm.close()
+
+    def test_gradients_equal_autograd_in_float64(self, hf_cache):
+        """Parameter and inputs_embeds gradients equal autograd's, in float64, with a loss output."""
+        model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True).double().train()
+        ref = copy.deepcopy(model)
+        emb = torch.randn(2, 6, 32, dtype=torch.float64)
+        mask = torch.ones(2, 6, dtype=torch.int64)
+        mask[1, 4:] = 0
+        labels = torch.tensor([0, 2])
+        bm = torchbridge.bridge(model)
+        with memory.expect_baseline():
+            outputs, pb = bm.forward(inputs_embeds=emb, attention_mask=mask, labels=labels)
+            assert bm.output_structure.names == ("loss", "logits")
+            g_emb, g_mask, g_labels = pb(loss=torch.tensor(1.0, dtype=torch.float64))
+        x = emb.clone().requires_grad_(True)
+        out = ref(inputs_embeds=x, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        torch.testing.assert_close(outputs[0], out.loss.detach(), **TIGHT)
+        torch.testing.assert_close(g_emb, x.grad, **TIGHT)
+        assert g_mask is None and g_labels is None
+        for name, g in zip(bm.param_names, bm.grads):
+            want = ref.get_parameter(name).grad
+            torch.testing.assert_close(g, torch.zeros_like(g) if want is None else want, **TIGHT)
+        bm.close()
+
+    def test_ledger_at_baseline_after_1000_steps(self, hf_cache):
+        """1,000 forward/pullback steps on BERT, cotangent on logits only: nothing stays held."""
+        bm = torchbridge.bridge(
+            torchbridge.load_model("hf/test/tiny-bert", pretrained=True).train()
+        )
+        ids = torch.randint(0, 44, (2, 8))
+        mask = torch.ones(2, 8, dtype=torch.int64)
+        cot = torch.ones(2, 3)
+        with memory.expect_baseline():
+            for _ in range(1000):
+                _, pb = bm.forward(input_ids=ids, attention_mask=mask)
+                pb(logits=cot)
+        bm.close()
+
+
+class TestJuliaText:
+    """julia_support.text, called as TorchBridge.jl calls it."""
+
+    def test_tokenize_is_julia_ordered(self, hf_cache):
+        """tokenize gives Int64 (seq, batch) column-major arrays; ids 0-based, as the tokenizer's."""
+        texts = ["the movie was great", "bad plot"]
+        got = jl.tokenize("hf/test/tiny-bert", texts)
+        assert set(got) == {"input_ids", "attention_mask", "token_type_ids"}
+        tok = torchbridge.load_tokenizer("hf/test/tiny-bert")
+        want = tok(texts, padding=True, return_tensors="pt")
+        for name, a in got.items():
+            assert a.dtype == np.int64 and a.shape == (6, 2) and a.flags.f_contiguous
+            np.testing.assert_array_equal(a, want[name].numpy().T)
+        assert got["input_ids"][0, 0] == tok.cls_token_id  # 0-based: [CLS] is id 2
+        assert jl.vocab_size("hf/test/tiny-bert") == 44
+        assert jl.tokenize("hf/test/tiny-gpt2", "the end", padding=False)["input_ids"].shape == (
+            2,
+            1,
+        )
+
+    def test_forward_with_julia_keyword_inputs(self, hf_cache):
+        """Julia arrays from tokenize, passed by keyword, give the model's own logits."""
+        model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True)
+        toks = jl.tokenize("hf/test/tiny-bert", ["i love this film", "boring"])
+        bm = torchbridge.bridge(model)
+        kw = {k: ArrayValue(np.asfortranarray(v)) for k, v in toks.items()}
+        outputs, pb, layouts = jl.forward(bm, grad=True, **kw)
+        assert bm.output_structure.names == ("logits",)
+        assert layouts[0][0] == (3, 2)  # Julia (labels, batch)
+        want = model(**{k: torch.from_numpy(np.ascontiguousarray(v.T)) for k, v in toks.items()})
+        torch.testing.assert_close(outputs[0], want.logits)
+        grads, _ = jl.pullback(pb, torch.ones(2, 3))
+        assert grads == (None, None, None)
+        bm.close()
+
+    def test_decode_and_generate(self, hf_cache):
+        """decode reads Julia (seq, batch) ids; generate extends them greedily, as torch's."""
+        toks = jl.tokenize("hf/test/tiny-gpt2", ["the movie", "a book"])
+        ids = ArrayValue(np.asfortranarray(toks["input_ids"]))
+        assert jl.decode("hf/test/tiny-gpt2", ids) == [" the movie", " a book"]
+        model = torchbridge.load_model("hf/test/tiny-gpt2", pretrained=True)
+        out = jl.generate(model, ids, max_new_tokens=4)
+        assert out.shape == (6, 2) and out.dtype == np.int64
+        want = torchbridge.generate(
+            model, torch.from_numpy(toks["input_ids"].T.copy()), max_new_tokens=4
+        )
+        np.testing.assert_array_equal(out, want.numpy().T)
+        vec = ArrayValue(np.asfortranarray(toks["input_ids"][:, 0]))
+        assert jl.generate(model, vec, max_new_tokens=2).shape == (4, 1)
+        assert len(jl.decode("hf/test/tiny-gpt2", out, layout="julia")) == 2
