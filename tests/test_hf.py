@@ -338,3 +338,62 @@ class TestJuliaText:
         vec = ArrayValue(np.asfortranarray(toks["input_ids"][:, 0]))
         assert jl.generate(model, vec, max_new_tokens=2).shape == (4, 1)
         assert len(jl.decode("hf/test/tiny-gpt2", out, layout="julia")) == 2
+
+
+class TestTrainSaveExport:
+    def test_fit_lowers_the_loss(self, hf_cache):
+        """fit finetunes the BERT classifier on tokenized batches (dict inputs, ModelOutput)."""
+        from torchbridge.train import fit
+
+        model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True, num_labels=2)
+        tok = torchbridge.load_tokenizer("hf/test/tiny-bert")
+        texts = ["i love this film", "great fun movie", "boring and bad", "terrible plot"] * 2
+        labels = torch.tensor([1, 1, 0, 0] * 2)
+        enc = dict(tok(texts, padding=True, return_tensors="pt"))
+        batches = [(enc, labels)]
+        history = fit(
+            model,
+            batches,
+            batches,
+            epochs=20,
+            optimizer={"rule": "Adam", "eta": 1e-2},
+            loss="logitcrossentropy",
+            progress=False,
+        )
+        losses = [r["train_loss"] for r in history.epochs]
+        assert losses[-1] < 0.5 * losses[0]
+
+    def test_register_local_round_trip(self, hf_cache, tmp_path):
+        """register_local_model writes save_pretrained's layout; local/<name> loads bit-equal."""
+        model = torchbridge.load_model("hf/test/tiny-bert", pretrained=True, num_labels=2)
+        with torch.no_grad():
+            model.classifier.weight.add_(1.0)
+        entry = torchbridge.register_local_model(
+            "tiny-bert-sst", model, architecture="hf/test/tiny-bert", directory=tmp_path
+        )
+        folder = tmp_path / "tiny-bert-sst"
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+        assert entry.id == "local/tiny-bert-sst" and entry.num_classes == 2
+        assert entry.task == "sequence-classification"
+        back = torchbridge.load_model("local/tiny-bert-sst")
+        assert type(back) is type(model) and same_state(back, model)
+        tok = torchbridge.load_tokenizer("local/tiny-bert-sst")
+        assert len(tok) == 44
+        with pytest.raises(torchbridge.DuplicateModelError):
+            torchbridge.register_local_model(
+                "tiny-bert-sst", model, architecture="hf/test/tiny-bert", directory=tmp_path
+            )
+
+    @pytest.mark.parametrize("model_id", ["hf/test/tiny-bert", "hf/test/tiny-gpt2"])
+    def test_onnx_export_with_dynamic_batch_and_sequence(self, hf_cache, tmp_path, model_id):
+        """Text models export with dynamic batch and sequence axes, verified in onnxruntime."""
+        pytest.importorskip("onnxruntime")
+        model = torchbridge.load_model(model_id, pretrained=True)
+        report = torchbridge.export_onnx(model, tmp_path / "m.onnx")
+        names = [i.name for i in report.inputs]
+        assert names[:2] == ["input_ids", "attention_mask"]
+        assert all(i.shape == ("batch", "sequence") and i.dtype == "int64" for i in report.inputs)
+        assert report.outputs[0].name == "logits"
+        assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff < 1e-4

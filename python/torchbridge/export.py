@@ -220,21 +220,22 @@ def _remove(*paths: Path | None) -> None:
                 path.unlink()
 
 
-def _write(module, example, path, *, names, dynamic_batch, opset, external) -> list[str]:
+def _write(
+    module, example, path, *, names, input_names, dynamic_shapes, opset, external
+) -> list[str]:
     """Run torch.onnx.export; its progress printout is kept out of the user's stdout."""
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.onnx.export(
                 module,
-                (example,),
+                tuple(example),
                 str(path),
                 dynamo=True,
                 external_data=external,
                 opset_version=opset,
-                input_names=["input"],
+                input_names=list(input_names),
                 output_names=names,
                 dynamic_shapes=dynamic_shapes,
             )
@@ -271,28 +272,26 @@ def _graph_info(onnx_model) -> tuple[int, tuple[TensorInfo, ...], tuple[TensorIn
     return opset, inputs, outputs
 
 
-def _verify(module, path, input_size, dtype, device, batch_sizes, tolerance) -> float:
+def _verify(module, path, feeds, tolerance) -> float:
+    """Run onnxruntime on each feed (a label and a tuple of torch inputs) against torch."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    generator = torch.Generator().manual_seed(0)
+    input_names = [i.name for i in session.get_inputs()]
     worst = 0.0
-    for batch in batch_sizes:
-        x = torch.randn(batch, *input_size, generator=generator, dtype=torch.float32)
-        x = x.to(dtype)
+    for label, xs in feeds:
         with torch.no_grad():
-            expected = [
-                t.detach().float().cpu().numpy() for t in _flat_outputs(module(x.to(device)))
-            ]
-        feed = x.float().numpy() if dtype == torch.bfloat16 else x.numpy()
+            expected = [t.detach().float().cpu().numpy() for t in _flat_outputs(module(*xs))]
+        feed = {
+            name: (x.float() if x.dtype == torch.bfloat16 else x).cpu().numpy()
+            for name, x in zip(input_names, xs)
+        }
         try:
-            got = session.run(None, {input_name: feed})
+            got = session.run(None, feed)
         except Exception as exc:
             raise ExportVerificationError(
-                f"export_onnx: onnxruntime could not run the exported model at batch size "
-                f"{batch}: {exc}"
+                f"export_onnx: onnxruntime could not run the exported model at {label}: {exc}"
             ) from exc
         if len(got) != len(expected):
             raise ExportVerificationError(
@@ -302,7 +301,7 @@ def _verify(module, path, input_size, dtype, device, batch_sizes, tolerance) -> 
             if g.shape != e.shape:
                 raise ExportVerificationError(
                     f"export_onnx: output {i} has shape {g.shape} in onnxruntime and {e.shape} "
-                    f"in torch at batch size {batch}."
+                    f"in torch at {label}."
                 )
             diff = (
                 float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64))))
@@ -315,9 +314,56 @@ def _verify(module, path, input_size, dtype, device, batch_sizes, tolerance) -> 
             if diff > tolerance:
                 raise ExportVerificationError(
                     f"export_onnx: onnxruntime and torch differ by up to {diff:.3g} on output {i} "
-                    f"at batch size {batch} (tolerance {tolerance:g}); the file was removed."
+                    f"at {label} (tolerance {tolerance:g}); the file was removed."
                 )
     return worst
+
+
+class _TextModel(torch.nn.Module):
+    """A text model called with its token inputs positionally, returning its named tensors."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str], extra: dict):
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(input_names)
+        self.extra = extra
+
+    def forward(self, *inputs: torch.Tensor):
+        from .outputs import flatten_outputs
+
+        flat, _ = flatten_outputs(self.model(**dict(zip(self.input_names, inputs)), **self.extra))
+        return tuple(flat)
+
+
+def _text_spec(module: torch.nn.Module):
+    """The token inputs of a text model (``None`` for any other module), as export needs them."""
+    import inspect
+
+    from .textinputs import TextInputs
+
+    text = TextInputs.of(module)
+    if text is None:
+        return None
+    params = inspect.signature(module.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in params and text.type_vocab_size:
+        names.append("token_type_ids")
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    config = getattr(module, "config", None)
+    max_len = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    return text, [n for n in names if n in params], extra, max_len
+
+
+def _text_feed(text, names, batch: int, seq: int, device, generator) -> tuple[torch.Tensor, ...]:
+    ids = torch.randint(0, text.vocab_size, (batch, seq), generator=generator)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    if seq > 2:
+        mask[0, -2:] = 0  # some padding, as a real batch has
+    types = torch.zeros(batch, seq, dtype=torch.int64)
+    by_name = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return tuple(by_name[n].to(device) for n in names)
 
 
 def export_onnx(
@@ -375,7 +421,8 @@ def export_onnx(
             "export_onnx needs the onnx package: pip install 'torchbridge[onnx]'"
         ) from exc
     module = _resolve_model(model, weights, num_classes)
-    size = _input_size(model, module, input_size)
+    text = _text_spec(module) if input_size is None else None
+    size = _input_size(model, module, input_size) if text is None else ()
     dtype, device = _model_dtype_device(module)
     tol = tolerance if tolerance is not None else _TOLERANCE.get(dtype, 1e-4)
     path = Path(path)
@@ -389,10 +436,54 @@ def export_onnx(
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        # a batch of 2 for the example: torch.export specialises dimensions of size 1
-        example = torch.randn(2 if dynamic_batch else 1, *size, dtype=dtype, device=device)
-        with torch.no_grad():
-            names = _output_names(module(example))
+        generator = torch.Generator().manual_seed(0)
+        batch_dim = torch.export.Dim("batch")
+        if text is not None:  # token inputs: batch and sequence axes both dynamic
+            spec, input_names, extra, max_len = text
+            exported: torch.nn.Module = _TextModel(module, input_names, extra)
+            example = _text_feed(spec, input_names, 2 if dynamic_batch else 1, 8, device, generator)
+            seq_dim = (
+                torch.export.Dim("sequence", max=max_len)
+                if max_len
+                else torch.export.Dim("sequence")
+            )
+            axes = {0: batch_dim, 1: seq_dim} if dynamic_batch else {1: seq_dim}
+            # one entry, for the wrapper's *inputs, holding one per token input
+            dynamic_shapes = (tuple(axes for _ in input_names),)
+            with torch.no_grad():
+                from .outputs import flatten_outputs
+
+                _, structure = flatten_outputs(module(**dict(zip(input_names, example)), **extra))
+            names = [n.replace(".", "_") for n in structure.names]
+            shapes = [(1, 5), (3, 11)] if dynamic_batch else [(1, 5), (1, 11)]
+            feeds = [
+                (
+                    f"batch size {b}, sequence length {q}",
+                    _text_feed(spec, input_names, b, q, device, generator),
+                )
+                for b, q in shapes
+            ]
+            checked_batches = tuple(dict.fromkeys(b for b, _ in shapes))
+        else:
+            exported = module
+            input_names = ["input"]
+            # a batch of 2 for the example: torch.export specialises dimensions of size 1
+            example = (torch.randn(2 if dynamic_batch else 1, *size, dtype=dtype, device=device),)
+            dynamic_shapes = ({0: batch_dim},) if dynamic_batch else None
+            with torch.no_grad():
+                names = _output_names(module(*example))
+            checked_batches = _VERIFY_BATCH_SIZES if dynamic_batch else (1,)
+            feeds = [
+                (
+                    f"batch size {b}",
+                    (
+                        torch.randn(b, *size, generator=generator, dtype=torch.float32)
+                        .to(dtype)
+                        .to(device),
+                    ),
+                )
+                for b in checked_batches
+            ]
         if external:
             # the .onnx file names its data file, so both are written in place
             _remove(path, data_path)
@@ -406,11 +497,12 @@ def export_onnx(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             caught = _write(
-                module,
+                exported,
                 example,
                 target,
                 names=names,
-                dynamic_batch=dynamic_batch,
+                input_names=input_names,
+                dynamic_shapes=dynamic_shapes,
                 opset=opset,
                 external=external,
             )
@@ -431,8 +523,8 @@ def export_onnx(
                 except ImportError:
                     onnxruntime = None
                 if onnxruntime is not None:
-                    checked = _VERIFY_BATCH_SIZES if dynamic_batch else (1,)
-                    max_diff = _verify(module, target, size, dtype, device, checked, tol)
+                    checked = checked_batches
+                    max_diff = _verify(exported, target, feeds, tol)
                     verified_with = f"onnxruntime {onnxruntime.__version__}"
             if target != path:
                 os.replace(target, path)

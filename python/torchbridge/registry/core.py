@@ -269,10 +269,16 @@ class ModelRegistry:
         input_size: tuple[int, ...] | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        tokenizer: Any = None,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
         from .paths import local_models_dir
-        from .sources.local_source import LocalSource, save_local_model
+        from .sources.local_source import (
+            LocalSource,
+            is_transformers_model,
+            save_local_hf_model,
+            save_local_model,
+        )
 
         local = self.source("local")
         arch_entry = self.model_info(architecture)
@@ -282,6 +288,21 @@ class ModelRegistry:
             folder = (
                 local.save_directory() if isinstance(local, LocalSource) else local_models_dir()
             )
+        if is_transformers_model(module_or_state_dict):
+            save_local_hf_model(
+                name,
+                module_or_state_dict,
+                architecture=arch_entry,
+                num_classes=num_classes,
+                directory=folder,
+                tokenizer=tokenizer,
+                description=description,
+                task=task,
+                tags=tuple(tags),
+                metadata=metadata,
+                overwrite=overwrite,
+            )
+            return self._registered(local, folder, name)
         classifier: tuple[str, ...] = ()
         if arch_entry.source != "local":
             try:
@@ -305,6 +326,11 @@ class ModelRegistry:
             mean=mean,
             std=std,
         )
+        return self._registered(local, folder, name)
+
+    def _registered(self, local: ModelSource, folder: Path, name: str) -> ModelEntry:
+        from .sources.local_source import LocalSource
+
         if isinstance(local, LocalSource) and folder not in local.directories():
             local.add_directory(folder)
         entry = local.get(name)
@@ -447,9 +473,11 @@ def register_local_model(
     input_size: tuple[int, ...] | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    tokenizer: Any = None,
 ) -> ModelEntry:
     """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ...,
-    directory=None, overwrite=False, input_size=None, mean=None, std=None) -> ModelEntry
+    directory=None, overwrite=False, input_size=None, mean=None, std=None, tokenizer=None)
+    -> ModelEntry
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
@@ -462,6 +490,11 @@ def register_local_model(
     each one not given is the architecture's. The files go to ``directory`` or
     ``<torchbridge home>/models`` (``$TORCHBRIDGE_HOME``, else the platform's
     user data folder; for a ``LocalSource(directories=...)``, its first folder).
+
+    A transformers model (``hf/`` architecture) is written in ``save_pretrained``'s
+    layout instead: ``<directory>/<name>/`` with its config, ``model.safetensors``
+    and tokenizer (``tokenizer``, else the architecture's), and the sidecar
+    ``<name>.json``; it loads back as ``local/<name>`` with every tensor equal.
 
     Raises:
         UnknownModelError: ``architecture`` is not a registry id.
@@ -485,4 +518,5 @@ def register_local_model(
         input_size=input_size,
         mean=mean,
         std=std,
+        tokenizer=tokenizer,
     )

@@ -26,7 +26,7 @@ from ..errors import TrainingError
 from .losses import loss_from_name
 from .optimizers import optimizer_from_spec
 from .schedules import schedule_from_spec
-from .step import TrainStep, as_batch
+from .step import TrainStep, as_batch, as_inputs, call_model
 
 __all__ = ["Checkpoint", "EarlyStopping", "FitHistory", "accuracy", "fit"]
 
@@ -240,8 +240,8 @@ def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
     with torch.no_grad():
         for batch in data:
             x, y = _split(batch, "valid_data")
-            inputs, targets = as_batch(x, device), as_batch(y, device)
-            outputs = model(inputs)
+            inputs, targets = as_inputs(x, device), as_batch(y, device)
+            outputs = call_model(model, inputs)
             n = outputs.shape[0]
             running.count += n
             running.add("loss", loss_fn(outputs, targets), n)

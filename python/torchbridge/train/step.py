@@ -7,7 +7,7 @@ batch, viewed without a copy by :func:`torchbridge.exchange.to_torch`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..devices import module_device
 from ..errors import TrainingError
 from ..exchange import to_torch
 
-__all__ = ["StepResult", "TrainStep", "as_batch"]
+__all__ = ["StepResult", "TrainStep", "as_batch", "as_inputs", "call_model"]
 
 
 def as_batch(obj: Any, device: torch.device) -> torch.Tensor:
@@ -32,6 +32,40 @@ def as_batch(obj: Any, device: torch.device) -> torch.Tensor:
     if tensor.device != device:
         tensor = tensor.to(device, non_blocking=True)
     return tensor
+
+
+def as_inputs(obj: Any, device: torch.device) -> torch.Tensor | dict[str, torch.Tensor]:
+    """as_inputs(obj, device) -> Tensor | dict: a batch's inputs, one array or a mapping of them.
+
+    A mapping (``{"input_ids": ..., "attention_mask": ...}``, a tokenizer's
+    ``BatchEncoding``) is passed to the model as keyword inputs, each viewed
+    with :func:`as_batch`.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): as_batch(v, device) for k, v in obj.items()}
+    return as_batch(obj, device)
+
+
+def call_model(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+    """call_model(model, inputs) -> Tensor: the model's scores for a loss.
+
+    Keyword inputs for a mapping; of a named output (a transformers
+    ``ModelOutput``, a dict) its ``logits``, else its first tensor; of a tuple,
+    its first item.
+    """
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            return out["logits"]
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TrainingError(
+        f"the model returned a {type(out).__name__}; training needs a tensor of scores, a "
+        "named output with logits, or a tuple whose first item is the scores."
+    )
 
 
 @dataclass(frozen=True)
@@ -92,15 +126,15 @@ class TrainStep:
                 )
 
     def __call__(self, x: Any, y: Any) -> StepResult:
-        inputs = as_batch(x, self.device)
+        inputs = as_inputs(x, self.device)
         targets = as_batch(y, self.device)
         if self._autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-                outputs = self.model(inputs)
+                outputs = call_model(self.model, inputs)
             # the loss in float32: autocast's low precision is for the model's matmuls
             loss = self.loss_fn(outputs.float(), targets)
         else:
-            outputs = self.model(inputs)
+            outputs = call_model(self.model, inputs)
             loss = self.loss_fn(outputs, targets)
         if loss.ndim != 0:
             raise TrainingError(

@@ -48,7 +48,7 @@ from ..paths import local_models_dir
 from ..weights import load_state_dict, sha256_file
 from .base import ModelSource
 
-__all__ = ["LocalSource", "resolve_input_spec", "save_local_model"]
+__all__ = ["LocalSource", "resolve_input_spec", "save_local_hf_model", "save_local_model"]
 
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -157,6 +157,30 @@ class LocalSource(ModelSource):
         registry, architecture = self._architecture(entry)
         return registry.source(architecture.source).classifier(architecture)
 
+    def load(self, entry: ModelEntry, **kwargs: Any):
+        if not entry.metadata.get("hf_folder"):
+            return super().load(entry, **kwargs)
+        # a transformers model: its own folder (config, weights, tokenizer) is the model
+        from ...errors import ChecksumError
+        from .hf_source import entry_from_config
+
+        folder = Path(entry.metadata["hf_folder"])
+        expected = entry.metadata.get("sha256")
+        if expected and kwargs.get("weights") is None:
+            got = sha256_file(Path(entry.metadata["weights_path"]))
+            if got != expected:
+                raise ChecksumError(
+                    f"{entry.id}: {entry.metadata['weights_path']} has sha256 {got}, but its "
+                    f"sidecar records {expected}; the file changed since it was saved."
+                )
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        hf_entry = entry_from_config(entry.name, folder, config, repo=None)
+        hf = self.registry.source("hf") if self.registry is not None else None
+        if hf is None:
+            raise RegistryError(f"{entry.id}: this local source belongs to no registry")
+        kwargs["pretrained"] = True
+        return hf.load(hf_entry, **kwargs)
+
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
         build_kwargs = {**entry.metadata.get("kwargs", {}), **kwargs}
@@ -203,6 +227,8 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
     )
     if data.get("sha256"):
         metadata["sha256"] = data["sha256"]
+    if data.get("hf_folder"):  # a transformers model in save_pretrained's layout
+        metadata["hf_folder"] = str((sidecar.parent / data["hf_folder"]).resolve())
     description = data.get("description") or f"{name}: local weights for {data['architecture']}"
     return ModelEntry(
         id=f"local/{name}",
@@ -440,4 +466,94 @@ def save_local_model(
     finally:
         for leftover in (partial, partial_sidecar):
             leftover.unlink(missing_ok=True)
+    return sidecar
+
+
+def is_transformers_model(module: Any) -> bool:
+    """is_transformers_model(module) -> bool: a transformers ``PreTrainedModel`` (duck-typed)."""
+    return hasattr(module, "save_pretrained") and hasattr(module, "config")
+
+
+def save_local_hf_model(
+    name: str,
+    module: Any,
+    *,
+    architecture: ModelEntry,
+    num_classes: int | None,
+    directory: Path,
+    tokenizer: Any = None,
+    description: str | None = None,
+    task: str | None = None,
+    tags: tuple[str, ...] = (),
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """save_local_hf_model(name, module, *, architecture, num_classes, directory, ...) -> Path
+
+    A transformers model in ``save_pretrained``'s layout: ``<directory>/<name>/``
+    holds ``config.json``, ``model.safetensors`` and the tokenizer's files (the
+    ``tokenizer`` given, else the architecture's own, when it has one); the
+    sidecar ``<name>.json`` beside it records the weights' sha256. Returns the
+    sidecar's path.
+    """
+    import shutil
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"local model name {name!r} must start with a letter or digit and contain only "
+            "letters, digits, '.', '_' and '-'"
+        )
+    config = module.config
+    labels = getattr(config, "num_labels", None)
+    from .hf_source import LABEL_TASKS, task_of_architecture
+
+    arch_name = (getattr(config, "architectures", None) or [type(module).__name__])[0]
+    own_task = task_of_architecture(type(module).__name__) or task_of_architecture(arch_name)
+    if num_classes is not None and own_task in LABEL_TASKS and num_classes != labels:
+        raise RegistryError(
+            f"register_local_model: num_classes={num_classes}, but the model's head has "
+            f"{labels} labels; pass num_classes={labels}, or none."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    folder = directory / name
+    sidecar = directory / f"{name}.json"
+    if not overwrite and (sidecar.exists() or folder.exists()):
+        raise DuplicateModelError(
+            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
+        )
+    partial = directory / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        module.save_pretrained(str(partial), safe_serialization=True)
+        if tokenizer is None and architecture.source == "hf":
+            from ...text import load_tokenizer
+
+            try:
+                tokenizer = load_tokenizer(architecture.id)
+            except Exception:  # a model without a tokenizer (images) saves none
+                tokenizer = None
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+        weights = partial / "model.safetensors"
+        data = {
+            "format": SIDECAR_FORMAT,
+            "architecture": architecture.id,
+            "hf_folder": name,
+            "weights": f"{name}/model.safetensors",
+            "sha256": sha256_file(weights),
+            "num_classes": labels if own_task in LABEL_TASKS else None,
+            "task": task or (own_task if own_task != "unknown" else architecture.task),
+            "description": description or f"{name}: {arch_name} saved from {architecture.id}",
+            "tags": list(dict.fromkeys(["transformers", *tags])),
+            "license": (metadata or {}).get("license"),
+            "kwargs": {},
+            "metadata": dict(metadata or {}),
+        }
+        json.dumps(data)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return sidecar
