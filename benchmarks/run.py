@@ -21,7 +21,12 @@ os.environ.setdefault("TORCHBRIDGE_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 # suite name -> module with run() -> dict
-SUITES = {"bridge": "bench_bridge", "registry": "bench_registry", "train": "bench_train"}
+SUITES = {
+    "bridge": "bench_bridge",
+    "registry": "bench_registry",
+    "train": "bench_train",
+    "hf": "bench_hf",
+}
 
 # key -> (comparison, target) for the figures the project has targets for
 TARGETS = {
@@ -32,6 +37,9 @@ TARGETS = {
     "registry_list_s": ("<", 0.2),
     "registry_search_ms": ("<", 50.0),
     "train_step_over_torch": (">=", 0.97),
+    "hf_step_over_torch": (">=", 0.97),
+    "hf_list_and_search_ms": ("<=", 50.0),
+    "hf_ledger_at_baseline": ("==", True),
 }
 
 
