@@ -40,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     # export
     "export_onnx": "torchbridge.export",
     "ExportReport": "torchbridge.export",
+    # import
+    "import_onnx": "torchbridge.onnx_import",
+    "OnnxImportReport": "torchbridge.onnx_import",
 }
 
 # submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
@@ -76,6 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .exchange import to_torch as to_torch
     from .export import ExportReport as ExportReport
     from .export import export_onnx as export_onnx
+    from .onnx_import import OnnxImportReport as OnnxImportReport
+    from .onnx_import import import_onnx as import_onnx
     from .registry import (
         ModelEntry as ModelEntry,
     )

@@ -17,6 +17,7 @@ __all__ = [
     "CotangentError",
     "DTypeMismatchError",
     "DeviceMismatchError",
+    "DistributedError",
     "DuplicateModelError",
     "DuplicateSourceError",
     "ExportError",
@@ -26,7 +27,10 @@ __all__ = [
     "LeakError",
     "MaskShapeError",
     "ModelClosedError",
+    "OnnxImportError",
+    "OnnxVerificationError",
     "PullbackReleasedError",
+    "RankFailedError",
     "ReadOnlyArrayError",
     "RegistryError",
     "RemoteCodeError",
@@ -199,3 +203,36 @@ class ExportError(TorchBridgeError):
 
 class ExportVerificationError(ExportError):
     """The exported ONNX model does not match torch within tolerance."""
+
+
+class OnnxImportError(TorchBridgeError, ValueError):
+    """An ONNX file could not be imported as a torch module.
+
+    ``operators`` lists the operators the converter lacks, when that is the reason.
+    """
+
+    def __init__(self, msg: str, operators: tuple[str, ...] | list[str] = ()):
+        super().__init__(msg, tuple(operators))
+        self.operators = tuple(operators)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OnnxVerificationError(OnnxImportError):
+    """An imported ONNX model's output differs from onnxruntime's; ``output`` names it."""
+
+    def __init__(self, msg: str, output: str | None = None):
+        super().__init__(msg)
+        self.output = output
+
+
+# -- distributed training ------------------------------------------------------
+
+
+class DistributedError(TorchBridgeError, RuntimeError):
+    """A process group could not be set up from the launcher's variables, or failed."""
+
+
+class RankFailedError(DistributedError):
+    """A collective failed: another rank died, raised, or did not answer within the timeout."""

@@ -228,17 +228,32 @@ def _write(
     try:
         with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            torch.onnx.export(
-                module,
-                tuple(example),
-                str(path),
-                dynamo=True,
-                external_data=external,
-                opset_version=opset,
-                input_names=list(input_names),
-                output_names=names,
-                dynamic_shapes=dynamic_shapes,
-            )
+            if getattr(module, "onnx_export_by_tracing", False):
+                # NOTE [re-exporting imported graphs]: an imported ONNX graph reads
+                # shapes from tensors, which torch.export cannot; tracing records them
+                axes = {0: "batch"} if dynamic_shapes else None
+                torch.onnx.export(
+                    module,
+                    tuple(example),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=list(input_names),
+                    output_names=names,
+                    dynamic_axes={n: axes for n in [*input_names, *names]} if axes else None,
+                )
+            else:
+                torch.onnx.export(
+                    module,
+                    tuple(example),
+                    str(path),
+                    dynamo=True,
+                    external_data=external,
+                    opset_version=opset,
+                    input_names=list(input_names),
+                    output_names=names,
+                    dynamic_shapes=dynamic_shapes,
+                )
     except Exception as exc:  # the exporter raises many types; all mean "no file"
         text = f"{exc}\n{exc.__cause__ or ''}"
         ops = _unsupported_ops(text)
