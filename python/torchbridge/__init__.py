@@ -47,10 +47,23 @@ _EXPORTS: dict[str, str] = {
 
 # submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
 _SUBMODULES = frozenset(
-    {"cli", "errors", "exchange", "export", "memory", "registry", "train", "bridged", "text"}
+    {
+        "cli",
+        "errors",
+        "exchange",
+        "export",
+        "memory",
+        "registry",
+        "train",
+        "bridged",
+        "text",
+        "distributed",
+    }
 )
 
-__all__ = sorted([*_EXPORTS, *_ERROR_NAMES, "errors", "memory", "train", "__version__"])
+__all__ = sorted(
+    [*_EXPORTS, *_ERROR_NAMES, "distributed", "errors", "memory", "train", "__version__"]
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -70,6 +83,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from . import distributed as distributed
     from . import memory as memory
     from . import train as train
     from .bridged import BridgedModel as BridgedModel
