@@ -38,6 +38,22 @@ keyword inputs in the order they were passed (``Pullback.input_names``), with
 token inputs are checked (:mod:`torchbridge.textinputs`): ids inside the
 vocabulary, masks of the ids' shape.
 
+NOTE [bridged models under DDP]
+When a process group of more than one process exists (``torchbridge.distributed.init()``),
+``bridge`` wraps the module in ``DistributedDataParallel`` (one wrapper per
+module, NOTE [one wrapper per module] in :mod:`torchbridge.distributed`), and a
+forward with ``grad=True`` runs through it. DDP's hooks fire inside the
+pullback's backward, so when the pullback returns, every rank's gradient
+buffers hold the average over the ranks, in place (the buffers never move), and
+an optimiser steps identically everywhere. ``module``, ``param_names`` and the
+buffers stay the user's module's: no ``module.`` prefix. Bridging is then a
+collective (rank 0's weights are broadcast), so every rank bridges the same
+model at the same point, and as with any DDP model each forward's pullback must
+reach every parameter: release a pullback rather than call it with cotangents
+that leave a parameter without a gradient. ``grad=False`` runs the plain module
+(no collective). A failed collective is a ``RankFailedError``
+(NOTE [failures are bounded] in :mod:`torchbridge.distributed`).
+
 The trainable set is fixed when the model is bridged: freeze parameters
 (``requires_grad_(False)``) before bridging. As in plain PyTorch, a pullback
 accumulates into ``.grad`` of every leaf the forward reached that requires a
@@ -56,6 +72,8 @@ from typing import Any
 import torch
 
 from .devices import module_device, module_float_dtype
+from .distributed import rank_failure
+from .distributed import wrap as _ddp_wrap
 from .errors import (
     CotangentError,
     DeviceMismatchError,
@@ -93,8 +111,13 @@ _SHAPE_MESSAGES = re.compile(
 )
 
 
-def bridge(module: torch.nn.Module, *, input_shapes: Sequence[Sequence[int | None]] | None = None):
-    """bridge(module, *, input_shapes=None) -> BridgedModel
+def bridge(
+    module: torch.nn.Module,
+    *,
+    input_shapes: Sequence[Sequence[int | None]] | None = None,
+    distributed: bool = True,
+):
+    """bridge(module, *, input_shapes=None, distributed=True) -> BridgedModel
 
     Wrap ``module`` for calls from another language. Its trainable parameters
     and a gradient buffer for each are shared from now on (see
@@ -105,8 +128,12 @@ def bridge(module: torch.nn.Module, *, input_shapes: Sequence[Sequence[int | Non
         input_shapes: optional expected shape of each input in torch order,
             ``None`` for a free dimension, e.g. ``[(None, 3, 224, 224)]``.
             Inputs that do not fit are refused before the module runs.
+        distributed: when a process group of more than one process exists,
+            wrap the module in ``DistributedDataParallel`` so the pullback
+            averages the gradients over the ranks (NOTE [bridged models under
+            DDP]); ``False`` keeps every rank's gradients its own.
     """
-    return BridgedModel(module, input_shapes=input_shapes)
+    return BridgedModel(module, input_shapes=input_shapes, distributed=distributed)
 
 
 class BridgedModel:
@@ -127,7 +154,7 @@ class BridgedModel:
             yourself around a whole step when threads share one model.
     """
 
-    def __init__(self, module: torch.nn.Module, *, input_shapes=None):
+    def __init__(self, module: torch.nn.Module, *, input_shapes=None, distributed: bool = True):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
                 f"bridge: expected a torch.nn.Module, got {type(module).__name__}. "
@@ -152,6 +179,12 @@ class BridgedModel:
         self._grad_list = list(self.grads)
         for p, g in zip(self._parameters, self.grads):
             p.grad = g
+        try:
+            self._ddp = _ddp_wrap(module) if distributed else None
+        except BaseException:
+            for p in self._parameters:
+                p.grad = None
+            raise
         named_buffers = list(module.named_buffers())
         self.buffer_names: tuple[str, ...] = tuple(n for n, _ in named_buffers)
         self.buffers: tuple[torch.Tensor, ...] = tuple(b.detach() for _, b in named_buffers)
@@ -166,6 +199,11 @@ class BridgedModel:
     def parameters(self) -> tuple[torch.nn.Parameter, ...]:
         """The trainable ``nn.Parameter`` objects in :attr:`param_names` order."""
         return self._parameters
+
+    @property
+    def ddp(self) -> torch.nn.Module | None:
+        """The ``DistributedDataParallel`` wrapper forward runs through; ``None`` in one process."""
+        return self._ddp
 
     @property
     def device(self) -> torch.device | None:
@@ -229,6 +267,7 @@ class BridgedModel:
             for p, g in zip(self._parameters, self.grads):
                 if p.grad is g:
                     p.grad = None
+            self._ddp = None
             self._closed = True
             LEDGER.remove_model(self)
 
@@ -304,16 +343,21 @@ class BridgedModel:
         return tuple(o.detach() for o in flat), pullback
 
     def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = ()) -> Any:
+        # a differentiated forward runs through DDP (NOTE [bridged models under DDP])
+        run = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.module
         try:
             if not names:
-                return self.module(*values)
-            return self.module(*values[:npos], **dict(zip(names, values[npos:])))
+                return run(*values)
+            return run(*values[:npos], **dict(zip(names, values[npos:])))
         except Exception as exc:
             # The failing frames hold the input views; clear them so the
             # foreign buffers are released now, not when the traceback dies.
             shapes = [t.shape for t in values if isinstance(t, torch.Tensor)]
             values.clear()
             traceback.clear_frames(exc.__traceback__)
+            failure = None if self._ddp is None else rank_failure(exc, "forward")
+            if failure is not None:
+                raise failure from exc
             if isinstance(exc, (RuntimeError, ValueError, AssertionError, TypeError)) and (
                 _SHAPE_MESSAGES.search(str(exc))
             ):
@@ -504,7 +548,13 @@ class Pullback:
             # No `inputs=`: restricting the engine to a list of leaves costs ~3%
             # on a ResNet. Every leaf the forward reached accumulates, as in
             # plain PyTorch training (see NOTE [gradient buffers]).
-            _run_backward([o for o, _ in pairs], [c for _, c in pairs], retain)
+            try:
+                _run_backward([o for o, _ in pairs], [c for _, c in pairs], retain)
+            except RuntimeError as exc:
+                failure = None if model._ddp is None else rank_failure(exc, "pullback")
+                if failure is None:
+                    raise
+                raise failure from exc
         if not diff_inputs:
             return (None,) * len(inputs)
         result = []
