@@ -8,6 +8,38 @@ see :func:`torchbridge.train.step.as_batch`).
 Checkpoints are registry models: the best (or last) weights are registered
 with :func:`torchbridge.register_local_model` and load back with
 ``torchbridge.load_model("local/<name>")``.
+
+NOTE [sharding]
+Under a process group of more than one process (:func:`torchbridge.distributed.init`)
+``fit`` trains the module through DistributedDataParallel and gives each rank
+its share of the data, the same way on every rank:
+
+* a map-style ``Dataset``, or a ``DataLoader`` over one (rebuilt with the same
+  batch size, workers and collate function): torch's ``DistributedSampler``,
+  seed 0. In epoch ``e`` (counted from 0) the indices are
+  ``torch.randperm(n)`` under a generator seeded with ``e`` (in order when the
+  data is not shuffled), padded to a multiple of the world size by repeating
+  the first ones, and rank ``r`` takes positions ``r, r + W, r + 2W ...``.
+  ``batch_size`` is per process: a global batch holds ``W * batch_size``
+  samples. A ``DataLoader`` whose sampler is a ``DistributedSampler`` already is
+  used as it is (``set_epoch`` is called every epoch);
+* any other sequence of ``(x, y)`` batches (a list, a ``DataLoader`` over an
+  ``IterableDataset``): each batch is a global batch, which must be the same on
+  every rank; rank ``r`` takes its rows ``torch.tensor_split(batch, W)[r]``.
+  When ``W`` does not divide the batch, each rank's loss is weighted by
+  ``W * rows / batch`` so that the averaged gradient is the whole batch's mean
+  loss gradient. A batch with fewer samples than processes is skipped on every rank.
+
+Validation data is split the same way, but without padding (a ``Dataset``:
+rank ``r`` takes samples ``r, r + W ...``). Metrics and losses are summed over
+the ranks, weighted by rows, so every rank reports the figures of the whole
+data; early stopping therefore decides the same everywhere. Progress, the
+summary lines and checkpoints come from rank 0 only; at the end of every
+epoch each rank takes rank 0's buffers (BatchNorm statistics, which DDP
+broadcasts before each forward), so all ranks validate and end with the same
+model; the state dict saved is
+the user's module's (no ``module.`` prefix), so a checkpoint loads in one
+process.
 """
 
 from __future__ import annotations
@@ -21,8 +53,10 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..devices import module_device
 from ..errors import TrainingError
+from ..exchange import to_torch
 from .losses import loss_from_name
 from .optimizers import optimizer_from_spec
 from .schedules import schedule_from_spec
@@ -231,7 +265,138 @@ class _Running:
         self.sums[name] = self.sums.get(name, 0.0) + value * n
 
     def means(self, prefix: str) -> dict[str, float]:
+        if distributed.is_distributed():  # the whole data's figures (NOTE [sharding])
+            names = list(self.sums)
+            totals = distributed.all_sum(
+                [self.count, *(float(self.sums[k]) for k in names)], what="fit"
+            )
+            return {f"{prefix}_{k}": v / max(totals[0], 1) for k, v in zip(names, totals[1:])}
         return {f"{prefix}_{k}": float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+
+@dataclass(frozen=True)
+class _Share:
+    """This rank's rows of a global batch, and the weight of its loss (NOTE [sharding])."""
+
+    x: Any
+    y: Any
+    weight: float
+
+
+class _Strided(torch.utils.data.Sampler):
+    """Samples ``rank, rank + W, rank + 2W ...`` of ``n``: validation shares, no padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class _Sharded:
+    """This rank's share of ``fit``'s training or validation data (NOTE [sharding])."""
+
+    def __init__(self, data: Iterable, *, train: bool, role: str):
+        from torch.utils.data import (
+            BatchSampler,
+            DataLoader,
+            DistributedSampler,
+            IterableDataset,
+            RandomSampler,
+        )
+
+        me = distributed.world()
+        self.rank, self.world_size, self.train, self.role = me.rank, me.world_size, train, role
+        self.loader: Any = None
+        self.sequence: Iterable | None = None
+        if (
+            isinstance(data, DataLoader)
+            and not isinstance(data.dataset, IterableDataset)
+            and (isinstance(data.sampler, DistributedSampler) or data.batch_size is not None)
+            and type(data.batch_sampler) is BatchSampler
+        ):
+            if isinstance(data.sampler, DistributedSampler):
+                self.loader = data
+            else:
+                n = len(data.dataset)
+                sampler = (
+                    DistributedSampler(
+                        data.dataset,
+                        num_replicas=self.world_size,
+                        rank=self.rank,
+                        shuffle=isinstance(data.sampler, RandomSampler),
+                        seed=0,
+                    )
+                    if train
+                    else _Strided(n, self.rank, self.world_size)
+                )
+                self.loader = _with_sampler(data, sampler)
+        else:
+            self.sequence = data
+        self._warned = False
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    @property
+    def length(self) -> int | None:
+        source = self.loader if self.loader is not None else self.sequence
+        return len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+
+    def __iter__(self):
+        if self.loader is not None:
+            yield from self.loader
+            return
+        world_size = self.world_size
+        for batch in self.sequence:  # type: ignore[union-attr]
+            x, y = _split(batch, self.role)
+            y = to_torch(y)
+            rows = y.shape[0] if y.dim() else 0
+            if rows < world_size:
+                if self.train:  # every rank sees the same batch, so every rank skips it
+                    self._warn(rows)
+                    continue
+            share_y = distributed.shard(y, self.rank, world_size)
+            if share_y.shape[0] == 0:
+                continue
+            weight = 1.0 if rows % world_size == 0 else share_y.shape[0] * world_size / rows
+            yield _Share(distributed.shard(x, self.rank, world_size), share_y, weight)
+
+    def _warn(self, rows: int) -> None:
+        if not self._warned and distributed.is_main():
+            import warnings
+
+            warnings.warn(
+                f"fit: a batch of {rows} sample(s) cannot be split over {self.world_size} "
+                "processes; it is skipped on every rank.",
+                stacklevel=3,
+            )
+        self._warned = True
+
+
+def _with_sampler(loader: Any, sampler: Any) -> Any:
+    """A DataLoader like ``loader`` (batch size, workers, collate ...) drawing from ``sampler``."""
+    from torch.utils.data import DataLoader
+
+    kwargs: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "sampler": sampler,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "drop_last": loader.drop_last,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "persistent_workers": loader.persistent_workers,
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, **kwargs)
 
 
 def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
@@ -239,7 +404,7 @@ def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         for batch in data:
-            x, y = _split(batch, "valid_data")
+            x, y = (batch.x, batch.y) if isinstance(batch, _Share) else _split(batch, "valid_data")
             inputs, targets = as_inputs(x, device), as_batch(y, device)
             outputs = call_model(model, inputs)
             n = outputs.shape[0]
@@ -357,6 +522,8 @@ def _resolve_device(model: torch.nn.Module, device: Any) -> torch.device:
     placed = module_device(model)
     if placed is not None and placed.type != "cpu":
         return placed
+    if distributed.is_distributed():  # this rank's device, from its local rank
+        return distributed.world().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -443,6 +610,11 @@ def fit(
     mode = (stopping.mode if stopping and stopping.mode else None) or _mode_for(monitor)
     min_delta = stopping.min_delta if stopping else 0.0
     keep_best = stopping is not None and stopping.restore_best
+    if distributed.is_distributed():  # NOTE [sharding]
+        train_batches = _Sharded(train_batches, train=True, role="train_data")
+        if valid_batches is not None:
+            valid_batches = _Sharded(valid_batches, train=False, role="valid_data")
+    progress = progress and distributed.is_main()
 
     step = TrainStep(model, opt, loss_fn, device=device, mixed_precision=mixed_precision)
     history = FitHistory(epochs=[], monitor=monitor)
@@ -450,12 +622,15 @@ def fit(
     stale = 0
     for epoch in range(1, int(epochs) + 1):
         epoch_started = time.perf_counter()
+        if isinstance(train_batches, _Sharded):
+            train_batches.set_epoch(epoch - 1)
         row = {"epoch": float(epoch), "lr": float(opt.param_groups[0]["lr"])}
         row.update(
             _train_epoch(
                 model, step, train_batches, metric_table, scheduler, epoch, epochs, progress
             )
         )
+        distributed.broadcast_buffers(model, what="fit")  # rank 0's statistics everywhere
         if valid_batches is not None:
             row.update(_evaluate(model, valid_batches, loss_fn, metric_table, device))
         row["seconds"] = time.perf_counter() - epoch_started
@@ -475,7 +650,9 @@ def fit(
         if saving is not None and (saving.save == "last" or improved):
             # later saves of the same fit replace its own earlier ones
             overwrite = saving.overwrite or history.checkpoint is not None
-            history.checkpoint = _register(model, saving, overwrite=overwrite)
+            if distributed.is_main():  # one writer; the others wait until it is written
+                history.checkpoint = _register(model, saving, overwrite=overwrite)
+            distributed.barrier(what="fit: checkpoint")
         if progress:
             _print_summary(row, epochs)
         # an epoch that improved never stops training, even with patience 0
@@ -499,11 +676,18 @@ def _train_epoch(model, step, batches, metrics, scheduler, epoch, epochs, progre
         disable=not progress,
         leave=False,
         unit="batch",
-        total=len(batches) if hasattr(batches, "__len__") else None,
+        total=batches.length
+        if isinstance(batches, _Sharded)
+        else len(batches)
+        if hasattr(batches, "__len__")
+        else None,
     )
     for i, batch in enumerate(bar):
-        x, y = _split(batch, "train_data")
-        result = step(x, y)
+        if isinstance(batch, _Share):
+            x, y, weight = batch.x, batch.y, batch.weight
+        else:
+            (x, y), weight = _split(batch, "train_data"), 1.0
+        result = step(x, y) if weight == 1.0 else step(x, y, weight=weight)
         n = result.outputs.shape[0]
         running.count += n
         running.add("loss", result.loss, n)

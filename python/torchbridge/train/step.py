@@ -3,6 +3,11 @@
 This is the fast path for training a torch model from either language: the
 whole step runs in torch, and the only thing that crosses the boundary is the
 batch, viewed without a copy by :func:`torchbridge.exchange.to_torch`.
+
+Under a process group of more than one process (:func:`torchbridge.distributed.init`)
+the step runs the model through its ``DistributedDataParallel`` wrapper, so the
+backward averages the gradients over the ranks and every rank's optimiser takes
+the same step: each rank passes its own share of the batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..devices import module_device
 from ..errors import TrainingError
 from ..exchange import to_torch
@@ -89,6 +95,16 @@ class TrainStep:
     is needed). The parameters and the optimiser state stay float32.
 
     The model's mode is left as it is: call ``model.train()`` first.
+
+    When a process group of more than one process exists, the step wraps
+    ``model`` in ``DistributedDataParallel`` (:func:`torchbridge.distributed.wrap`;
+    creating the step is then a collective: rank 0's weights are broadcast) and
+    each call averages the gradients over the ranks; ``self.model`` stays the
+    module given, so its ``state_dict`` has no ``module.`` prefix. A failed
+    collective is a :class:`~torchbridge.errors.RankFailedError`.
+    ``step(x, y, weight=w)`` multiplies the loss by ``w`` before the backward
+    pass (:func:`~torchbridge.train.fit` uses it when the ranks' shares of a
+    batch differ in size); the loss returned is the unweighted one.
     """
 
     def __init__(
@@ -107,6 +123,8 @@ class TrainStep:
             device = module_device(model) or torch.device("cpu")
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
+        # a module the caller wrapped in DDP already is used as it is
+        self.ddp = distributed.wrap(model)
         # Gradients that exist already may be shared (a bridged model's buffers
         # are Julia's view of the gradients): zero those in place instead of
         # dropping them, which would cut the shared memory off.
@@ -125,28 +143,40 @@ class TrainStep:
                     f"{self.device.type}; pass mixed_precision=False."
                 )
 
-    def __call__(self, x: Any, y: Any) -> StepResult:
+    def __call__(self, x: Any, y: Any, *, weight: float = 1.0) -> StepResult:
         inputs = as_inputs(x, self.device)
         targets = as_batch(y, self.device)
+        if self.ddp is None:
+            return self._step(self.model, inputs, targets, weight)
+        try:
+            return self._step(self.ddp, inputs, targets, weight)
+        except RuntimeError as exc:
+            failure = distributed.rank_failure(exc, "TrainStep")
+            if failure is None:
+                raise
+            raise failure from exc
+
+    def _step(self, model, inputs, targets, weight: float) -> StepResult:
         if self._autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-                outputs = call_model(self.model, inputs)
+                outputs = call_model(model, inputs)
             # the loss in float32: autocast's low precision is for the model's matmuls
             loss = self.loss_fn(outputs.float(), targets)
         else:
-            outputs = call_model(self.model, inputs)
+            outputs = call_model(model, inputs)
             loss = self.loss_fn(outputs, targets)
         if loss.ndim != 0:
             raise TrainingError(
                 f"TrainStep: the loss must be a scalar, got shape {tuple(loss.shape)}; "
                 "use agg='mean' or 'sum'."
             )
+        scaled = loss if weight == 1.0 else loss * weight
         if self._scaler is not None:
-            self._scaler.scale(loss).backward()
+            self._scaler.scale(scaled).backward()
             self._scaler.step(self.optimizer)
             self._scaler.update()
         else:
-            loss.backward()
+            scaled.backward()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=not self._zero_in_place)
         return StepResult(loss=loss.detach(), outputs=outputs.detach(), targets=targets)
