@@ -12,6 +12,8 @@ its own module:
 * :mod:`.rows` — registry rows, FastAI.jl's registry, classifier heads;
 * :mod:`.training` — torch optimisers and the torch-native step over a
   bridged model's gradient buffers;
+* :mod:`.distributed` — the process group for data-parallel training
+  (``init_distributed``, ``destroy_distributed``, ``shard_bounds`` ...);
 * :mod:`.text` — text models: tokenize, decode and generate, token ids in
   Julia order ``(seq, batch)``, 0-based.
 
@@ -24,6 +26,14 @@ dimensions reversed), or as raw Julia arrays that PythonCall passes
 
 from __future__ import annotations
 
+from .distributed import (
+    destroy_distributed,
+    distributed_all_sum,
+    distributed_barrier,
+    distributed_world,
+    init_distributed,
+    shard_bounds,
+)
 from .ledger import memory_stats, scope_enter, scope_exit
 from .rows import entry_row, fastai_rows, info_row, registry_rows, replace_head, search_rows
 from .step import (
@@ -53,11 +63,16 @@ __all__ = [
     "TorchTrainer",
     "copy_out",
     "decode",
+    "destroy_distributed",
+    "distributed_all_sum",
+    "distributed_barrier",
+    "distributed_world",
     "entry_row",
     "fastai_rows",
     "forward",
     "generate",
     "info_row",
+    "init_distributed",
     "layouts",
     "memory_stats",
     "model_state",
@@ -71,6 +86,7 @@ __all__ = [
     "scope_exit",
     "search_rows",
     "set_learning_rate",
+    "shard_bounds",
     "synchronize",
     "tokenize",
     "train_step",
