@@ -26,6 +26,7 @@ SUITES = {
     "registry": "bench_registry",
     "train": "bench_train",
     "hf": "bench_hf",
+    "distributed": "bench_distributed",
 }
 
 # key -> (comparison, target) for the figures the project has targets for
