@@ -257,7 +257,7 @@ class ModelRegistry:
         name: str,
         module_or_state_dict: Any,
         *,
-        architecture: str,
+        architecture: str | None = None,
         num_classes: int | None = None,
         description: str | None = None,
         task: str | None = None,
@@ -272,6 +272,25 @@ class ModelRegistry:
         tokenizer: Any = None,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
+        if _is_onnx_file(module_or_state_dict):
+            return self._register_onnx(
+                name,
+                module_or_state_dict,
+                description=description,
+                task=task,
+                tags=tags,
+                metadata=metadata,
+                directory=directory,
+                overwrite=overwrite,
+                input_size=input_size,
+                mean=mean,
+                std=std,
+            )
+        if architecture is None:
+            raise TypeError(
+                "register_local_model: architecture= is required (a registry id that builds "
+                "the module, e.g. 'timm/resnet18'), except for an .onnx file."
+            )
         from .paths import local_models_dir
         from .sources.local_source import (
             LocalSource,
@@ -328,6 +347,21 @@ class ModelRegistry:
         )
         return self._registered(local, folder, name)
 
+    def _register_onnx(self, name: str, file: Any, *, directory: Any, **kwargs: Any):
+        """NOTE [onnx files]: copy the file in as ``<name>.onnx`` with its sidecar."""
+        from .paths import local_models_dir
+        from .sources.local_source import LocalSource, save_local_onnx
+
+        local = self.source("local")
+        if directory:
+            folder = Path(directory).expanduser().resolve()
+        else:
+            folder = (
+                local.save_directory() if isinstance(local, LocalSource) else local_models_dir()
+            )
+        save_local_onnx(name, file, directory=folder, **{**kwargs, "tags": tuple(kwargs["tags"])})
+        return self._registered(local, folder, name)
+
     def _registered(self, local: ModelSource, folder: Path, name: str) -> ModelEntry:
         from .sources.local_source import LocalSource
 
@@ -340,6 +374,10 @@ class ModelRegistry:
                 "is found first; pick another name"
             )
         return entry
+
+
+def _is_onnx_file(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike)) and str(value).lower().endswith(".onnx")
 
 
 _REGISTRY: ModelRegistry | None = None
@@ -461,7 +499,7 @@ def register_local_model(
     name: str,
     module_or_state_dict: Any,
     *,
-    architecture: str,
+    architecture: str | None = None,
     num_classes: int | None = None,
     description: str | None = None,
     task: str | None = None,

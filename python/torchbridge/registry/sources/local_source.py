@@ -30,6 +30,7 @@ Loading follows NOTE [head rule]: the head size is read from the saved weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -48,7 +49,13 @@ from ..paths import local_models_dir
 from ..weights import load_state_dict, sha256_file
 from .base import ModelSource
 
-__all__ = ["LocalSource", "resolve_input_spec", "save_local_hf_model", "save_local_model"]
+__all__ = [
+    "LocalSource",
+    "resolve_input_spec",
+    "save_local_hf_model",
+    "save_local_model",
+    "save_local_onnx",
+]
 
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -117,6 +124,12 @@ class LocalSource(ModelSource):
                 entry = self._read(sidecar)
                 if entry is not None and entry.name not in found:
                     found[entry.name] = entry
+            # .onnx files dropped in without a sidecar (NOTE [onnx files])
+            for file in sorted(folder.glob("*.onnx")):
+                if file.stem not in found and not file.with_suffix(".json").is_file():
+                    entry = self._read(file)
+                    if entry is not None:
+                        found[entry.name] = entry
         return list(found.values())
 
     def get(self, name: str) -> ModelEntry | None:
@@ -124,6 +137,10 @@ class LocalSource(ModelSource):
             sidecar = folder / f"{name}.json"
             if sidecar.is_file():
                 entry = self._read(sidecar)
+                if entry is not None:
+                    return entry
+            elif (folder / f"{name}.onnx").is_file():
+                entry = self._read(folder / f"{name}.onnx")
                 if entry is not None:
                     return entry
         return None
@@ -137,7 +154,11 @@ class LocalSource(ModelSource):
             cached = self._cache.get(sidecar)
         if cached and cached[0] == mtime:
             return cached[1]
-        entry = _entry_from_sidecar(sidecar)
+        entry = (
+            _entry_from_onnx(sidecar, {})
+            if sidecar.suffix == ".onnx"
+            else _entry_from_sidecar(sidecar)
+        )
         with self._lock:
             self._cache[sidecar] = (mtime, entry)
         return entry
@@ -154,10 +175,14 @@ class LocalSource(ModelSource):
         return registry, registry.model_info(entry.metadata["architecture"])
 
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+        if entry.metadata.get("onnx_path"):
+            return ()
         registry, architecture = self._architecture(entry)
         return registry.source(architecture.source).classifier(architecture)
 
     def load(self, entry: ModelEntry, **kwargs: Any):
+        if entry.metadata.get("onnx_path"):
+            return _load_onnx(entry, **kwargs)
         if not entry.metadata.get("hf_folder"):
             return super().load(entry, **kwargs)
         # a transformers model: its own folder (config, weights, tokenizer) is the model
@@ -206,6 +231,8 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
             f"local model sidecar {sidecar} is not readable JSON ({err}); skipped", stacklevel=5
         )
         return None
+    if isinstance(data, dict) and data.get("onnx"):
+        return _entry_from_onnx((sidecar.parent / data["onnx"]).resolve(), data, sidecar)
     if not isinstance(data, dict) or "architecture" not in data:
         return None  # some other JSON file
     name = sidecar.stem
@@ -556,4 +583,175 @@ def save_local_hf_model(
         sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    return sidecar
+
+
+# -- ONNX files ------------------------------------------------------------------------
+#
+# NOTE [onnx files]
+# A local model may be an ONNX file: ``<name>.onnx`` dropped into a models folder
+# (its entry is read from the graph), or written by ``register_local_model(name,
+# "file.onnx")`` with a sidecar ``<name>.json`` holding ``"onnx": "<name>.onnx"``, its
+# sha256 and the caller's description. Its task is ``onnx``, its input size is the
+# first graph input's without the batch (when fixed), and it loads through
+# :func:`torchbridge.import_onnx` (``verify``, ``input_shapes``, ``batchnorm`` pass
+# through ``load_model``).
+
+
+def _entry_from_onnx(
+    file: Path, data: Mapping[str, Any], sidecar: Path | None = None
+) -> ModelEntry | None:
+    from ...onnx_import import input_size_of
+
+    name = sidecar.stem if sidecar is not None else file.stem
+    if not _NAME.match(name):
+        return None
+    size = tuple(data["input_size"]) if data.get("input_size") else input_size_of(file)
+    metadata = dict(data.get("metadata") or {})
+    metadata.update(onnx_path=str(file), kwargs={})
+    if sidecar is not None:
+        metadata["sidecar"] = str(sidecar)
+    if data.get("sha256"):
+        metadata["sha256"] = data["sha256"]
+    return ModelEntry(
+        id=f"local/{name}",
+        source="local",
+        name=name,
+        task=data.get("task") or "onnx",
+        description=data.get("description") or f"{name}: ONNX graph {file.name}",
+        pretrained=True,
+        weights=WeightsInfo(
+            location=str(file),
+            filename=file.name,
+            path=str(file),
+            cached=file.is_file(),
+            sha256=data.get("sha256"),
+        ),
+        input_size=size,
+        mean=tuple(data["mean"]) if data.get("mean") else None,
+        std=tuple(data["std"]) if data.get("std") else None,
+        num_classes=data.get("num_classes"),
+        license=data.get("license"),
+        tags=tuple(dict.fromkeys(["local", "onnx", *data.get("tags", ())])),
+        metadata=metadata,
+    )
+
+
+def _load_onnx(
+    entry: ModelEntry,
+    *,
+    pretrained: bool = True,
+    weights: Path | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    verify: bool = True,
+    **kwargs: Any,
+):
+    from ...errors import ChecksumError
+    from ...onnx_import import import_onnx
+
+    if weights is not None or num_classes not in (None, entry.num_classes):
+        raise RegistryError(
+            f"{entry.id} is an ONNX graph: its weights and head are those of the file; "
+            "load it without weights= and num_classes=, then change the module in torch."
+        )
+    file = Path(entry.metadata["onnx_path"])
+    expected = entry.metadata.get("sha256")
+    if expected:
+        got = sha256_file(file)
+        if got != expected:
+            raise ChecksumError(
+                f"{entry.id}: {file} has sha256 {got}, but its sidecar records {expected}; "
+                "the file changed since it was registered."
+            )
+    return import_onnx(file, verify=verify, **kwargs)
+
+
+def save_local_onnx(
+    name: str,
+    file: str | os.PathLike[str],
+    *,
+    directory: Path,
+    description: str | None = None,
+    task: str | None = None,
+    tags: tuple[str, ...] = (),
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    input_size: Any = None,
+    mean: Any = None,
+    std: Any = None,
+) -> Path:
+    """save_local_onnx(name, file, *, directory, ...) -> Path: copy an ONNX file and its
+    external data into ``directory`` as ``<name>.onnx`` with a sidecar; returns the sidecar.
+
+    The file is checked first (:mod:`torchbridge.onnx_import` reads it: valid ONNX, its
+    external data present); a refused file leaves nothing behind.
+    """
+    import shutil
+
+    from ...onnx_import import _all_tensors, _load
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"local model name {name!r} must start with a letter or digit and contain only "
+            "letters, digits, '.', '_' and '-'"
+        )
+    source = Path(file).expanduser().resolve()
+    model = _load(source)  # OnnxImportError on a file that is not a readable ONNX model
+    data_files = sorted(
+        {
+            entry.value
+            for tensor in _all_tensors(model.graph)
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+    del model
+    onnx_entry = ModelEntry(id="local/onnx", source="local", name="onnx")
+    size, mean_, std_ = resolve_input_spec(onnx_entry, input_size, mean, std)
+    target = directory / f"{name}.onnx"
+    sidecar = directory / f"{name}.json"
+    if not overwrite and (sidecar.exists() or target.exists()):
+        raise DuplicateModelError(
+            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
+        )
+    data = {
+        "format": SIDECAR_FORMAT,
+        "onnx": target.name,
+        "sha256": sha256_file(source),
+        "task": task or "onnx",
+        "description": description or f"{name}: ONNX graph from {source.name}",
+        "tags": list(dict.fromkeys(tags)),
+        "input_size": list(size) if size else None,
+        "mean": list(mean_) if mean_ else None,
+        "std": list(std_) if std_ else None,
+        "license": (metadata or {}).get("license"),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"register_local_model: metadata must be JSON values ({err})") from err
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    moves = [(source, target), *((source.parent / d, directory / d) for d in data_files)]
+    partials = [(src, dst, dst.with_name(f".{dst.name}.partial")) for src, dst in moves]
+    partial_sidecar = sidecar.with_name(f".{sidecar.name}.partial")
+    done = False
+    try:
+        for src, _, partial in partials:
+            shutil.copyfile(src, partial)
+        partial_sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        for _, dst, partial in partials:
+            os.replace(partial, dst)
+        os.replace(partial_sidecar, sidecar)
+        done = True
+    finally:
+        for *_, partial in partials:
+            partial.unlink(missing_ok=True)
+        partial_sidecar.unlink(missing_ok=True)
+        if not done:
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return sidecar

@@ -1,0 +1,464 @@
+"""import_onnx: ONNX files become trainable torch modules, checked against onnxruntime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchbridge
+from torchbridge import OnnxImportError, OnnxVerificationError, export_onnx, import_onnx
+
+pytest.importorskip("onnx2pytorch")
+onnx = pytest.importorskip("onnx")
+
+
+# -- models the tests export themselves ------------------------------------------------
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2)).eval()
+
+
+def _cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),  # before the BatchNorm, so that the exporter cannot fold it into the Conv
+        torch.nn.BatchNorm2d(4),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    bn = model[2]
+    bn.running_mean.copy_(torch.randn(4) * 0.1)
+    bn.running_var.copy_(torch.rand(4) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    export_onnx(_mlp(), path, input_size=(5,))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
+    export_onnx(_cnn(), path, input_size=(3, 8, 8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory) -> Path:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=4
+    ).eval()
+    path = tmp_path_factory.mktemp("vit") / "vit.onnx"
+    export_onnx(vit, path, input_size=(3, 32, 32))
+    return path
+
+
+def _rapidocr_cls() -> Path:
+    """The text-direction classifier rapidocr-onnxruntime ships (a PaddlePaddle export)."""
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # found, not imported (no cv2)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("rapidocr-onnxruntime (a dev dependency) is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    path = folder / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this rapidocr-onnxruntime")
+    return path
+
+
+# -- import and the report --------------------------------------------------------------
+
+
+class TestImport:
+    def test_report_describes_the_graph_and_the_check(self, mlp_file):
+        """The report has opset, operators, names and shapes, and the check at batch 1 and 3."""
+        module = import_onnx(mlp_file)
+        report = module.import_report
+        assert isinstance(report, torchbridge.OnnxImportReport)
+        assert report.opset >= 18 and report.converted_opset == report.opset
+        assert report.operators.get("Gemm") == 2 and "Tanh" in report.operators
+        assert [(i.name, i.shape, i.dtype) for i in report.inputs] == [
+            ("input", ("batch", 5), "float32")
+        ]
+        assert [(o.name, o.shape) for o in report.outputs] == [("output", ("batch", 2))]
+        assert report.batch_sizes_checked == (1, 3)
+        assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+        assert report.verified_with.startswith("onnxruntime")
+        assert report.converter.startswith("onnx2pytorch")
+        assert json.loads(json.dumps(report.to_dict()))["inputs"][0]["shape"] == ["batch", 5]
+
+    def test_module_computes_what_the_original_computes(self, mlp_file):
+        """At any batch size the imported module returns the exported model's outputs."""
+        module = import_onnx(mlp_file, verify=False)
+        assert module.import_report.max_abs_diff is None
+        x = torch.randn(6, 5)
+        torch.testing.assert_close(module(x), _mlp()(x), atol=1e-5, rtol=1e-5)
+
+    def test_initializers_become_parameters(self, mlp_file):
+        """Every weight of the graph is a trainable parameter, and nothing else is."""
+        module = import_onnx(mlp_file)
+        original = _mlp()
+        assert all(p.requires_grad for p in module.parameters())
+        assert sorted(p.numel() for p in module.parameters()) == sorted(
+            p.numel() for p in original.parameters()
+        )
+        assert module.import_report.parameters == sum(p.numel() for p in original.parameters())
+
+    def test_several_outputs_come_back_by_name(self, tmp_path):
+        """A graph with two outputs returns a dict in graph order."""
+
+        class Two(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = torch.nn.Linear(3, 2)
+
+            def forward(self, x):
+                y = self.a(x)
+                return {"logits": y, "probs": y.softmax(-1)}
+
+        export_onnx(Two().eval(), tmp_path / "two.onnx", input_size=(3,))
+        module = import_onnx(tmp_path / "two.onnx")
+        out = module(torch.randn(2, 3))
+        assert list(out) == ["logits", "probs"]
+        assert [o.name for o in module.import_report.outputs] == ["logits", "probs"]
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+class TestTraining:
+    def test_gradients_match_finite_differences_in_float64(self, mlp_file):
+        """gradcheck: gradients w.r.t. the input and every parameter are right in float64."""
+        module = import_onnx(mlp_file).double()
+        names = [n for n, _ in module.named_parameters()]
+        params = [p.detach().clone().requires_grad_(True) for p in module.parameters()]
+        x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+
+        def f(x, *ps):
+            return torch.func.functional_call(module, dict(zip(names, ps)), (x,))
+
+        assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+    def test_finetune_lowers_the_loss_and_batchnorm_stays_inference(self, cnn_file):
+        """A few Adam steps lower the loss; BatchNorm keeps its running statistics."""
+        module = import_onnx(cnn_file)
+        bn = next(
+            m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        )
+        stats = bn.running_mean.clone(), bn.running_var.clone()
+        assert module.import_report.operators["BatchNormalization"] == 1
+        x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+        module.train()
+        assert not bn.training  # NOTE [inference graphs]
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), _cnn()(x), atol=1e-5, rtol=1e-5)
+        opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(10):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+        assert all(p.grad is not None for p in module.parameters())
+        assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+
+    def test_batchnorm_train_follows_the_module_mode(self, cnn_file):
+        """batchnorm="train": BatchNorm uses batch statistics and updates its running ones."""
+        module = import_onnx(cnn_file, batchnorm="train")
+        bn = next(
+            m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        )
+        before = bn.running_mean.clone()
+        module.train()
+        assert bn.training
+        module(torch.randn(8, 3, 8, 8) + 3.0)
+        assert not torch.equal(bn.running_mean, before)
+        module.eval()
+        assert not bn.training
+
+    def test_vit_imports_verifies_and_trains(self, vit_file):
+        """A small timm ViT: verified, every parameter gets a gradient, the loss goes down."""
+        module = import_onnx(vit_file)
+        report = module.import_report
+        assert {"LayerNormalization", "MatMul", "Softmax"} <= set(report.operators)
+        assert report.max_abs_diff <= 1e-4
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
+        module.train()
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(6):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+            opt.zero_grad()
+            loss.backward()
+            missing = [n for n, p in module.named_parameters() if p.grad is None]
+            assert not missing, f"No gradient for {missing}"
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+
+    def test_bridged_forward_and_pullback(self, mlp_file):
+        """The bridge (what Julia calls) runs an imported module and returns its gradients."""
+        bridged = torchbridge.bridge(import_onnx(mlp_file))
+        try:
+            x = torch.randn(4, 5)
+            outputs, pullback = bridged.forward(x)
+            grads = pullback(torch.ones_like(outputs[0]))
+            assert outputs[0].shape == (4, 2)
+            assert grads is not None
+            assert any(g.abs().sum() > 0 for g in bridged.grads)
+        finally:
+            bridged.close()
+
+
+class TestRoundTrip:
+    def test_export_import_finetune_export(self, tmp_path):
+        """timm model -> export_onnx -> import_onnx -> finetune -> export_onnx verifies."""
+        timm = pytest.importorskip("timm")
+        original = timm.create_model("test_resnet", num_classes=5).eval()
+        export_onnx(original, tmp_path / "a.onnx", input_size=(3, 32, 32))
+        module = import_onnx(tmp_path / "a.onnx")
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+        module.train()
+        opt = torch.optim.SGD(module.parameters(), lr=1e-2)
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        module.eval()
+        report = export_onnx(module, tmp_path / "b.onnx", input_size=(3, 32, 32))
+        assert report.batch_sizes_checked == (1, 3)
+        assert report.max_abs_diff <= 1e-4
+        again = import_onnx(tmp_path / "b.onnx")
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
+            assert not torch.allclose(module(x), original(x), atol=1e-4)  # it was finetuned
+
+
+class TestThirdParty:
+    def test_paddle_export_from_a_wheel_imports_and_trains(self):
+        """rapidocr's PaddlePaddle classifier (constant-node weights) imports and trains."""
+        path = _rapidocr_cls()
+        module = import_onnx(path, input_shapes={"x": (3, 48, 192)})
+        report = module.import_report
+        assert report.batch_sizes_checked == (1, 3)
+        assert report.max_abs_diff <= 1e-4
+        assert "BatchNormalization" in report.operators and "HardSigmoid" in report.operators
+        assert report.inputs[0].shape[2:] == ("?", "?")
+        assert report.parameters > 100_000  # the Constant-node weights are parameters
+        x = torch.randn(2, 3, 48, 192, requires_grad=True)
+        module(x).sum().backward()
+        assert x.grad is not None and all(p.grad is not None for p in module.parameters())
+
+    def test_free_dimensions_without_shapes_are_refused_with_the_fix(self):
+        """A non-batch free dimension needs input_shapes to be verified, and says so."""
+        with pytest.raises(OnnxImportError, match=r"input_shapes=\{'x'"):
+            import_onnx(_rapidocr_cls())
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+class TestBadInput:
+    def test_not_onnx(self, tmp_path):
+        """A file of another format is an OnnxImportError saying it is not ONNX."""
+        path = tmp_path / "model.onnx"
+        path.write_text("this is not a model\n" * 10)
+        with pytest.raises(OnnxImportError, match="not an ONNX model"):
+            import_onnx(path)
+        assert _listing(tmp_path) == ["model.onnx"]
+
+    def test_missing_file(self, tmp_path):
+        """A path without a file is an OnnxImportError naming it."""
+        with pytest.raises(OnnxImportError, match="no file at"):
+            import_onnx(tmp_path / "absent.onnx")
+
+    @pytest.mark.parametrize("fraction", [0.5, 0.97])
+    def test_truncated(self, mlp_file, tmp_path, fraction):
+        """A truncated file is an OnnxImportError, wherever it is cut."""
+        data = mlp_file.read_bytes()
+        path = tmp_path / "cut.onnx"
+        path.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(OnnxImportError, match="truncated"):
+            import_onnx(path)
+        assert _listing(tmp_path) == ["cut.onnx"]
+
+    def test_operator_the_converter_lacks(self, tmp_path):
+        """An unknown operator is named with its domain and opset; err.operators lists it."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [
+                helper.make_node("Relu", ["x"], ["h"]),
+                helper.make_node("Frobnicate", ["h"], ["y"], domain="com.example"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 3)],
+        )
+        path = tmp_path / "custom.onnx"
+        onnx.save(model, path)
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(path)
+        assert "Frobnicate (domain com.example, opset 3" in str(err.value)
+        assert err.value.operators == ("com.example.Frobnicate",)
+
+    def test_default_domain_operator_the_converter_lacks(self, tmp_path):
+        """An ai.onnx operator outside the converter's table is refused, not guessed."""
+        from onnx import TensorProto, helper
+
+        from torchbridge.onnx_import import supported_operators
+
+        assert "Mul" in supported_operators() and "Conv" in supported_operators()
+        assert "Gradient" not in supported_operators()
+        graph = helper.make_graph(
+            [helper.make_node("Frobnicate", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / "unknown.onnx"
+        path.write_bytes(model.SerializeToString())  # onnx.save would check it
+        with pytest.raises(OnnxImportError, match=r"Frobnicate|not a valid ONNX"):
+            import_onnx(path)
+
+    def test_external_data(self, mlp_file, tmp_path):
+        """Weights in an external file load; without that file the error names it."""
+        model = onnx.load(str(mlp_file))
+        path = tmp_path / "ext.onnx"
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="ext.weights",
+            size_threshold=0,
+        )
+        module = import_onnx(path)
+        x = torch.randn(2, 5)
+        torch.testing.assert_close(module(x), _mlp()(x), atol=1e-5, rtol=1e-5)
+        (tmp_path / "ext.weights").unlink()
+        with pytest.raises(OnnxImportError, match="ext.weights"):
+            import_onnx(path)
+        assert _listing(tmp_path) == ["ext.onnx"]
+
+    def test_verification_failure_names_the_output(self, vit_file):
+        """An output beyond the tolerance is an OnnxVerificationError naming it."""
+        with pytest.raises(OnnxVerificationError, match="output 'output'") as err:
+            import_onnx(vit_file, tolerance=1e-12)
+        assert err.value.output == "output"
+
+    def test_old_opset_is_upgraded(self, tmp_path):
+        """A graph below opset 7 is converted with onnx.version_converter, and verified.
+
+        (The converter's broadcasting adapters need fixed dimensions, so the shape is fixed.)
+        """
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(torch.randn(4, 3).numpy(), "w")
+        b = numpy_helper.from_array(torch.randn(3).numpy(), "b")
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w"], ["h"]),
+                helper.make_node("Add", ["h", "b"], ["y"], broadcast=1),
+            ],
+            "g",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                # IR version 3: initializers are graph inputs too
+                helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, [3]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+            initializer=[w, b],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+        model.ir_version = 3
+        path = tmp_path / "old.onnx"
+        onnx.save(model, path)
+        module = import_onnx(path)
+        assert module.import_report.opset == 6
+        assert module.import_report.converted_opset >= 7
+        assert module.import_report.max_abs_diff <= 1e-4  # at the declared shape
+        x = torch.randn(2, 4)
+        expected = x @ torch.from_numpy(numpy_helper.to_array(w)) + torch.from_numpy(
+            numpy_helper.to_array(b)
+        )
+        torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+
+class TestRegistry:
+    def test_dropped_in_onnx_file_lists_and_loads(self, mlp_file, isolated_caches, monkeypatch):
+        """An .onnx file in a models folder is local/<name>, task onnx, sizes in both orders."""
+        folder = isolated_caches / "dropped"
+        folder.mkdir()
+        (folder / "tiny-mlp.onnx").write_bytes(mlp_file.read_bytes())
+        monkeypatch.setenv("TORCHBRIDGE_MODEL_DIRS", str(folder))
+        from torchbridge.registry.core import get_registry
+
+        get_registry().refresh()
+        ids = [e.id for e in torchbridge.list_models(source="local", task="onnx")]
+        assert "local/tiny-mlp" in ids
+        entry = torchbridge.model_info("local/tiny-mlp")
+        assert entry.task == "onnx" and "onnx" in entry.tags
+        assert entry.input_size == (5,) and entry.julia_input_size == (5,)
+        module = torchbridge.load_model("local/tiny-mlp")
+        assert module.import_report.batch_sizes_checked == (1, 3)
+        x = torch.randn(3, 5)
+        torch.testing.assert_close(module(x), _mlp()(x), atol=1e-5, rtol=1e-5)
+
+    def test_register_local_model_copies_an_onnx_file(self, cnn_file, isolated_caches):
+        """register_local_model(name, "file.onnx") writes the file and a sidecar; it loads."""
+        entry = torchbridge.register_local_model("bn-cnn", str(cnn_file), description="a CNN")
+        folder = isolated_caches / "torchbridge" / "models"
+        assert _listing(folder) == ["bn-cnn.json", "bn-cnn.onnx"]
+        data = json.loads((folder / "bn-cnn.json").read_text())
+        assert data["onnx"] == "bn-cnn.onnx" and data["task"] == "onnx" and data["sha256"]
+        assert entry.id == "local/bn-cnn" and entry.description == "a CNN"
+        assert entry.input_size == (3, 8, 8) and entry.julia_input_size == (8, 8, 3)
+        module = torchbridge.load_model("local/bn-cnn", verify=False)
+        x = torch.randn(2, 3, 8, 8)
+        torch.testing.assert_close(module(x), _cnn()(x), atol=1e-5, rtol=1e-5)
+        (folder / "bn-cnn.onnx").write_bytes(b"changed")
+        with pytest.raises(torchbridge.ChecksumError):
+            torchbridge.load_model("local/bn-cnn")
+
+    def test_register_refuses_a_bad_file_and_leaves_nothing(self, tmp_path, isolated_caches):
+        """A file that is not ONNX is refused before anything is written."""
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"\x00\x01garbage")
+        target = isolated_caches / "torchbridge" / "fresh" / "models"
+        with pytest.raises(OnnxImportError):
+            torchbridge.register_local_model("bad", str(bad), directory=target)
+        assert not (isolated_caches / "torchbridge" / "fresh").exists()
+
+    def test_architecture_is_still_required_for_modules(self, isolated_caches):
+        """Without an .onnx file, architecture= is required, as before."""
+        with pytest.raises(TypeError, match="architecture"):
+            torchbridge.register_local_model("m", _mlp())
