@@ -76,6 +76,10 @@ def bridged(out: Path, world) -> dict:
     opt = julia_support.optimizer(model, {"rule": "Adam", "eta": 0.01})
     julia_support.optimizer_step(opt)
     result["params_after_step"] = [p.clone() for p in model.params]
+    # the torch-native step TorchBridge.jl's TorchTrainer runs, on this rank's rows
+    trainer = julia_support.trainer(opt, "mse")
+    julia_support.train_step(trainer, xs, ys)
+    result["params_after_trainer"] = [p.clone() for p in model.params]
     model.close()
     result["ledger_differences"] = torchbridge.memory.stats().differences(baseline)
     return result

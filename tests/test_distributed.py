@@ -186,6 +186,8 @@ class TestBridgedPullback:
         opt = julia_support.optimizer(model, {"rule": "Adam", "eta": 0.01})
         julia_support.optimizer_step(opt)
         stepped = [p.clone() for p in model.params]
+        julia_support.train_step(julia_support.trainer(opt, "mse"), x, y)
+        trained = [p.clone() for p in model.params]
         for rank in (0, 1):
             got = ranks.result(rank)
             assert got["world"]["launcher"] == "mpi" and got["world"]["rank"] == rank
@@ -197,6 +199,7 @@ class TestBridgedPullback:
             )
             _close(got["grads"], expected, 1e-6)
             _close(got["params_after_step"], stepped, 1e-6)
+            _close(got["params_after_trainer"], trained, 1e-6)  # Julia's TorchTrainer path
             assert got["ledger_differences"] == []
         model.close()
 

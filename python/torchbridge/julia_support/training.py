@@ -110,7 +110,9 @@ class TorchTrainer:
             model.attach_grads()
             model.zero_grad()
             with torch.enable_grad():
-                outputs = model.module(inputs)
+                # under torch.distributed the DDP wrapper averages the gradients
+                run = model.ddp if model.ddp is not None else model.module
+                outputs = run(inputs)
                 loss = self.loss_fn(outputs, targets)
                 if loss.ndim != 0:
                     raise UnsupportedArrayError(
