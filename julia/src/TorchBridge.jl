@@ -37,7 +37,7 @@ export TorchOptimiser, TorchTrainer, train_step!, fit_torch!
 
 @static if VERSION >= v"1.11.0-DEV.469"
     eval(Meta.parse(
-        "public scope, optimiser_spec, loss_name, schedule_spec, parameter_names, trainmode!, testmode!",
+        "public scope, optimiser_spec, loss_name, schedule_spec, parameter_names, trainmode!, testmode!, init_distributed, destroy_distributed, shard",
     ))
 end
 
@@ -49,6 +49,7 @@ include("memory.jl")
 include("registry.jl")
 include("training.jl")
 include("export.jl")
+include("distributed.jl")
 
 function __init__()
     _init_python()

@@ -39,7 +39,9 @@ function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...)
         dinputs = map(projections, dxs) do project, dx
             dx === nothing ? NoTangent() : project(dx)
         end
-        return (Tangent{typeof(m)}(; params = dparams), dinputs...)
+        # a structural tangent all the way down, so tangents add (ChainRules accumulation)
+        dm = Tangent{typeof(m)}(; params = Tangent{typeof(m.params)}(dparams...))
+        return (dm, dinputs...)
     end
     return ys, torchmodel_pullback
 end

@@ -15,6 +15,8 @@ using Zygote: Zygote
 using FiniteDifferences: FiniteDifferences, central_fdm
 using Optimisers: Optimisers
 using Flux: Flux
+using Serialization: deserialize
+using Sockets: Sockets
 
 # FluxTraining 0.3 pins Flux 0.14 and Optimisers 0.3: an environment that
 # resolves to newer ones has no FluxTraining, and its testsets are skipped.
@@ -43,6 +45,21 @@ torch_param(module_, i, name) = pyconvert(
     Array,
     getproperty(module_[i], name).detach().numpy(),
 )
+
+# Finite differences over a TorchModel perturb its parameters: a point of the
+# model's parameter space, callable like the model (it writes its parameters
+# into torch's memory first), whose `params` the model's tangent is compared to.
+# Its `params` is a structural tangent of the parameter tuple, as the rrule's is.
+struct ParamsPoint{M, P}
+    model::M
+    params::P
+end
+(p::ParamsPoint)(xs...) = (foreach(copyto!, p.model.params, p.params); p.model(xs...))
+function FiniteDifferences.to_vec(m::TorchModel)
+    v, back = FiniteDifferences.to_vec(map(collect, m.params))
+    point(w) = ParamsPoint(m, ChainRulesCore.Tangent{typeof(m.params)}(back(w)...))
+    return v, point
+end
 
 @testset verbose = true "TorchBridge" begin
     @testset "zero-copy parameters" begin
@@ -200,37 +217,16 @@ torch_param(module_, i, name) = pyconvert(
     @testset "ChainRulesTestUtils.test_rrule" begin
         m, _ = tiny_model(; T = Float64)
         x = randn(3, 4)
+        saved = map(copy, m.params)
         TorchBridge.scope(; reusable = true) do
-            # the inputs' tangents against finite differences; test_rrule calls the
-            # pullback several times, with thunked and zero cotangents
-            test_rrule(
-                m ⊢ NoTangent(),
-                x;
-                check_inferred = false,
-                rtol = 1.0e-7,
-                atol = 1.0e-9,
-            )
+            # inputs and the model's own tangent against finite differences (the
+            # model's through its parameters, see ParamsPoint); test_rrule calls
+            # the pullback several times, with thunked and zero cotangents
+            zeros_ = ChainRulesCore.Tangent{typeof(m.params)}(map(zero, m.params)...)
+            dm = ChainRulesCore.Tangent{typeof(m)}(; params = zeros_)
+            test_rrule(m ⊢ dm, x; check_inferred = false, rtol = 1.0e-7, atol = 1.0e-9)
         end
-        # the model's own tangent against finite differences of its parameters
-        TorchBridge.scope(; reusable = true) do
-            ȳ = randn(2, 4)
-            _, back = ChainRulesCore.rrule(m, x)
-            dm, _ = back(ȳ)
-            dm2, _ = back(ȳ) # a second call gives the same tangent
-            fdm = central_fdm(5, 1)
-            for i in eachindex(m.params)
-                p0 = copy(m.params[i])
-                fd = FiniteDifferences.j′vp(
-                    fdm,
-                    p -> (copyto!(m.params[i], p); m(x)),
-                    ȳ,
-                    p0,
-                )[1]
-                copyto!(m.params[i], p0)
-                @test dm.params[i] ≈ fd rtol = 1.0e-6
-                @test dm2.params[i] == dm.params[i]
-            end
-        end
+        foreach(copyto!, m.params, saved) # finite differences moved them
         @test memory_stats().live_pullbacks == 0
         close!(m)
     end
@@ -365,6 +361,48 @@ torch_param(module_, i, name) = pyconvert(
             @test memory_stats().live_pullbacks == baseline.live_pullbacks
             @test memory_stats().open_models == baseline.open_models
         end
+
+    @testset "examples/distributed.jl: two ranks equal one process" begin
+        example = joinpath(@__DIR__, "..", "..", "examples", "distributed.jl")
+        dir = mktempdir()
+        withenv("OUT" => joinpath(dir, "one.jls"), "STEPS" => "5") do
+            Base.include(Module(:DistributedOne), example) # a world of one
+        end
+        port, server = Sockets.listenany(Sockets.localhost, 20000)
+        close(server)
+        cmd = `$(Base.julia_cmd()) --startup-file=no --project=$(Base.active_project()) $example`
+        ranks = map(0:1) do rank
+            env = merge(
+                ENV,
+                Dict(
+                    "RANK" => "$rank",
+                    "WORLD_SIZE" => "2",
+                    "LOCAL_RANK" => "$rank",
+                    "LOCAL_WORLD_SIZE" => "2",
+                    "MASTER_ADDR" => "127.0.0.1",
+                    "MASTER_PORT" => "$port",
+                    "TORCHBRIDGE_DIST_TIMEOUT" => "120",
+                    "OUT" => joinpath(dir, "two.jls"),
+                    "STEPS" => "5",
+                ),
+            )
+            log = joinpath(dir, "rank$rank.log")
+            run(pipeline(setenv(cmd, env); stdout = log, stderr = log); wait = false)
+        end
+        deadline = time() + 600 # bounded: a rank that hangs is killed
+        while any(process_running, ranks) && time() < deadline
+            sleep(0.5)
+        end
+        foreach(kill, filter(process_running, ranks))
+        for (rank, p) in zip(0:1, ranks)
+            ok = success(p)
+            ok || @info "rank $rank" read(joinpath(dir, "rank$rank.log"), String)
+            @test ok
+        end
+        one = deserialize(joinpath(dir, "one.jls"))
+        two = deserialize(joinpath(dir, "two.jls"))
+        @test all(map((a, b) -> isapprox(a, b; rtol = 1.0e-5), one, two))
+    end
 
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
