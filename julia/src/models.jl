@@ -37,6 +37,8 @@ struct TorchModel{P <: Tuple, G <: Tuple}
     device::Symbol
     device_index::Int
     input_grads::Bool
+    # the output specs of the last call, by input sizes (see `_forward`)
+    outputs::Base.RefValue{Any}
 end
 
 function TorchModel(bridged::Py; input_grads::Bool = true)
@@ -47,7 +49,16 @@ function TorchModel(bridged::Py; input_grads::Bool = true)
         grads = Tuple(_wrap(g) for g in state["grads"])
         device = Symbol(pyconvert(String, state["device"]))
         index = pyconvert(Int, state["device_index"])
-        return TorchModel(bridged, names, params, grads, device, index, input_grads)
+        return TorchModel(
+            bridged,
+            names,
+            params,
+            grads,
+            device,
+            index,
+            input_grads,
+            Ref{Any}(),
+        )
     finally
         PythonCall.pydel!(state)
     end
@@ -107,20 +118,60 @@ end
 # One bridge forward. Returns the Julia-owned outputs and the Python pullback
 # (`nothing` when `grad` is false). The input shares are dropped before
 # returning: the pullback holds its own references to them.
+#
+# Outputs usually have the sizes they had for inputs of the same sizes: then
+# the arrays that receive them are allocated before the call, from the specs
+# the last call returned, and torch fills them in the same round trip
+# (`forward_into`). When they do not fit, torch says so and the outputs are
+# received as on a first call.
 function _forward(m::TorchModel, xs::Tuple, grad::Bool)
     _before_torch(m)
+    key = map(x -> (typeof(x), size(x)), xs)
+    last = isassigned(m.outputs) ? m.outputs[] : nothing
+    specs = last !== nothing && first(last) == key ? last[2] : nothing
+    arrays = specs === nothing ? nothing : map(_allocate, specs)
     shares = map(to_torch, xs)
+    dshares = arrays === nothing ? nothing : map(to_torch, arrays)
+    dests = dshares === nothing ? nothing : pytuple(dshares)
     result = try
-        _guard(
-            () -> _tbjl.forward(m.py, shares...; grad = grad, input_grads = m.input_grads),
-        )
+        if dests === nothing
+            _guard(
+                () -> _tbjl.forward(
+                    m.py,
+                    shares...;
+                    grad = grad,
+                    input_grads = m.input_grads,
+                ),
+            )
+        else
+            _guard(
+                () -> _tbjl.forward_into(
+                    m.py,
+                    dests,
+                    shares...;
+                    grad = grad,
+                    input_grads = m.input_grads,
+                ),
+            )
+        end
     finally
         foreach(PythonCall.pydel!, shares)
+        if dests !== nothing
+            PythonCall.pydel!(dests)
+            foreach(PythonCall.pydel!, dshares)
+        end
     end
     outputs, pullback, layouts = result[0], result[1], result[2]
     PythonCall.pydel!(result)
     ys = try
-        _receive(outputs, layouts)
+        if _isnone(outputs)
+            # filled in place
+            arrays
+        else
+            received = _specs(layouts)
+            m.outputs[] = (key, received)
+            _receive(outputs, received)
+        end
     catch
         _tbjl.release(pullback)
         rethrow()

@@ -51,9 +51,12 @@ end
 # released and its handle dropped whatever happens; a reusable one is left to
 # its scope. See NOTE [one forward, one pullback].
 function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
-    shares = map(c -> c === nothing ? nothing : to_torch(c), _cotangents(ys, Δ))
+    shares = nothing
+    ran = false # a one-shot pullback that ran freed its graph itself
     try
+        shares = map(c -> c === nothing ? nothing : to_torch(c), _cotangents(ys, Δ))
         result = _guard(() -> _tbjl.pullback(pullback, shares...))
+        ran = true
         grads, layouts = result[0], result[1]
         PythonCall.pydel!(result)
         try
@@ -69,10 +72,10 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
         end
     finally
         if release
-            _tbjl.release(pullback)
+            ran || _tbjl.release(pullback)
             PythonCall.pydel!(pullback)
         end
-        foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
+        shares === nothing || foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
     end
 end
 

@@ -96,28 +96,46 @@ function _allocate(::Val{D}, ::Type{T}, dims::Dims, index::Int) where {D, T}
     throw(TorchBridgeError(:DeviceMismatchError, msg))
 end
 
+# What a Julia array receiving a result needs: (size, element type, device, index).
+const _Spec = Tuple{Dims, DataType, Symbol, Int}
+
+# The specs of Python `layouts` (`nothing` where a layout is None).
+function _specs(layouts::Py)
+    return map(0:(length(layouts) - 1)) do i
+        layout = layouts[i]
+        _isnone(layout) && return nothing
+        dims, eltype, device, index = pyconvert(
+            Tuple{Vector{Int}, String, String, Int},
+            layout,
+        )
+        return (Tuple(dims), _eltype(eltype), Symbol(device), index)::_Spec
+    end
+end
+
+# A fresh Julia array for one spec.
+_allocate(spec::_Spec) = _allocate(Val(spec[3]), spec[2], spec[1], spec[4])
+
 # Copy torch `tensors` (a Python sequence, `None` entries allowed) into fresh
 # Julia arrays allocated from their `layouts`; `nothing` where a tensor is None.
 # See NOTE [ownership of crossing arrays].
-function _receive(tensors::Py, layouts::Py)
-    n = length(layouts)
+_receive(tensors::Py, layouts::Py) = _receive(tensors, _specs(layouts))
+
+function _receive(tensors::Py, specs::AbstractVector)
+    n = length(specs)
     arrays = Vector{Any}(undef, n)
     shares = Vector{Union{Nothing, Py}}(nothing, n)
     try
         for i in 1:n
-            layout = layouts[i - 1]
-            if _isnone(layout)
+            spec = specs[i]
+            if spec === nothing
                 arrays[i] = nothing
                 continue
             end
-            dims, eltype, device, index = pyconvert(
-                Tuple{Vector{Int}, String, String, Int},
-                layout,
-            )
-            A = _allocate(Val(Symbol(device)), _eltype(eltype), Tuple(dims), index)
+            A = _allocate(spec)
             arrays[i] = A
             shares[i] = to_torch(A)
         end
+        all(isnothing, shares) && return arrays # nothing to copy (no input gradients)
         destinations = pytuple(shares)
         try
             _guard(() -> _tbjl.copy_out(destinations, tensors))

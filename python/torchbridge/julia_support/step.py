@@ -18,12 +18,13 @@ import torch
 
 from ..bridged import BridgedModel, Pullback
 from ..errors import UnsupportedArrayError
-from ..exchange import copy_into, julia_layout
+from ..exchange import copy_into, julia_layout, to_torch
 
 __all__ = [
     "Layout",
     "copy_out",
     "forward",
+    "forward_into",
     "layouts",
     "model_state",
     "pullback",
@@ -95,6 +96,40 @@ def forward(
     names are ``model.output_structure.names``.
     """
     outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
+    return outputs, pullback, layouts(outputs)
+
+
+def forward_into(
+    model: BridgedModel,
+    destinations: Sequence[Any],
+    *inputs: Any,
+    grad: bool = True,
+    input_grads: bool | Sequence[bool] = True,
+    **kw_inputs: Any,
+) -> tuple[tuple[torch.Tensor, ...] | None, Pullback | None, tuple[Layout, ...] | None]:
+    """forward_into(model, destinations, *inputs, grad=True, input_grads=True, **kw_inputs)
+    -> (outputs, pullback, layouts)
+
+    :func:`forward` for a caller that allocated the receiving arrays already
+    (from the layouts of an earlier call with inputs of the same sizes): when
+    every output fits its destination (shape, element type, device) it is
+    copied there and ``(None, pullback, None)`` is returned, one round trip
+    for the whole forward; otherwise the result is :func:`forward`'s and the
+    destinations are left alone.
+    """
+    outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
+    if len(destinations) == len(outputs):
+        targets = [to_torch(d) for d in destinations]
+        if all(
+            t.shape == o.shape and t.dtype == o.dtype and t.device == o.device
+            for t, o in zip(targets, outputs)
+        ):
+            with torch.no_grad():
+                for t, o in zip(targets, outputs):
+                    t.copy_(o)
+            if any(o.device.type == "cuda" for o in outputs):
+                torch.cuda.current_stream().synchronize()
+            return None, pullback, None
     return outputs, pullback, layouts(outputs)
 
 
