@@ -404,6 +404,36 @@ end
         @test all(map((a, b) -> isapprox(a, b; rtol = 1.0e-5), one, two))
     end
 
+    @testset "an imported ONNX file is a TorchModel" begin
+        os = pyimport("os")
+        home = mktempdir()
+        previous = os.environ.get("TORCHBRIDGE_HOME")
+        os.environ[
+            "TORCHBRIDGE_HOME",
+        ] = home # Python's environment: the local models folder
+        try
+            torch.manual_seed(0)
+            nn = torch.nn
+            module_ = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+            path = joinpath(home, "mlp.onnx")
+            tb.export_onnx(module_, path; input_size = (3,))
+            tb.register_local_model("jl-onnx-mlp", path)
+            @test model_info("local/jl-onnx-mlp").task == "onnx"
+            m = load_model("local/jl-onnx-mlp")
+            x = randn(Float32, 3, 4)
+            @test m(x) ≈ from_torch(module_(to_torch(x)).detach()) rtol = 1.0e-5
+            g = Zygote.gradient(m -> sum(abs2, m(x)), m)[1]
+            @test length(g.params) == length(m.params) > 0
+            close!(m)
+        finally
+            if PythonCall.pyis(previous, PythonCall.pybuiltins.None)
+                os.environ.pop("TORCHBRIDGE_HOME")
+            else
+                os.environ["TORCHBRIDGE_HOME"] = previous
+            end
+        end
+    end
+
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
         found = ext === nothing ? nothing : ext.model_registry()
