@@ -33,6 +33,7 @@ export zero_grad!, close!
 export memory_stats, release!
 export models, search_models, model_info, load_model
 export export_onnx
+export tokenize, decode
 export TorchOptimiser, TorchTrainer, train_step!, fit_torch!
 
 @static if VERSION >= v"1.11.0-DEV.469"
@@ -50,6 +51,7 @@ include("registry.jl")
 include("training.jl")
 include("export.jl")
 include("distributed.jl")
+include("text.jl")
 
 function __init__()
     _init_python()

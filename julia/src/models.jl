@@ -110,9 +110,34 @@ end
 
 ##  Calling the model  ##
 
-function (m::TorchModel)(xs::AbstractArray...)
-    ys, _ = _forward(m, xs, false)
+function (m::TorchModel)(xs::AbstractArray...; kw...)
+    ys, _ = _forward(m, xs, false; kw...)
     return ys
+end
+
+# A keyword input as it crosses: arrays shared (dims reversed), anything else
+# (`nothing`, a Bool, a number, a string) as the Python value PythonCall makes.
+_kw_share(v::AbstractArray) = to_torch(v)
+_kw_share(v) = v
+_kw_key(v::AbstractArray) = (typeof(v), size(v))
+_kw_key(v) = v
+
+# The outputs as the caller sees them: one array, a Tuple, or a NamedTuple
+# when the module returns named outputs (a dict, a dataclass, a ModelOutput).
+function _outputs(ys, names)
+    names === nothing || return NamedTuple{Tuple(Symbol.(names))}(Tuple(ys))
+    return length(ys) == 1 ? only(ys) : Tuple(ys)
+end
+
+# The names of the last forward's outputs, or nothing when they have none.
+function _output_names(m::TorchModel)
+    structure = m.py.output_structure
+    try
+        named = pyconvert(Bool, structure.named)
+        return named ? pyconvert(Vector{String}, structure.names) : nothing
+    finally
+        PythonCall.pydel!(structure)
+    end
 end
 
 # One bridge forward. Returns the Julia-owned outputs and the Python pullback
@@ -124,13 +149,15 @@ end
 # the last call returned, and torch fills them in the same round trip
 # (`forward_into`). When they do not fit, torch says so and the outputs are
 # received as on a first call.
-function _forward(m::TorchModel, xs::Tuple, grad::Bool)
+function _forward(m::TorchModel, xs::Tuple, grad::Bool; kw...)
     _before_torch(m)
-    key = map(x -> (typeof(x), size(x)), xs)
+    key = (map(x -> (typeof(x), size(x)), xs), map(_kw_key, values(kw)))
     last = isassigned(m.outputs) ? m.outputs[] : nothing
     specs = last !== nothing && first(last) == key ? last[2] : nothing
+    names = specs === nothing ? nothing : last[3]
     arrays = specs === nothing ? nothing : map(_allocate, specs)
     shares = map(to_torch, xs)
+    kwshares = map(_kw_share, values(kw))
     dshares = arrays === nothing ? nothing : map(to_torch, arrays)
     dests = dshares === nothing ? nothing : pytuple(dshares)
     result = try
@@ -141,6 +168,7 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool)
                     shares...;
                     grad = grad,
                     input_grads = m.input_grads,
+                    kwshares...,
                 ),
             )
         else
@@ -151,11 +179,13 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool)
                     shares...;
                     grad = grad,
                     input_grads = m.input_grads,
+                    kwshares...,
                 ),
             )
         end
     finally
         foreach(PythonCall.pydel!, shares)
+        foreach(v -> v isa Py && PythonCall.pydel!(v), kwshares)
         if dests !== nothing
             PythonCall.pydel!(dests)
             foreach(PythonCall.pydel!, dshares)
@@ -169,7 +199,8 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool)
             arrays
         else
             received = _specs(layouts)
-            m.outputs[] = (key, received)
+            names = _output_names(m)
+            m.outputs[] = (key, received, names)
             _receive(outputs, received)
         end
     catch
@@ -180,7 +211,7 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool)
         PythonCall.pydel!(layouts)
     end
     pb = _isnone(pullback) ? nothing : pullback
-    return (length(ys) == 1 ? only(ys) : Tuple(ys)), pb
+    return _outputs(ys, names), pb
 end
 
 # Device extensions order Julia's pending writes to the model's memory before

@@ -20,9 +20,12 @@
 # accumulation, comparing two steps). The copy costs one pass over the
 # parameters per step.
 
-function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...)
+# Keyword inputs (`input_ids`, `attention_mask` ...) cross like positional
+# ones but get no tangent (ChainRules has none for keywords): token ids and
+# masks need none; differentiate a float input by passing it positionally.
+function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...; kw...)
     reusable = _in_reusable_scope()
-    ys, pullback = _forward(m, xs, true)
+    ys, pullback = _forward(m, xs, true; kw...)
     projections = map(ProjectTo, xs)
     used = Ref(false)
     function torchmodel_pullback(Δ)
@@ -61,11 +64,12 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
         PythonCall.pydel!(result)
         try
             dxs = _receive(grads, layouts)
-            if length(dxs) != ninputs
+            # keyword inputs' gradients, after the positional ones, are not returned
+            if length(dxs) < ninputs
                 msg = "pullback: torch returned $(length(dxs)) input gradients for $ninputs inputs."
                 throw(TorchBridgeError(:CotangentError, msg))
             end
-            return dxs
+            return dxs[1:ninputs]
         finally
             PythonCall.pydel!(grads)
             PythonCall.pydel!(layouts)
@@ -83,6 +87,15 @@ end
 _cotangents(y::AbstractArray, Δ) = (_cotangent(y, Δ),)
 _cotangents(ys::Tuple, ::Union{Nothing, AbstractZero}) = map(_ -> nothing, ys)
 _cotangents(ys::Tuple, Δ) = ntuple(i -> _cotangent(ys[i], Δ[i]), length(ys))
+_cotangents(ys::NamedTuple, ::Union{Nothing, AbstractZero}) = map(_ -> nothing, Tuple(ys))
+# named outputs: a loss on some fields only leaves the others' cotangents missing (zero)
+function _cotangents(ys::NamedTuple, Δ)
+    Δ = unthunk(Δ)
+    return ntuple(length(ys)) do i
+        name = keys(ys)[i]
+        _cotangent(ys[i], hasproperty(Δ, name) ? getproperty(Δ, name) : nothing)
+    end
+end
 
 _cotangent(y, ::Union{Nothing, AbstractZero}) = nothing
 function _cotangent(y::AbstractArray, dy)

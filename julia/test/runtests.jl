@@ -434,6 +434,63 @@ end
         end
     end
 
+    @testset "a transformers model: tokens in, keyword inputs, named outputs" begin
+        # a tiny random BERT laid out as a Hugging Face cache (tests/hf_models.py)
+        sys, os = pyimport("sys"), pyimport("os")
+        sys.path.insert(0, joinpath(@__DIR__, "..", "..", "tests"))
+        hf = pyimport("hf_models")
+        pathlib = pyimport("pathlib")
+        root = mktempdir()
+        folder = pathlib.Path(joinpath(root, "work"))
+        reference, _ = hf.make_bert(folder; num_labels = 3)
+        hf.cache_repo(pathlib.Path(joinpath(root, "hub")), "test/tiny-bert", folder)
+        previous = os.environ.get("HF_HUB_CACHE")
+        os.environ["HF_HUB_CACHE"] = joinpath(root, "hub")
+        pyimport("torchbridge.registry.core").get_registry().refresh()
+        try
+            id = "hf/test/tiny-bert"
+            tokens = tokenize(id, ["a good movie", "the plot was boring and long"])
+            @test tokens.input_ids isa Matrix{Int64}
+            @test size(tokens.input_ids, 2) == 2 # (seq, batch)
+            @test size(tokens.attention_mask) == size(tokens.input_ids)
+            @test decode(id, tokens.input_ids) ==
+                ["a good movie", "the plot was boring and long"]
+            m = load_model(id; pretrained = true)
+            TorchBridge.testmode!(m)
+            out = m(; input_ids = tokens.input_ids, attention_mask = tokens.attention_mask)
+            @test out isa NamedTuple && keys(out) == (:logits,)
+            @test size(out.logits) == (3, 2) # Julia (labels, batch)
+            reference.eval()
+            expected = reference(
+                input_ids = to_torch(tokens.input_ids),
+                attention_mask = to_torch(tokens.attention_mask),
+            ).logits.detach()
+            @test out.logits ≈ from_torch(expected) rtol = 1.0e-5
+            # a loss on the named output: Zygote through the keyword call
+            baseline = memory_stats()
+            loss(m) = sum(
+                abs2,
+                m(;
+                    input_ids = tokens.input_ids,
+                    attention_mask = tokens.attention_mask,
+                ).logits,
+            )
+            g = TorchBridge.scope(() -> Zygote.gradient(loss, m)[1])
+            @test length(g.params) == length(m.params)
+            @test all(isfinite, g.params[1]) && any(!iszero, g.params[end])
+            @test memory_stats() == baseline
+            close!(m)
+        finally
+            if PythonCall.pyis(previous, PythonCall.pybuiltins.None)
+                os.environ.pop("HF_HUB_CACHE")
+            else
+                os.environ["HF_HUB_CACHE"] = previous
+            end
+            pyimport("torchbridge.registry.core").get_registry().refresh()
+            sys.path.pop(0)
+        end
+    end
+
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
         found = ext === nothing ? nothing : ext.model_registry()

@@ -1,0 +1,67 @@
+##  Text models: tokens in and out  ##
+#
+# Token ids are Julia `Int64` arrays of size `(seq, batch)`, the reverse of
+# torch's `(batch, seq)`, and stay 0-based as the tokenizer makes them: pass
+# them to a model as they are (`m(; input_ids, attention_mask)`), never add 1.
+
+"""
+    tokenize(id, texts; padding = true, truncation = true, max_length = nothing) -> NamedTuple
+
+The model's own (fast) tokenizer on `texts` (one string, or a vector of them:
+a batch). Returns `(; input_ids, attention_mask)`, and `token_type_ids` where
+the model uses them: Julia-owned `Matrix{Int64}` of size `(seq, batch)`, ids
+0-based. `padding`: `true` (to the longest), `"max_length"` or `false`.
+"""
+function tokenize(
+    id::AbstractString,
+    texts;
+    padding = true,
+    truncation::Bool = true,
+    max_length = nothing,
+)
+    batch = texts isa AbstractString ?
+        String(texts) :
+        PythonCall.pylist(String.(collect(texts)))
+    encoded = _guard(
+        () -> _tbjl.tokenize(
+            String(id),
+            batch;
+            padding = padding,
+            truncation = truncation,
+            max_length = max_length,
+        ),
+    )
+    try
+        names = pyconvert(Vector{String}, PythonCall.pylist(encoded.keys()))
+        arrays = Tuple(pyconvert(Matrix{Int64}, encoded[name]) for name in names)
+        return NamedTuple{Tuple(Symbol.(names))}(arrays)
+    finally
+        PythonCall.pydel!(encoded)
+    end
+end
+
+"""
+    decode(id, ids; skip_special_tokens = true) -> Vector{String}
+
+The texts of 0-based token ids: a `(seq, batch)` matrix gives one text per
+column, a `(seq,)` vector one text.
+"""
+function decode(
+    id::AbstractString,
+    ids::AbstractVecOrMat{<:Integer};
+    skip_special_tokens = true,
+)
+    share = to_torch(ids)
+    try
+        texts = _guard(
+            () -> _tbjl.decode(
+                String(id),
+                share;
+                skip_special_tokens = skip_special_tokens,
+            ),
+        )
+        return pyconvert(Vector{String}, texts)
+    finally
+        PythonCall.pydel!(share)
+    end
+end
