@@ -256,19 +256,46 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
         metadata["sha256"] = data["sha256"]
     if data.get("hf_folder"):  # a transformers model in save_pretrained's layout
         metadata["hf_folder"] = str((sidecar.parent / data["hf_folder"]).resolve())
-    description = data.get("description") or f"{name}: local weights for {data['architecture']}"
+    return _local_entry(
+        name,
+        weights_path,
+        data,
+        task="unknown",
+        description=f"{name}: local weights for {data['architecture']}",
+        input_size=input_size,
+        tags=("local",),
+        metadata=metadata,
+    )
+
+
+def _local_entry(
+    name: str,
+    file: Path,
+    data: Mapping[str, Any],
+    *,
+    task: str,
+    description: str,
+    input_size: tuple[int, ...] | None,
+    tags: tuple[str, ...],
+    metadata: dict[str, Any],
+) -> ModelEntry:
+    """The entry of a local model whose weights are ``file``; ``data`` is its sidecar.
+
+    ``task`` and ``description`` are the defaults for a sidecar that names none;
+    ``tags`` come before the sidecar's own.
+    """
     return ModelEntry(
         id=f"local/{name}",
         source="local",
         name=name,
-        task=data.get("task") or "unknown",
-        description=description,
+        task=data.get("task") or task,
+        description=data.get("description") or description,
         pretrained=True,
         weights=WeightsInfo(
-            location=str(weights_path),
-            filename=weights_path.name,
-            path=str(weights_path),
-            cached=weights_path.is_file(),
+            location=str(file),
+            filename=file.name,
+            path=str(file),
+            cached=file.is_file(),
             sha256=data.get("sha256"),
         ),
         input_size=input_size,
@@ -276,7 +303,7 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
         std=tuple(data["std"]) if data.get("std") else None,
         num_classes=data.get("num_classes"),
         license=data.get("license"),
-        tags=tuple(dict.fromkeys(["local", *data.get("tags", ())])),
+        tags=tuple(dict.fromkeys([*tags, *data.get("tags", ())])),
         metadata=metadata,
     )
 
@@ -613,26 +640,14 @@ def _entry_from_onnx(
         metadata["sidecar"] = str(sidecar)
     if data.get("sha256"):
         metadata["sha256"] = data["sha256"]
-    return ModelEntry(
-        id=f"local/{name}",
-        source="local",
-        name=name,
-        task=data.get("task") or "onnx",
-        description=data.get("description") or f"{name}: ONNX graph {file.name}",
-        pretrained=True,
-        weights=WeightsInfo(
-            location=str(file),
-            filename=file.name,
-            path=str(file),
-            cached=file.is_file(),
-            sha256=data.get("sha256"),
-        ),
+    return _local_entry(
+        name,
+        file,
+        data,
+        task="onnx",
+        description=f"{name}: ONNX graph {file.name}",
         input_size=size,
-        mean=tuple(data["mean"]) if data.get("mean") else None,
-        std=tuple(data["std"]) if data.get("std") else None,
-        num_classes=data.get("num_classes"),
-        license=data.get("license"),
-        tags=tuple(dict.fromkeys(["local", "onnx", *data.get("tags", ())])),
+        tags=("local", "onnx"),
         metadata=metadata,
     )
 
