@@ -125,6 +125,21 @@ class TestForwardPullback:
         expected = model.module(torch.from_numpy(np.ascontiguousarray(x.T))).detach().numpy()
         np.testing.assert_allclose(dest, expected.T, rtol=1e-6)
 
+    def test_forward_into_fills_destinations_of_the_last_layouts(self, model):
+        """forward_into copies the outputs into arrays allocated from an earlier call's layouts, in the same call; arrays that do not fit are left alone and the outputs come back as from forward."""
+        model.eval()
+        x = julia_array(3, 5)
+        outputs, pb, layouts = jl.forward_into(model, None, julia_share(x), grad=False)
+        assert pb is None and layouts == (((2, 5), "Float32", "cpu", -1),)
+        dest = julia_receive(layouts[0])
+        filled, pb, none = jl.forward_into(model, (julia_share(dest),), julia_share(x), grad=False)
+        assert filled is None and pb is None and none is None
+        np.testing.assert_array_equal(dest, outputs[0].numpy().T)
+        wrong = np.zeros((2, 4), dtype=np.float32, order="F")
+        out, _, lays = jl.forward_into(model, (julia_share(wrong),), julia_share(x), grad=False)
+        assert lays == layouts and not wrong.any()
+        torch.testing.assert_close(out[0], outputs[0])
+
     def test_pullback_gradients_match_autograd(self, model):
         """The pullback's input and parameter gradients equal plain autograd's."""
         x = julia_array(3, 4)

@@ -37,25 +37,6 @@ end
 _phase_trains(::FluxTraining.AbstractTrainingPhase) = true
 _phase_trains(::FluxTraining.AbstractValidationPhase) = false
 
-# FluxTraining's own phases: the same epoch, in the phase's torch mode.
-for Phase in (FluxTraining.TrainingPhase, FluxTraining.ValidationPhase)
-    @eval function FluxTraining.epoch!(
-        learner,
-        phase::$Phase,
-        dataiter = learner.data[FluxTraining.phasedataiter(phase)],
-    )
-        return _in_mode(learner.model, _phase_trains(phase)) do
-            invoke(
-                FluxTraining.epoch!,
-                Tuple{Any, FluxTraining.Phase, Any},
-                learner,
-                phase,
-                dataiter,
-            )
-        end
-    end
-end
-
 """
     TorchTrainingPhase()
 
@@ -102,15 +83,23 @@ function FluxTraining.step!(learner, phase::TorchTrainingPhase, batch)
     end
 end
 
-function FluxTraining.epoch!(learner, phase::TorchTrainingPhase, dataiter)
-    return _in_mode(learner.model, true) do
-        invoke(
-            FluxTraining.epoch!,
-            Tuple{Any, FluxTraining.Phase, Any},
-            learner,
-            phase,
-            dataiter,
-        )
+# FluxTraining's own phases and the torch-native one: the same epoch, in the
+# phase's torch mode.
+for Phase in (FluxTraining.TrainingPhase, FluxTraining.ValidationPhase, TorchTrainingPhase)
+    @eval function FluxTraining.epoch!(
+        learner,
+        phase::$Phase,
+        dataiter = learner.data[FluxTraining.phasedataiter(phase)],
+    )
+        return _in_mode(learner.model, _phase_trains(phase)) do
+            invoke(
+                FluxTraining.epoch!,
+                Tuple{Any, FluxTraining.Phase, Any},
+                learner,
+                phase,
+                dataiter,
+            )
+        end
     end
 end
 

@@ -161,28 +161,16 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool; kw...)
     dshares = arrays === nothing ? nothing : map(to_torch, arrays)
     dests = dshares === nothing ? nothing : pytuple(dshares)
     result = try
-        if dests === nothing
-            _guard(
-                () -> _tbjl.forward(
-                    m.py,
-                    shares...;
-                    grad = grad,
-                    input_grads = m.input_grads,
-                    kwshares...,
-                ),
-            )
-        else
-            _guard(
-                () -> _tbjl.forward_into(
-                    m.py,
-                    dests,
-                    shares...;
-                    grad = grad,
-                    input_grads = m.input_grads,
-                    kwshares...,
-                ),
-            )
-        end
+        _guard(
+            () -> _tbjl.forward_into(
+                m.py,
+                something(dests, PythonCall.pybuiltins.None),
+                shares...;
+                grad = grad,
+                input_grads = m.input_grads,
+                kwshares...,
+            ),
+        )
     finally
         foreach(PythonCall.pydel!, shares)
         foreach(v -> v isa Py && PythonCall.pydel!(v), kwshares)

@@ -101,7 +101,7 @@ def forward(
 
 def forward_into(
     model: BridgedModel,
-    destinations: Sequence[Any],
+    destinations: Sequence[Any] | None,
     *inputs: Any,
     grad: bool = True,
     input_grads: bool | Sequence[bool] = True,
@@ -114,11 +114,11 @@ def forward_into(
     (from the layouts of an earlier call with inputs of the same sizes): when
     every output fits its destination (shape, element type, device) it is
     copied there and ``(None, pullback, None)`` is returned, one round trip
-    for the whole forward; otherwise the result is :func:`forward`'s and the
-    destinations are left alone.
+    for the whole forward; otherwise (or with ``destinations=None``, a first
+    call) the result is :func:`forward`'s and the destinations are left alone.
     """
     outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
-    if len(destinations) == len(outputs):
+    if destinations is not None and len(destinations) == len(outputs):
         targets = [to_torch(d) for d in destinations]
         if all(
             t.shape == o.shape and t.dtype == o.dtype and t.device == o.device
