@@ -48,6 +48,7 @@ def test_info_json(capsys):
     assert code == 0
     assert data["input_size"] == [3, 224, 224] and data["julia_input_size"] == [224, 224, 3]
     assert data["weights"]["location"] == "hf-hub:timm/resnet18.a1_in1k"
+    assert data["feature_channels"] == 512
 
 
 def test_info_unknown_id(capsys):

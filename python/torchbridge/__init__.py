@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "search_models": "torchbridge.registry",
     "model_info": "torchbridge.registry",
     "load_model": "torchbridge.registry",
+    "feature_channels": "torchbridge.registry",
     "register_source": "torchbridge.registry",
     "register_local_model": "torchbridge.registry",
     # text models
@@ -97,6 +98,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .onnx_import import import_onnx as import_onnx
     from .registry import (
         ModelEntry as ModelEntry,
+    )
+    from .registry import (
+        feature_channels as feature_channels,
     )
     from .registry import (
         list_models as list_models,

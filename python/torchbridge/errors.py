@@ -22,6 +22,7 @@ __all__ = [
     "DuplicateSourceError",
     "ExportError",
     "ExportVerificationError",
+    "FeaturesUnavailableError",
     "InputShapeError",
     "InputSpecError",
     "LeakError",
@@ -29,6 +30,7 @@ __all__ = [
     "ModelClosedError",
     "OnnxImportError",
     "OnnxVerificationError",
+    "OutputSizeUnknownError",
     "PullbackReleasedError",
     "RankFailedError",
     "ReadOnlyArrayError",
@@ -97,6 +99,10 @@ class TokenIdError(BridgeError, ValueError):
 
 class CotangentError(BridgeError, ValueError):
     """A cotangent does not match the output it belongs to."""
+
+
+class OutputSizeUnknownError(BridgeError, ValueError):
+    """A model's output size depends on its input's values, so sizes alone cannot give it."""
 
 
 class PullbackReleasedError(BridgeError, RuntimeError):
@@ -168,6 +174,10 @@ class InputSpecError(RegistryError, ValueError):
 
 class UnknownArchitectureError(RegistryError, LookupError):
     """A Hugging Face config names an architecture the installed transformers does not have."""
+
+
+class FeaturesUnavailableError(RegistryError, ValueError):
+    """A model has no feature-map variant (``features=True``) the registry knows how to make."""
 
 
 class RemoteCodeError(RegistryError, PermissionError):

@@ -156,11 +156,12 @@ def _print_entries(entries: list[Any], *, title: str) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Describe one model."""
-    from ..registry import model_info
+    from ..registry import feature_channels, model_info
 
     entry = model_info(args.model_id)
+    channels = feature_channels(args.model_id)
     if args.json:
-        _print_json(entry.to_dict())
+        _print_json({**entry.to_dict(), "feature_channels": channels})
         return 0
     from rich.table import Table
 
@@ -177,6 +178,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("mean", str(entry.mean) if entry.mean else "-"),
         ("std", str(entry.std) if entry.std else "-"),
         ("classes", "-" if entry.num_classes is None else str(entry.num_classes)),
+        ("feature channels", "-" if channels is None else str(channels)),
         ("license", entry.license or "-"),
         ("tags", ", ".join(entry.tags)),
     ]

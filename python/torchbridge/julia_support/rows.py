@@ -35,18 +35,21 @@ ROW_FIELDS = (
     "num_classes",
     "license",
     "tags",
+    "feature_channels",
 )
 
 
 def entry_row(entry: Any) -> dict[str, Any]:
     """entry_row(entry) -> dict: a ``ModelEntry`` as the plain row TorchBridge.jl shows.
 
-    Keys are :data:`ROW_FIELDS`; sizes are lists (``julia_input_size`` is the
+    Keys are :data:`ROW_FIELDS` and ``feature_channels`` (``None`` here: see
+    :func:`info_row`); sizes are lists (``julia_input_size`` is the
     reverse of ``input_size``), ``cached`` says whether the pretrained weights
     are on this machine, missing values are ``None``.
     """
     d = entry.to_dict()
     weights = d.get("weights") or {}
+    # feature_channels is not an entry field: None here, info_row sizes it
     row = {key: d.get(key) for key in ROW_FIELDS if key != "cached"}
     row["cached"] = bool(weights.get("cached", False))
     row["tags"] = list(d.get("tags") or [])
@@ -75,10 +78,17 @@ def search_rows(query: str, *, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def info_row(model_id: str) -> dict[str, Any]:
-    """info_row(model_id) -> row: what the registry knows about one model."""
+    """info_row(model_id) -> row: what the registry knows about one model.
+
+    The row of :func:`entry_row` plus ``feature_channels``, the channels of its
+    feature-map variant (``load_model(id, features=True)``; ``None`` when it
+    has none), which costs one build of the model on the ``meta`` device.
+    """
     from .. import registry
 
-    return entry_row(registry.model_info(model_id))
+    row = entry_row(registry.model_info(model_id))
+    row["feature_channels"] = registry.feature_channels(model_id)
+    return row
 
 
 # -- FastAI.jl's model registry ----------------------------------------------------

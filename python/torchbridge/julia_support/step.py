@@ -27,6 +27,7 @@ __all__ = [
     "forward_into",
     "layouts",
     "model_state",
+    "output_sizes",
     "pullback",
     "release",
     "settle",
@@ -131,6 +132,26 @@ def forward_into(
                 torch.cuda.current_stream().synchronize()
             return None, pullback, None
     return outputs, pullback, layouts(outputs)
+
+
+def output_sizes(
+    model: BridgedModel, sizes: Sequence[Sequence[int]]
+) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...] | None]:
+    """output_sizes(model, sizes) -> (sizes, names)
+
+    The Julia sizes of the model's outputs for inputs of Julia ``sizes``
+    (each reversed into torch's order and back), computed on fake tensors
+    without data or memory (:func:`torchbridge.shapes.output_shapes`), and the
+    outputs' names when they are named (``None`` otherwise). What Flux's
+    ``outputsize`` needs from a ``TorchModel``.
+    """
+    from ..shapes import output_shapes
+
+    shapes, structure = output_shapes(
+        model.module, *(tuple(reversed(tuple(s))) for s in sizes), device=model.device
+    )
+    names = structure.names if structure.named else None
+    return tuple(tuple(reversed(s)) for s in shapes), names
 
 
 def pullback(

@@ -7,6 +7,7 @@ Ids are ``source/name``: ``timm/resnet18.a1_in1k``, ``torchvision/resnet18``,
 from __future__ import annotations
 
 from .core import (
+    feature_channels,
     list_models,
     load_model,
     model_info,
@@ -21,6 +22,7 @@ from .sources.hub_source import add_hub_repo as add_hub_repo
 
 __all__ = [
     "ModelEntry",
+    "feature_channels",
     "list_models",
     "load_model",
     "model_info",

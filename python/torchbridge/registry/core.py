@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ModelRegistry",
+    "feature_channels",
     "get_registry",
     "list_models",
     "load_model",
@@ -198,6 +199,11 @@ class ModelRegistry:
         entry = self.model_info(model_id)
         return self.source(entry.source).classifier(entry)
 
+    def feature_channels(self, model_id: str) -> int | None:
+        """See :func:`feature_channels`."""
+        entry = self.model_info(model_id)
+        return self.source(entry.source).feature_channels(entry)
+
     def _unknown(self, model_id: str, message: str) -> UnknownModelError:
         suggestions = self.suggest(model_id)
         if suggestions:
@@ -233,6 +239,7 @@ class ModelRegistry:
         weights: str | os.PathLike[str] | None = None,
         num_classes: int | None = None,
         trust_pickle: bool = False,
+        features: bool = False,
         **kwargs: Any,
     ) -> torch.nn.Module:
         """See :func:`load_model`."""
@@ -243,7 +250,12 @@ class ModelRegistry:
             raise ValueError(
                 f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}"
             )
-        return source.load(
+        if features and num_classes is not None:
+            raise ValueError(
+                f"{model_id}: features=True returns the model without its classifier, so "
+                f"num_classes={num_classes} has nothing to size; pass one or the other"
+            )
+        model = source.load(
             entry,
             pretrained=bool(pretrained or weights_path is not None),
             weights=weights_path,
@@ -251,6 +263,11 @@ class ModelRegistry:
             trust_pickle=trust_pickle,
             **kwargs,
         )
+        if not features:
+            return model
+        from .features import feature_extractor
+
+        return feature_extractor(model, model_id=entry.id)
 
     def register_local_model(
         self,
@@ -447,10 +464,11 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    features: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """load_model(model_id, *, pretrained=False, weights=None, num_classes=None,
-    trust_pickle=False, **kwargs) -> nn.Module
+    trust_pickle=False, features=False, **kwargs) -> nn.Module
 
     Build a model by id. With ``pretrained=True`` the published weights are
     found offline-first: the Hugging Face and torch.hub caches, then a download
@@ -461,8 +479,12 @@ def load_model(
     tensors dropped (NOTE [head rule] in :mod:`torchbridge.registry.heads`).
     Without weights, ``num_classes`` is the size of the untrained head.
     Pickled files are loaded with ``weights_only=True``;
-    ``trust_pickle=True`` allows full unpickling of a file you trust. Other
-    keyword arguments go to the model's builder (e.g. timm's ``drop_rate``).
+    ``trust_pickle=True`` allows full unpickling of a file you trust.
+    ``features=True`` returns the model without its pooling and classifier, so
+    its output is the last feature map, torch ``(N, C, H, W)`` (NOTE [feature
+    variants] in :mod:`torchbridge.registry.features`; ``feature_channels(id)``
+    is ``C``). Other keyword arguments go to the model's builder (e.g. timm's
+    ``drop_rate``).
 
     Local models (``local/<name>``) always load their saved weights, and are built
     from their architecture by the registry that holds them.
@@ -473,6 +495,8 @@ def load_model(
         UnsafeCheckpointError: a pickled file would run code (and ``trust_pickle`` is false).
         ChecksumError: a file's sha256 differs from the published one.
         CorruptWeightsError: a file is truncated or does not fit the model.
+        FeaturesUnavailableError: ``features=True`` for a model without a known
+            feature-map variant.
     """
     return get_registry().load_model(
         model_id,
@@ -480,8 +504,21 @@ def load_model(
         weights=weights,
         num_classes=num_classes,
         trust_pickle=trust_pickle,
+        features=features,
         **kwargs,
     )
+
+
+def feature_channels(model_id: str) -> int | None:
+    """feature_channels(model_id) -> int | None
+
+    The channels ``C`` of ``load_model(model_id, features=True)``'s output
+    feature map (512 for resnet18), computed without weights or data (the model
+    built on the ``meta`` device); ``None`` when the model has no feature
+    variant. ``model_info`` rows from :func:`torchbridge.julia_support.info_row`
+    and ``torchbridge info`` carry it.
+    """
+    return get_registry().feature_channels(model_id)
 
 
 def register_source(source: Any, *, replace: bool = False) -> ModelSource:

@@ -155,26 +155,53 @@ class ModelSource(abc.ABC):
         """
         cache: dict[str, tuple[str, ...]] = vars(self).setdefault("_classifiers", {})
         if entry.id not in cache:
-            import torch
-
-            def build() -> Any:
-                return self.load(
-                    entry, pretrained=False, weights=None, num_classes=None, trust_pickle=False
-                )
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    with torch.device("meta"):
-                        model = build()
-                except Exception:  # some builders need real tensors (e.g. .item() at init)
-                    model = build()
-            cache[entry.id] = classifier_names(model)
+            cache[entry.id] = classifier_names(self._untrained_on_meta(entry))
         return cache[entry.id]
+
+    def feature_channels(self, entry: ModelEntry) -> int | None:
+        """feature_channels(entry) -> int | None: channels of the entry's feature map.
+
+        The ``C`` of ``load_model(id, features=True)``'s output (NOTE [feature
+        variants] in :mod:`torchbridge.registry.features`), from the untrained
+        model built on the ``meta`` device where it can; ``None`` when the entry
+        has no feature variant. Kept until :meth:`refresh`.
+        """
+        from ...errors import FeaturesUnavailableError
+        from ..features import feature_channels, feature_extractor
+
+        if entry.task != "image-classification":
+            return None
+        cache: dict[str, int | None] = vars(self).setdefault("_feature_channels", {})
+        if entry.id not in cache:
+            try:
+                features = feature_extractor(self._untrained_on_meta(entry), model_id=entry.id)
+                cache[entry.id] = feature_channels(features, entry.input_size)
+            except FeaturesUnavailableError:
+                cache[entry.id] = None
+        return cache[entry.id]
+
+    def _untrained_on_meta(self, entry: ModelEntry) -> Any:
+        # The untrained model with its own head, built on the meta device where
+        # the builder allows it: its structure without allocating its weights.
+        import torch
+
+        def build() -> Any:
+            return self.load(
+                entry, pretrained=False, weights=None, num_classes=None, trust_pickle=False
+            )
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with torch.device("meta"):
+                    return build()
+            except Exception:  # some builders need real tensors (e.g. .item() at init)
+                return build()
 
     def refresh(self) -> None:
         """refresh() -> None: forget cached entries (new files, new repos)."""
         vars(self).pop("_classifiers", None)
+        vars(self).pop("_feature_channels", None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
