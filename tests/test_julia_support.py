@@ -23,6 +23,7 @@ from julia_arrays import ArrayValue
 from torchbridge import julia_support as jl
 from torchbridge.errors import (
     CotangentError,
+    FeaturesUnavailableError,
     PullbackReleasedError,
     UnknownLossError,
     UnknownOptimizerError,
@@ -283,35 +284,32 @@ class TestFastAI:
         }
         assert set(ids) == expected
 
-    def test_replace_head_removes_the_classifier(self):
-        """num_classes=0 gives timm's pooled features; the old bridge is closed, the body kept."""
+    def test_feature_variant_closes_the_classifier_and_keeps_the_body(self):
+        """The backbone of FastAI rows: timm's unpooled feature map, Julia (W, H, C, N)."""
         import timm
 
         module = timm.create_model("test_resnet").eval()
         body = {k: v.clone() for k, v in module.state_dict().items() if not k.startswith("fc.")}
         old = torchbridge.bridge(module)
         open_before = jl.memory_stats()["open_models"]
-        new = jl.replace_head(old, 0, model_id="timm/test_resnet")
+        new = jl.feature_variant(old, model_id="timm/test_resnet")
         assert old.closed and not new.closed
         assert jl.memory_stats()["open_models"] == open_before
         assert not any(n.startswith("fc.") for n in new.param_names)
         x = julia_share(julia_array(64, 64, 3, 2))  # Julia (W, H, C, N)
         outputs, pullback, layouts = jl.forward(new, x, grad=False)
         assert pullback is None
-        assert layouts[0][0] == (module.num_features, 2)  # Julia (F, N)
+        assert layouts[0][0] == (2, 2, module.num_features, 2)  # Julia (W, H, C, N)
         for key, value in body.items():
             assert torch.equal(module.state_dict()[key], value), key
         new.close()
 
-    def test_replace_head_resizes_a_linear_head(self, model):
-        """A module without reset_classifier gets a new last Linear of the asked size."""
-        new = jl.replace_head(model, 4, model_id="tiny")
-        assert model.closed
-        assert new.module.fc.out_features == 4 and new.module.fc.in_features == 3
-        state = jl.model_state(new)
-        weight = state["params"][state["param_names"].index("fc.weight")]
-        assert tuple(weight.shape) == (4, 3)  # Julia sees (3, 4), the Dense layout
-        new.close()
+    def test_feature_variant_refused_leaves_the_model_open(self):
+        vit = torchbridge.bridge(torchbridge.load_model("torchvision/vit_b_16"))
+        with pytest.raises(FeaturesUnavailableError, match="VisionTransformer"):
+            jl.feature_variant(vit, model_id="torchvision/vit_b_16")
+        assert not vit.closed
+        vit.close()
 
 
 # Optimisers.jl 0.4's field names for each rule, as optimiser_spec builds them

@@ -12,11 +12,14 @@
 #     entry = models()["timm/resnet18.a1_in1k"]
 #     load(entry; pretrained = true)                        # the classifier, ImageNet head
 #     load(entry; pretrained = true, num_classes = 10)      # a new 10-class head
-#     load(entry; pretrained = true, variant = "backbone")  # no classifier: pooled (F, N) features
+#     load(entry; pretrained = true, variant = "backbone")  # the feature map (W, H, C, N)
 #
 # Every load returns a `TorchModel`; keywords FastAI does not know go to
-# `load_model`. The backbone goes in front of a Flux head,
-# `Chain(backbone, Dense(F => n))`, and Zygote differentiates through it. Both
+# `load_model`. The backbone is the feature-map variant of
+# `load_model(id; features = true)` (no pooling, no classifier), the
+# convolutional feature extractor FastAI's `blockmodel` sizes with
+# `Flux.outputsize` and puts in front of its head; Zygote differentiates
+# through it. Both
 # variants accept any input and output block (`xblock = yblock = Any`): a head
 # sized from an output block's classes is `num_classes`, since FastAI's
 # `issubblock` matches no block instance against a variant's block type.
@@ -47,11 +50,11 @@ function (f::LoadTorchModel)(checkpoint, options::Pair{Symbol}...; kwargs...)
     return load_model(f.id; pretrained = checkpoint !== nothing, options..., kwargs...)
 end
 
-# `m` without its classifier (`replace_head` with 0 classes), as a new
-# TorchModel. `m` is closed: its parameter list changes.
-function _without_classifier(m::TorchModel, id::String)
+# `m`'s feature-map variant, as a new TorchModel. `m` is closed: its parameter
+# list changes.
+function _feature_variant(m::TorchModel, id::String)
     bridged = TorchBridge._guard(
-        () -> TorchBridge._tbjl.replace_head(m.py, 0; model_id = id),
+        () -> TorchBridge._tbjl.feature_variant(m.py; model_id = id),
     )
     return TorchModel(bridged; input_grads = m.input_grads)
 end
@@ -59,14 +62,15 @@ end
 """
     BackboneTransform(id)
 
-The `"backbone"` variant: the model with its classifier removed (torchbridge's
-`num_classes = 0`), returning pooled features `(F, N)` in Julia order.
+The `"backbone"` variant: the model without its pooling and classifier
+(`load_model(id; features = true)`), returning the feature map `(W, H, C, N)`
+in Julia order.
 """
 struct BackboneTransform
     id::String
 end
 
-(t::BackboneTransform)(model, input, output; kwargs...) = _without_classifier(model, t.id)
+(t::BackboneTransform)(model, input, output; kwargs...) = _feature_variant(model, t.id)
 
 """
     model_registry() -> Union{Nothing, Tuple{registry, ModelVariant}}

@@ -202,6 +202,20 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool; kw...)
     return _outputs(ys, names), pb
 end
 
+# The Julia sizes of `m`'s outputs for inputs of Julia `sizes`, and their
+# names (`nothing` when unnamed): torch runs the module on fake tensors, with
+# no data and no memory for values (Flux's `outputsize`, in the Flux extension).
+function _output_sizes(m::TorchModel, sizes)
+    result = _guard(() -> _tbjl.output_sizes(m.py, pytuple(map(pytuple, sizes))))
+    try
+        outs = [Tuple(pyconvert(Vector{Int}, s)) for s in result[0]]
+        names = _optional(Vector{String}, result[1])
+        return outs, names
+    finally
+        PythonCall.pydel!(result)
+    end
+end
+
 # Device extensions order Julia's pending writes to the model's memory before
 # torch reads it (CUDA: synchronize Julia's stream).
 _before_torch(::TorchModel) = nothing

@@ -11,7 +11,12 @@ Tables.jl row table. Fields:
 - `pretrained` (weights are published), `cached` (they are on this machine);
 - `input_size`: one sample in **Julia order** (`[224, 224, 3]` for a
   `(W, H, C)` image), `torch_input_size` the same in torch order, or `nothing`;
-- `num_classes`, `mean`, `std` (per channel), `license`, `tags`.
+- `num_classes`, `mean`, `std` (per channel), `license`, `tags`;
+- `feature_channels`: the channels `C` of the feature map that
+  `load_model(id; features = true)` returns (`(W, H, C, N)`). [`model_info`](@ref)
+  computes it (torch builds the model on its `meta` device, without weights);
+  listings ([`models`](@ref), [`search_models`](@ref)) leave it `nothing`, as
+  they do for models without a feature variant.
 """
 const ModelRow = NamedTuple{
     (
@@ -29,6 +34,7 @@ const ModelRow = NamedTuple{
         :std,
         :license,
         :tags,
+        :feature_channels,
     ),
     Tuple{
         String,
@@ -45,6 +51,7 @@ const ModelRow = NamedTuple{
         Union{Nothing, Vector{Float64}},
         Union{Nothing, String},
         Vector{String},
+        Union{Nothing, Int},
     },
 }
 
@@ -64,6 +71,7 @@ function _row(d::Py)
         _optional(Vector{Float64}, d["std"]),
         _optional(String, d["license"]),
         pyconvert(Vector{String}, d["tags"]),
+        _optional(Int, d["feature_channels"]),
     ))
 end
 
@@ -122,14 +130,19 @@ function model_info(id::AbstractString)
 end
 
 """
-    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, input_grads = true, kwargs...) -> TorchModel
+    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, input_grads = true, kwargs...) -> TorchModel
 
 Build the model `id` in torch and wrap it. `pretrained = true` loads the
 published weights, offline-first (the Hugging Face and torch.hub caches, then a
 download where the network allows it); `weights = path` loads that file;
-`num_classes` gives it a new classifier head of that size. Other keyword
-arguments go to the model's builder (timm's `drop_rate` ...). `input_grads`
-is passed to [`TorchModel`](@ref).
+`num_classes` gives it a new classifier head of that size. `features = true`
+returns the model without its pooling and classifier: its output is the last
+feature map, `(W, H, C, N)` in Julia order (`(7, 7, 512, N)` for resnet18 on
+`(224, 224, 3, N)`; `model_info(id).feature_channels` is `C`), the backbone
+FastAI.jl's `blockmodel` and other heads expect (timm models and torchvision's
+convolutional classifiers; other models throw `:FeaturesUnavailableError`).
+Other keyword arguments go to the model's builder (timm's `drop_rate` ...).
+`input_grads` is passed to [`TorchModel`](@ref).
 
 Offline, missing weights throw a `TorchBridgeError` of kind
 `:WeightsNotFoundError` saying which file to provide and where.

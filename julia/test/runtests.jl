@@ -15,6 +15,7 @@ using Zygote: Zygote
 using FiniteDifferences: FiniteDifferences, central_fdm
 using Optimisers: Optimisers
 using Flux: Flux
+using Random: Random
 using Serialization: deserialize
 using Sockets: Sockets
 
@@ -344,6 +345,146 @@ end
         close!(m)
     end
 
+    @testset "Flux.outputsize and feature backbones" begin
+        baseline = memory_stats()
+        # sizes by torch on fake tensors agree with real forwards
+        for (id, sizes) in (
+                ("torchvision/resnet18", ((64, 64, 3, 2), (96, 80, 3, 1))),
+                ("timm/test_resnet.r160_in1k", ((64, 64, 3, 2), (33, 47, 3, 3))),
+            )
+            m = load_model(id; features = true)
+            TorchBridge.testmode!(m)
+            for sz in sizes
+                @test Flux.outputsize(m, sz) == size(m(rand(Float32, sz...)))
+            end
+            @test Flux.outputsize(m, (64, 64, 3); padbatch = true) ==
+                Flux.outputsize(m, (64, 64, 3, 1))
+            @test Flux.outputsize(m, (256, 256, 3, 1))[end - 1] ==
+                model_info(id).feature_channels
+            close!(m)
+        end
+        backbone = load_model("torchvision/resnet18"; features = true)
+        @test size(backbone(rand(Float32, 224, 224, 3, 2))) == (7, 7, 512, 2)
+        @test model_info("torchvision/resnet18").feature_channels == 512
+        # inside a Chain, with a Flux head after it
+        chain = Flux.Chain(backbone, Flux.AdaptiveMeanPool((1, 1)), Flux.flatten, Flux.Dense(512 => 4))
+        @test Flux.outputsize(chain, (128, 96, 3, 5)) == (4, 5)
+        kind(f) = try
+            f()
+            nothing
+        catch err
+            err isa TorchBridgeError ? err.kind : err
+        end
+        @test kind(() -> Flux.outputsize(backbone, (64, 64, 5, 1))) === :InputShapeError
+        @test kind(() -> load_model("torchvision/vit_b_16"; features = true)) ===
+            :FeaturesUnavailableError
+        close!(backbone)
+        # a torch module built here: two inputs, named outputs, a data-dependent one
+        PythonCall.pyexec(
+            """
+            import torch
+            class TwoHeads(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+                def forward(self, x, y):
+                    h = self.conv(x)
+                    return {"map": h, "total": h.mean((2, 3)) + y.sum()}
+            class Positive(torch.nn.Module):
+                def forward(self, x):
+                    return x[x > 0]
+            """,
+            Main,
+        )
+        two = TorchModel(tb.bridge(PythonCall.pyeval("TwoHeads()", Main)))
+        x, y = rand(Float32, 20, 31, 3, 2), rand(Float32, 7)
+        nils = (fill(Flux.NilNumber.nil, size(x)), fill(Flux.NilNumber.nil, size(y)))
+        @test map(size, two(nils)) == map(size, two(x, y)) == (map = (9, 15, 8, 2), total = (8, 2))
+        positive = TorchModel(tb.bridge(PythonCall.pyeval("Positive()", Main)))
+        @test kind(() -> Flux.outputsize(positive, (3, 4))) === :OutputSizeUnknownError
+        foreach(close!, (two, positive))
+        @test memory_stats() == baseline
+    end
+
+    @testset "FastAI's blockmodel recipe: a torch backbone, a Flux head, freeze then thaw" begin
+        # FastAI.blockmodel(ImageTensor{2}(3), OneHotTensor{0}(classes), backbone) is
+        # Chain(backbone, visionhead(outputsize(backbone, (256, 256, 3, 1))[end-1], n))
+        baseline = memory_stats()
+        id = "timm/test_resnet.r160_in1k"
+        backbone = load_model(id; features = true, input_grads = false)
+        outch = Flux.outputsize(backbone, (256, 256, 3, 1))[end - 1]
+        head = Flux.Chain(Flux.AdaptiveMeanPool((1, 1)), Flux.flatten, Flux.Dense(outch => 2))
+        model = Flux.Chain(backbone, head)
+        Random.seed!(1)
+        # bright images are class 1, dark ones class 2
+        xs = cat(rand(Float32, 32, 32, 3, 8) .+ 0.5f0, rand(Float32, 32, 32, 3, 8) .- 0.5f0; dims = 4)
+        ys = Flux.onehotbatch(vcat(fill(1, 8), fill(2, 8)), 1:2)
+        loss(m) = Flux.logitcrossentropy(m(xs), ys)
+        state = Optimisers.setup(Optimisers.Adam(1.0f-2), model)
+        step!() = TorchBridge.scope() do
+            l, g = Zygote.withgradient(loss, model)
+            Optimisers.update!(state, model, g[1])
+            l
+        end
+        Optimisers.freeze!(state.layers[1]) # the first epochs train the head only
+        torch_before = map(copy, backbone.params)
+        head_before = copy(head[3].weight)
+        losses = [step!() for _ in 1:8]
+        @test all(map(==, backbone.params, torch_before)) # torch's parameters did not move
+        @test head[3].weight != head_before
+        Optimisers.thaw!(state.layers[1])
+        append!(losses, [step!() for _ in 1:8])
+        @test any(map(!=, backbone.params, torch_before)) # now they do
+        @test losses[end] < 0.5 * losses[1]
+        close!(backbone)
+        @test memory_stats() == baseline
+    end
+
+    # Flux.params + Flux.Optimise (Flux 0.14; FastAI.jl's default optimiser and
+    # finetune!'s freezing): torch's parameters are implicit parameters too.
+    isdefined(Flux, :Optimise) &&
+        @testset "implicit parameters (Flux.params) reach torch" begin
+            m, _ = tiny_model()
+            model = Flux.Chain(m, Flux.Dense(2 => 1))
+            x, y = randn(Float32, 3, 8), randn(Float32, 1, 8)
+            ps = Flux.params(model)
+            implicit = TorchBridge.scope() do
+                Zygote.gradient(() -> Flux.mse(model(x), y), ps)
+            end
+            explicit = TorchBridge.scope() do
+                Zygote.gradient(mm -> Flux.mse(mm(x), y), model)[1]
+            end
+            for (p, g) in zip(m.params, explicit.layers[1].params)
+                @test implicit[p] ≈ g
+            end
+            @test implicit[model[2].weight] ≈ explicit.layers[2].weight
+            # FastAI's freezing scales the backbone's gradients by 0 in place
+            frozen = IdDict(p => true for p in Flux.params(model[1:1]))
+            for p in ps
+                haskey(frozen, p) && (implicit[p] .*= 0)
+            end
+            before = map(copy, m.params)
+            Flux.Optimise.update!(Flux.Optimise.Descent(0.1), ps, implicit)
+            @test all(map(==, m.params, before))
+            @test any(!iszero, m.grads[1]) # the scaling wrote to copies, not torch's buffers
+            # a FluxTraining learner with Flux's own Adam trains the torch layer
+            if HAS_FLUXTRAINING
+                ys = randn(Float32, 1, 32)
+                xs = randn(Float32, 3, 32)
+                learner = FluxTraining.Learner(
+                    model,
+                    Flux.mse;
+                    data = ([(xs, ys)], [(xs, ys)]),
+                    optimizer = Flux.Adam(0.01),
+                    usedefaultcallbacks = false,
+                )
+                FluxTraining.fit!(learner, 1)
+                @test any(map(!=, m.params, before))
+            end
+            @test memory_stats().live_pullbacks == 0
+            close!(m)
+        end
+
     HAS_FLUXTRAINING &&
         @testset "examples/finetune.jl (the tutorial) runs offline" begin
             # a small timm model's weights, written here: no download
@@ -511,7 +652,7 @@ end
             classifier = FastAI.Registries.load(entry)
             @test size(classifier(x)) == (1000, 2)
             backbone = FastAI.Registries.load(entry; variant = "backbone")
-            @test size(backbone(x)) == (512, 2)
+            @test size(backbone(x)) == (2, 2, 512, 2)
             headed = FastAI.Registries.load(entry; num_classes = 10)
             @test size(headed(x)) == (10, 2)
             foreach(close!, (classifier, backbone, headed))

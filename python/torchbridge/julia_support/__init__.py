@@ -9,7 +9,7 @@ its own module:
 * :mod:`.step` — a model's shared state, forward, pullback, and results copied
   into Julia-owned arrays (NOTE [results cross to a Julia owner]);
 * :mod:`.ledger` — the memory ledger and explicit scopes;
-* :mod:`.rows` — registry rows, FastAI.jl's registry, classifier heads;
+* :mod:`.rows` — registry rows, FastAI.jl's registry, feature variants;
 * :mod:`.training` — torch optimisers and the torch-native step over a
   bridged model's gradient buffers;
 * :mod:`.distributed` — the process group for data-parallel training
@@ -35,7 +35,14 @@ from .distributed import (
     shard_bounds,
 )
 from .ledger import memory_stats, scope_enter, scope_exit
-from .rows import entry_row, fastai_rows, info_row, registry_rows, replace_head, search_rows
+from .rows import (
+    entry_row,
+    fastai_rows,
+    feature_variant,
+    info_row,
+    registry_rows,
+    search_rows,
+)
 from .step import (
     Layout,
     copy_out,
@@ -71,6 +78,7 @@ __all__ = [
     "distributed_world",
     "entry_row",
     "fastai_rows",
+    "feature_variant",
     "forward",
     "forward_into",
     "generate",
@@ -85,7 +93,6 @@ __all__ = [
     "pullback",
     "registry_rows",
     "release",
-    "replace_head",
     "scope_enter",
     "scope_exit",
     "search_rows",

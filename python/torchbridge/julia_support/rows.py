@@ -1,4 +1,4 @@
-"""The registry as plain rows, FastAI.jl's model registry, and classifier heads.
+"""The registry as plain rows, FastAI.jl's model registry, and feature variants.
 
 The registry is imported by each call, not with this module: wrapping a model
 from Julia never pays for the registry's sources.
@@ -14,9 +14,9 @@ __all__ = [
     "ROW_FIELDS",
     "entry_row",
     "fastai_rows",
+    "feature_variant",
     "info_row",
     "registry_rows",
-    "replace_head",
     "search_rows",
 ]
 
@@ -118,22 +118,21 @@ def fastai_rows(*, source: str = "timm") -> dict[str, list[str]]:
     return {"id": ids, "description": descriptions, "checkpoint": checkpoints}
 
 
-def replace_head(model: BridgedModel, num_classes: int, *, model_id: str) -> BridgedModel:
-    """replace_head(model, num_classes, *, model_id) -> BridgedModel
+def feature_variant(model: BridgedModel, *, model_id: str) -> BridgedModel:
+    """feature_variant(model, *, model_id) -> BridgedModel
 
-    The bridged module with a new classifier of ``num_classes`` outputs
-    (:func:`torchbridge.registry.heads.replace_classifier`; ``0`` removes it, so
-    the model returns its pooled features), bridged anew. ``model`` is closed
-    first: its parameter list changes, so the Julia arrays over it must not be
-    used again. The new layer is moved to the model's device and floating-point
-    type. ``model_id`` names the model in error messages.
+    The bridged module's feature-map variant (what ``load_model(model_id,
+    features=True)`` returns: no pooling, no classifier; NOTE [feature
+    variants] in :mod:`torchbridge.registry.features`), bridged anew. ``model``
+    is closed first, as in :func:`replace_head`: its parameter list changes.
+
+    Raises:
+        FeaturesUnavailableError: the module has no known feature variant;
+            ``model`` is left open.
     """
     from ..bridged import bridge
-    from ..registry.heads import replace_classifier
+    from ..registry.features import feature_extractor
 
-    module, device, dtype = model.module, model.device, model.dtype
+    features = feature_extractor(model.module, model_id=model_id)
     model.close()
-    replace_classifier(module, num_classes, model_id=model_id)
-    if device is not None:
-        module.to(device=device, dtype=dtype)
-    return bridge(module)
+    return bridge(features)
