@@ -67,29 +67,41 @@ fit_torch!(learner, EPOCHS)
 Flux.testmode!(model)
 println("torch-native finetuning: validation accuracy ", accuracy(model, valid))
 
-## 2. A Flux head on the torch backbone, Zygote + Optimisers.jl
+## 2. FastAI's recipe: a feature backbone, a head sized by Flux.outputsize
 #
-# The backbone without its classifier (num_classes = 0 gives the pooled
-# features, 512 for resnet18); its input gradient is not needed (it sees data
-# only). Zygote differentiates the Chain through TorchModel's rrule; the
-# backbone's parameters are torch's memory and Optimisers.update! changes them
-# in place.
+# features = true drops the pooling and the classifier: the backbone returns
+# its last feature map (W, H, C, N). Flux.outputsize asks torch for its size
+# without data, as FastAI.jl's blockmodel does, and a Flux head pools and
+# classifies it. As FastAI's finetune! does, the first epoch trains the head
+# only (the backbone's optimiser state is frozen, so torch's parameters stay as
+# loaded); later epochs train both, the pretrained layers with a smaller step.
+# The backbone's input gradient is not needed (it sees data only).
 
 backbone = load_model(
     MODEL;
     pretrained = true,
     weights = WEIGHTS,
-    num_classes = 0,
+    features = true,
     input_grads = false,
 )
-Flux.testmode!(backbone) # running statistics stay as loaded while we measure
-features = size(backbone(first(train)[1]), 1)
-net = Flux.Chain(backbone, Flux.Dense(features => 64, Flux.relu), Flux.Dense(64 => CLASSES))
+channels = Flux.outputsize(backbone, (SIZE, SIZE, 3, 1))[end - 1] # 512 for resnet18
+head = Flux.Chain(
+    Flux.AdaptiveMeanPool((1, 1)),
+    Flux.flatten,
+    Flux.Dense(channels => 64, Flux.relu),
+    Flux.Dense(64 => CLASSES),
+)
+net = Flux.Chain(backbone, head)
 state = Optimisers.setup(Optimisers.Adam(1.0f-3), net)
-Optimisers.adjust!(state.layers[1], 1.0f-4) # a smaller step for the pretrained layers
+Optimisers.freeze!(state.layers[1]) # epoch 1: the head only
 
 baseline = memory_stats()
 for epoch in 1:EPOCHS
+    if epoch == 2
+        # then the pretrained layers too, with a smaller step
+        Optimisers.thaw!(state.layers[1])
+        Optimisers.adjust!(state.layers[1], 1.0f-4)
+    end
     Flux.trainmode!(net) # the torch backbone too
     for (x, y) in train
         TorchBridge.scope() do

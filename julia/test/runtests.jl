@@ -367,7 +367,12 @@ end
         @test size(backbone(rand(Float32, 224, 224, 3, 2))) == (7, 7, 512, 2)
         @test model_info("torchvision/resnet18").feature_channels == 512
         # inside a Chain, with a Flux head after it
-        chain = Flux.Chain(backbone, Flux.AdaptiveMeanPool((1, 1)), Flux.flatten, Flux.Dense(512 => 4))
+        chain = Flux.Chain(
+            backbone,
+            Flux.AdaptiveMeanPool((1, 1)),
+            Flux.flatten,
+            Flux.Dense(512 => 4),
+        )
         @test Flux.outputsize(chain, (128, 96, 3, 5)) == (4, 5)
         kind(f) = try
             f()
@@ -399,7 +404,9 @@ end
         two = TorchModel(tb.bridge(PythonCall.pyeval("TwoHeads()", Main)))
         x, y = rand(Float32, 20, 31, 3, 2), rand(Float32, 7)
         nils = (fill(Flux.NilNumber.nil, size(x)), fill(Flux.NilNumber.nil, size(y)))
-        @test map(size, two(nils)) == map(size, two(x, y)) == (map = (9, 15, 8, 2), total = (8, 2))
+        @test map(size, two(nils)) ==
+            map(size, two(x, y)) ==
+            (map = (9, 15, 8, 2), total = (8, 2))
         positive = TorchModel(tb.bridge(PythonCall.pyeval("Positive()", Main)))
         @test kind(() -> Flux.outputsize(positive, (3, 4))) === :OutputSizeUnknownError
         foreach(close!, (two, positive))
@@ -413,11 +420,19 @@ end
         id = "timm/test_resnet.r160_in1k"
         backbone = load_model(id; features = true, input_grads = false)
         outch = Flux.outputsize(backbone, (256, 256, 3, 1))[end - 1]
-        head = Flux.Chain(Flux.AdaptiveMeanPool((1, 1)), Flux.flatten, Flux.Dense(outch => 2))
+        head = Flux.Chain(
+            Flux.AdaptiveMeanPool((1, 1)),
+            Flux.flatten,
+            Flux.Dense(outch => 2),
+        )
         model = Flux.Chain(backbone, head)
         Random.seed!(1)
         # bright images are class 1, dark ones class 2
-        xs = cat(rand(Float32, 32, 32, 3, 8) .+ 0.5f0, rand(Float32, 32, 32, 3, 8) .- 0.5f0; dims = 4)
+        xs = cat(
+            rand(Float32, 32, 32, 3, 8) .+ 0.5f0,
+            rand(Float32, 32, 32, 3, 8) .- 0.5f0;
+            dims = 4,
+        )
         ys = Flux.onehotbatch(vcat(fill(1, 8), fill(2, 8)), 1:2)
         loss(m) = Flux.logitcrossentropy(m(xs), ys)
         state = Optimisers.setup(Optimisers.Adam(1.0f-2), model)
@@ -466,7 +481,10 @@ end
             before = map(copy, m.params)
             Flux.Optimise.update!(Flux.Optimise.Descent(0.1), ps, implicit)
             @test all(map(==, m.params, before))
-            @test any(!iszero, m.grads[1]) # the scaling wrote to copies, not torch's buffers
+            @test any(
+                !iszero,
+                m.grads[1],
+            ) # the scaling wrote to copies, not torch's buffers
             # a FluxTraining learner with Flux's own Adam trains the torch layer
             if HAS_FLUXTRAINING
                 ys = randn(Float32, 1, 32)
