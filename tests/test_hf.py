@@ -28,6 +28,7 @@ from torchbridge.errors import (  # noqa: E402
     RemoteCodeError,
     TokenIdError,
     TokenizerNotFoundError,
+    TrainingError,
     UnknownArchitectureError,
     UnknownModelError,
     WeightsNotFoundError,
@@ -338,6 +339,33 @@ class TestJuliaText:
         vec = ArrayValue(np.asfortranarray(toks["input_ids"][:, 0]))
         assert jl.generate(model, vec, max_new_tokens=2).shape == (4, 1)
         assert len(jl.decode("hf/test/tiny-gpt2", out, layout="julia")) == 2
+
+    def test_torch_native_step_on_text_batches(self, hf_cache):
+        """TorchBridge.jl's fit_torch! path: keyword inputs in a mapping, the loss on one output."""
+        bm = torchbridge.bridge(torchbridge.load_model("hf/test/tiny-bert", pretrained=True))
+        texts = ["i love this film", "boring", "great acting", "awful"]
+        toks = jl.tokenize("hf/test/tiny-bert", texts)
+        batch = {k: ArrayValue(np.asfortranarray(v)) for k, v in toks.items()}
+        labels = np.zeros((3, 4), dtype=np.float32, order="F")  # Julia one-hot (labels, batch)
+        labels[[0, 1, 0, 1], range(4)] = 1
+        y = ArrayValue(labels)
+        opt = jl.optimizer(bm, {"rule": "Adam", "eta": 1e-2})
+        t = jl.trainer(opt, "logitcrossentropy", output="logits")
+        losses = [jl.train_step(t, batch, y)[0] for _ in range(15)]
+        assert losses[-1] < 0.5 * losses[0]
+        _, outputs, layout = jl.train_step(t, batch, y)
+        assert layout[0] == (3, 4)  # the logits, Julia (labels, batch)
+        # one output: no name needed; several: the loss must be told which
+        assert jl.trainer(opt, "logitcrossentropy").step(batch, y)[1].shape == (4, 3)
+        bm.module.config.output_hidden_states = True
+        with pytest.raises(TrainingError, match="outputs.*logits.*hidden_states.*output = :logits"):
+            jl.train_step(jl.trainer(opt, "logitcrossentropy"), batch, y)
+        with pytest.raises(TrainingError, match="output='scores'.*no output 'scores'"):
+            jl.train_step(jl.trainer(opt, "logitcrossentropy", output="scores"), batch, y)
+        bad = dict(batch, input_ids=ArrayValue(np.full((6, 4), 999, dtype=np.int64, order="F")))
+        with pytest.raises(TokenIdError):
+            jl.train_step(t, bad, y)
+        bm.close()
 
 
 class TestTrainSaveExport:

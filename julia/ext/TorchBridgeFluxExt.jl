@@ -32,7 +32,10 @@ end
 
 function (m::TorchModel)(x::AbstractArray{Nil}, xs::AbstractArray{Nil}...)
     sizes, names = TorchBridge._output_sizes(m, map(size, (x, xs...)))
-    return TorchBridge._outputs([fill(nil, s) for s in sizes], names)
+    return TorchBridge._select(
+        m,
+        TorchBridge._outputs([fill(nil, s) for s in sizes], names),
+    )
 end
 
 # Flux hands several inputs to a layer as one tuple.

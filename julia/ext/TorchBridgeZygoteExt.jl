@@ -15,7 +15,15 @@ using TorchBridge: TorchModel
 using Zygote: Zygote
 
 function Zygote._pullback(cx::Zygote.Context{true}, m::TorchModel, xs::AbstractArray...)
-    y, back = Zygote.chain_rrule(Zygote.ZygoteRuleConfig(cx), m, xs...)
+    return _implicit_pullback(cx, m, xs...)
+end
+
+function Zygote._pullback(cx::Zygote.Context{true}, m::TorchModel, inputs::NamedTuple)
+    return _implicit_pullback(cx, m, inputs)
+end
+
+function _implicit_pullback(cx, m::TorchModel, args...)
+    y, back = Zygote.chain_rrule(Zygote.ZygoteRuleConfig(cx), m, args...)
     function implicit_params_pullback(Δ)
         grads = back(Δ)
         grads === nothing && return nothing

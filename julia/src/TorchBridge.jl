@@ -33,7 +33,7 @@ export zero_grad!, close!
 export memory_stats, release!
 export models, search_models, model_info, load_model
 export export_onnx
-export tokenize, decode
+export tokenize, decode, generate
 export TorchOptimiser, TorchTrainer, train_step!, fit_torch!
 
 @static if VERSION >= v"1.11.0-DEV.469"

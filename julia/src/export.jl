@@ -1,13 +1,15 @@
 ##  ONNX export  ##
 
 """
-    export_onnx(m::TorchModel, path; input_size, dynamic_batch = true, opset = nothing, verify = true) -> NamedTuple
+    export_onnx(m::TorchModel, path; input_size = nothing, dynamic_batch = true, opset = nothing, verify = true) -> NamedTuple
 
 Export the torch module of `m` to the ONNX file `path` with torchbridge's
 exporter, check it with `onnx.checker` and, with `verify`, compare
 onnxruntime's outputs with torch's. `input_size` is one sample's size in
 **Julia order** without the batch (`(224, 224, 3)` for a `(W, H, C)` image);
-it is reversed for torch. Returns the export report as a `NamedTuple`
+it is reversed for torch. Text models need none: their inputs are token ids
+with dynamic batch and sequence axes (see `docs/transformers.md`). Returns the
+export report as a `NamedTuple`
 (`path`, `opset`, `file_size`, `max_abs_diff`, `tolerance`, `verified_with`,
 `seconds`). Failures throw a `TorchBridgeError` of kind `:ExportError` or
 `:ExportVerificationError`, and leave no file at `path`.
@@ -15,12 +17,14 @@ it is reversed for torch. Returns the export report as a `NamedTuple`
 function export_onnx(
     m::TorchModel,
     path::AbstractString;
-    input_size,
+    input_size = nothing,
     dynamic_batch::Bool = true,
     opset = nothing,
     verify::Bool = true,
 )
-    torch_size = pytuple(reverse(Tuple(Int.(input_size))))
+    torch_size = input_size === nothing ?
+        nothing :
+        pytuple(reverse(Tuple(Int.(input_size))))
     report = _guard(
         () -> _tb.export_onnx(
             m.py.module,

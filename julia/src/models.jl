@@ -19,6 +19,10 @@ Fields:
 - `input_grads`: whether pullbacks compute gradients with respect to the
   inputs. `false` saves that work when the model sees data only (the first
   layer of a network); the input tangent is then `NoTangent()`.
+- `output`: for a module with named outputs (a transformers `ModelOutput`, a
+  dict), the one the model returns, as an array (`:logits`), instead of the
+  `NamedTuple` of all of them; `nothing` (the default) returns them all. A
+  Flux loss, FluxTraining and [`fit_torch!`](@ref) then see an array.
 
 Both tuples are wrapped once, here, and stay valid until [`close!`](@ref); keep
 the model alive as long as you use them. Functors.jl sees only `params` as
@@ -27,7 +31,11 @@ the torch parameters.
 
 Calling `m(x...)` outside AD runs torch without recording a graph and returns a
 Julia-owned array (a `Tuple` of arrays, depth-first, when the module returns
-several tensors).
+several tensors; a `NamedTuple` when they are named). Keyword inputs are
+passed as keywords, `m(; input_ids, attention_mask)`, or as one `NamedTuple`,
+`m((; input_ids, attention_mask))` (what [`tokenize`](@ref) returns and a data
+loader's batch holds); differentiated, the `NamedTuple` form gives its
+floating-point fields a tangent (keywords get none).
 """
 struct TorchModel{P <: Tuple, G <: Tuple}
     py::Py
@@ -37,11 +45,12 @@ struct TorchModel{P <: Tuple, G <: Tuple}
     device::Symbol
     device_index::Int
     input_grads::Bool
+    output::Union{Nothing, Symbol}
     # the output specs of the last call, by input sizes (see `_forward`)
     outputs::Base.RefValue{Any}
 end
 
-function TorchModel(bridged::Py; input_grads::Bool = true)
+function TorchModel(bridged::Py; input_grads::Bool = true, output = nothing)
     state = _guard(() -> _tbjl.model_state(bridged))
     try
         names = pyconvert(Vector{String}, state["param_names"])
@@ -57,6 +66,7 @@ function TorchModel(bridged::Py; input_grads::Bool = true)
             device,
             index,
             input_grads,
+            output === nothing ? nothing : Symbol(output),
             Ref{Any}(),
         )
     finally
@@ -112,7 +122,19 @@ end
 
 function (m::TorchModel)(xs::AbstractArray...; kw...)
     ys, _ = _forward(m, xs, false; kw...)
-    return ys
+    return _select(m, ys)
+end
+
+(m::TorchModel)(inputs::NamedTuple) = m(; inputs...)
+
+# What the caller gets: every output, or the one `m.output` names.
+_select(m::TorchModel, ys) = m.output === nothing ? ys : _select(m.output, ys)
+function _select(name::Symbol, ys)
+    ys isa NamedTuple && haskey(ys, name) && return getproperty(ys, name)
+    found = ys isa NamedTuple ? join(keys(ys), ", ") : "no names (it returns $(typeof(ys)))"
+    msg = "TorchModel: output = :$name, but the module's outputs have $found. " *
+        "Name one of them, or load the model with output = nothing for all of them."
+    throw(ArgumentError(msg))
 end
 
 # A keyword input as it crosses: arrays shared (dims reversed), anything else

@@ -130,7 +130,7 @@ function model_info(id::AbstractString)
 end
 
 """
-    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, input_grads = true, kwargs...) -> TorchModel
+    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, input_grads = true, output = nothing, kwargs...) -> TorchModel
 
 Build the model `id` in torch and wrap it. `pretrained = true` loads the
 published weights, offline-first (the Hugging Face and torch.hub caches, then a
@@ -142,7 +142,8 @@ feature map, `(W, H, C, N)` in Julia order (`(7, 7, 512, N)` for resnet18 on
 FastAI.jl's `blockmodel` and other heads expect (timm models and torchvision's
 convolutional classifiers; other models throw `:FeaturesUnavailableError`).
 Other keyword arguments go to the model's builder (timm's `drop_rate` ...).
-`input_grads` is passed to [`TorchModel`](@ref).
+`input_grads` and `output` (`:logits`: return that named output alone) are
+passed to [`TorchModel`](@ref).
 
 Offline, missing weights throw a `TorchBridgeError` of kind
 `:WeightsNotFoundError` saying which file to provide and where.
@@ -153,6 +154,7 @@ function load_model(
     weights = nothing,
     num_classes = nothing,
     input_grads::Bool = true,
+    output = nothing,
     kwargs...,
 )
     weights = weights === nothing ? nothing : String(weights)
@@ -167,7 +169,7 @@ function load_model(
     )
     try
         bridged = _guard(() -> _tb.bridge(_module))
-        return TorchModel(bridged; input_grads = input_grads)
+        return TorchModel(bridged; input_grads = input_grads, output = output)
     finally
         PythonCall.pydel!(_module)
     end

@@ -22,13 +22,38 @@
 
 # Keyword inputs (`input_ids`, `attention_mask` ...) cross like positional
 # ones but get no tangent (ChainRules has none for keywords): token ids and
-# masks need none; differentiate a float input by passing it positionally.
+# masks need none. A float keyword input to differentiate (`inputs_embeds`) is
+# passed in one NamedTuple instead, `m((; inputs_embeds, attention_mask))`,
+# whose floating-point fields get their tangents.
 function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...; kw...)
+    y, back = _bridge_rrule(m, xs, values(kw))
+    function torchmodel_pullback(Δ)
+        dm, dxs = back(Δ)
+        return (dm, dxs[1:length(xs)]...) # keyword inputs' gradients are dropped
+    end
+    return y, torchmodel_pullback
+end
+
+function ChainRulesCore.rrule(m::TorchModel, inputs::NamedTuple)
+    y, back = _bridge_rrule(m, (), inputs)
+    function torchmodel_namedtuple_pullback(Δ)
+        dm, dxs = back(Δ)
+        return (dm, Tangent{typeof(inputs)}(; zip(keys(inputs), dxs)...))
+    end
+    return y, torchmodel_namedtuple_pullback
+end
+
+# One bridge forward recording torch's graph, for positional inputs `xs` and
+# keyword inputs `kw` (a NamedTuple). Returns what the caller sees (`_select`)
+# and a pullback giving the model's tangent and one tangent per input,
+# positional ones first (see NOTE [one forward, one pullback]).
+function _bridge_rrule(m::TorchModel, xs::Tuple, kw::NamedTuple)
     reusable = _in_reusable_scope()
     ys, pullback = _forward(m, xs, true; kw...)
-    projections = map(ProjectTo, xs)
+    inputs = (xs..., values(kw)...)
+    projections = map(x -> x isa AbstractArray ? ProjectTo(x) : nothing, inputs)
     used = Ref(false)
-    function torchmodel_pullback(Δ)
+    function back(Δ)
         if used[] && !reusable
             msg = "pullback: this TorchModel pullback already ran and torch freed its graph; " *
                 "a pullback is one-shot. Run the model again for another gradient, or run " *
@@ -37,16 +62,17 @@ function ChainRulesCore.rrule(m::TorchModel, xs::AbstractArray...; kw...)
             throw(TorchBridgeError(:PullbackReleasedError, msg))
         end
         used[] = true
-        dxs = _pullback(pullback, ys, unthunk(Δ), length(xs); release = !reusable)
+        Δ = m.output === nothing ? unthunk(Δ) : NamedTuple{(m.output,)}((unthunk(Δ),))
+        dxs = _pullback(pullback, ys, Δ, length(inputs); release = !reusable)
         dparams = map(copy, m.grads)
         dinputs = map(projections, dxs) do project, dx
             dx === nothing ? NoTangent() : project(dx)
         end
         # a structural tangent all the way down, so tangents add (ChainRules accumulation)
         dm = Tangent{typeof(m)}(; params = Tangent{typeof(m.params)}(dparams...))
-        return (dm, dinputs...)
+        return dm, dinputs
     end
-    return ys, torchmodel_pullback
+    return _select(m, ys), back
 end
 
 # Call the Python pullback with the cotangents of `ys`; return one Julia-owned
@@ -64,7 +90,6 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
         PythonCall.pydel!(result)
         try
             dxs = _receive(grads, layouts)
-            # keyword inputs' gradients, after the positional ones, are not returned
             if length(dxs) < ninputs
                 msg = "pullback: torch returned $(length(dxs)) input gradients for $ninputs inputs."
                 throw(TorchBridgeError(:CotangentError, msg))

@@ -65,3 +65,47 @@ function decode(
         PythonCall.pydel!(share)
     end
 end
+
+"""
+    generate(m::TorchModel, input_ids; attention_mask = nothing, max_new_tokens = 20, do_sample = false, kwargs...) -> Matrix{Int64}
+
+Continue each column of `input_ids` (0-based ids, `(seq, batch)`, or a `(seq,)`
+vector for one sequence) with transformers' own `generate` on the causal
+language model behind `m` (forward only: no graph, nothing to release).
+Greedy unless `do_sample = true`; other keywords go to `generate`
+(`num_beams`, `temperature` ...). Returns the ids, prompt included, as a
+Julia-owned `(seq + new, batch)` matrix; `decode(id, ids)` gives the texts.
+A model that cannot generate throws a `TorchBridgeError`.
+"""
+function generate(
+    m::TorchModel,
+    input_ids::AbstractVecOrMat{<:Integer};
+    attention_mask = nothing,
+    max_new_tokens::Integer = 20,
+    do_sample::Bool = false,
+    kwargs...,
+)
+    _before_torch(m)
+    ids = to_torch(input_ids)
+    mask = attention_mask === nothing ? nothing : to_torch(attention_mask)
+    try
+        out = _guard(
+            () -> _tbjl.generate(
+                m.py,
+                ids;
+                attention_mask = mask,
+                max_new_tokens = max_new_tokens,
+                do_sample = do_sample,
+                kwargs...,
+            ),
+        )
+        try
+            return pyconvert(Matrix{Int64}, out)
+        finally
+            PythonCall.pydel!(out)
+        end
+    finally
+        PythonCall.pydel!(ids)
+        mask === nothing || PythonCall.pydel!(mask)
+    end
+end

@@ -136,6 +136,8 @@ torch and applies the optimiser; only the batch crosses (viewed, not copied).
 `optimiser` is a [`TorchOptimiser`](@ref) or an Optimisers.jl rule, `lossfn` a
 Flux loss (see [`loss_name`](@ref)); `loss_options` are the loss's keywords in
 torch terms (`agg = "sum"`, `dim = 1` for a `(W, H, C, N)` segmentation map).
+The loss applies to the model's output, or, for a model with named outputs,
+to the one its `output` names (`load_model(id; output = :logits)`).
 """
 struct TorchTrainer
     model::TorchModel
@@ -153,8 +155,14 @@ function TorchTrainer(m::TorchModel, optimiser::Py, lossfn; loss_options = (;))
         String(k) => v
         for (k, v) in pairs(loss_options)
     ))
+    output = m.output === nothing ? nothing : String(m.output)
     trainer = _guard(
-        () -> _tbjl.trainer(optimiser, loss_name(lossfn); loss_options = options),
+        () -> _tbjl.trainer(
+            optimiser,
+            loss_name(lossfn);
+            loss_options = options,
+            output = output,
+        ),
     )
     return TorchTrainer(m, optimiser, trainer)
 end
@@ -163,19 +171,42 @@ end
     train_step!(trainer::TorchTrainer, x, y) -> (loss::Float64, ŷ)
 
 One torch-native optimisation step on the batch `(x, y)` (Julia arrays, dims
-reversed as everywhere). Returns the loss and a Julia-owned copy of the model's
-output, for metrics. Targets are what the Flux loss takes (one-hot or
+reversed as everywhere; `x` may be a `NamedTuple` of keyword inputs, a text
+batch from [`tokenize`](@ref)). Returns the loss and a Julia-owned copy of the
+model's output, for metrics. Targets are what the Flux loss takes (one-hot or
 probability arrays shaped like the output); `Bool` targets are converted to the
 model's element type.
 """
 function train_step!(t::TorchTrainer, x::AbstractArray, y::AbstractArray)
+    xs = to_torch(x)
+    try
+        return _train_step!(t, xs, y)
+    finally
+        PythonCall.pydel!(xs)
+    end
+end
+
+function train_step!(t::TorchTrainer, x::NamedTuple, y::AbstractArray)
+    shares = map(_kw_share, values(x))
+    inputs = PythonCall.pydict(Dict{String, Any}(
+        String(k) => v
+        for (k, v) in zip(keys(x), shares)
+    ))
+    try
+        return _train_step!(t, inputs, y)
+    finally
+        PythonCall.pydel!(inputs)
+        foreach(v -> v isa Py && PythonCall.pydel!(v), shares)
+    end
+end
+
+function _train_step!(t::TorchTrainer, xs::Py, y::AbstractArray)
     y = eltype(y) == Bool ? _float_like(t.model, y) : y
     _before_torch(t.model)
-    xs, ys = to_torch(x), to_torch(y)
+    ys = to_torch(y)
     result = try
         _guard(() -> _tbjl.train_step(t.py, xs, ys))
     finally
-        PythonCall.pydel!(xs)
         PythonCall.pydel!(ys)
     end
     try

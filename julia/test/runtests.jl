@@ -603,6 +603,9 @@ end
         folder = pathlib.Path(joinpath(root, "work"))
         reference, _ = hf.make_bert(folder; num_labels = 3)
         hf.cache_repo(pathlib.Path(joinpath(root, "hub")), "test/tiny-bert", folder)
+        gpt2_folder = pathlib.Path(joinpath(root, "gpt2"))
+        gpt2_reference, _ = hf.make_gpt2(gpt2_folder)
+        hf.cache_repo(pathlib.Path(joinpath(root, "hub")), "test/tiny-gpt2", gpt2_folder)
         previous = os.environ.get("HF_HUB_CACHE")
         os.environ["HF_HUB_CACHE"] = joinpath(root, "hub")
         pyimport("torchbridge.registry.core").get_registry().refresh()
@@ -638,7 +641,86 @@ end
             @test length(g.params) == length(m.params)
             @test all(isfinite, g.params[1]) && any(!iszero, g.params[end])
             @test memory_stats() == baseline
+            # keyword inputs as one NamedTuple: a float field gets its gradient
+            @test m(tokens).logits == out.logits
+            embeddings = reference.bert.embeddings.word_embeddings(to_torch(
+                tokens.input_ids,
+            ))
+            e = from_torch(embeddings.detach()) # Julia (hidden, seq, batch)
+            mask = tokens.attention_mask
+            embed_loss(e) = sum(
+                abs2,
+                m((; inputs_embeds = e, attention_mask = mask)).logits,
+            )
+            ge = TorchBridge.scope(() -> Zygote.gradient(embed_loss, e)[1])
+            leaf = to_torch(copy(e)).requires_grad_(true)
+            reference(inputs_embeds = leaf, attention_mask = to_torch(mask)).logits.
+                pow(2).
+                sum().
+                backward()
+            @test size(ge) == size(e)
+            @test ge ≈ from_torch(leaf.grad) rtol = 1.0e-4
+            # the NamedTuple's integer fields get no tangent
+            gnt = TorchBridge.scope(
+                () -> Zygote.gradient(nt -> sum(m(nt).logits), tokens)[1],
+            )
+            @test gnt === nothing || all(v -> v === nothing, values(gnt))
+            @test memory_stats() == baseline
             close!(m)
+            baseline = memory_stats()
+            # one named output as the model's output: FluxTraining's two paths on text batches
+            classifier = load_model(id; pretrained = true, output = :logits)
+            @test classifier(tokens) isa Matrix{Float32} &&
+                size(classifier(tokens)) == (3, 2)
+            texts = ["a good movie", "a great film", "the plot was boring", "dull and long"]
+            batch = tokenize(id, texts)
+            labels = Float32.(Flux.onehotbatch([1, 1, 2, 2], 1:3))
+            text_loss() = Flux.logitcrossentropy(classifier(batch), labels)
+            if HAS_FLUXTRAINING
+                learner = FluxTraining.Learner(
+                    classifier,
+                    Flux.logitcrossentropy;
+                    data = ([(batch, labels)], [(batch, labels)]),
+                    optimizer = TorchOptimiser(Optimisers.Adam(0.01)),
+                    usedefaultcallbacks = false,
+                )
+                before = text_loss()
+                fit_torch!(learner, 10)
+                after = text_loss()
+                @test after < 0.5 * before
+                learner2 = FluxTraining.Learner(
+                    classifier,
+                    Flux.logitcrossentropy;
+                    data = ([(batch, labels)], [(batch, labels)]),
+                    optimizer = Optimisers.Adam(0.01),
+                    usedefaultcallbacks = false,
+                )
+                FluxTraining.fit!(learner2, 5) # Zygote through the NamedTuple call
+                @test text_loss() < after
+            end
+            # exported with dynamic batch and sequence axes, checked by onnxruntime
+            report = export_onnx(classifier, joinpath(root, "classifier.onnx"))
+            @test isfile(report.path) && report.max_abs_diff <= report.tolerance
+            close!(classifier)
+            # greedy generation from Julia equals torch's
+            gid = "hf/test/tiny-gpt2"
+            lm = load_model(gid; pretrained = true)
+            prompt = tokenize(gid, ["the movie", "a book"])
+            generated = generate(lm, prompt.input_ids; max_new_tokens = 4)
+            @test generated isa Matrix{Int64}
+            @test size(generated) == (size(prompt.input_ids, 1) + 4, 2)
+            expected = tb.generate(
+                gpt2_reference,
+                to_torch(prompt.input_ids);
+                max_new_tokens = 4,
+            )
+            @test generated == permutedims(pyconvert(Matrix{Int64}, expected.numpy()))
+            @test generated[1:size(prompt.input_ids, 1), :] == prompt.input_ids
+            @test length(decode(gid, generated)) == 2
+            @test size(generate(lm, prompt.input_ids[:, 1]; max_new_tokens = 2)) ==
+                (size(prompt.input_ids, 1) + 2, 1)
+            close!(lm)
+            @test memory_stats() == baseline
         finally
             if PythonCall.pyis(previous, PythonCall.pybuiltins.None)
                 os.environ.pop("HF_HUB_CACHE")

@@ -314,14 +314,9 @@ class BridgedModel:
         [keyword inputs]).
         """
         self._check_open("forward")
-        names = tuple(kw_inputs)
-        values = [to_torch(x) for x in inputs]
-        values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+        values, names = self.checked_inputs(*inputs, **kw_inputs)
         del kw_inputs
         npos = len(inputs)
-        self._check_inputs(values, npos)
-        if self._text is not None:
-            self._text.check(values, npos, names)
         if not grad:
             with self.lock, torch.no_grad():
                 out = self._run(values, npos, names)
@@ -341,6 +336,23 @@ class BridgedModel:
         self.output_structure = structure
         pullback = Pullback(self, leaves, flat, structure, (*range(npos), *names))
         return tuple(o.detach() for o in flat), pullback
+
+    def checked_inputs(self, *inputs: Any, **kw_inputs: Any) -> tuple[list, tuple[str, ...]]:
+        """checked_inputs(*inputs, **kw_inputs) -> (values, names)
+
+        The views :meth:`forward` runs the module on: positional inputs, then
+        keyword ones (``names``), arrays viewed without a copy, after the
+        checks of dtype, device, shape and token ids that ``forward`` makes
+        (raising its typed errors).
+        """
+        names = tuple(kw_inputs)
+        values = [to_torch(x) for x in inputs]
+        values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+        npos = len(inputs)
+        self._check_inputs(values, npos)
+        if self._text is not None:
+            self._text.check(values, npos, names)
+        return values, names
 
     def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = ()) -> Any:
         # a differentiated forward runs through DDP (NOTE [bridged models under DDP])

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from ..bridged import BridgedModel
-from ..errors import UnsupportedArrayError
+from ..errors import TrainingError, UnsupportedArrayError
 from ..exchange import julia_layout, to_torch
+from ..outputs import flatten_outputs
 from .step import Layout, settle
 
 __all__ = [
@@ -92,18 +93,34 @@ class TorchTrainer:
     """One torch-native step: zero the buffers, forward, loss, backward, optimiser step.
 
     Unlike :class:`torchbridge.train.TrainStep`, the gradient buffers are zeroed
-    in place, never replaced, so Julia's views of them stay valid.
+    in place, never replaced, so Julia's views of them stay valid. A batch's
+    input is one array, or a mapping of keyword inputs (``input_ids``,
+    ``attention_mask``: a text batch). The loss applies to the output named
+    ``output`` (``"logits"``), or to the only output when ``output`` is
+    ``None``.
     """
 
-    def __init__(self, opt: TorchOptimizer, loss: Any, loss_options: Mapping | None = None):
+    def __init__(
+        self,
+        opt: TorchOptimizer,
+        loss: Any,
+        loss_options: Mapping | None = None,
+        output: str | None = None,
+    ):
         from ..train import loss_from_name
 
         self.opt = opt
         self.loss_fn = loss_from_name(loss, **dict(loss_options or {}))
+        self.output = output
 
     def step(self, x: Any, y: Any) -> tuple[float, torch.Tensor]:
         model = self.opt.model
-        inputs, targets = to_torch(x), to_torch(y)
+        if isinstance(x, Mapping):
+            values, names = model.checked_inputs(**x)
+        else:
+            values, names = model.checked_inputs(x)
+        npos = len(values) - len(names)
+        targets = to_torch(y)
         with model.lock:
             # The buffers first: a backward into a replaced .grad would leave the
             # step below applying the buffers' zeros (NOTE [gradient buffers]).
@@ -112,7 +129,7 @@ class TorchTrainer:
             with torch.enable_grad():
                 # under torch.distributed the DDP wrapper averages the gradients
                 run = model.ddp if model.ddp is not None else model.module
-                outputs = run(inputs)
+                outputs = self._selected(run(*values[:npos], **dict(zip(names, values[npos:]))))
                 loss = self.loss_fn(outputs, targets)
                 if loss.ndim != 0:
                     raise UnsupportedArrayError(
@@ -123,10 +140,34 @@ class TorchTrainer:
             self.opt.step()
         return float(loss.detach()), outputs.detach()
 
+    def _selected(self, outputs: Any) -> torch.Tensor:
+        flat, structure = flatten_outputs(outputs)
+        if self.output is not None:
+            try:
+                return flat[structure.index(self.output)]
+            except KeyError as exc:
+                raise TrainingError(f"train_step: output={self.output!r}: {exc.args[0]}") from None
+        if len(flat) != 1:
+            raise TrainingError(
+                f"train_step: the model returns {len(flat)} outputs "
+                f"({', '.join(structure.names) or 'unnamed'}); say which one the loss applies "
+                "to (TorchBridge.jl: load_model(id; output = :logits))"
+            )
+        return flat[0]
 
-def trainer(opt: TorchOptimizer, loss: Any, *, loss_options: Mapping | None = None) -> TorchTrainer:
-    """trainer(opt, loss, *, loss_options=None) -> TorchTrainer: ``loss`` is a Flux loss name."""
-    return TorchTrainer(opt, loss, loss_options)
+
+def trainer(
+    opt: TorchOptimizer,
+    loss: Any,
+    *,
+    loss_options: Mapping | None = None,
+    output: str | None = None,
+) -> TorchTrainer:
+    """trainer(opt, loss, *, loss_options=None, output=None) -> TorchTrainer
+
+    ``loss`` is a Flux loss name; ``output`` names the output it applies to.
+    """
+    return TorchTrainer(opt, loss, loss_options, output)
 
 
 def train_step(trainer: TorchTrainer, x: Any, y: Any) -> tuple[float, torch.Tensor, Layout]:
