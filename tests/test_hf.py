@@ -414,6 +414,16 @@ class TestTrainSaveExport:
                 "tiny-bert-sst", model, architecture="hf/test/tiny-bert", directory=tmp_path
             )
 
+    def test_onnx_export_of_a_vision_transformer(self, hf_cache, tmp_path):
+        """A ViT exports from its config's image size, input pixel_values, verified in onnxruntime."""
+        pytest.importorskip("onnxruntime")
+        model = torchbridge.load_model("hf/test/tiny-vit", pretrained=True)
+        report = torchbridge.export_onnx(model, tmp_path / "vit.onnx")
+        (image,) = report.inputs
+        assert image.name == "pixel_values" and image.shape == ("batch", 3, 32, 32)
+        assert report.outputs[0].name == "logits" and report.outputs[0].shape == ("batch", 4)
+        assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff < 1e-4
+
     @pytest.mark.parametrize("model_id", ["hf/test/tiny-bert", "hf/test/tiny-gpt2"])
     def test_onnx_export_with_dynamic_batch_and_sequence(self, hf_cache, tmp_path, model_id):
         """Text models export with dynamic batch and sequence axes, verified in onnxruntime."""

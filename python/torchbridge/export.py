@@ -16,6 +16,7 @@ plus ``.onnx.data``; the report names both.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -164,6 +165,8 @@ def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[i
         if input_size is None:
             input_size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
         if input_size is None:
+            input_size = _config_image_size(getattr(module, "config", None))
+        if input_size is None:
             raise ExportError(
                 "export_onnx: the input size of one sample is unknown; pass input_size in "
                 "torch order without the batch, e.g. input_size=(3, 224, 224)."
@@ -178,6 +181,25 @@ def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[i
     if not size or any(n < 1 for n in size):
         raise ExportError(f"export_onnx: input_size must be positive sizes, got {size}.")
     return size
+
+
+def _config_image_size(config: Any) -> tuple[int, ...] | None:
+    # a transformers vision config declares one image: num_channels, image_size
+    image = getattr(config, "image_size", None)
+    channels = getattr(config, "num_channels", None)
+    if image is None or channels is None:
+        return None
+    height, width = (image, image) if isinstance(image, int) else tuple(image)
+    return (int(channels), int(height), int(width))
+
+
+def _image_input_name(module: torch.nn.Module) -> str:
+    # transformers vision models call their input pixel_values; keep that name
+    if hasattr(module, "config"):
+        params = list(inspect.signature(module.forward).parameters)
+        if params and params[0] == "pixel_values":
+            return "pixel_values"
+    return "input"
 
 
 def _model_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -481,7 +503,7 @@ def export_onnx(
             checked_batches = tuple(dict.fromkeys(b for b, _ in shapes))
         else:
             exported = module
-            input_names = ["input"]
+            input_names = [_image_input_name(module)]
             # a batch of 2 for the example: torch.export specialises dimensions of size 1
             example = (torch.randn(2 if dynamic_batch else 1, *size, dtype=dtype, device=device),)
             dynamic_shapes = ({0: batch_dim},) if dynamic_batch else None
