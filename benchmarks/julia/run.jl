@@ -207,17 +207,18 @@ function first_gradient()
     t3 = time()
     Zygote.gradient(m -> sum(m(x)), m)
     t4 = time()
-    println(join((t1 - t0, t2 - t1, t3 - t2, t4 - t3), " "))
+    println(join((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3), " "))
     """
     project = Base.active_project()
     cmd = `$(Base.julia_cmd()) --startup-file=no --project=$project -e $script`
     start = time()
     out = read(cmd, String)
-    total = time() - start
-    using_s, load_s, gradient_s, second_s = parse.(
+    using_s, load_s, gradient_s, second_s, first_done = parse.(
         Float64,
         split(strip(last(split(strip(out), '\n')))),
     )
+    # the same clock on both sides: the process's start to its first gradient
+    total = first_done - start
     return Dict(
         "first_gradient_s" => total,
         "first_gradient_using_s" => using_s,

@@ -9,6 +9,12 @@
 # method runs the same rrule and hands each parameter's gradient to Zygote's
 # record of implicit parameters. Explicit gradients (`gradient(m -> loss, m)`,
 # Optimisers.jl) do not go through it.
+#
+# A model's own gradient is already in Zygote's form (`(params = (...),)`, the
+# arrays typed and sized as the parameters), so `Zygote.gradient` returns it
+# without converting it to a ChainRules tangent, projecting each parameter and
+# converting it back: that round trip cost every step time and, being typed
+# by the model's parameter tuple, compiled anew for every model.
 module TorchBridgeZygoteExt
 
 using TorchBridge: TorchModel
@@ -38,5 +44,7 @@ function _implicit_pullback(cx, m::TorchModel, args...)
     end
     return y, implicit_params_pullback
 end
+
+Zygote._project(::TorchModel, dx) = dx
 
 end # module TorchBridgeZygoteExt

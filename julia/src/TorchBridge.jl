@@ -52,6 +52,7 @@ include("training.jl")
 include("export.jl")
 include("distributed.jl")
 include("text.jl")
+include("precompile.jl")
 
 function __init__()
     _init_python()

@@ -54,8 +54,9 @@ function TorchModel(bridged::Py; input_grads::Bool = true, output = nothing)
     state = _guard(() -> _tbjl.model_state(bridged))
     try
         names = pyconvert(Vector{String}, state["param_names"])
-        params = Tuple(_wrap(p) for p in state["params"])
-        grads = Tuple(_wrap(g) for g in state["grads"])
+        # splatted from a Vector: a Tuple built from a generator compiles per model
+        params = (Any[_wrap(p) for p in state["params"]]...,)
+        grads = (Any[_wrap(g) for g in state["grads"]]...,)
         device = Symbol(pyconvert(String, state["device"]))
         index = pyconvert(Int, state["device_index"])
         return TorchModel(
@@ -128,7 +129,9 @@ end
 (m::TorchModel)(inputs::NamedTuple) = m(; inputs...)
 
 # What the caller gets: every output, or the one `m.output` names.
-_select(m::TorchModel, ys) = m.output === nothing ? ys : _select(m.output, ys)
+_select(@nospecialize(m::TorchModel), ys) = m.output === nothing ?
+    ys :
+    _select(m.output, ys)
 function _select(name::Symbol, ys)
     ys isa NamedTuple && haskey(ys, name) && return getproperty(ys, name)
     found = ys isa NamedTuple ? join(keys(ys), ", ") : "no names (it returns $(typeof(ys)))"
@@ -152,7 +155,7 @@ function _outputs(ys, names)
 end
 
 # The names of the last forward's outputs, or nothing when they have none.
-function _output_names(m::TorchModel)
+function _output_names(@nospecialize(m::TorchModel))
     structure = m.py.output_structure
     try
         named = pyconvert(Bool, structure.named)
@@ -171,7 +174,10 @@ end
 # the last call returned, and torch fills them in the same round trip
 # (`forward_into`). When they do not fit, torch says so and the outputs are
 # received as on a first call.
-function _forward(m::TorchModel, xs::Tuple, grad::Bool; kw...)
+function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
+    # not specialised on the model's type: its parameter tuple's type differs
+    # from model to model and the call does not depend on it
+    py, input_grads = m.py, m.input_grads
     _before_torch(m)
     key = (map(x -> (typeof(x), size(x)), xs), map(_kw_key, values(kw)))
     last = isassigned(m.outputs) ? m.outputs[] : nothing
@@ -185,11 +191,11 @@ function _forward(m::TorchModel, xs::Tuple, grad::Bool; kw...)
     result = try
         _guard(
             () -> _tbjl.forward_into(
-                m.py,
+                py,
                 something(dests, PythonCall.pybuiltins.None),
                 shares...;
                 grad = grad,
-                input_grads = m.input_grads,
+                input_grads = input_grads,
                 kwshares...,
             ),
         )

@@ -47,7 +47,7 @@ end
 # keyword inputs `kw` (a NamedTuple). Returns what the caller sees (`_select`)
 # and a pullback giving the model's tangent and one tangent per input,
 # positional ones first (see NOTE [one forward, one pullback]).
-function _bridge_rrule(m::TorchModel, xs::Tuple, kw::NamedTuple)
+function _bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
     reusable = _in_reusable_scope()
     ys, pullback = _forward(m, xs, true; kw...)
     inputs = (xs..., values(kw)...)
@@ -64,15 +64,18 @@ function _bridge_rrule(m::TorchModel, xs::Tuple, kw::NamedTuple)
         used[] = true
         Δ = m.output === nothing ? unthunk(Δ) : NamedTuple{(m.output,)}((unthunk(Δ),))
         dxs = _pullback(pullback, ys, Δ, length(inputs); release = !reusable)
-        dparams = map(copy, m.grads)
         dinputs = map(projections, dxs) do project, dx
             dx === nothing ? NoTangent() : project(dx)
         end
-        # a structural tangent all the way down, so tangents add (ChainRules accumulation)
-        dm = Tangent{typeof(m)}(; params = Tangent{typeof(m.params)}(dparams...))
-        return dm, dinputs
+        return _model_tangent(m, (Any[copy(g) for g in m.grads]...,)), dinputs
     end
     return _select(m, ys), back
+end
+
+# A structural tangent all the way down, so tangents add (ChainRules
+# accumulation); the one place specialised on the model's type.
+function _model_tangent(m::TorchModel, dparams::Tuple)
+    return Tangent{typeof(m)}(; params = Tangent{typeof(m.params)}(dparams...))
 end
 
 # Call the Python pullback with the cotangents of `ys`; return one Julia-owned
