@@ -24,11 +24,17 @@ def _resnet_body(model, x):
     return model.layer4(model.layer3(model.layer2(model.layer1(x))))
 
 
+def _classifier_and_features(model_id):
+    """The classifier and its feature variant holding the same weights, both in eval mode."""
+    classifier = torchbridge.load_model(model_id).eval()
+    features = torchbridge.load_model(model_id, features=True).eval()
+    features.load_state_dict(classifier.state_dict(), strict=False)
+    return classifier, features
+
+
 class TestFeatureVariants:
     def test_torchvision_resnet_is_its_body_unpooled(self):
-        classifier = torchbridge.load_model("torchvision/resnet18").eval()
-        features = torchbridge.load_model("torchvision/resnet18", features=True).eval()
-        features.load_state_dict(classifier.state_dict(), strict=False)
+        classifier, features = _classifier_and_features("torchvision/resnet18")
         x = torch.randn(2, 3, 224, 160)
         with torch.no_grad():
             got = features(x)
@@ -54,9 +60,7 @@ class TestFeatureVariants:
         assert torch.equal(after, features.get_buffer("bn1.running_mean"))
 
     def test_densenet_applies_its_final_relu(self):
-        classifier = torchbridge.load_model("torchvision/densenet121").eval()
-        features = torchbridge.load_model("torchvision/densenet121", features=True).eval()
-        features.load_state_dict(classifier.state_dict(), strict=False)
+        classifier, features = _classifier_and_features("torchvision/densenet121")
         x = torch.randn(1, 3, 64, 64)
         with torch.no_grad():
             assert torch.equal(features(x), torch.relu(classifier.features(x)))

@@ -481,10 +481,8 @@ end
             before = map(copy, m.params)
             Flux.Optimise.update!(Flux.Optimise.Descent(0.1), ps, implicit)
             @test all(map(==, m.params, before))
-            @test any(
-                !iszero,
-                m.grads[1],
-            ) # the scaling wrote to copies, not torch's buffers
+            # the scaling wrote to copies, not torch's buffers
+            @test any(!iszero, m.grads[1])
             # a FluxTraining learner with Flux's own Adam trains the torch layer
             if HAS_FLUXTRAINING
                 ys = randn(Float32, 1, 32)
@@ -702,6 +700,22 @@ end
             report = export_onnx(classifier, joinpath(root, "classifier.onnx"))
             @test isfile(report.path) && report.max_abs_diff <= report.tolerance
             close!(classifier)
+            # a Flux head on the encoder's pooled output, Zygote through both
+            encoder = load_model(id; pretrained = true, task = "feature-extraction")
+            TorchBridge.testmode!(encoder)
+            head = Flux.Dense(32 => 2)
+            pooled_loss(encoder, head) = Flux.logitcrossentropy(
+                head(encoder(batch).pooler_output),
+                Flux.onehotbatch([1, 1, 2, 2], 1:2),
+            )
+            genc, ghead = TorchBridge.scope(
+                () -> Zygote.gradient(pooled_loss, encoder, head),
+            )
+            @test size(encoder(batch).pooler_output) == (32, 4) # Julia (hidden, batch)
+            @test length(genc.params) == length(encoder.params)
+            @test any(!iszero, ghead.weight) && any(g -> any(!iszero, g), genc.params)
+            close!(encoder)
+            @test memory_stats() == baseline
             # greedy generation from Julia equals torch's
             gid = "hf/test/tiny-gpt2"
             lm = load_model(gid; pretrained = true)
