@@ -110,7 +110,9 @@ class TestFeatureVariants:
             ("torchvision/resnet18", 512),
             ("torchvision/mobilenet_v3_small", 576),
             ("timm/resnet18", 512),
-            ("timm/vit_tiny_patch16_224", 192),
+            ("timm/mobilenetv3_large_100", 1280),  # a convolution after timm's num_features
+            ("timm/vit_tiny_patch16_224", 192),  # tokens (N, tokens, C)
+            ("timm/eva02_tiny_patch14_224", 192),  # a feature-extraction entry
             ("torchvision/vit_b_16", None),
         ],
     )
@@ -120,7 +122,7 @@ class TestFeatureVariants:
             features = torchbridge.load_model(model_id, features=True).eval()
             with torch.no_grad():
                 out = features(torch.randn(1, 3, 224, 224))
-            assert channels in (out.shape[1], out.shape[-1])
+            assert (out.shape[1] if out.dim() >= 4 else out.shape[-1]) == channels
 
     def test_info_row_carries_feature_channels(self):
         from torchbridge.julia_support import info_row
@@ -165,6 +167,27 @@ class TestOutputShapes:
         model.load_state_dict(state)
         output_shapes(model, (2, 3, 31, 20), (7,))
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    def test_non_persistent_buffers_are_faked_too(self):
+        class Scaled(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3)
+                self.register_buffer("scale", torch.full((1, 3, 1, 1), 2.0), persistent=False)
+
+            def forward(self, x):
+                return self.conv(x * self.scale)
+
+        (shape,), _ = output_shapes(Scaled(), (2, 3, 10, 12))
+        assert shape == (2, 4, 8, 10)
+
+    def test_other_errors_of_the_forward_propagate(self):
+        class Unfinished(nn.Module):
+            def forward(self, x):
+                raise NotImplementedError("this model is not finished")
+
+        with pytest.raises(NotImplementedError, match="not finished"):
+            output_shapes(Unfinished(), (1, 3))
 
     def test_allocates_no_values(self):
         model = torchbridge.load_model("torchvision/resnet18").eval()

@@ -111,6 +111,14 @@ _SHAPE_MESSAGES = re.compile(
 )
 
 
+def is_shape_error(exc: BaseException) -> bool:
+    """is_shape_error(exc) -> bool: whether a module's exception says its input had the
+    wrong rank or shape (torch's and the common models' own messages)."""
+    return isinstance(exc, (RuntimeError, ValueError, AssertionError, TypeError)) and bool(
+        _SHAPE_MESSAGES.search(str(exc))
+    )
+
+
 def bridge(
     module: torch.nn.Module,
     *,
@@ -370,9 +378,7 @@ class BridgedModel:
             failure = None if self._ddp is None else rank_failure(exc, "forward")
             if failure is not None:
                 raise failure from exc
-            if isinstance(exc, (RuntimeError, ValueError, AssertionError, TypeError)) and (
-                _SHAPE_MESSAGES.search(str(exc))
-            ):
+            if is_shape_error(exc):
                 raise InputShapeError(self._shape_message(shapes, str(exc))) from exc
             raise
 

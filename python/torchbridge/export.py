@@ -195,11 +195,8 @@ def _config_image_size(config: Any) -> tuple[int, ...] | None:
 
 def _image_input_name(module: torch.nn.Module) -> str:
     # transformers vision models call their input pixel_values; keep that name
-    if hasattr(module, "config"):
-        params = list(inspect.signature(module.forward).parameters)
-        if params and params[0] == "pixel_values":
-            return "pixel_values"
-    return "input"
+    params = list(inspect.signature(module.forward).parameters)
+    return "pixel_values" if params and params[0] == "pixel_values" else "input"
 
 
 def _model_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -426,7 +423,11 @@ def export_onnx(
             (pretrained weights, or ``weights``).
         path: The ``.onnx`` file to write (its folder is created).
         input_size: One sample's shape in torch order, without the batch:
-            ``(3, 224, 224)``. Defaults to the registry's or timm's input size.
+            ``(3, 224, 224)``. Defaults to the registry's or timm's input size,
+            or a transformers vision config's ``(num_channels, image_size)``.
+            Text models need none (their inputs are token ids). The image
+            input is named ``input`` (``pixel_values`` where the model's
+            forward calls it so).
         dynamic_batch: Export the batch dimension as symbolic (``"batch"``);
             otherwise the graph takes batches of one.
         opset: The ONNX opset to target; ``None`` lets torch choose.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .bridged import is_shape_error
 from .errors import InputShapeError, OutputSizeUnknownError
 from .outputs import OutputStructure, flatten_outputs
 
@@ -42,6 +43,9 @@ def output_shapes(
         InputShapeError: the module rejects inputs of these sizes (the message
             is the module's own).
         OutputSizeUnknownError: the output size depends on the input's values.
+
+    Other errors of the forward (an operator fake tensors do not support)
+    propagate as they are.
     """
     from torch._subclasses.fake_tensor import (
         DataDependentOutputException,
@@ -49,7 +53,12 @@ def output_shapes(
         FakeTensorMode,
     )
 
-    tensors = list(module.parameters()) + list(module.buffers())
+    # every tensor the forward may read, tied and non-persistent ones included
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    tensors = [t for _, t in named]
     if dtype is None:
         dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
     if device is None:
@@ -58,9 +67,7 @@ def output_shapes(
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     try:
         with mode, torch.no_grad():
-            state = {
-                name: mode.from_tensor(t) for name, t in module.state_dict(keep_vars=True).items()
-            }
+            state = {name: mode.from_tensor(t) for name, t in named}
             inputs = tuple(torch.empty(s, dtype=dtype, device=device) for s in shapes)
             result = torch.func.functional_call(module, state, inputs, strict=False)
     except (DataDependentOutputException, DynamicOutputShapeException) as err:
@@ -68,9 +75,11 @@ def output_shapes(
             f"{type(module).__name__}: the output size depends on the values of the input "
             f"({err}), so it cannot be computed from sizes alone; run the model on data"
         ) from None
-    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
-        raise InputShapeError(
-            f"{type(module).__name__} rejects inputs of torch sizes {shapes}: {err}"
-        ) from None
+    except Exception as err:
+        if is_shape_error(err):
+            raise InputShapeError(
+                f"{type(module).__name__} rejects inputs of torch sizes {shapes}: {err}"
+            ) from None
+        raise
     flat, structure = flatten_outputs(result)
     return tuple(tuple(t.shape) for t in flat), structure

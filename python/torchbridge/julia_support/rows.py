@@ -42,7 +42,7 @@ ROW_FIELDS = (
 def entry_row(entry: Any) -> dict[str, Any]:
     """entry_row(entry) -> dict: a ``ModelEntry`` as the plain row TorchBridge.jl shows.
 
-    Keys are :data:`ROW_FIELDS` and ``feature_channels`` (``None`` here: see
+    Keys are :data:`ROW_FIELDS` (``feature_channels`` is ``None`` here: see
     :func:`info_row`); sizes are lists (``julia_input_size`` is the
     reverse of ``input_size``), ``cached`` says whether the pretrained weights
     are on this machine, missing values are ``None``.
@@ -124,7 +124,8 @@ def feature_variant(model: BridgedModel, *, model_id: str) -> BridgedModel:
     The bridged module's feature-map variant (what ``load_model(model_id,
     features=True)`` returns: no pooling, no classifier; NOTE [feature
     variants] in :mod:`torchbridge.registry.features`), bridged anew. ``model``
-    is closed first, as in :func:`replace_head`: its parameter list changes.
+    is closed first: its parameter list changes, so the Julia arrays over it
+    must not be used again.
 
     Raises:
         FeaturesUnavailableError: the module has no known feature variant;

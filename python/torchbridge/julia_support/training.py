@@ -127,9 +127,9 @@ class TorchTrainer:
             model.attach_grads()
             model.zero_grad()
             with torch.enable_grad():
-                # under torch.distributed the DDP wrapper averages the gradients
-                run = model.ddp if model.ddp is not None else model.module
-                outputs = self._selected(run(*values[:npos], **dict(zip(names, values[npos:]))))
+                # the bridge's own run: through DDP under torch.distributed (it
+                # averages the gradients), with its shape errors and cleanup
+                outputs = self._selected(model._run(values, npos, names))
                 loss = self.loss_fn(outputs, targets)
                 if loss.ndim != 0:
                     raise UnsupportedArrayError(

@@ -19,8 +19,8 @@ NOTE [feature variants]
     - anything else: :class:`~torchbridge.errors.FeaturesUnavailableError`
       naming the id.
 
-    :func:`feature_channels` is ``C``: timm's ``num_features``, or dim 1 of the
-    torchvision feature map.
+    :func:`feature_map_channels` is ``C``: dim 1 of a feature map, the last
+    dim of tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import FeaturesUnavailableError
 
-__all__ = ["TORCHVISION_FEATURE_NODES", "feature_channels", "feature_extractor"]
+__all__ = ["TORCHVISION_FEATURE_NODES", "feature_extractor", "feature_map_channels"]
 
 #: The node whose output is the last feature map, by torchvision classifier class:
 #: the input of the global pooling (for DenseNet, the ReLU its forward applies
@@ -114,19 +114,19 @@ def _torchvision_features(model: Any, node: str) -> Any:
     return graph_module
 
 
-def feature_channels(features: Any, input_size: Sequence[int] | None) -> int:
-    """feature_channels(features, input_size) -> int: channels of a feature variant's output.
+def feature_map_channels(features: Any, input_size: Sequence[int] | None) -> int:
+    """feature_map_channels(features, input_size) -> int: ``C`` of a feature variant's output.
 
     ``features`` is what :func:`feature_extractor` returned; ``input_size`` is
-    one sample's torch size ``(C, H, W)`` (224² RGB when ``None``). timm says it
-    (``num_features``); otherwise the output is sized on fake tensors
-    (:func:`torchbridge.shapes.output_shapes`), so a model on the ``meta``
-    device will do.
+    one sample's torch size ``(C, H, W)`` (224² RGB when ``None``). The output
+    is sized on fake tensors (:func:`torchbridge.shapes.output_shapes`), so a
+    model on the ``meta`` device will do: ``C`` is dim 1 of a feature map
+    ``(N, C, H, W)`` and the last dim of tokens ``(N, tokens, C)``. (timm's
+    ``num_features`` is not always it: MobileNetV3 and GhostNet run a
+    convolution after it.)
     """
-    if _is_timm(features):
-        return int(features.num_features)
     from ..shapes import output_shapes
 
     size = tuple(input_size) if input_size else (3, 224, 224)
     (shape, *_), _ = output_shapes(features, (1, *size))
-    return int(shape[1])
+    return int(shape[1] if len(shape) >= 4 else shape[-1])

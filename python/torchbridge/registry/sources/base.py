@@ -16,6 +16,7 @@ torchvision share: built once from the library, kept current for the caches.
 from __future__ import annotations
 
 import abc
+import logging
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..entry import ModelEntry
 
 __all__ = ["ModelSource", "TableSource"]
+
+log = logging.getLogger("torchbridge.registry")
+
+# The tasks whose models can have a feature-map variant (NOTE [feature variants]).
+_FEATURE_TASKS = frozenset({"image-classification", "feature-extraction"})
 
 
 class ModelSource(abc.ABC):
@@ -163,20 +169,22 @@ class ModelSource(abc.ABC):
 
         The ``C`` of ``load_model(id, features=True)``'s output (NOTE [feature
         variants] in :mod:`torchbridge.registry.features`), from the untrained
-        model built on the ``meta`` device where it can; ``None`` when the entry
-        has no feature variant. Kept until :meth:`refresh`.
+        model built on the ``meta`` device where it can. ``None`` when the
+        entry has no feature variant, or when its model cannot be built and
+        sized here without its weights (the reason is logged at debug level);
+        ``load_model(id, features=True)`` then says why. Kept until :meth:`refresh`.
         """
-        from ...errors import FeaturesUnavailableError
-        from ..features import feature_channels, feature_extractor
+        from ..features import feature_extractor, feature_map_channels
 
-        if entry.task != "image-classification":
-            return None
+        if entry.task not in _FEATURE_TASKS:
+            return None  # detectors, segmenters ...: their heads are not one classifier
         cache: dict[str, int | None] = vars(self).setdefault("_feature_channels", {})
         if entry.id not in cache:
             try:
                 features = feature_extractor(self._untrained_on_meta(entry), model_id=entry.id)
-                cache[entry.id] = feature_channels(features, entry.input_size)
-            except FeaturesUnavailableError:
+                cache[entry.id] = feature_map_channels(features, entry.input_size)
+            except Exception as exc:  # noqa: BLE001 - info must not fail for want of it
+                log.debug("%s: no feature channels: %s", entry.id, exc)
                 cache[entry.id] = None
         return cache[entry.id]
 
