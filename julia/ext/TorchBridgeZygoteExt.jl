@@ -21,19 +21,35 @@ using TorchBridge: TorchModel
 using Zygote: Zygote
 
 function Zygote._pullback(cx::Zygote.Context{true}, m::TorchModel, xs::AbstractArray...)
-    return _implicit_pullback(cx, m, xs...)
+    y, back = Zygote.chain_rrule(Zygote.ZygoteRuleConfig(cx), m, xs...)
+    return y, _recording_params(back, cx, m, 1)
 end
 
 function Zygote._pullback(cx::Zygote.Context{true}, m::TorchModel, inputs::NamedTuple)
-    return _implicit_pullback(cx, m, inputs)
+    y, back = Zygote.chain_rrule(Zygote.ZygoteRuleConfig(cx), m, inputs)
+    return y, _recording_params(back, cx, m, 1)
 end
 
-function _implicit_pullback(cx, m::TorchModel, args...)
-    y, back = Zygote.chain_rrule(Zygote.ZygoteRuleConfig(cx), m, args...)
-    function implicit_params_pullback(Δ)
+# m(x; attention_mask): Core.kwcall(kw, m, x...), whose pullback gives
+# (kwcall, kw, m, x...)'s tangents
+function Zygote._pullback(
+    cx::Zygote.Context{true},
+    kwf::typeof(Core.kwcall),
+    kw::NamedTuple,
+    m::TorchModel,
+    xs::AbstractArray...,
+)
+    y, back = Zygote.chain_rrule_kw(Zygote.ZygoteRuleConfig(cx), kwf, kw, m, xs...)
+    return y, _recording_params(back, cx, m, 3)
+end
+
+# `back`, then each parameter's gradient (the `at`-th tangent's `params`)
+# handed to Zygote's record of implicit parameters.
+function _recording_params(back, cx, m::TorchModel, at::Int)
+    return function implicit_params_pullback(Δ)
         grads = back(Δ)
         grads === nothing && return nothing
-        dm = first(grads)
+        dm = grads[at]
         dparams = dm === nothing ? nothing : dm.params
         if dparams !== nothing
             for (p, g) in zip(m.params, dparams)
@@ -42,7 +58,6 @@ function _implicit_pullback(cx, m::TorchModel, args...)
         end
         return grads
     end
-    return y, implicit_params_pullback
 end
 
 Zygote._project(::TorchModel, dx) = dx

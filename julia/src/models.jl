@@ -1,7 +1,7 @@
 ##  TorchModel  ##
 
 """
-    TorchModel(bridged::Py; input_grads = true) -> TorchModel
+    TorchModel(bridged::Py; input_grads = true, output = nothing) -> TorchModel
 
 A torch module wrapped for Julia: callable on Julia arrays, differentiable with
 any ChainRules AD (see `rrules.jl`), trainable with Optimisers.jl.
@@ -129,10 +129,11 @@ end
 (m::TorchModel)(inputs::NamedTuple) = m(; inputs...)
 
 # What the caller gets: every output, or the one `m.output` names.
-_select(@nospecialize(m::TorchModel), ys) = m.output === nothing ?
-    ys :
-    _select(m.output, ys)
-function _select(name::Symbol, ys)
+function _select(@nospecialize(m::TorchModel), ys)
+    return m.output === nothing ? ys : _select_named(m.output, ys)
+end
+
+function _select_named(name::Symbol, ys)
     ys isa NamedTuple && haskey(ys, name) && return getproperty(ys, name)
     found = ys isa NamedTuple ? join(keys(ys), ", ") : "no names (it returns $(typeof(ys)))"
     msg = "TorchModel: output = :$name, but the module's outputs have $found. " *
@@ -144,6 +145,23 @@ end
 # (`nothing`, a Bool, a number, a string) as the Python value PythonCall makes.
 _kw_share(v::AbstractArray) = to_torch(v)
 _kw_share(v) = v
+
+# `_kw_share` of each value, as a Tuple; when one fails, the shares already
+# made are released before the error propagates (no share waits for the GC).
+function _share_all(values)
+    shares = Any[]
+    try
+        for v in values
+            push!(shares, _kw_share(v))
+        end
+    catch
+        _release_shares(shares)
+        rethrow()
+    end
+    return Tuple(shares)
+end
+
+_release_shares(shares) = foreach(v -> v isa Py && PythonCall.pydel!(v), shares)
 _kw_key(v::AbstractArray) = (typeof(v), size(v))
 _kw_key(v) = v
 
@@ -184,11 +202,13 @@ function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
     specs = last !== nothing && first(last) == key ? last[2] : nothing
     names = specs === nothing ? nothing : last[3]
     arrays = specs === nothing ? nothing : map(_allocate, specs)
-    shares = map(to_torch, xs)
-    kwshares = map(_kw_share, values(kw))
-    dshares = arrays === nothing ? nothing : map(to_torch, arrays)
-    dests = dshares === nothing ? nothing : pytuple(dshares)
+    nx, nkw = length(xs), length(kw)
+    shared = _share_all((xs..., values(kw)..., something(arrays, ())...))
+    shares = shared[1:nx]
+    kwshares = NamedTuple{keys(kw)}(shared[(nx + 1):(nx + nkw)])
+    dests = nothing
     result = try
+        dests = arrays === nothing ? nothing : pytuple(shared[(nx + nkw + 1):end])
         _guard(
             () -> _tbjl.forward_into(
                 py,
@@ -200,12 +220,8 @@ function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
             ),
         )
     finally
-        foreach(PythonCall.pydel!, shares)
-        foreach(v -> v isa Py && PythonCall.pydel!(v), kwshares)
-        if dests !== nothing
-            PythonCall.pydel!(dests)
-            foreach(PythonCall.pydel!, dshares)
-        end
+        dests === nothing || PythonCall.pydel!(dests)
+        _release_shares(shared)
     end
     outputs, pullback, layouts = result[0], result[1], result[2]
     PythonCall.pydel!(result)

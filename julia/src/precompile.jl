@@ -6,17 +6,28 @@
 # the package image for the usual element types and ranks. They compile only:
 # nothing here runs Python (see `python.jl`). The model-independent paths are
 # not specialised on the model's type (`@nospecialize` in `models.jl`), so the
-# instances below serve every TorchModel.
+# instances below serve every TorchModel. The suite checks that each one still
+# names a method (`precompile` returns `false`, silently, when it does not).
 
-for T in (Float32, Float64), N in 1:5
-    precompile(to_torch, (Array{T, N},))
-    precompile(_forward, (TorchModel, Tuple{Array{T, N}}, Bool))
-    precompile(_cotangents, (Array{T, N}, Array{T, N}))
-    precompile(_pullback, (Py, Array{T, N}, Array{T, N}, Int))
-    precompile(_receive, (Py, Vector{Union{Nothing, _Spec}}))
-    precompile(_bridge_rrule, (TorchModel, Tuple{Array{T, N}}, NamedTuple{(), Tuple{}}))
+function _precompile_signatures()
+    signatures = Any[
+        (_specs, (Py,)),
+        (_receive, (Py, Vector{Union{Nothing, _Spec}})),
+        (_output_names, (TorchModel,)),
+        (TorchModel, (Py,)),
+        (memory_stats, ()),
+    ]
+    for T in (Float32, Float64), N in 1:5
+        A = Array{T, N}
+        push!(signatures, (to_torch, (A,)))
+        push!(signatures, (_forward, (TorchModel, Tuple{A}, Bool)))
+        push!(signatures, (_cotangents, (A, A)))
+        push!(signatures, (_pullback, (Py, A, A, Int)))
+        push!(signatures, (_bridge_rrule, (TorchModel, Tuple{A}, NamedTuple{(), Tuple{}})))
+    end
+    return signatures
 end
-precompile(_specs, (Py,))
-precompile(_output_names, (TorchModel,))
-precompile(TorchModel, (Py,))
-precompile(memory_stats, ())
+
+for (f, types) in _precompile_signatures()
+    precompile(f, types)
+end

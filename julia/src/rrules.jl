@@ -83,10 +83,10 @@ end
 # released and its handle dropped whatever happens; a reusable one is left to
 # its scope. See NOTE [one forward, one pullback].
 function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
-    shares = nothing
+    shares = ()
     ran = false # a one-shot pullback that ran freed its graph itself
     try
-        shares = map(c -> c === nothing ? nothing : to_torch(c), _cotangents(ys, Δ))
+        shares = _share_all(_cotangents(ys, Δ)) # a zero crosses as None
         result = _guard(() -> _tbjl.pullback(pullback, shares...))
         ran = true
         grads, layouts = result[0], result[1]
@@ -107,7 +107,7 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
             ran || _tbjl.release(pullback)
             PythonCall.pydel!(pullback)
         end
-        shares === nothing || foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
+        _release_shares(shares)
     end
 end
 

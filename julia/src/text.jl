@@ -86,8 +86,7 @@ function generate(
     kwargs...,
 )
     _before_torch(m)
-    ids = to_torch(input_ids)
-    mask = attention_mask === nothing ? nothing : to_torch(attention_mask)
+    ids, mask = _share_all((input_ids, attention_mask))
     try
         out = _guard(
             () -> _tbjl.generate(
@@ -105,7 +104,6 @@ function generate(
             PythonCall.pydel!(out)
         end
     finally
-        PythonCall.pydel!(ids)
-        mask === nothing || PythonCall.pydel!(mask)
+        _release_shares((ids, mask))
     end
 end

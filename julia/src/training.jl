@@ -187,16 +187,14 @@ function train_step!(t::TorchTrainer, x::AbstractArray, y::AbstractArray)
 end
 
 function train_step!(t::TorchTrainer, x::NamedTuple, y::AbstractArray)
-    shares = map(_kw_share, values(x))
-    inputs = PythonCall.pydict(Dict{String, Any}(
-        String(k) => v
-        for (k, v) in zip(keys(x), shares)
-    ))
+    shares = _share_all(values(x))
+    inputs = nothing
     try
+        inputs = PythonCall.pydict(Dict{String, Any}(zip(map(String, keys(x)), shares)))
         return _train_step!(t, inputs, y)
     finally
-        PythonCall.pydel!(inputs)
-        foreach(v -> v isa Py && PythonCall.pydel!(v), shares)
+        inputs === nothing || PythonCall.pydel!(inputs)
+        _release_shares(shares)
     end
 end
 

@@ -63,6 +63,12 @@ function FiniteDifferences.to_vec(m::TorchModel)
 end
 
 @testset verbose = true "TorchBridge" begin
+    @testset "the precompile directives name methods" begin
+        for (f, types) in TorchBridge._precompile_signatures()
+            @test precompile(f, types)
+        end
+    end
+
     @testset "zero-copy parameters" begin
         m, module_ = tiny_model()
         @test TorchBridge.parameter_names(m) == ["0.weight", "0.bias", "2.weight", "2.bias"]
@@ -639,6 +645,12 @@ end
             @test length(g.params) == length(m.params)
             @test all(isfinite, g.params[1]) && any(!iszero, g.params[end])
             @test memory_stats() == baseline
+            # implicit parameters through the keyword call (Flux.Optimise's path)
+            if isdefined(Flux, :params)
+                ps = Flux.params(m)
+                implicit = TorchBridge.scope(() -> Zygote.gradient(() -> loss(m), ps))
+                @test all(map((p, gp) -> implicit[p] ≈ gp, m.params, g.params))
+            end
             # keyword inputs as one NamedTuple: a float field gets its gradient
             @test m(tokens).logits == out.logits
             embeddings = reference.bert.embeddings.word_embeddings(to_torch(
@@ -711,6 +723,24 @@ end
             genc, ghead = TorchBridge.scope(
                 () -> Zygote.gradient(pooled_loss, encoder, head),
             )
+            # the same with the pooled output declared as the model's output
+            pooled = load_model(
+                id;
+                pretrained = true,
+                task = "feature-extraction",
+                output = :pooler_output,
+            )
+            TorchBridge.testmode!(pooled)
+            @test pooled(batch) == encoder(batch).pooler_output
+            declared_loss(pooled, head) = Flux.logitcrossentropy(
+                head(pooled(batch)),
+                Flux.onehotbatch([1, 1, 2, 2], 1:2),
+            )
+            gpooled, ghead2 = TorchBridge.scope(
+                () -> Zygote.gradient(declared_loss, pooled, head),
+            )
+            @test all(map(≈, gpooled.params, genc.params)) && ghead2.weight ≈ ghead.weight
+            close!(pooled)
             @test size(encoder(batch).pooler_output) == (32, 4) # Julia (hidden, batch)
             @test length(genc.params) == length(encoder.params)
             @test any(!iszero, ghead.weight) && any(g -> any(!iszero, g), genc.params)
