@@ -14,9 +14,10 @@ Tables.jl row table. Fields:
 - `num_classes`, `mean`, `std` (per channel), `license`, `tags`;
 - `feature_channels`: the channels `C` of the feature map that
   `load_model(id; features = true)` returns (`(W, H, C, N)`). [`model_info`](@ref)
-  computes it (torch builds the model on its `meta` device, without weights);
-  listings ([`models`](@ref), [`search_models`](@ref)) leave it `nothing`, as
-  they do for models without a feature variant.
+  computes it (torch builds the model on its `meta` device, without weights),
+  or gives `nothing` when the model has no feature variant or cannot be sized
+  without its weights; listings ([`models`](@ref), [`search_models`](@ref))
+  do not compute it and always leave it `nothing`.
 """
 const ModelRow = NamedTuple{
     (
