@@ -213,6 +213,76 @@ class TestBadInput:
         with memory.expect_baseline(), pytest.raises(RemoteCodeError, match="modeling_custom.py"):
             torchbridge.load_model(repo, pretrained=True)
 
+    def test_custom_code_loads_when_trusted(self, hf_cache, tmp_path, monkeypatch):
+        """With trust_remote_code=True a repository's own model class runs, offline, from the cache."""
+        import sys
+        import textwrap
+
+        from safetensors.torch import save_file
+        from transformers import dynamic_module_utils
+
+        # transformers copies the repository's code into its modules folder: keep it here
+        monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+        monkeypatch.setattr(sys, "path", [*sys.path])
+        for name in [n for n in sys.modules if n.startswith("transformers_modules")]:
+            monkeypatch.delitem(sys.modules, name)
+        folder = tmp_path / "custom"
+        folder.mkdir()
+        (folder / "configuration_custom.py").write_text(
+            textwrap.dedent(
+                """
+                from transformers import PretrainedConfig
+
+                class CustomConfig(PretrainedConfig):
+                    model_type = "custom-tiny"
+
+                    def __init__(self, hidden=4, **kwargs):
+                        self.hidden = hidden
+                        super().__init__(**kwargs)
+                """
+            )
+        )
+        (folder / "modeling_custom.py").write_text(
+            textwrap.dedent(
+                """
+                import torch
+                from transformers import PreTrainedModel
+                from .configuration_custom import CustomConfig
+
+                class CustomModel(PreTrainedModel):
+                    config_class = CustomConfig
+
+                    def __init__(self, config):
+                        super().__init__(config)
+                        self.linear = torch.nn.Linear(config.hidden, 2)
+                        self.post_init()
+
+                    def forward(self, x):
+                        return self.linear(x) * 2
+                """
+            )
+        )
+        auto_map = {
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModel": "modeling_custom.CustomModel",
+        }
+        config = {"model_type": "custom-tiny", "hidden": 4, "auto_map": auto_map}
+        (folder / "config.json").write_text(json.dumps(config))
+        weights = {"linear.weight": torch.randn(2, 4), "linear.bias": torch.randn(2)}
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        cache_repo(hf_cache["hub"], "test/custom-code", folder)
+        get_registry().refresh()
+        with pytest.raises(RemoteCodeError):
+            torchbridge.load_model("hf/test/custom-code", pretrained=True)
+        model = torchbridge.load_model(
+            "hf/test/custom-code", pretrained=True, trust_remote_code=True
+        )
+        assert type(model).__name__ == "CustomModel"
+        x = torch.randn(3, 4)
+        want = (x @ weights["linear.weight"].T + weights["linear.bias"]) * 2
+        torch.testing.assert_close(model(x), want)
+        assert (tmp_path / "modules").is_dir()
+
     def test_token_ids_and_masks(self, hf_cache):
         """Ids outside the vocabulary and masks of another shape fail before the model runs."""
         bm = torchbridge.bridge(torchbridge.load_model("hf/test/tiny-bert", pretrained=True))
