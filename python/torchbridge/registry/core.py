@@ -515,9 +515,9 @@ def feature_channels(model_id: str) -> int | None:
     The channels ``C`` of ``load_model(model_id, features=True)``'s output
     feature map (512 for resnet18), computed without weights or data (the model
     built on the ``meta`` device); ``None`` when the model has no feature
-    variant or cannot be built and sized without its weights (``load_model(
-    model_id, features=True)`` then says why). ``model_info`` rows from :func:`torchbridge.julia_support.info_row`
-    and ``torchbridge info`` carry it.
+    variant or cannot be built and sized without its weights
+    (``load_model(model_id, features=True)`` then says why). The rows of
+    :func:`torchbridge.julia_support.info_row` and ``torchbridge info`` carry it.
     """
     return get_registry().feature_channels(model_id)
 
