@@ -125,9 +125,10 @@ def forward_into(
             t.shape == o.shape and t.dtype == o.dtype and t.device == o.device
             for t, o in zip(targets, outputs)
         ):
-            with torch.no_grad():
-                for t, o in zip(targets, outputs):
-                    t.copy_(o)
+            # outputs are detached and destinations are views of Julia arrays,
+            # which never require grad: the copy records nothing without no_grad
+            for t, o in zip(targets, outputs):
+                t.copy_(o)
             if any(o.device.type == "cuda" for o in outputs):
                 torch.cuda.current_stream().synchronize()
             return None, pullback, None
