@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .bridged import is_shape_error
+from .devices import module_device, module_float_dtype
 from .errors import InputShapeError, OutputSizeUnknownError
 from .outputs import OutputStructure, flatten_outputs
 
@@ -58,11 +59,10 @@ def output_shapes(
         *module.named_parameters(remove_duplicate=False),
         *module.named_buffers(remove_duplicate=False),
     ]
-    tensors = [t for _, t in named]
     if dtype is None:
-        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+        dtype = module_float_dtype(module) or torch.float32
     if device is None:
-        device = tensors[0].device if tensors else torch.device("cpu")
+        device = module_device(module) or torch.device("cpu")
     shapes = [tuple(int(d) for d in s) for s in sizes]
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     try:
