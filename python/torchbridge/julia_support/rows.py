@@ -81,8 +81,9 @@ def info_row(model_id: str) -> dict[str, Any]:
     """info_row(model_id) -> row: what the registry knows about one model.
 
     The row of :func:`entry_row` plus ``feature_channels``, the channels of its
-    feature-map variant (``load_model(id, features=True)``; ``None`` when it
-    has none), which costs one build of the model on the ``meta`` device.
+    feature-map variant (``load_model(id, features=True)``; ``None`` as
+    :func:`torchbridge.feature_channels` says), which costs one build of the
+    model on the ``meta`` device.
     """
     from .. import registry
 
