@@ -126,28 +126,78 @@ class TestForwardPullback:
         expected = model.module(torch.from_numpy(np.ascontiguousarray(x.T))).detach().numpy()
         np.testing.assert_allclose(dest, expected.T, rtol=1e-6)
 
-    def test_forward_into_fills_destinations_of_the_last_layouts(self, model):
-        """forward_into copies the outputs into arrays allocated from an earlier call's layouts, in the same call; arrays that do not fit are left alone and the outputs come back as from forward."""
+    def test_forward_into_reports_layouts_only_when_they_change(self, model):
+        """forward_into returns the outputs' layouts on a first call, None while they equal the expected ones, and the layouts again when they change."""
         model.eval()
         x = julia_array(3, 5)
-        outputs, pb, layouts = jl.forward_into(model, None, julia_share(x), grad=False)
-        assert pb is None and layouts == (((2, 5), "Float32", "cpu", -1),)
-        dest = julia_receive(layouts[0])
-        filled, pb, none = jl.forward_into(model, (julia_share(dest),), julia_share(x), grad=False)
-        assert filled is None and pb is None and none is None
-        np.testing.assert_array_equal(dest, outputs[0].numpy().T)
-        wrong = np.zeros((2, 4), dtype=np.float32, order="F")
-        out, _, lays = jl.forward_into(model, (julia_share(wrong),), julia_share(x), grad=False)
-        assert lays == layouts and not wrong.any()
-        torch.testing.assert_close(out[0], outputs[0])
+        outputs, pb, layouts, _ = jl.forward_into(model, None, (julia_share(x),))
+        assert pb is not None and layouts == (((2, 5), "Float32", "cpu", -1),)
+        pb.release()
+        again, pb, none, _ = jl.forward_into(model, layouts, (julia_share(x),), None, False)
+        assert pb is None and none is None
+        torch.testing.assert_close(again[0], outputs[0])
+        _, _, changed, _ = jl.forward_into(
+            model, layouts, (julia_share(julia_array(3, 4)),), None, False
+        )
+        assert changed == (((2, 4), "Float32", "cpu", -1),)
+
+    def test_forward_into_addresses_read_as_the_outputs(self, model):
+        """The address of each output holds exactly the output's values, in Julia order once read as a Julia array of its layout."""
+        import ctypes
+
+        model.eval()
+        x = julia_array(3, 5)
+        outputs, _, layouts, addresses = jl.forward_into(
+            model, None, (julia_share(x),), None, False
+        )
+        (size, _, _, _), address = layouts[0], addresses[0]
+        assert address == outputs[0].data_ptr()
+        raw = (ctypes.c_float * (size[0] * size[1])).from_address(address)
+        julia_view = np.frombuffer(raw, dtype=np.float32).reshape(size, order="F")
+        expected = model.module(torch.from_numpy(np.ascontiguousarray(x.T))).detach().numpy()
+        np.testing.assert_array_equal(julia_view, expected.T)
+
+    def test_forward_into_gives_non_contiguous_outputs_an_address(self):
+        """A module returning a transposed view gets a contiguous copy with an address, values unchanged."""
+
+        class Transposed(torch.nn.Module):
+            def forward(self, x):
+                return x.t() * 2
+
+        with torchbridge.bridge(Transposed()) as bm:
+            x = julia_array(3, 4)
+            outputs, _, layouts, addresses = jl.forward_into(
+                bm, None, (julia_share(x),), None, False
+            )
+            assert outputs[0].is_contiguous() and addresses == (outputs[0].data_ptr(),)
+            torch.testing.assert_close(outputs[0], torch.from_numpy(x.copy()) * 2)
+            assert layouts == (((4, 3), "Float32", "cpu", -1),)
+
+    def test_forward_into_passes_keyword_inputs(self, model):
+        """Keyword inputs come as one mapping and reach the module as keywords."""
+
+        class Scaled(torch.nn.Module):
+            def forward(self, x, *, scale):
+                return x * scale
+
+        with torchbridge.bridge(Scaled()) as bm:
+            x = julia_array(3, 4)
+            outputs, *_ = jl.forward_into(bm, None, (julia_share(x),), {"scale": 3.0}, False)
+            torch.testing.assert_close(outputs[0], torch.from_numpy(np.ascontiguousarray(x.T)) * 3)
+
+    def test_addresses_only_for_contiguous_cpu_tensors(self):
+        """addresses gives None for None and for a non-contiguous tensor."""
+        t = torch.arange(6.0).reshape(2, 3)
+        assert jl.addresses((t, None, t.t())) == (t.data_ptr(), None, None)
 
     def test_pullback_gradients_match_autograd(self, model):
         """The pullback's input and parameter gradients equal plain autograd's."""
         x = julia_array(3, 4)
         dy = julia_array(2, 4, seed=1)
         outputs, pb, _ = jl.forward(model, julia_share(x))
-        grads, layouts = jl.pullback(pb, julia_share(dy))
+        grads, layouts, addresses = jl.pullback(pb, julia_share(dy))
         assert layouts == (((3, 4), "Float32", "cpu", -1),)
+        assert addresses == (grads[0].data_ptr(),)
         dx = julia_receive(layouts[0])
         jl.copy_out((julia_share(dx),), grads)
 
@@ -186,8 +236,8 @@ class TestForwardPullback:
     def test_input_grads_false_gives_none(self, model):
         """With input_grads=False the pullback returns no input gradient and no layout."""
         _, pb, _ = jl.forward(model, julia_share(julia_array(3, 4)), input_grads=False)
-        grads, layouts = jl.pullback(pb, julia_share(julia_array(2, 4)))
-        assert grads == (None,) and layouts == (None,)
+        grads, layouts, addresses = jl.pullback(pb, julia_share(julia_array(2, 4)))
+        assert grads == (None,) and layouts == (None,) and addresses == (None,)
 
     def test_copy_out_skips_none_and_checks_counts(self):
         """copy_out skips None entries and refuses mismatched lengths."""

@@ -21,6 +21,7 @@ using PythonCall:
     Py,
     pybuiltins,
     pyconvert,
+    pydict,
     pyis,
     pyisinstance,
     pystr,

@@ -46,7 +46,8 @@ struct TorchModel{P <: Tuple, G <: Tuple}
     device_index::Int
     input_grads::Bool
     output::Union{Nothing, Symbol}
-    # the output specs of the last call, by input sizes (see `_forward`)
+    # the last call's input key, output layouts (Python's and as specs) and
+    # names, or nothing before the first call (see `_forward`)
     outputs::Base.RefValue{Any}
 end
 
@@ -68,7 +69,7 @@ function TorchModel(bridged::Py; input_grads::Bool = true, output = nothing)
             index,
             input_grads,
             output === nothing ? nothing : Symbol(output),
-            Ref{Any}(),
+            Ref{Any}(nothing),
         )
     finally
         PythonCall.pydel!(state)
@@ -146,7 +147,7 @@ end
 _kw_share(v::AbstractArray) = to_torch(v)
 _kw_share(v) = v
 
-# `_kw_share` of each value, as a Tuple; when one fails, the shares already
+# `_kw_share` of each value, in a Vector; when one fails, the shares already
 # made are released before the error propagates (no share waits for the GC).
 function _share_all(values)
     shares = Any[]
@@ -158,7 +159,7 @@ function _share_all(values)
         _release_shares(shares)
         rethrow()
     end
-    return Tuple(shares)
+    return shares
 end
 
 _release_shares(shares) = foreach(v -> v isa Py && PythonCall.pydel!(v), shares)
@@ -187,63 +188,75 @@ end
 # (`nothing` when `grad` is false). The input shares are dropped before
 # returning: the pullback holds its own references to them.
 #
-# Outputs usually have the sizes they had for inputs of the same sizes: then
-# the arrays that receive them are allocated before the call, from the specs
-# the last call returned, and torch fills them in the same round trip
-# (`forward_into`). When they do not fit, torch says so and the outputs are
-# received as on a first call.
+# Outputs usually have the layouts they had for inputs of the same sizes: the
+# model keeps the last call's layouts, and torch compares them with its
+# outputs' in the same round trip (`forward_into`), so an unchanged output
+# converts nothing. The outputs are received as NOTE [results cross to a Julia
+# owner] in the Python `julia_support.step` says: CPU ones copied from their
+# addresses, others through `copy_out`.
 function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
     # not specialised on the model's type: its parameter tuple's type differs
     # from model to model and the call does not depend on it
-    py, input_grads = m.py, m.input_grads
     _before_torch(m)
     key = (map(x -> (typeof(x), size(x)), xs), map(_kw_key, values(kw)))
-    last = isassigned(m.outputs) ? m.outputs[] : nothing
-    specs = last !== nothing && first(last) == key ? last[2] : nothing
-    names = specs === nothing ? nothing : last[3]
-    arrays = specs === nothing ? nothing : map(_allocate, specs)
-    nx, nkw = length(xs), length(kw)
-    shared = _share_all((xs..., values(kw)..., something(arrays, ())...))
-    shares = shared[1:nx]
-    kwshares = NamedTuple{keys(kw)}(shared[(nx + 1):(nx + nkw)])
-    dests = nothing
-    result = try
-        dests = arrays === nothing ? nothing : pytuple(shared[(nx + nkw + 1):end])
-        _guard(
-            () -> _tbjl.forward_into(
-                py,
-                something(dests, PythonCall.pybuiltins.None),
-                shares...;
-                grad = grad,
-                input_grads = input_grads,
-                kwshares...,
-            ),
-        )
-    finally
-        dests === nothing || PythonCall.pydel!(dests)
-        _release_shares(shared)
-    end
+    last = m.outputs[]
+    cached = last !== nothing && last.key == key ? last : nothing
+    expected = cached === nothing ? pybuiltins.None : cached.layouts
+    result = _forward_call(m, expected, xs, kw, grad)
     outputs, pullback, layouts = result[0], result[1], result[2]
+    addresses = result[3]
     PythonCall.pydel!(result)
+    kept = false # whether `layouts` is now the model's cache
+    names = nothing
     ys = try
-        if _isnone(outputs)
-            # filled in place
-            arrays
+        if _isnone(layouts)
+            # the outputs have the expected layouts
+            specs = cached.specs
+            names = cached.names
         else
-            received = _specs(layouts)
+            specs = _specs(layouts)
             names = _output_names(m)
-            m.outputs[] = (key, received, names)
-            _receive(outputs, received)
+            m.outputs[] = (key = key, layouts = layouts, specs = specs, names = names)
+            kept = true
         end
+        _receive(outputs, specs, addresses)
     catch
         _tbjl.release(pullback)
         rethrow()
     finally
         PythonCall.pydel!(outputs)
-        PythonCall.pydel!(layouts)
+        PythonCall.pydel!(addresses)
+        kept || PythonCall.pydel!(layouts)
     end
     pb = _isnone(pullback) ? nothing : pullback
     return _outputs(ys, names), pb
+end
+
+# The Python call of one forward: inputs shared, positional ones as one tuple
+# and keyword ones as one dict, so the call has the same form every step.
+function _forward_call(
+    @nospecialize(m::TorchModel),
+    expected::Py,
+    xs::Tuple,
+    kw,
+    grad::Bool,
+)
+    shares = _share_all(xs)
+    kwshares = isempty(kw) ? Any[] : _share_all(values(kw))
+    inputs = kwinputs = nothing
+    try
+        inputs = pytuple(shares)
+        kwinputs = isempty(kw) ? nothing : pydict(zip(map(string, keys(kw)), kwshares))
+        kwarg = something(kwinputs, pybuiltins.None) # the shared None: never deleted
+        return _guard(
+            () -> _tbjl.forward_into(m.py, expected, inputs, kwarg, grad, m.input_grads),
+        )
+    finally
+        inputs === nothing || PythonCall.pydel!(inputs)
+        kwinputs === nothing || PythonCall.pydel!(kwinputs)
+        _release_shares(shares)
+        _release_shares(kwshares)
+    end
 end
 
 # The Julia sizes of `m`'s outputs for inputs of Julia `sizes`, and their

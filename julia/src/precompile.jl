@@ -13,6 +13,8 @@ function _precompile_signatures()
     signatures = Any[
         (_specs, (Py,)),
         (_receive, (Py, Vector{Union{Nothing, _Spec}})),
+        (_receive, (Py, Vector{Union{Nothing, _Spec}}, Py)),
+        (_receive, (Py, Vector{_Spec}, Py)),
         (_output_names, (TorchModel,)),
         (TorchModel, (Py,)),
         (memory_stats, ()),
@@ -21,6 +23,11 @@ function _precompile_signatures()
         A = Array{T, N}
         push!(signatures, (to_torch, (A,)))
         push!(signatures, (_forward, (TorchModel, Tuple{A}, Bool)))
+        push!(
+            signatures,
+            (_forward_call, (TorchModel, Py, Tuple{A}, NamedTuple{(), Tuple{}}, Bool)),
+        )
+        push!(signatures, (_copy_from!, (A, UInt)))
         push!(signatures, (_cotangents, (A, A)))
         push!(signatures, (_pullback, (Py, A, A, Int)))
         push!(signatures, (_bridge_rrule, (TorchModel, Tuple{A}, NamedTuple{(), Tuple{}})))

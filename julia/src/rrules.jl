@@ -63,36 +63,58 @@ function _bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
         end
         used[] = true
         Δ = m.output === nothing ? unthunk(Δ) : NamedTuple{(m.output,)}((unthunk(Δ),))
-        dxs = _pullback(pullback, ys, Δ, length(inputs); release = !reusable)
+        dxs = _pullback(
+            pullback,
+            ys,
+            Δ,
+            length(inputs);
+            release = !reusable,
+            inputs = m.input_grads,
+        )
         dinputs = map(projections, dxs) do project, dx
             dx === nothing ? NoTangent() : project(dx)
         end
-        return _model_tangent(m, (Any[copy(g) for g in m.grads]...,)), dinputs
+        return _model_tangent(m), dinputs
     end
     return _select(m, ys), back
 end
 
-# A structural tangent all the way down, so tangents add (ChainRules
-# accumulation); the one place specialised on the model's type.
-function _model_tangent(m::TorchModel, dparams::Tuple)
-    return Tangent{typeof(m)}(; params = Tangent{typeof(m.params)}(dparams...))
+# The model's tangent: copies of its gradient buffers (NOTE [one forward, one
+# pullback]), structural all the way down so tangents add (ChainRules
+# accumulation). The one place specialised on the model's type, so the tuple
+# of copies is built without run-time type construction.
+function _model_tangent(m::TorchModel{P}) where {P}
+    return Tangent{typeof(m)}(; params = Tangent{P}(map(copy, m.grads)...))
 end
 
 # Call the Python pullback with the cotangents of `ys`; return one Julia-owned
 # gradient (or nothing) per input. With `release`, the Python pullback is
 # released and its handle dropped whatever happens; a reusable one is left to
-# its scope. See NOTE [one forward, one pullback].
-function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
+# its scope. `inputs = false` (a model made with `input_grads = false`): torch
+# computed no input gradient, so there is nothing to receive. See NOTE [one
+# forward, one pullback].
+function _pullback(
+    pullback::Py,
+    ys,
+    Δ,
+    ninputs::Int;
+    release::Bool = true,
+    inputs::Bool = true,
+)
     shares = ()
     ran = false # a one-shot pullback that ran freed its graph itself
     try
         shares = _share_all(_cotangents(ys, Δ)) # a zero crosses as None
         result = _guard(() -> _tbjl.pullback(pullback, shares...))
         ran = true
-        grads, layouts = result[0], result[1]
+        if !inputs
+            PythonCall.pydel!(result)
+            return Vector{Any}(nothing, ninputs)
+        end
+        grads, layouts, addresses = result[0], result[1], result[2]
         PythonCall.pydel!(result)
         try
-            dxs = _receive(grads, layouts)
+            dxs = _receive(grads, _specs(layouts), addresses)
             if length(dxs) < ninputs
                 msg = "pullback: torch returned $(length(dxs)) input gradients for $ninputs inputs."
                 throw(TorchBridgeError(:CotangentError, msg))
@@ -101,6 +123,7 @@ function _pullback(pullback::Py, ys, Δ, ninputs::Int; release::Bool = true)
         finally
             PythonCall.pydel!(grads)
             PythonCall.pydel!(layouts)
+            PythonCall.pydel!(addresses)
         end
     finally
         if release

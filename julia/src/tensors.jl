@@ -115,12 +115,30 @@ end
 # A fresh Julia array for one spec.
 _allocate(spec::_Spec) = _allocate(Val(spec[3]), spec[2], spec[1], spec[4])
 
+# One fresh array per spec. A loop into a `Vector{Any}`, not `map`: the arrays'
+# types are known only at run time, and `map` would ask inference for them on
+# every call.
+function _allocate_all(specs::AbstractVector)
+    arrays = Vector{Any}(undef, length(specs))
+    for i in eachindex(specs)
+        arrays[i] = _allocate(specs[i])
+    end
+    return arrays
+end
+
 # Copy torch `tensors` (a Python sequence, `None` entries allowed) into fresh
 # Julia arrays allocated from their `layouts`; `nothing` where a tensor is None.
-# See NOTE [ownership of crossing arrays].
+# With `addresses` (Python's `julia_support.addresses` of the tensors), a tensor
+# with an address is copied from it here, while the caller holds `tensors`;
+# the others are shared and filled by one `copy_out` call. See NOTE [ownership
+# of crossing arrays].
 _receive(tensors::Py, layouts::Py) = _receive(tensors, _specs(layouts))
 
-function _receive(tensors::Py, specs::AbstractVector)
+function _receive(
+    tensors::Py,
+    specs::AbstractVector,
+    addresses::Union{Nothing, Py} = nothing,
+)
     n = length(specs)
     arrays = Vector{Any}(undef, n)
     shares = Vector{Union{Nothing, Py}}(nothing, n)
@@ -133,9 +151,15 @@ function _receive(tensors::Py, specs::AbstractVector)
             end
             A = _allocate(spec)
             arrays[i] = A
-            shares[i] = to_torch(A)
+            address = addresses === nothing ? nothing : addresses[i - 1]
+            if address === nothing || _isnone(address)
+                shares[i] = to_torch(A)
+            else
+                _copy_from!(A, pyconvert(UInt, address))
+            end
+            address === nothing || PythonCall.pydel!(address)
         end
-        all(isnothing, shares) && return arrays # nothing to copy (no input gradients)
+        all(isnothing, shares) && return arrays # copied, or nothing to copy
         destinations = pytuple(shares)
         try
             _guard(() -> _tbjl.copy_out(destinations, tensors))
@@ -146,6 +170,13 @@ function _receive(tensors::Py, specs::AbstractVector)
         foreach(s -> s === nothing || PythonCall.pydel!(s), shares)
     end
     return arrays
+end
+
+# Copy the data of a C-contiguous CPU tensor at `address` (valid while its
+# holder keeps the tensor) into `A`, which has its layout.
+function _copy_from!(A::Array{T}, address::UInt) where {T}
+    GC.@preserve A unsafe_copyto!(pointer(A), Ptr{T}(address), length(A))
+    return A
 end
 
 # Wrap a C-contiguous torch tensor that the model owns (a parameter or a

@@ -95,7 +95,31 @@ end
         t = to_torch(zeros(Float32, 5, 4, 3, 2))
         @test pyconvert(Vector{Int}, t.shape) == [2, 3, 4, 5]
         PythonCall.pydel!(t)
+        # outputs whose sizes change between calls, and back: each call's own values
+        for n in (4, 5, 4, 1)
+            xn = randn(Float32, 3, n)
+            yn = m(xn)
+            @test size(yn) == (2, n) && yn ≈ from_torch(module_(to_torch(xn)).detach())
+        end
         close!(m)
+        # a module returning a non-contiguous view (a transpose) and a Bool mask
+        PythonCall.pyexec(
+            """
+            import torch
+            class Transposed(torch.nn.Module):
+                def forward(self, x):
+                    return x.t() * 2, x > 0
+            """,
+            Main,
+        )
+        t = TorchModel(tb.bridge(PythonCall.pyeval("Transposed()", Main)))
+        x = randn(Float32, 3, 4)
+        for _ in 1:2
+            # the second call reuses the first's layouts
+            doubled, mask = t(x)
+            @test doubled == permutedims(2 .* x) && mask == (x .> 0)
+        end
+        close!(t)
     end
 
     @testset "Zygote gradients vs finite differences" begin

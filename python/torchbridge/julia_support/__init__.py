@@ -45,6 +45,7 @@ from .rows import (
 )
 from .step import (
     Layout,
+    addresses,
     copy_out,
     forward,
     forward_into,
@@ -70,6 +71,7 @@ __all__ = [
     "Layout",
     "TorchOptimizer",
     "TorchTrainer",
+    "addresses",
     "copy_out",
     "decode",
     "destroy_distributed",

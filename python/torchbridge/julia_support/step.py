@@ -3,25 +3,30 @@
 NOTE [results cross to a Julia owner]
 Nothing torch allocates is handed to Julia by reference. A forward or a
 pullback returns its tensors together with their *layouts*
-(:func:`torchbridge.exchange.julia_layout`: Julia size, element type, device);
-Julia allocates arrays of those sizes, shares them, and :func:`copy_out` fills
-them. Julia then drops its handles to the torch tensors at once, so no torch
-memory waits for Julia's garbage collector (the DLPack.jl #26 leak).
+(:func:`torchbridge.exchange.julia_layout`: Julia size, element type, device)
+and their *addresses*: the data address of each tensor that is a C-contiguous
+CPU tensor, ``None`` for any other. Julia allocates arrays of those sizes and
+fills them: from the address, with a plain memory copy made while it still
+holds the tensor (no second round trip, no DLPack share); or, for the others
+(CUDA tensors), by sharing the arrays and calling :func:`copy_out`. Julia then
+drops its handles to the torch tensors at once, so no torch memory waits for
+Julia's garbage collector (the DLPack.jl #26 leak).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..bridged import BridgedModel, Pullback
 from ..errors import UnsupportedArrayError
-from ..exchange import copy_into, julia_layout, to_torch
+from ..exchange import copy_into, julia_layout
 
 __all__ = [
     "Layout",
+    "addresses",
     "copy_out",
     "forward",
     "forward_into",
@@ -102,37 +107,52 @@ def forward(
 
 def forward_into(
     model: BridgedModel,
-    destinations: Sequence[Any] | None,
-    *inputs: Any,
+    expected: tuple[Layout, ...] | None,
+    inputs: Sequence[Any],
+    kw_inputs: Mapping[str, Any] | None = None,
     grad: bool = True,
     input_grads: bool | Sequence[bool] = True,
-    **kw_inputs: Any,
-) -> tuple[tuple[torch.Tensor, ...] | None, Pullback | None, tuple[Layout, ...] | None]:
-    """forward_into(model, destinations, *inputs, grad=True, input_grads=True, **kw_inputs)
-    -> (outputs, pullback, layouts)
+) -> tuple[
+    tuple[torch.Tensor, ...],
+    Pullback | None,
+    tuple[Layout, ...] | None,
+    tuple[int | None, ...],
+]:
+    """forward_into(model, expected, inputs, kw_inputs=None, grad=True, input_grads=True)
+    -> (outputs, pullback, layouts, addresses)
 
-    :func:`forward` for a caller that allocated the receiving arrays already
-    (from the layouts of an earlier call with inputs of the same sizes): when
-    every output fits its destination (shape, element type, device) it is
-    copied there and ``(None, pullback, None)`` is returned, one round trip
-    for the whole forward; otherwise (or with ``destinations=None``, a first
-    call) the result is :func:`forward`'s and the destinations are left alone.
+    :func:`forward` in the form of Julia's hot path: positional ``inputs`` as
+    one sequence and keyword inputs as one mapping (or ``None``), so the
+    caller's call has the same shape every step. ``layouts`` is ``None`` when
+    the outputs' layouts equal ``expected`` (the layouts an earlier call
+    returned, which the caller keeps), so a caller that already allocates from
+    them converts nothing; otherwise the layouts. ``addresses`` is
+    :func:`addresses` of the outputs; a CPU output that is not C-contiguous is
+    returned as a contiguous copy so that it has one (NOTE [results cross to a
+    Julia owner]); CUDA outputs have none and are received with
+    :func:`copy_out`, which waits for torch's stream.
     """
-    outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
-    if destinations is not None and len(destinations) == len(outputs):
-        targets = [to_torch(d) for d in destinations]
-        if all(
-            t.shape == o.shape and t.dtype == o.dtype and t.device == o.device
-            for t, o in zip(targets, outputs)
-        ):
-            # outputs are detached and destinations are views of Julia arrays,
-            # which never require grad: the copy records nothing without no_grad
-            for t, o in zip(targets, outputs):
-                t.copy_(o)
-            if any(o.device.type == "cuda" for o in outputs):
-                torch.cuda.current_stream().synchronize()
-            return None, pullback, None
-    return outputs, pullback, layouts(outputs)
+    outputs, pullback = model.forward(
+        *inputs, grad=grad, input_grads=input_grads, **(kw_inputs or {})
+    )
+    outputs = tuple(
+        o.contiguous() if o.device.type == "cpu" and not o.is_contiguous() else o for o in outputs
+    )
+    found = layouts(outputs)
+    return outputs, pullback, None if found == expected else found, addresses(outputs)
+
+
+def addresses(tensors: Sequence[torch.Tensor | None]) -> tuple[int | None, ...]:
+    """addresses(tensors) -> tuple: each C-contiguous CPU tensor's data address, else ``None``.
+
+    The caller may copy ``numel * element_size`` bytes from an address into
+    memory it owns while it holds the tensor (NOTE [results cross to a Julia
+    owner]); the tensor's memory is torch's and is never written through it.
+    """
+    return tuple(
+        t.data_ptr() if t is not None and t.device.type == "cpu" and t.is_contiguous() else None
+        for t in tensors
+    )
 
 
 def output_sizes(
@@ -157,11 +177,12 @@ def output_sizes(
 
 def pullback(
     pullback: Pullback, *cotangents: Any, accumulate: bool = False
-) -> tuple[tuple[torch.Tensor | None, ...], tuple[Layout | None, ...]]:
-    """pullback(pullback, *cotangents, accumulate=False) -> (input_grads, layouts)
+) -> tuple[tuple[torch.Tensor | None, ...], tuple[Layout | None, ...], tuple[int | None, ...]]:
+    """pullback(pullback, *cotangents, accumulate=False) -> (input_grads, layouts, addresses)
 
     Runs ``pullback`` (parameter gradients land in the model's gradient
-    buffers) and returns the input gradients with their layouts. On any error
+    buffers) and returns the input gradients with their layouts and
+    :func:`addresses` (NOTE [results cross to a Julia owner]). On any error
     the pullback is released before the error propagates, so a failed step
     holds no graph. On a CUDA model, torch's stream is synchronised before
     returning: Julia reads the gradient buffers next, on its own stream, even
@@ -173,7 +194,7 @@ def pullback(
         pullback.release()
         raise
     settle(pullback.model)
-    return grads, layouts(grads)
+    return grads, layouts(grads), addresses(grads)
 
 
 def release(pullback: Pullback | None) -> bool:
