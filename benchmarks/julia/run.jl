@@ -19,7 +19,9 @@
 #   and the first (compiling) step of each.
 # - `first_gradient_s`: from a fresh Julia process's start to its first
 #   gradient of timm resnet18 (batch 8, 224²): `using TorchBridge, Zygote`,
-#   `load_model`, `Zygote.gradient`; target <= 5.
+#   `load_model`, `Zygote.gradient`; target <= 5. Beside it, the floor: a fresh
+#   Python process's first gradient of the same model, and a fresh Julia
+#   process's first Zygote gradient of a Julia model (Zygote's own compilation).
 
 using TorchBridge
 using PythonCall: pyconvert, pyimport, pyexec, pydict
@@ -115,7 +117,7 @@ function tiny_mlp(; reps = 2000)
     )
 end
 
-function resnet18(; batch = 8, reps = 10)
+function resnet18(; batch = 8, reps = 20)
     timm = pyimport("timm")
     torch.manual_seed(0)
     plain = timm.create_model("resnet18").train()
@@ -195,6 +197,11 @@ function cnn_comparison(; steps = 10)
 end
 
 # A fresh process: Julia's start to its first gradient, and the steps between.
+# Two fresh processes give the floor under it: Python alone (import torch and
+# timm, load, one forward and backward of the same loss) and Zygote alone (the
+# first gradient of the same loss through a one-matrix Julia model, which
+# compiles Zygote's and ChainRules' own code as the first TorchBridge gradient
+# does).
 function first_gradient()
     script = """
     t0 = time()
@@ -210,9 +217,9 @@ function first_gradient()
     println(join((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3), " "))
     """
     project = Base.active_project()
-    cmd = `$(Base.julia_cmd()) --startup-file=no --project=$project -e $script`
+    julia = `$(Base.julia_cmd()) --startup-file=no --project=$project`
     start = time()
-    out = read(cmd, String)
+    out = read(`$julia -e $script`, String)
     using_s, load_s, gradient_s, second_s, first_done = parse.(
         Float64,
         split(strip(last(split(strip(out), '\n')))),
@@ -225,7 +232,44 @@ function first_gradient()
         "first_gradient_load_model_s" => load_s,
         "first_gradient_gradient_s" => gradient_s,
         "second_gradient_s" => second_s,
+        "first_gradient_python_only_s" => _first_gradient_python(),
+        "first_gradient_zygote_only_s" => _first_gradient_zygote(julia),
     )
+end
+
+function _first_gradient_python()
+    script = """
+    import time
+    import torch, torchbridge
+    m = torchbridge.bridge(torchbridge.load_model("timm/resnet18", num_classes=10))
+    (y,), pullback = m.forward(torch.randn(8, 3, 224, 224), input_grads=False)
+    pullback(torch.ones_like(y))
+    print(time.time())
+    """
+    python = pyconvert(String, pyimport("sys").executable)
+    start = time()
+    done = parse(
+        Float64,
+        strip(last(split(strip(read(`$python -c $script`, String)), '\n'))),
+    )
+    return done - start
+end
+
+function _first_gradient_zygote(julia)
+    script = """
+    using Zygote
+    struct Dense1; w::Matrix{Float32}; end
+    (d::Dense1)(x) = d.w * x
+    d, x = Dense1(randn(Float32, 10, 64)), randn(Float32, 64, 8)
+    Zygote.gradient(d -> sum(d(x)), d)
+    println(time())
+    """
+    start = time()
+    done = parse(
+        Float64,
+        strip(last(split(strip(read(`$julia -e $script`, String)), '\n'))),
+    )
+    return done - start
 end
 
 # JSON for nested dicts of numbers and strings, keys sorted, as benchmarks/run.py writes.
