@@ -90,7 +90,7 @@ def julia_eltype(dtype: torch.dtype) -> str:
 
 def julia_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
     """julia_shape((N, C, H, W)) -> (W, H, C, N): the same array seen from Julia."""
-    return tuple(reversed(tuple(shape)))
+    return tuple(shape)[::-1]
 
 
 def describe_array(t: torch.Tensor) -> str:

@@ -135,11 +135,17 @@ def forward_into(
     outputs, pullback = model.forward(
         *inputs, grad=grad, input_grads=input_grads, **(kw_inputs or {})
     )
-    outputs = tuple(
-        o.contiguous() if o.device.type == "cpu" and not o.is_contiguous() else o for o in outputs
-    )
-    found = layouts(outputs)
-    return outputs, pullback, None if found == expected else found, addresses(outputs)
+    # one pass per output: this runs on every step of a Julia training loop
+    received, found, where = [], [], []
+    for o in outputs:
+        cpu = o.device.type == "cpu"
+        if cpu and not o.is_contiguous():
+            o = o.contiguous()
+        received.append(o)
+        found.append(julia_layout(o))
+        where.append(o.data_ptr() if cpu else None)
+    found = tuple(found)
+    return tuple(received), pullback, None if found == expected else found, tuple(where)
 
 
 def addresses(tensors: Sequence[torch.Tensor | None]) -> tuple[int | None, ...]:
