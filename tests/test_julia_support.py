@@ -28,6 +28,7 @@ from torchbridge.errors import (
     UnknownLossError,
     UnknownOptimizerError,
     UnsupportedArrayError,
+    UnsupportedDTypeError,
 )
 from torchbridge.julia_support.rows import ROW_FIELDS
 from torchbridge.registry.entry import ModelEntry, WeightsInfo
@@ -186,9 +187,47 @@ class TestForwardPullback:
             torch.testing.assert_close(outputs[0], torch.from_numpy(np.ascontiguousarray(x.T)) * 3)
 
     def test_addresses_only_for_contiguous_cpu_tensors(self):
-        """addresses gives None for None and for a non-contiguous tensor."""
+        """addresses gives None for None, a non-contiguous tensor, and conjugated or negated views (their memory holds the values before the flag)."""
         t = torch.arange(6.0).reshape(2, 3)
         assert jl.addresses((t, None, t.t())) == (t.data_ptr(), None, None)
+        z = torch.tensor([1 + 2j, 3 - 1j])
+        assert jl.addresses((z, z.conj(), torch._neg_view(z))) == (z.data_ptr(), None, None)
+
+    @pytest.mark.parametrize("view", ["conj", "neg"])
+    def test_forward_into_resolves_lazy_views_before_giving_an_address(self, view):
+        """A module returning x.conj() (or a negated view) gets an address whose bytes are the values the output reads."""
+        import ctypes
+
+        class Lazy(torch.nn.Module):
+            def forward(self, x):
+                return x.conj() if view == "conj" else torch._neg_view(x)
+
+        z = np.asfortranarray(np.array([[1 + 2j, 3 - 1j], [-2 + 0.5j, 4j]], dtype=np.complex64))
+        with torchbridge.bridge(Lazy()) as bm:
+            outputs, _, layouts, addresses = jl.forward_into(
+                bm, None, (julia_share(z),), None, False
+            )
+            assert layouts == (((2, 2), "ComplexF32", "cpu", -1),)
+            raw = (ctypes.c_char * z.nbytes).from_address(addresses[0])
+            read = np.frombuffer(raw, dtype=np.complex64).reshape(2, 2, order="F")
+            np.testing.assert_array_equal(read, np.conj(z) if view == "conj" else -z)
+
+    def test_forward_into_releases_the_pullback_when_an_output_cannot_cross(self):
+        """An output without a Julia element type (float8) is an error that leaves no live pullback."""
+
+        class Float8(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+
+            def forward(self, x):
+                return self.lin(x).to(torch.float8_e4m3fn)
+
+        with torchbridge.bridge(Float8()) as bm:
+            before = torchbridge.memory.stats().live_pullbacks
+            with pytest.raises(UnsupportedDTypeError):
+                jl.forward_into(bm, None, (julia_share(julia_array(3, 4)),))
+            assert torchbridge.memory.stats().live_pullbacks == before
 
     def test_pullback_gradients_match_autograd(self, model):
         """The pullback's input and parameter gradients equal plain autograd's."""

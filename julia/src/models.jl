@@ -145,6 +145,7 @@ end
 # A keyword input as it crosses: arrays shared (dims reversed), anything else
 # (`nothing`, a Bool, a number, a string) as the Python value PythonCall makes.
 _kw_share(v::AbstractArray) = to_torch(v)
+_kw_share(v::Py) = PythonCall.pynew(v) # a handle of our own: the caller's is not released
 _kw_share(v) = v
 
 # `_kw_share` of each value, in a Vector; when one fails, the shares already
@@ -163,8 +164,15 @@ function _share_all(values)
 end
 
 _release_shares(shares) = foreach(v -> v isa Py && PythonCall.pydel!(v), shares)
+# What of a keyword input decides its call's output layouts and names (the
+# cache in `_forward`): an array's type and size, a plain value itself. A
+# Python object is never matched (the key must not hold the caller's handle).
 _kw_key(v::AbstractArray) = (typeof(v), size(v))
+_kw_key(::Py) = _Unmatched()
 _kw_key(v) = v
+
+struct _Unmatched end
+Base.isequal(::_Unmatched, ::_Unmatched) = false
 
 # The outputs as the caller sees them: one array, a Tuple, or a NamedTuple
 # when the module returns named outputs (a dict, a dataclass, a ModelOutput).
@@ -200,7 +208,7 @@ function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
     _before_torch(m)
     key = (map(x -> (typeof(x), size(x)), xs), map(_kw_key, values(kw)))
     last = m.outputs[]
-    cached = last !== nothing && last.key == key ? last : nothing
+    cached = last !== nothing && isequal(last.key, key) ? last : nothing
     expected = cached === nothing ? pybuiltins.None : cached.layouts
     result = _forward_call(m, expected, xs, kw, grad)
     outputs, pullback, layouts = result[0], result[1], result[2]

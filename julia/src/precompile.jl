@@ -14,7 +14,6 @@ function _precompile_signatures()
         (_specs, (Py,)),
         (_receive, (Py, Vector{Union{Nothing, _Spec}})),
         (_receive, (Py, Vector{Union{Nothing, _Spec}}, Py)),
-        (_receive, (Py, Vector{_Spec}, Py)),
         (_output_names, (TorchModel,)),
         (TorchModel, (Py,)),
         (memory_stats, ()),

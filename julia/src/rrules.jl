@@ -52,31 +52,46 @@ function _bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
     ys, pullback = _forward(m, xs, true; kw...)
     inputs = (xs..., values(kw)...)
     projections = map(x -> x isa AbstractArray ? ProjectTo(x) : nothing, inputs)
-    used = Ref(false)
-    function back(Δ)
-        if used[] && !reusable
-            msg = "pullback: this TorchModel pullback already ran and torch freed its graph; " *
-                "a pullback is one-shot. Run the model again for another gradient, or run " *
-                "the AD inside `TorchBridge.scope(f; reusable = true)` to call the " *
-                "pullback several times (Zygote.jacobian does); the scope frees it at its end."
-            throw(TorchBridgeError(:PullbackReleasedError, msg))
-        end
-        used[] = true
-        Δ = m.output === nothing ? unthunk(Δ) : NamedTuple{(m.output,)}((unthunk(Δ),))
-        dxs = _pullback(
-            pullback,
-            ys,
-            Δ,
-            length(inputs);
-            release = !reusable,
-            inputs = m.input_grads,
-        )
-        dinputs = map(projections, dxs) do project, dx
-            dx === nothing ? NoTangent() : project(dx)
-        end
-        return _model_tangent(m), dinputs
-    end
+    back = _BridgeBack(m, ys, pullback, length(inputs), projections, reusable, Ref(false))
     return _select(m, ys), back
+end
+
+# The pullback `_bridge_rrule` returns. A struct with untyped fields rather
+# than a closure: a closure's type is built from the types it captures, here
+# at run time on every call, since nothing is specialised on the model.
+struct _BridgeBack
+    model::TorchModel
+    ys::Any
+    pullback::Py
+    ninputs::Int
+    projections::Tuple
+    reusable::Bool
+    used::Base.RefValue{Bool}
+end
+
+function (b::_BridgeBack)(Δ)
+    m = b.model
+    if b.used[] && !b.reusable
+        msg = "pullback: this TorchModel pullback already ran and torch freed its graph; " *
+            "a pullback is one-shot. Run the model again for another gradient, or run " *
+            "the AD inside `TorchBridge.scope(f; reusable = true)` to call the " *
+            "pullback several times (Zygote.jacobian does); the scope frees it at its end."
+        throw(TorchBridgeError(:PullbackReleasedError, msg))
+    end
+    b.used[] = true
+    Δ = m.output === nothing ? unthunk(Δ) : NamedTuple{(m.output,)}((unthunk(Δ),))
+    dxs = _pullback(
+        b.pullback,
+        b.ys,
+        Δ,
+        b.ninputs;
+        release = !b.reusable,
+        inputs = m.input_grads,
+    )
+    dinputs = map(b.projections, dxs) do project, dx
+        dx === nothing ? NoTangent() : project(dx)
+    end
+    return _model_tangent(m), dinputs
 end
 
 # The model's tangent: copies of its gradient buffers (NOTE [one forward, one

@@ -101,29 +101,27 @@ const _Spec = Tuple{Dims, DataType, Symbol, Int}
 
 # The specs of Python `layouts` (`nothing` where a layout is None).
 function _specs(layouts::Py)
-    return map(0:(length(layouts) - 1)) do i
-        layout = layouts[i]
-        _isnone(layout) && return nothing
-        dims, eltype, device, index = pyconvert(
-            Tuple{Vector{Int}, String, String, Int},
-            layout,
-        )
-        return (Tuple(dims), _eltype(eltype), Symbol(device), index)::_Spec
+    n = length(layouts)
+    specs = Vector{Union{Nothing, _Spec}}(nothing, n) # one type, whatever the layouts
+    for i in 1:n
+        layout = layouts[i - 1]
+        if !_isnone(layout)
+            dims, eltype, device, index = pyconvert(
+                Tuple{Vector{Int}, String, String, Int},
+                layout,
+            )
+            specs[i] = (Tuple(dims), _eltype(eltype), Symbol(device), index)
+        end
+        PythonCall.pydel!(layout)
     end
+    return specs
 end
 
-# A fresh Julia array for one spec.
-_allocate(spec::_Spec) = _allocate(Val(spec[3]), spec[2], spec[1], spec[4])
-
-# One fresh array per spec. A loop into a `Vector{Any}`, not `map`: the arrays'
-# types are known only at run time, and `map` would ask inference for them on
-# every call.
-function _allocate_all(specs::AbstractVector)
-    arrays = Vector{Any}(undef, length(specs))
-    for i in eachindex(specs)
-        arrays[i] = _allocate(specs[i])
-    end
-    return arrays
+# A fresh Julia array for one spec; the CPU without a `Val` built at run time.
+function _allocate(spec::_Spec)
+    dims, T, device, index = spec
+    device === :cpu && return Array{T}(undef, dims)
+    return _allocate(Val(device), T, dims, index)
 end
 
 # Copy torch `tensors` (a Python sequence, `None` entries allowed) into fresh
@@ -175,6 +173,7 @@ end
 # Copy the data of a C-contiguous CPU tensor at `address` (valid while its
 # holder keeps the tensor) into `A`, which has its layout.
 function _copy_from!(A::Array{T}, address::UInt) where {T}
+    isempty(A) && return A # an empty tensor's address may be 0
     GC.@preserve A unsafe_copyto!(pointer(A), Ptr{T}(address), length(A))
     return A
 end

@@ -120,6 +120,21 @@ end
             @test doubled == permutedims(2 .* x) && mask == (x .> 0)
         end
         close!(t)
+        # a Python value passed as a keyword input stays the caller's
+        PythonCall.pyexec(
+            """
+            class Scaled(torch.nn.Module):
+                def forward(self, x, scale=None):
+                    return x if scale is None else x * scale
+            """,
+            Main,
+        )
+        s = TorchModel(tb.bridge(PythonCall.pyeval("Scaled()", Main)))
+        three = PythonCall.Py(3.0f0)
+        @test s(x; scale = three) == 3 .* x && pyconvert(Float32, three) == 3
+        @test s(x; scale = PythonCall.pybuiltins.None) == x
+        @test s(x; scale = PythonCall.pybuiltins.None) == x # None itself still valid
+        close!(s)
     end
 
     @testset "Zygote gradients vs finite differences" begin

@@ -8,7 +8,8 @@ and their *addresses*: the data address of each tensor that is a C-contiguous
 CPU tensor, ``None`` for any other. Julia allocates arrays of those sizes and
 fills them: from the address, with a plain memory copy made while it still
 holds the tensor (no second round trip, no DLPack share); or, for the others
-(CUDA tensors), by sharing the arrays and calling :func:`copy_out`. Julia then
+(CUDA tensors, a non-contiguous input gradient), by sharing the arrays and
+calling :func:`copy_out`. Julia then
 drops its handles to the torch tensors at once, so no torch memory waits for
 Julia's garbage collector (the DLPack.jl #26 leak).
 """
@@ -127,38 +128,57 @@ def forward_into(
     the outputs' layouts equal ``expected`` (the layouts an earlier call
     returned, which the caller keeps), so a caller that already allocates from
     them converts nothing; otherwise the layouts. ``addresses`` is
-    :func:`addresses` of the outputs; a CPU output that is not C-contiguous is
-    returned as a contiguous copy so that it has one (NOTE [results cross to a
-    Julia owner]); CUDA outputs have none and are received with
-    :func:`copy_out`, which waits for torch's stream.
+    :func:`addresses` of the outputs; a CPU output whose memory does not hold
+    its values as they read (not C-contiguous, or a lazily conjugated or
+    negated view) is returned as a plain copy so that it has one (NOTE
+    [results cross to a Julia owner]); CUDA outputs have none and are received
+    with :func:`copy_out`, which waits for torch's stream. If anything fails
+    after the module ran, the pullback is released before the error propagates.
     """
     outputs, pullback = model.forward(
         *inputs, grad=grad, input_grads=input_grads, **(kw_inputs or {})
     )
-    # one pass per output: this runs on every step of a Julia training loop
-    received, found, where = [], [], []
-    for o in outputs:
-        cpu = o.device.type == "cpu"
-        if cpu and not o.is_contiguous():
-            o = o.contiguous()
-        received.append(o)
-        found.append(julia_layout(o))
-        where.append(o.data_ptr() if cpu else None)
-    found = tuple(found)
+    try:
+        # one pass per output: this runs on every step of a Julia training loop
+        received, found, where = [], [], []
+        cpu_out = False
+        for o in outputs:
+            cpu = o.device.type == "cpu"
+            if cpu and not _plain(o):
+                o = o.resolve_conj().resolve_neg().contiguous()
+            cpu_out = cpu_out or cpu
+            received.append(o)
+            found.append(julia_layout(o))
+            where.append(o.data_ptr() if cpu else None)
+        if cpu_out:
+            settle(model)  # a CUDA model's CPU output may still be in flight
+        found = tuple(found)
+    except BaseException:
+        if pullback is not None:
+            pullback.release()
+        raise
     return tuple(received), pullback, None if found == expected else found, tuple(where)
 
 
 def addresses(tensors: Sequence[torch.Tensor | None]) -> tuple[int | None, ...]:
-    """addresses(tensors) -> tuple: each C-contiguous CPU tensor's data address, else ``None``.
+    """addresses(tensors) -> tuple: the data address of each CPU tensor whose memory holds
+    its values as they read (C-contiguous, not a lazily conjugated or negated view), else
+    ``None``.
 
     The caller may copy ``numel * element_size`` bytes from an address into
     memory it owns while it holds the tensor (NOTE [results cross to a Julia
     owner]); the tensor's memory is torch's and is never written through it.
     """
     return tuple(
-        t.data_ptr() if t is not None and t.device.type == "cpu" and t.is_contiguous() else None
+        t.data_ptr() if t is not None and t.device.type == "cpu" and _plain(t) else None
         for t in tensors
     )
+
+
+def _plain(t: torch.Tensor) -> bool:
+    # conj() and _neg_view() are contiguous views whose memory holds the values
+    # before the flag is applied: copied as bytes, they would read wrong
+    return t.is_contiguous() and not t.is_conj() and not t.is_neg()
 
 
 def output_sizes(
@@ -220,14 +240,15 @@ def copy_out(destinations: Sequence[Any], tensors: Sequence[torch.Tensor | None]
         raise UnsupportedArrayError(
             f"copy_out: {len(destinations)} destination(s) for {len(tensors)} tensor(s)."
         )
-    cuda = False
+    devices: set[torch.device] = set()
     for dest, t in zip(destinations, tensors, strict=True):
         if dest is None or t is None:
             continue
         copy_into(dest, t)
-        cuda = cuda or t.device.type == "cuda"
-    if cuda:
-        torch.cuda.current_stream().synchronize()
+        if t.device.type == "cuda":
+            devices.add(t.device)
+    for device in devices:  # each device's own stream, not only the current device's
+        torch.cuda.current_stream(device).synchronize()
 
 
 def settle(model: BridgedModel) -> None:
