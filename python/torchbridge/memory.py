@@ -233,14 +233,36 @@ def stats() -> MemoryStats:
 snapshot = stats
 
 
-@dataclass
 class _Scope:
-    reusable: bool
-    created: list[Pullback] = field(default_factory=list)
+    """One open :func:`scope`: the pullbacks created in it, released when it exits.
+
+    A class rather than a generator context manager: a Julia training loop
+    opens one per step.
+    """
+
+    __slots__ = ("reusable", "created", "_stack")
+
+    def __init__(self, reusable: bool):
+        self.reusable = reusable
+        self.created: list[Pullback] = []
+        self._stack: list[_Scope] | None = None
+
+    def __enter__(self) -> None:
+        self._stack = LEDGER.scope_stack()
+        self._stack.append(self)
+        with LEDGER._lock:
+            LEDGER.open_scopes += 1
+
+    def __exit__(self, *exc) -> None:
+        self._stack.pop()
+        with LEDGER._lock:
+            LEDGER.open_scopes -= 1
+        for pullback in self.created:
+            pullback.release()
+        self.created.clear()
 
 
-@contextlib.contextmanager
-def scope(*, reusable: bool = False) -> Iterator[None]:
+def scope(*, reusable: bool = False) -> _Scope:
     """scope(*, reusable=False) -> context manager
 
     Releases, at exit, every pullback created inside it by this thread that
@@ -262,20 +284,7 @@ def scope(*, reusable: bool = False) -> Iterator[None]:
         >>> torchbridge.memory.stats().live_pullbacks
         0
     """
-    stack = LEDGER.scope_stack()
-    current = _Scope(reusable=bool(reusable))
-    stack.append(current)
-    with LEDGER._lock:
-        LEDGER.open_scopes += 1
-    try:
-        yield
-    finally:
-        stack.pop()
-        with LEDGER._lock:
-            LEDGER.open_scopes -= 1
-        for pullback in current.created:
-            pullback.release()
-        current.created.clear()
+    return _Scope(bool(reusable))
 
 
 def release_all() -> int:
