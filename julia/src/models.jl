@@ -142,8 +142,14 @@ function _select_named(name::Symbol, ys)
     throw(ArgumentError(msg))
 end
 
-# A keyword input as it crosses: arrays shared (dims reversed), anything else
-# (`nothing`, a Bool, a number, a string) as the Python value PythonCall makes.
+# An input (or cotangent) as it crosses: a dense CPU `Array` of a type numpy
+# reads as itself (PythonCall hands Python a juliacall `ArrayValue`, which
+# torchbridge views through the buffer protocol with the dims reversed by
+# type, and which keeps the array alive while torch holds it: no DLPack
+# capsule to build); any other array shared through DLPack (`to_torch`);
+# anything else (`nothing`, a Bool, a number, a string) as the Python value
+# PythonCall makes.
+_kw_share(v::Array{<:_BufferEltype}) = v
 _kw_share(v::AbstractArray) = to_torch(v)
 _kw_share(v::Py) = PythonCall.pynew(v) # a handle of our own: the caller's is not released
 _kw_share(v) = v

@@ -3,13 +3,18 @@
 # NOTE [ownership of crossing arrays]
 # Every array that crosses has one owner and one release point:
 #
-# - Inputs and cotangents stay owned by Julia. `to_torch` shares them with
-#   `DLPack.share(x, torch.from_dlpack)`: DLPack.jl keeps `x` in its
-#   `SHARES_POOL` until torch drops the tensor, and TorchBridge drops its own
-#   handle with `PythonCall.pydel!` right after the call that used it. The
-#   torch side lets go when the step's pullback has run or been released.
-# - Results are copied into arrays Julia allocates and owns (`_receive`), and
-#   the handles to torch's tensors are dropped at once, so no torch memory
+# - Inputs and cotangents stay owned by Julia and cross without a copy. A
+#   dense CPU `Array` of a numpy type is passed as itself: PythonCall wraps it
+#   in a juliacall `ArrayValue`, torch views it through the buffer protocol,
+#   and the wrapper keeps `x` alive until torch drops the view. Any other
+#   array is shared by `to_torch`, `DLPack.share(x, torch.from_dlpack)`:
+#   DLPack.jl keeps `x` in its `SHARES_POOL` until torch drops the tensor. The
+#   call's own handles are dropped right after it (the argument tuple,
+#   `PythonCall.pydel!`); torch lets go when the step's pullback has run or
+#   been released.
+# - Results are copied into arrays Julia allocates and owns (`_receive`): on
+#   the CPU from the tensor's address, otherwise by torch into a shared array.
+#   The handles to torch's tensors are dropped at once, so no torch memory
 #   waits for Julia's garbage collector (the DLPack.jl #26 leak).
 # - Parameters and gradient buffers are torch's memory, wrapped once when a
 #   model is wrapped (`_wrap`) and owned by the model (see `models.jl`).
@@ -34,6 +39,25 @@ const _ELTYPES = Dict{String, DataType}(
     "UInt64" => UInt64,
     "Bool" => Bool,
 )
+
+# The element types whose `Array`s Python views through the buffer protocol
+# (PythonCall's bufferable types that numpy and torch both read).
+const _BufferEltype = Union{
+    Bool,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+    Float16,
+    Float32,
+    Float64,
+    ComplexF32,
+    ComplexF64,
+}
 
 function _eltype(name::String)
     T = get(_ELTYPES, name, nothing)

@@ -120,6 +120,24 @@ end
             @test doubled == permutedims(2 .* x) && mask == (x .> 0)
         end
         close!(t)
+        # inputs cross without a copy: an Array (the buffer protocol) and a
+        # strided view (DLPack) alike are torch's input memory
+        PythonCall.pyexec(
+            """
+            class Doubling(torch.nn.Module):
+                def forward(self, x):
+                    return x.mul_(2).sum(dim=-1)
+            """,
+            Main,
+        )
+        d = TorchModel(tb.bridge(PythonCall.pyeval("Doubling()", Main)))
+        a = randn(Float32, 3, 4)
+        a0 = copy(a)
+        @test d(a) ≈ vec(sum(2 .* a0; dims = 1)) && a == 2 .* a0
+        v = view(a, :, 2:3)
+        @test !(v isa Array) && d(v) ≈ vec(sum(4 .* a0[:, 2:3]; dims = 1))
+        @test a[:, 2:3] == 4 .* a0[:, 2:3] && a[:, 1] == 2 .* a0[:, 1]
+        close!(d)
         # a Python value passed as a keyword input stays the caller's
         PythonCall.pyexec(
             """

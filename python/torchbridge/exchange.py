@@ -107,9 +107,17 @@ def is_julia_array(obj: Any) -> bool:
     Known from the type alone, without importing juliacall (which would start Julia).
     """
     cls = type(obj)
+    if cls in _JULIA_ARRAY_TYPES:
+        return True
     if cls.__module__ != "juliacall":  # every juliacall type lives in that module
         return False
-    return any(c.__name__ == "ArrayValue" and c.__module__ == "juliacall" for c in cls.__mro__)
+    found = any(c.__name__ == "ArrayValue" and c.__module__ == "juliacall" for c in cls.__mro__)
+    if found:
+        _JULIA_ARRAY_TYPES.add(cls)
+    return found
+
+
+_JULIA_ARRAY_TYPES: set[type] = set()
 
 
 def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
@@ -142,15 +150,32 @@ def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
             one of ``None``, ``"julia"``, ``"torch"``.
     """
     reverse = _reverses(obj, layout)
-    tensor, read_only = _view(obj)
-    if reverse:
-        tensor = _reversed(tensor)
+    view = _julia_view(obj) if reverse else None
+    if view is not None:
+        # numpy's transpose reverses the view before torch sees it: cheaper
+        # than permuting the tensor after (this runs for every Julia input)
+        tensor, read_only = _from_numpy(view.T), not view.flags.writeable
+    else:
+        tensor, read_only = _view(obj)
+        if reverse:
+            tensor = _reversed(tensor)
     if read_only:
         from .memory import LEDGER
 
         tensor = tensor.clone(memory_format=torch.contiguous_format)
         LEDGER.count_read_only_copy()
     return tensor
+
+
+def _julia_view(obj: Any) -> np.ndarray | None:
+    # A raw Julia array as numpy sees it, at once: the generic path (_view)
+    # asks for its __array_interface__ twice, and juliacall computes that in
+    # Julia on every access. None for anything else, or an array numpy can
+    # only see as objects (left to _view and its error).
+    if not is_julia_array(obj):
+        return None
+    view = np.asarray(obj)
+    return None if view.dtype == object else view
 
 
 def _reverses(obj: Any, layout: Layout) -> bool:
