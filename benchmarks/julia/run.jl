@@ -219,11 +219,7 @@ function first_gradient()
     project = Base.active_project()
     julia = `$(Base.julia_cmd()) --startup-file=no --project=$project`
     start = time()
-    out = read(`$julia -e $script`, String)
-    using_s, load_s, gradient_s, second_s, first_done = parse.(
-        Float64,
-        split(strip(last(split(strip(out), '\n')))),
-    )
+    using_s, load_s, gradient_s, second_s, first_done = _last_line(`$julia -e $script`)
     # the same clock on both sides: the process's start to its first gradient
     total = first_done - start
     return Dict(
@@ -248,11 +244,7 @@ function _first_gradient_python()
     """
     python = pyconvert(String, pyimport("sys").executable)
     start = time()
-    done = parse(
-        Float64,
-        strip(last(split(strip(read(`$python -c $script`, String)), '\n'))),
-    )
-    return done - start
+    return only(_last_line(`$python -c $script`)) - start
 end
 
 function _first_gradient_zygote(julia)
@@ -265,12 +257,11 @@ function _first_gradient_zygote(julia)
     println(time())
     """
     start = time()
-    done = parse(
-        Float64,
-        strip(last(split(strip(read(`$julia -e $script`, String)), '\n'))),
-    )
-    return done - start
+    return only(_last_line(`$julia -e $script`)) - start
 end
+
+# The numbers on the last line a command prints (its timings).
+_last_line(cmd) = parse.(Float64, split(strip(last(split(strip(read(cmd, String)), '\n')))))
 
 # JSON for nested dicts of numbers and strings, keys sorted, as benchmarks/run.py writes.
 _json(x::Bool, _ = "") = string(x)
