@@ -256,9 +256,10 @@ function _forward_call(
     grad::Bool,
 )
     shares = _share_all(xs)
-    kwshares = isempty(kw) ? Any[] : _share_all(values(kw))
+    kwshares = Any[]
     inputs = kwinputs = nothing
     try
+        isempty(kw) || (kwshares = _share_all(values(kw)))
         inputs = pytuple(shares)
         kwinputs = isempty(kw) ? nothing : pydict(zip(map(string, keys(kw)), kwshares))
         kwarg = something(kwinputs, pybuiltins.None) # the shared None: never deleted
