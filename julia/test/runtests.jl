@@ -138,6 +138,13 @@ end
         @test !(v isa Array) && d(v) ≈ vec(sum(4 .* a0[:, 2:3]; dims = 1))
         @test a[:, 2:3] == 4 .* a0[:, 2:3] && a[:, 1] == 2 .* a0[:, 1]
         close!(d)
+        # a raw Julia array torch cannot view (no buffer) is refused, not copied
+        err = try
+            tb.to_torch(view(a, [1, 3], :))
+        catch e
+            e
+        end
+        @test err isa PythonCall.PyException && occursin("without copying", string(err.v))
         # a Python value passed as a keyword input stays the caller's
         PythonCall.pyexec(
             """

@@ -168,14 +168,18 @@ def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
 
 
 def _julia_view(obj: Any) -> np.ndarray | None:
-    # A raw Julia array as numpy sees it, at once: the generic path (_view)
-    # asks for its __array_interface__ twice, and juliacall computes that in
-    # Julia on every access. None for anything else, or an array numpy can
-    # only see as objects (left to _view and its error).
+    # A raw Julia array viewed through the buffer protocol, at once: the
+    # generic path (_view) asks for its __array_interface__ twice, and
+    # juliacall computes that in Julia on every access. Only a real buffer
+    # counts (np.asarray alone would fall back to __array__, a silent copy of
+    # a lazy array); None for anything else, left to _view and its errors.
     if not is_julia_array(obj):
         return None
-    view = np.asarray(obj)
-    return None if view.dtype == object else view
+    try:
+        buffer = memoryview(obj)
+    except (TypeError, BufferError):
+        return None
+    return np.asarray(buffer)
 
 
 def _reverses(obj: Any, layout: Layout) -> bool:
@@ -351,7 +355,7 @@ def _delete_unconsumed(capsule: Any) -> None:
 def _has_buffer(obj: Any) -> bool:
     try:
         memoryview(obj).release()
-    except TypeError:
+    except (TypeError, BufferError):
         return False
     return True
 
