@@ -4,14 +4,14 @@ NOTE [results cross to a Julia owner]
 Nothing torch allocates is handed to Julia by reference. A forward or a
 pullback returns its tensors together with their *layouts*
 (:func:`torchbridge.exchange.julia_layout`: Julia size, element type, device)
-and their *addresses*: the data address of each tensor that is a C-contiguous
-CPU tensor, ``None`` for any other. Julia allocates arrays of those sizes and
-fills them: from the address, with a plain memory copy made while it still
-holds the tensor (no second round trip, no DLPack share); or, for the others
-(CUDA tensors, a non-contiguous input gradient), by sharing the arrays and
-calling :func:`copy_out`. Julia then
-drops its handles to the torch tensors at once, so no torch memory waits for
-Julia's garbage collector (the DLPack.jl #26 leak).
+and their *addresses* (:func:`addresses`: where a CPU tensor's memory holds
+its values as they read, ``None`` for any other). Julia allocates arrays of
+those sizes and fills them: from the address, with a plain memory copy made
+while it still holds the tensor (no second round trip, no DLPack share); or,
+for the others (CUDA tensors, a non-contiguous input gradient), by sharing
+the arrays and calling :func:`copy_out`. Julia then drops its handles to the
+torch tensors at once, so no torch memory waits for Julia's garbage collector
+(the DLPack.jl #26 leak).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from ..bridged import BridgedModel, Pullback
 from ..errors import UnsupportedArrayError
-from ..exchange import copy_into, julia_layout
+from ..exchange import copy_into, julia_layout, julia_shape
 
 __all__ = [
     "Layout",
@@ -198,7 +198,7 @@ def output_sizes(
         model.module, *(tuple(reversed(tuple(s))) for s in sizes), device=model.device
     )
     names = structure.names if structure.named else None
-    return tuple(tuple(reversed(s)) for s in shapes), names
+    return tuple(julia_shape(s) for s in shapes), names
 
 
 def pullback(
