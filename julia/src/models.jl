@@ -46,9 +46,8 @@ struct TorchModel{P <: Tuple, G <: Tuple}
     device_index::Int
     input_grads::Bool
     output::Union{Nothing, Symbol}
-    # the last call's input key, output layouts (Python's and as specs) and
-    # names, or nothing before the first call (see `_forward`)
-    outputs::Base.RefValue{Any}
+    # what the last call's outputs were, nothing before the first call (see `_forward`)
+    outputs::Base.RefValue{Union{Nothing, _OutputCache}}
 end
 
 function TorchModel(bridged::Py; input_grads::Bool = true, output = nothing)
@@ -69,7 +68,7 @@ function TorchModel(bridged::Py; input_grads::Bool = true, output = nothing)
             index,
             input_grads,
             output === nothing ? nothing : Symbol(output),
-            Ref{Any}(nothing),
+            Ref{Union{Nothing, _OutputCache}}(nothing),
         )
     finally
         PythonCall.pydel!(state)
@@ -230,7 +229,7 @@ function _forward(@nospecialize(m::TorchModel), xs::Tuple, grad::Bool; kw...)
         else
             specs = _specs(layouts)
             names = _output_names(m)
-            m.outputs[] = (key = key, layouts = layouts, specs = specs, names = names)
+            m.outputs[] = _OutputCache(key, layouts, specs, names)
             kept = true
         end
         _receive(outputs, specs, addresses)

@@ -51,7 +51,8 @@ function _bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
     reusable = _in_reusable_scope()
     ys, pullback = _forward(m, xs, true; kw...)
     inputs = (xs..., values(kw)...)
-    projections = map(x -> x isa AbstractArray ? ProjectTo(x) : nothing, inputs)
+    # a model without input gradients projects nothing (see `_BridgeBack`)
+    projections = m.input_grads ? map(_projection, inputs) : nothing
     back = _BridgeBack(m, ys, pullback, length(inputs), projections, reusable, Ref(false))
     return _select(m, ys), back
 end
@@ -64,7 +65,7 @@ struct _BridgeBack
     ys::Any
     pullback::Py
     ninputs::Int
-    projections::Tuple
+    projections::Union{Nothing, Tuple} # nothing: every input's tangent is NoTangent()
     reusable::Bool
     used::Base.RefValue{Bool}
 end
@@ -88,11 +89,15 @@ function (b::_BridgeBack)(Δ)
         release = !b.reusable,
         inputs = m.input_grads,
     )
+    b.projections === nothing && return _model_tangent(m), _no_tangents(b.ninputs)
     dinputs = map(b.projections, dxs) do project, dx
         dx === nothing ? NoTangent() : project(dx)
     end
     return _model_tangent(m), dinputs
 end
+
+_projection(x) = x isa AbstractArray ? ProjectTo(x) : nothing
+_no_tangents(n::Int) = fill(NoTangent(), n)
 
 # The model's tangent: copies of its gradient buffers (NOTE [one forward, one
 # pullback]), structural all the way down so tangents add (ChainRules

@@ -123,6 +123,17 @@ end
 # What a Julia array receiving a result needs: (size, element type, device, index).
 const _Spec = Tuple{Dims, DataType, Symbol, Int}
 
+# A model's last call (`_forward`): the key of its inputs (types and sizes of
+# arrays, keyword values), its outputs' Python layouts, the same as specs, and
+# the outputs' names (nothing when unnamed). Concretely typed: it is read on
+# every call.
+struct _OutputCache
+    key::Any
+    layouts::Py
+    specs::Vector{Union{Nothing, _Spec}}
+    names::Union{Nothing, Vector{String}}
+end
+
 # The specs of Python `layouts` (`nothing` where a layout is None).
 function _specs(layouts::Py)
     n = length(layouts)

@@ -377,6 +377,8 @@ def julia_layout(t: torch.Tensor) -> tuple[tuple[int, ...], str, str, int]:
             f"julia_layout: torch dtype {t.dtype} has no Julia element type; convert the "
             f"tensor first (e.g. .float()). Types that cross: {', '.join(_JULIA_ELTYPE.values())}."
         )
+    if t.is_cpu:  # the common case, without building device.type's string
+        return julia_shape(t.shape), eltype, "cpu", -1
     device = t.device
     index = -1 if device.index is None else device.index
     return julia_shape(t.shape), eltype, device.type, index

@@ -42,6 +42,8 @@ __all__ = [
 
 Layout = tuple[tuple[int, ...], str, str, int]
 
+_CPU = torch.device("cpu")  # compared before reading a device's .type, which torch formats anew
+
 
 def model_state(model: BridgedModel) -> dict[str, Any]:
     """model_state(model) -> dict: what TorchBridge.jl wraps once, when it wraps a model.
@@ -143,7 +145,7 @@ def forward_into(
         received, found, where = [], [], []
         cpu_out = False
         for o in outputs:
-            cpu = o.device.type == "cpu"
+            cpu = o.is_cpu  # not o.device.type: torch formats that string on every read
             if cpu and not _plain(o):
                 o = o.resolve_conj().resolve_neg().contiguous()
             cpu_out = cpu_out or cpu
@@ -170,8 +172,7 @@ def addresses(tensors: Sequence[torch.Tensor | None]) -> tuple[int | None, ...]:
     owner]); the tensor's memory is torch's and is never written through it.
     """
     return tuple(
-        t.data_ptr() if t is not None and t.device.type == "cpu" and _plain(t) else None
-        for t in tensors
+        t.data_ptr() if t is not None and t.is_cpu and _plain(t) else None for t in tensors
     )
 
 
@@ -258,7 +259,7 @@ def settle(model: BridgedModel) -> None:
     parameters after an optimiser step): Julia's stream knows nothing of torch's.
     """
     device = model.device
-    if device is not None and device.type == "cuda":
+    if device is not None and device != _CPU and device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
 
 
