@@ -423,8 +423,8 @@ class TestJuliaText:
         t = jl.trainer(opt, "logitcrossentropy", output="logits")
         losses = [jl.train_step(t, batch, y)[0] for _ in range(15)]
         assert losses[-1] < 0.5 * losses[0]
-        _, outputs, layout = jl.train_step(t, batch, y)
-        assert layout[0] == (3, 4)  # the logits, Julia (labels, batch)
+        _, _, layouts, _ = jl.train_step(t, batch, y)
+        assert layouts[0][0] == (3, 4)  # the logits, Julia (labels, batch)
         # one output: no name needed; several: the loss must be told which
         assert jl.trainer(opt, "logitcrossentropy").step(batch, y)[1].shape == (4, 3)
         bm.module.config.output_hidden_states = True

@@ -471,9 +471,11 @@ class TestTraining:
         )  # one-hot (2, 32)
         losses = []
         for _ in range(30):
-            loss, outputs, layout = jl.train_step(t, form(x), form(y))
+            loss, outputs, layouts, addresses = jl.train_step(t, form(x), form(y))
             losses.append(loss)
-        assert layout == ((2, 32), "Float32", "cpu", -1)
+        assert layouts == (((2, 32), "Float32", "cpu", -1),)
+        # the output as Julia receives it: its values at its address
+        assert addresses == (outputs[0].data_ptr(),) and outputs[0].is_contiguous()
         assert losses[-1] < 0.5 * losses[0]
         assert [p.grad.data_ptr() for p in m.module.parameters()] == grads_before
         m.close()

@@ -12,6 +12,9 @@
 #   16 => 32 => 4, batch 8, `input_grads = false`, in `TorchBridge.scope`)
 #   minus the same step in plain torch (forward, loss, backward); target <= 30.
 # - `forward_overhead_us_tiny_mlp`: the same for a forward alone; target <= 15.
+# - `torch_native_overhead_us_tiny_mlp`: the torch-native step (`TorchTrainer`:
+#   loss, backward and an SGD update in torch, one Python call) minus the same
+#   step in plain torch; the path for small models (docs/julia.md, "Speed").
 # - `bridge_over_torch_resnet18`: timm resnet18, batch 8, 224², train mode, a
 #   Zygote step over a plain torch step; target <= 1.03.
 # - `flux_over_torchbridge_cnn`: the same three-block BatchNorm CNN (64×64×3×32,
@@ -57,12 +60,13 @@ pyexec(
         loss.backward()
         return loss
 
-    def adam_step(module, opt, x, y):
+    def sgd_step(module, opt, x, y):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(module(x), y)
+        out = module(x)
+        loss = F.mse_loss(out, y)
         loss.backward()
         opt.step()
-        return loss
+        return loss.item(), out.detach()
     """,
     PLAIN,
 )
@@ -106,8 +110,18 @@ function tiny_mlp(; reps = 2000)
     plain_step() = PLAIN["step"](plain, xt, yt)
     tb_, tp = interleaved(bridge_step, plain_step; reps = reps)
     fb, fp = interleaved(() -> m(x), () -> PLAIN["forward"](plain, xt); reps = reps)
+    trainer = TorchTrainer(m, Optimisers.Descent(0.01), Flux.mse)
+    sgd = torch.optim.SGD(plain.parameters(); lr = 0.01)
+    nb, np_ = interleaved(
+        () -> train_step!(trainer, x, y),
+        () -> PLAIN["sgd_step"](plain, sgd, xt, yt);
+        reps = reps,
+    )
     close!(m)
     return Dict(
+        "tiny_mlp_torch_native_us_bridge" => nb * 1.0e6,
+        "tiny_mlp_torch_native_us_torch" => np_ * 1.0e6,
+        "torch_native_overhead_us_tiny_mlp" => (nb - np_) * 1.0e6,
         "tiny_mlp_step_us_bridge" => tb_ * 1.0e6,
         "tiny_mlp_step_us_torch" => tp * 1.0e6,
         "overhead_us_tiny_mlp" => (tb_ - tp) * 1.0e6,

@@ -178,11 +178,11 @@ probability arrays shaped like the output); `Bool` targets are converted to the
 model's element type.
 """
 function train_step!(t::TorchTrainer, x::AbstractArray, y::AbstractArray)
-    xs = to_torch(x)
+    xs = _kw_share(x) # crosses as a forward's input does
     try
         return _train_step!(t, xs, y)
     finally
-        PythonCall.pydel!(xs)
+        _release_shares((xs,))
     end
 end
 
@@ -198,25 +198,23 @@ function train_step!(t::TorchTrainer, x::NamedTuple, y::AbstractArray)
     end
 end
 
-function _train_step!(t::TorchTrainer, xs::Py, y::AbstractArray)
+# One Python call: the batch crosses as a forward's inputs do, and the output
+# comes back as a forward's does (from its address on the CPU, see `_receive`).
+function _train_step!(t::TorchTrainer, xs, y::AbstractArray)
     y = eltype(y) == Bool ? _float_like(t.model, y) : y
     _before_torch(t.model)
-    ys = to_torch(y)
+    ys = _kw_share(y)
     result = try
         _guard(() -> _tbjl.train_step(t.py, xs, ys))
     finally
-        PythonCall.pydel!(ys)
+        _release_shares((ys,))
     end
+    loss, outputs, layouts, addresses = result[0], result[1], result[2], result[3]
+    PythonCall.pydel!(result)
     try
-        loss = pyconvert(Float64, result[0])
-        outputs = pytuple((result[1],))
-        layouts = pytuple((result[2],))
-        ŷ = only(_receive(outputs, layouts))
-        PythonCall.pydel!(outputs)
-        PythonCall.pydel!(layouts)
-        return loss, ŷ
+        return pyconvert(Float64, loss), only(_receive(outputs, _specs(layouts), addresses))
     finally
-        PythonCall.pydel!(result)
+        foreach(PythonCall.pydel!, (loss, outputs, layouts, addresses))
     end
 end
 

@@ -255,6 +255,41 @@ end
         close!(m)
     end
 
+    @testset "TorchTrainer: the torch-native step" begin
+        # one step equals the same step taken in Julia: Zygote's gradient of
+        # Flux's loss, then Optimisers.jl's Descent
+        m, _ = tiny_model()
+        reference, _ = tiny_model() # the same seed: the same parameters
+        x, y = randn(Float32, 3, 8), randn(Float32, 2, 8)
+        before = m(x)
+        trainer = TorchTrainer(m, Optimisers.Descent(0.1), Flux.mse)
+        loss, ŷ = train_step!(trainer, x, y)
+        @test ŷ ≈ before && ŷ isa Matrix{Float32}
+        @test loss ≈ Flux.mse(before, y)
+        g = Zygote.gradient(r -> Flux.mse(r(x), y), reference)[1]
+        Optimisers.update!(
+            Optimisers.setup(Optimisers.Descent(0.1), reference),
+            reference,
+            g,
+        )
+        @test all(map(≈, m.params, reference.params))
+        # a strided view crosses through DLPack, Bool targets as the model's type
+        xs = randn(Float32, 3, 16)
+        labels = rand(Bool, 2, 8)
+        before = m(xs[:, 1:2:16])
+        loss, ŷ = train_step!(trainer, view(xs, :, 1:2:16), labels)
+        @test ŷ ≈ before
+        @test loss ≈ Flux.mse(before, Float32.(labels))
+        baseline = memory_stats()
+        for _ in 1:20
+            train_step!(trainer, x, y)
+        end
+        @test memory_stats().live_pullbacks == baseline.live_pullbacks
+        @test memory_stats().held_bytes == baseline.held_bytes
+        close!(m)
+        close!(reference)
+    end
+
     @testset "one-shot by default, reusable inside a scope" begin
         m, _ = tiny_model(; T = Float64)
         x = randn(3, 4)

@@ -35,6 +35,7 @@ __all__ = [
     "model_state",
     "output_sizes",
     "pullback",
+    "receivable",
     "release",
     "settle",
     "synchronize",
@@ -141,25 +142,43 @@ def forward_into(
         *inputs, grad=grad, input_grads=input_grads, **(kw_inputs or {})
     )
     try:
-        # one pass per output: this runs on every step of a Julia training loop
-        received, found, where = [], [], []
-        cpu_out = False
-        for o in outputs:
-            cpu = o.is_cpu  # not o.device.type: torch formats that string on every read
-            if cpu and not _plain(o):
-                o = o.resolve_conj().resolve_neg().contiguous()
-            cpu_out = cpu_out or cpu
-            received.append(o)
-            found.append(julia_layout(o))
-            where.append(o.data_ptr() if cpu else None)
-        if cpu_out:
-            settle(model)  # a CUDA model's CPU output may still be in flight
-        found = tuple(found)
+        received, found, where = receivable(model, outputs)
     except BaseException:
         if pullback is not None:
             pullback.release()
         raise
-    return tuple(received), pullback, None if found == expected else found, tuple(where)
+    return received, pullback, None if found == expected else found, where
+
+
+def receivable(
+    model: BridgedModel, outputs: Sequence[torch.Tensor]
+) -> tuple[tuple[torch.Tensor, ...], tuple[Layout, ...], tuple[int | None, ...]]:
+    """receivable(model, outputs) -> (outputs, layouts, addresses)
+
+    ``model``'s outputs as Julia receives them (NOTE [results cross to a Julia
+    owner]): each CPU output whose memory does not hold its values as they read
+    (not C-contiguous, or a lazily conjugated or negated view) replaced by a
+    plain copy, with the layouts and :func:`addresses` of all of them. When any
+    output is on the CPU, waits for a CUDA model's stream first: such an
+    output may still be in flight.
+
+    Raises:
+        UnsupportedDTypeError: an output's dtype has no Julia element type.
+    """
+    # one pass per output: this runs on every step of a Julia training loop
+    received, found, where = [], [], []
+    cpu_out = False
+    for o in outputs:
+        cpu = o.is_cpu  # not o.device.type: torch formats that string on every read
+        if cpu and not _plain(o):
+            o = o.resolve_conj().resolve_neg().contiguous()
+        cpu_out = cpu_out or cpu
+        received.append(o)
+        found.append(julia_layout(o))
+        where.append(o.data_ptr() if cpu else None)
+    if cpu_out:
+        settle(model)
+    return tuple(received), tuple(found), tuple(where)
 
 
 def addresses(tensors: Sequence[torch.Tensor | None]) -> tuple[int | None, ...]:

@@ -9,9 +9,9 @@ import torch
 
 from ..bridged import BridgedModel
 from ..errors import TrainingError, UnsupportedArrayError
-from ..exchange import julia_layout, to_torch
+from ..exchange import to_torch
 from ..outputs import flatten_outputs
-from .step import Layout, settle
+from .step import Layout, receivable, settle
 
 __all__ = [
     "TorchOptimizer",
@@ -170,7 +170,14 @@ def trainer(
     return TorchTrainer(opt, loss, loss_options, output)
 
 
-def train_step(trainer: TorchTrainer, x: Any, y: Any) -> tuple[float, torch.Tensor, Layout]:
-    """train_step(trainer, x, y) -> (loss, outputs, layout): one torch-native step on a batch."""
-    loss, outputs = trainer.step(x, y)
-    return loss, outputs, julia_layout(outputs)
+def train_step(
+    trainer: TorchTrainer, x: Any, y: Any
+) -> tuple[float, tuple[torch.Tensor], tuple[Layout], tuple[int | None]]:
+    """train_step(trainer, x, y) -> (loss, outputs, layouts, addresses)
+
+    One torch-native step on a batch. The model's output comes back as a
+    one-tuple, with its layout and address, in the form Julia receives any
+    result in (:func:`~torchbridge.julia_support.step.receivable`).
+    """
+    loss, output = trainer.step(x, y)
+    return (loss, *receivable(trainer.opt.model, (output,)))
