@@ -86,6 +86,25 @@ class TestFluxDocExamples:
         got = mse(torch.tensor([1.1, 1.9, 3.1], dtype=torch.float64), torch.arange(1, 4))
         assert got.item() == pytest.approx(0.010000000000000018, rel=1e-12)
 
+    @pytest.mark.parametrize("agg", ["mean", "sum", "none"])
+    @pytest.mark.parametrize("target", ["same", "broadcast", "bool"])
+    def test_mse_values_and_gradients_are_fluxs_definition(self, agg, target):
+        """mse, fused or not, equals agg((ŷ .- y) .^ 2) with its gradient, to the last bit."""
+        torch.manual_seed(0)
+        y_hat = torch.randn(6, 5, requires_grad=True)
+        y = {
+            "same": torch.randn(6, 5),
+            "broadcast": torch.randn(1, 5),
+            "bool": torch.rand(6, 5) > 0.5,
+        }[target]
+        got = mse(y_hat, y, agg=agg)
+        want = (y_hat - y.float()) ** 2
+        want = {"mean": want.mean(), "sum": want.sum(), "none": want}[agg]
+        assert torch.equal(got, want)
+        (g_got,) = torch.autograd.grad(got.sum(), y_hat)
+        (g_want,) = torch.autograd.grad(want.sum(), y_hat)
+        assert torch.equal(g_got, g_want)
+
 
 class TestDefinitions:
     def test_crossentropy_epsilon_is_the_eltype_epsilon(self):

@@ -99,7 +99,15 @@ def crossentropy(
 
 def mse(y_hat: torch.Tensor, y: torch.Tensor, *, agg: Aggregation = "mean") -> torch.Tensor:
     """mse(y_hat, y; agg="mean") -> Tensor: Flux's ``agg((ŷ .- y) .^ 2)``."""
-    return _aggregate((y_hat - y.to(y_hat.dtype)) ** 2, agg)
+    y = y.to(y_hat.dtype)
+    if agg in _REDUCTIONS and y.shape == y_hat.shape and not y_hat.is_complex():
+        # the same sum, in one fused kernel forward and backward (a small
+        # model's step is dominated by the number of kernels it launches)
+        return F.mse_loss(y_hat, y, reduction=agg)
+    return _aggregate((y_hat - y) ** 2, agg)
+
+
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 def binarycrossentropy(
