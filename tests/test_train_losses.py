@@ -105,6 +105,23 @@ class TestFluxDocExamples:
         (g_want,) = torch.autograd.grad(want.sum(), y_hat)
         assert torch.equal(g_got, g_want)
 
+    @pytest.mark.parametrize("agg", ["mean", "sum", "none"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("shape", [(8, 5), (2, 5, 3, 4)])
+    def test_logitcrossentropy_on_probabilities_is_fluxs_definition(self, agg, dtype, shape):
+        """One-hot targets (Julia's batches): agg(-sum(y .* logsoftmax(ŷ; dims); dims)), values and gradient."""
+        torch.manual_seed(0)
+        y_hat = torch.randn(*shape, dtype=dtype, requires_grad=True)
+        y = torch.softmax(torch.randn(*shape, dtype=dtype), dim=1)
+        got = logitcrossentropy(y_hat, y, dim=1, agg=agg)
+        want = -(y * torch.log_softmax(y_hat, dim=1)).sum(dim=1)
+        want = {"mean": want.mean(), "sum": want.sum(), "none": want}[agg]
+        tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 0}
+        torch.testing.assert_close(got, want, **tol)
+        (g_got,) = torch.autograd.grad(got.sum(), y_hat)
+        (g_want,) = torch.autograd.grad(want.sum(), y_hat)
+        torch.testing.assert_close(g_got, g_want, **tol)
+
 
 class TestDefinitions:
     def test_crossentropy_epsilon_is_the_eltype_epsilon(self):

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 Aggregation = str | Callable[[torch.Tensor], torch.Tensor]
+_REDUCTIONS = ("mean", "sum", "none")  # the aggregations torch's fused losses take by name
 
 
 def _aggregate(values: torch.Tensor, agg: Aggregation) -> torch.Tensor:
@@ -71,10 +72,14 @@ def logitcrossentropy(
 
     Flux's ``agg(-sum(y .* logsoftmax(ŷ; dims); dims))`` on logits ``y_hat``.
     """
+    fused = dim % y_hat.ndim == 1 and not callable(agg) and agg in _REDUCTIONS
     if _is_class_index(y, y_hat):
-        if dim % y_hat.ndim == 1 and not callable(agg) and agg in ("mean", "sum", "none"):
+        if fused:
             return F.cross_entropy(y_hat, y.long(), reduction=agg)  # fused, same value
         return _aggregate(-_pick(F.log_softmax(y_hat, dim=dim), y, dim), agg)
+    if fused and y.shape == y_hat.shape and y.dtype == y_hat.dtype and y_hat.is_floating_point():
+        # probabilities (one-hot batches from Julia): the same sum, fused
+        return F.cross_entropy(y_hat, y, reduction=agg)
     return _aggregate(-(y * F.log_softmax(y_hat, dim=dim)).sum(dim=dim), agg)
 
 
@@ -106,8 +111,6 @@ def mse(y_hat: torch.Tensor, y: torch.Tensor, *, agg: Aggregation = "mean") -> t
         return F.mse_loss(y_hat, y, reduction=agg)
     return _aggregate((y_hat - y) ** 2, agg)
 
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 def binarycrossentropy(
