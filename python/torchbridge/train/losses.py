@@ -112,7 +112,6 @@ def mse(y_hat: torch.Tensor, y: torch.Tensor, *, agg: Aggregation = "mean") -> t
     return _aggregate((y_hat - y) ** 2, agg)
 
 
-
 def binarycrossentropy(
     y_hat: torch.Tensor,
     y: torch.Tensor,
