@@ -89,7 +89,7 @@ class TestFluxDocExamples:
     @pytest.mark.parametrize("agg", ["mean", "sum", "none"])
     @pytest.mark.parametrize("target", ["same", "broadcast", "bool"])
     def test_mse_values_and_gradients_are_fluxs_definition(self, agg, target):
-        """mse, fused or not, equals agg((ŷ .- y) .^ 2) with its gradient, to the last bit."""
+        """mse, fused or not, equals agg((ŷ .- y) .^ 2) to the last bit; its gradient too, up to rounding."""
         torch.manual_seed(0)
         y_hat = torch.randn(6, 5, requires_grad=True)
         y = {
@@ -101,9 +101,22 @@ class TestFluxDocExamples:
         want = (y_hat - y.float()) ** 2
         want = {"mean": want.mean(), "sum": want.sum(), "none": want}[agg]
         assert torch.equal(got, want)
-        (g_got,) = torch.autograd.grad(got.sum(), y_hat)
-        (g_want,) = torch.autograd.grad(want.sum(), y_hat)
-        assert torch.equal(g_got, g_want)
+        scale = torch.full_like(got, 0.3)  # a weighted loss: not a unit cotangent
+        (g_got,) = torch.autograd.grad(got, y_hat, scale)
+        (g_want,) = torch.autograd.grad(want, y_hat, scale)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-6, atol=0)
+
+    def test_logitcrossentropy_dim_out_of_range_is_refused(self):
+        """dim=3 on a 2-d output is an error, not a silent reduction over dim 3 % 2 == 1."""
+        y_hat, y = torch.randn(2, 3), torch.softmax(torch.randn(2, 3), dim=1)
+        with pytest.raises(IndexError):
+            logitcrossentropy(y_hat, y, dim=3)
+
+    def test_mse_of_integer_arrays(self):
+        """Integer outputs and targets, as Flux.mse takes them: (0, 1, 2) against (0, 0, 0)."""
+        y_hat, y = torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long)
+        assert mse(y_hat, y, agg="sum").item() == 5
+        assert mse(y_hat, y, agg="none").tolist() == [0, 1, 4]
 
     @pytest.mark.parametrize("agg", ["mean", "sum", "none"])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -72,7 +72,14 @@ def logitcrossentropy(
 
     Flux's ``agg(-sum(y .* logsoftmax(ŷ; dims); dims))`` on logits ``y_hat``.
     """
-    fused = dim % y_hat.ndim == 1 and not callable(agg) and agg in _REDUCTIONS
+    # torch's cross_entropy takes classes along dim 1 and aggregations by name
+    fused = (
+        y_hat.ndim >= 2
+        and -y_hat.ndim <= dim < y_hat.ndim
+        and dim % y_hat.ndim == 1
+        and not callable(agg)
+        and agg in _REDUCTIONS
+    )
     if _is_class_index(y, y_hat):
         if fused:
             return F.cross_entropy(y_hat, y.long(), reduction=agg)  # fused, same value
@@ -105,7 +112,12 @@ def crossentropy(
 def mse(y_hat: torch.Tensor, y: torch.Tensor, *, agg: Aggregation = "mean") -> torch.Tensor:
     """mse(y_hat, y; agg="mean") -> Tensor: Flux's ``agg((ŷ .- y) .^ 2)``."""
     y = y.to(y_hat.dtype)
-    if agg in _REDUCTIONS and y.shape == y_hat.shape and not y_hat.is_complex():
+    if (
+        not callable(agg)
+        and agg in _REDUCTIONS
+        and y.shape == y_hat.shape
+        and y_hat.is_floating_point()
+    ):
         # the same sum, in one fused kernel forward and backward (a small
         # model's step is dominated by the number of kernels it launches)
         return F.mse_loss(y_hat, y, reduction=agg)
