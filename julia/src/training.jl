@@ -209,8 +209,11 @@ function _train_step!(t::TorchTrainer, xs, y::AbstractArray)
     finally
         _release_shares((ys,))
     end
-    loss, outputs, layouts, addresses = result[0], result[1], result[2], result[3]
-    PythonCall.pydel!(result)
+    loss, outputs, layouts, addresses = try
+        ntuple(i -> result[i - 1], 4)
+    finally
+        PythonCall.pydel!(result)
+    end
     try
         return pyconvert(Float64, loss), only(_receive(outputs, _specs(layouts), addresses))
     finally
