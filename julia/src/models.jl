@@ -148,18 +148,18 @@ end
 # capsule to build); any other array shared through DLPack (`to_torch`);
 # anything else (`nothing`, a Bool, a number, a string) as the Python value
 # PythonCall makes.
-_kw_share(v::Array{<:_BufferEltype}) = v
-_kw_share(v::AbstractArray) = to_torch(v)
-_kw_share(v::Py) = PythonCall.pynew(v) # a handle of our own: the caller's is not released
-_kw_share(v) = v
+_crossing(v::Array{<:_BufferEltype}) = v
+_crossing(v::AbstractArray) = to_torch(v)
+_crossing(v::Py) = PythonCall.pynew(v) # a handle of our own: the caller's is not released
+_crossing(v) = v
 
-# `_kw_share` of each value, in a Vector; when one fails, the shares already
+# `_crossing` of each value, in a Vector; when one fails, the shares already
 # made are released before the error propagates (no share waits for the GC).
 function _share_all(values)
     shares = Any[]
     try
         for v in values
-            push!(shares, _kw_share(v))
+            push!(shares, _crossing(v))
         end
     catch
         _release_shares(shares)

@@ -178,7 +178,7 @@ probability arrays shaped like the output); `Bool` targets are converted to the
 model's element type.
 """
 function train_step!(t::TorchTrainer, x::AbstractArray, y::AbstractArray)
-    xs = _kw_share(x) # crosses as a forward's input does
+    xs = _crossing(x) # crosses as a forward's input does
     try
         return _train_step!(t, xs, y)
     finally
@@ -203,7 +203,7 @@ end
 function _train_step!(t::TorchTrainer, xs, y::AbstractArray)
     y = eltype(y) == Bool ? _float_like(t.model, y) : y
     _before_torch(t.model)
-    ys = _kw_share(y)
+    ys = _crossing(y)
     result = try
         _guard(() -> _tbjl.train_step(t.py, xs, ys))
     finally
