@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "Pullback": "torchbridge.bridged",
     "OutputStructure": "torchbridge.bridged",
     "to_torch": "torchbridge.exchange",
+    "FunctionalModel": "torchbridge.functional",
     # the registry
     "ModelEntry": "torchbridge.registry",
     "list_models": "torchbridge.registry",
@@ -59,11 +60,21 @@ _SUBMODULES = frozenset(
         "bridged",
         "text",
         "distributed",
+        "functional",
     }
 )
 
 __all__ = sorted(
-    [*_EXPORTS, *_ERROR_NAMES, "distributed", "errors", "memory", "train", "__version__"]
+    [
+        *_EXPORTS,
+        *_ERROR_NAMES,
+        "distributed",
+        "errors",
+        "functional",
+        "memory",
+        "train",
+        "__version__",
+    ]
 )
 
 
@@ -85,6 +96,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from . import distributed as distributed
+    from . import functional as functional
     from . import memory as memory
     from . import train as train
     from .bridged import BridgedModel as BridgedModel
@@ -94,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .exchange import to_torch as to_torch
     from .export import ExportReport as ExportReport
     from .export import export_onnx as export_onnx
+    from .functional import FunctionalModel as FunctionalModel
     from .onnx_import import OnnxImportReport as OnnxImportReport
     from .onnx_import import import_onnx as import_onnx
     from .registry import (

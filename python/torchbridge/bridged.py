@@ -162,6 +162,10 @@ class BridgedModel:
             yourself around a whole step when threads share one model.
     """
 
+    # whether the parameters and their gradient buffers are shared once, at
+    # bridging (a functional model takes its parameters per call instead)
+    _shares_gradients = True
+
     def __init__(self, module: torch.nn.Module, *, input_shapes=None, distributed: bool = True):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
@@ -182,13 +186,14 @@ class BridgedModel:
         self.params: tuple[torch.Tensor, ...] = tuple(p.detach() for p in self._parameters)
         with torch.no_grad():
             self.grads: tuple[torch.Tensor, ...] = tuple(
-                torch.zeros_like(p, memory_format=torch.preserve_format) for p in self._parameters
+                torch.zeros_like(p, memory_format=torch.preserve_format)
+                for p in (self._parameters if self._shares_gradients else ())
             )
         self._grad_list = list(self.grads)
         for p, g in zip(self._parameters, self.grads):
             p.grad = g
         try:
-            self._ddp = _ddp_wrap(module) if distributed else None
+            self._ddp = _ddp_wrap(module) if distributed and self._shares_gradients else None
         except BaseException:
             for p in self._parameters:
                 p.grad = None
@@ -200,7 +205,8 @@ class BridgedModel:
         self._device = module_device(module)
         self._float_dtype = module_float_dtype(module)
         self._text = TextInputs.of(module)
-        LEDGER.add_model(self, 2 * len(self.params), tensor_bytes([*self.params, *self.grads]))
+        shared = [*self.params, *self.grads] if self._shares_gradients else []
+        LEDGER.add_model(self, len(shared), tensor_bytes(shared))
 
     # -- state -------------------------------------------------------------
     @property
@@ -362,9 +368,12 @@ class BridgedModel:
             self._text.check(values, npos, names)
         return values, names
 
-    def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = ()) -> Any:
-        # a differentiated forward runs through DDP (NOTE [bridged models under DDP])
-        run = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.module
+    def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = (), call=None) -> Any:
+        # a differentiated forward runs through DDP (NOTE [bridged models under DDP]);
+        # `call` replaces the module (a functional call of it)
+        run = call or (
+            self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.module
+        )
         try:
             if not names:
                 return run(*values)

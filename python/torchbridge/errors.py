@@ -31,6 +31,7 @@ __all__ = [
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
+    "ParameterMismatchError",
     "PullbackReleasedError",
     "RankFailedError",
     "ReadOnlyArrayError",
@@ -95,6 +96,10 @@ class MaskShapeError(InputShapeError):
 
 class TokenIdError(BridgeError, ValueError):
     """Token ids fall outside the model's vocabulary (checked before the embedding runs)."""
+
+
+class ParameterMismatchError(BridgeError, ValueError):
+    """Parameters, buffers or tangents passed to a functional call do not fit the module's."""
 
 
 class CotangentError(BridgeError, ValueError):

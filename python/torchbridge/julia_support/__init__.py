@@ -8,6 +8,8 @@ its own module:
 
 * :mod:`.step` — a model's shared state, forward, pullback, and results copied
   into Julia-owned arrays (NOTE [results cross to a Julia owner]);
+* :mod:`.functional` — functional calls (Lux layers, parameters passed per
+  call) and ForwardDiff's duals, packed (NOTE [dual numbers cross packed]);
 * :mod:`.ledger` — the memory ledger and explicit scopes;
 * :mod:`.rows` — registry rows, FastAI.jl's registry, feature variants;
 * :mod:`.training` — torch optimisers and the torch-native step over a
@@ -33,6 +35,12 @@ from .distributed import (
     distributed_world,
     init_distributed,
     shard_bounds,
+)
+from .functional import (
+    functional_apply,
+    functional_model,
+    functional_pullback,
+    functional_state,
 )
 from .ledger import memory_stats, scope_enter, scope_exit
 from .rows import (
@@ -83,6 +91,10 @@ __all__ = [
     "feature_variant",
     "forward",
     "forward_into",
+    "functional_apply",
+    "functional_model",
+    "functional_pullback",
+    "functional_state",
     "generate",
     "info_row",
     "init_distributed",

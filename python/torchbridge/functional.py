@@ -1,0 +1,720 @@
+"""Functional calls: a torch module run on parameters and buffers passed per call.
+
+NOTE [functional calls]
+A :class:`~torchbridge.BridgedModel` is stateful: the module's own parameters
+are shared once and updated in place. A :class:`FunctionalModel` is the other
+way to hold them, what Lux.jl, DifferentiationInterface.jl and anything that
+passes parameters per call need: each call brings every trainable parameter
+(``param_names`` order) and every buffer (``buffer_names`` order) as arrays of
+the caller, and the module runs on views of them
+(``torch.func.functional_call``). The module's own tensors are neither read
+nor written.
+
+* Parameters and inputs are viewed without a copy where their memory allows
+  (:func:`~torchbridge.exchange.to_torch`, read-only memory copied once); a
+  parameter of another shape, element type or device than the module's is
+  refused before the module runs.
+* Buffers: in training mode a module may update buffers in place (BatchNorm's
+  running statistics), so the call runs on copies of them and returns every
+  copy as the new state;
+  the caller's arrays are never written. In evaluation mode they are viewed as
+  they are and no new state is returned.
+* ``training=True``/``False`` sets the module's mode for the call (it stays
+  so afterwards); ``None`` keeps it.
+* The :class:`FunctionalPullback` returns the gradients of the parameters and
+  of the inputs as new tensors (``None`` for one that no output reached) and
+  writes nothing into the module. It is one-shot like every pullback and owns
+  its graph (NOTE [ownership] in :mod:`torchbridge.memory`).
+
+NOTE [forward mode and second order]
+Tangents carry ``P`` directions at once: each is a tensor of shape
+``(P, *primal.shape)``, or ``None`` for a zero tangent. A call with tangents
+and ``grad=False`` returns the outputs' tangents, shape ``(P, *output.shape)``
+(a Jacobian-vector product per direction): ``torch.func.jvp``, batched over the
+directions with ``torch.func.vmap`` when the call writes no buffer. A call that
+writes buffers (training mode with BatchNorm) uses forward-mode dual tensors
+(``torch.autograd.forward_ad``) one direction at a time instead, since
+torch.func refuses in-place updates of captured tensors (NOTE [plain autograd,
+not torch.func] in :mod:`torchbridge.bridged`); vmap falls back to the same
+loop for an operator without a batching rule.
+
+With ``grad=True`` as well, the pullback is a :class:`SecondOrderPullback`:
+given the cotangents and *their* tangents it returns the gradients and the
+gradients' tangents, the derivative of the vector-Jacobian product along the
+directions (forward over reverse; a Hessian-vector product when the output is
+a scalar loss). It recomputes the forward under dual tensors, one direction at
+a time, and ``torch.autograd.grad`` propagates the tangents through the
+backward pass.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from .bridged import BridgedModel, Pullback, _leaves, _per_input
+from .errors import (
+    CotangentError,
+    DeviceMismatchError,
+    DTypeMismatchError,
+    ParameterMismatchError,
+    PullbackReleasedError,
+)
+from .exchange import describe_array, julia_shape, to_torch
+from .memory import LEDGER
+from .outputs import OutputStructure, flatten_outputs
+
+__all__ = [
+    "FunctionalModel",
+    "FunctionalPullback",
+    "FunctionalResult",
+    "SecondOrderPullback",
+]
+
+
+class FunctionalResult(NamedTuple):
+    """What :meth:`FunctionalModel.apply` returns.
+
+    Attributes:
+        outputs: the outputs, flattened (``model.output_structure`` names them).
+        buffers: the new state, one tensor per buffer in ``buffer_names``
+            order; ``None`` in evaluation mode.
+        pullback: a :class:`FunctionalPullback` (``grad=True``), a
+            :class:`SecondOrderPullback` (``grad=True`` with tangents), or ``None``.
+        tangents: the outputs' tangents, each ``(P, *output.shape)``, when the
+            call had tangents; else ``None``.
+    """
+
+    outputs: tuple[torch.Tensor, ...]
+    buffers: tuple[torch.Tensor | None, ...] | None
+    pullback: Any
+    tangents: tuple[torch.Tensor, ...] | None
+
+
+class FunctionalModel(BridgedModel):
+    """FunctionalModel: a torch module called on parameters and buffers given per call.
+
+    ``param_names``/``params`` and ``buffer_names``/``buffers`` are the
+    module's own trainable parameters and buffers (detached aliases): the
+    initial values a caller copies, and what a call must match. Nothing is
+    shared with the caller; ``grads`` is empty. Calling :meth:`forward` runs
+    the module on its own parameters, as for any bridged model.
+    """
+
+    _shares_gradients = False
+
+    def __init__(self, module: torch.nn.Module, *, input_shapes=None):
+        super().__init__(module, input_shapes=input_shapes, distributed=False)
+        self._param_specs = tuple((p.shape, p.dtype, p.device) for p in self.params)
+        self._buffer_specs = tuple((b.shape, b.dtype, b.device) for b in self.buffers)
+        self._stateful = False  # see twin()
+
+    @classmethod
+    def twin(cls, model: BridgedModel) -> FunctionalModel:
+        """twin(model) -> FunctionalModel: functional calls of a stateful model's module.
+
+        For forward mode and second order on a :class:`BridgedModel`: the
+        twin shares the model's module and lock, is made once per model and
+        counts as part of it in the ledger. Called with ``params=None`` and
+        ``buffers=None`` it runs on the module's own tensors and, in training
+        mode, updates the module's buffers in place as the model's own
+        forward does.
+        """
+        model._check_open("twin")
+        found = getattr(model, "_functional_twin", None)
+        if found is not None:
+            return found
+        twin = cls(model.module, input_shapes=model._input_shapes)
+        LEDGER.remove_model(twin)  # counted as the model it belongs to
+        twin.lock = model.lock
+        twin._stateful = True
+        model._functional_twin = twin
+        return twin
+
+    def __repr__(self) -> str:
+        return "Functional" + super().__repr__()
+
+    # -- the call ------------------------------------------------------------
+    def apply(
+        self,
+        params: Sequence[Any],
+        buffers: Sequence[Any] | None,
+        *inputs: Any,
+        grad: bool = True,
+        training: bool | None = None,
+        input_grads: bool | Sequence[bool] | Mapping[str | int, bool] = True,
+        tangents: tuple[Sequence[Any] | None, Sequence[Any] | None] | None = None,
+        **kw_inputs: Any,
+    ) -> FunctionalResult:
+        """apply(params, buffers, *inputs, grad=True, training=None, input_grads=True,
+        tangents=None, **kw_inputs) -> FunctionalResult
+
+        Run the module on ``params`` (one array per trainable parameter, in
+        ``param_names`` order; ``None`` for the module's own) and ``buffers``
+        (one per buffer, in ``buffer_names`` order; ``None`` for the module's
+        own), as NOTE
+        [functional calls] says. ``tangents`` is ``(param_tangents,
+        input_tangents)``: per parameter and per input (positional, then
+        keyword), a ``(P, *shape)`` array or ``None`` (NOTE [forward mode and
+        second order]); either sequence may be ``None`` for all zeros.
+
+        Raises:
+            ParameterMismatchError: a parameter, buffer or tangent does not fit
+                the module's (count, shape), or ``tangents`` disagree on ``P``.
+            DTypeMismatchError, DeviceMismatchError: a parameter or buffer has
+                another element type or device than the module's.
+            and every error of :meth:`BridgedModel.forward` for the inputs.
+        """
+        self._check_open("apply")
+        values, names = self.checked_inputs(*inputs, **kw_inputs)
+        del kw_inputs
+        npos = len(inputs)
+        if params is None:
+            param_views = list(self.params)
+        else:
+            param_views = self._views("parameter", self.param_names, self._param_specs, params)
+        writes = self._writes(training)
+        in_place = False
+        if buffers is None:
+            buffer_views = list(self.buffers)
+            # a twin's own buffers are updated in place, as its model's forward does
+            in_place = self._stateful
+        else:
+            buffer_views = self._views("buffer", self.buffer_names, self._buffer_specs, buffers)
+        copies = writes and not in_place  # run on copies, returned as the new state
+        if tangents is not None:
+            directions = self._tangents(param_views, values, tangents)
+            if directions is not None:
+                return self._apply_with_tangents(
+                    param_views,
+                    buffer_views,
+                    values,
+                    npos,
+                    names,
+                    training,
+                    writes,
+                    copies,
+                    grad,
+                    input_grads,
+                    directions,
+                )
+        state = _clones(buffer_views) if copies else buffer_views
+        if not grad:
+            with self.lock, torch.no_grad():
+                self._set_mode(training)
+                out = self._run(values, npos, names, self._call(param_views, state))
+            flat, structure = flatten_outputs(out)
+            self.output_structure = structure
+            return FunctionalResult(tuple(flat), _written(state, copies), None, None)
+        param_leaves = [p.detach().requires_grad_(True) for p in param_views]
+        leaves = _leaves(values, _per_input(input_grads, npos, names))
+        del values
+        with self.lock, torch.enable_grad():
+            self._set_mode(training)
+            out = self._run(leaves, npos, names, self._call(param_leaves, state))
+        flat, structure = flatten_outputs(out)
+        del out
+        self.output_structure = structure
+        pullback = FunctionalPullback(
+            self, param_leaves, leaves, flat, structure, (*range(npos), *names)
+        )
+        return FunctionalResult(
+            tuple(o.detach() for o in flat), _written(state, copies), pullback, None
+        )
+
+    # -- helpers -------------------------------------------------------------
+    def _call(self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor]):
+        tensors = dict(zip(self.param_names, params))
+        tensors.update(zip(self.buffer_names, buffers))
+        module = self.module
+
+        def call(*args, **kwargs):
+            return torch.func.functional_call(module, tensors, args, kwargs, tie_weights=True)
+
+        return call
+
+    def _set_mode(self, training: bool | None) -> None:
+        if training is not None and self.module.training != training:
+            self.module.train(training)
+
+    def _writes(self, training: bool | None) -> bool:
+        # whether a call may update buffers in place: training mode, with buffers
+        mode = self.module.training if training is None else training
+        return bool(mode and self.buffers)
+
+    def _views(
+        self, kind: str, names: tuple[str, ...], specs: tuple, values: Sequence[Any]
+    ) -> list[torch.Tensor]:
+        if len(values) != len(names):
+            raise ParameterMismatchError(
+                f"apply: the module has {len(names)} {kind}(s) ({_some(names)}), got "
+                f"{len(values)}. Pass one array per {kind}, in the order of "
+                f"{kind.replace('parameter', 'param')}_names."
+            )
+        return [_fit(kind, name, to_torch(v), spec) for name, v, spec in zip(names, values, specs)]
+
+    def _tangents(self, params: list, values: list, tangents) -> tuple | None:
+        # The tangents as (param_tangents, input_tangents, P), views of the
+        # caller's arrays, or None when every one of them is zero.
+        ptan, itan = tangents
+        ptan = [None] * len(params) if ptan is None else list(ptan)
+        itan = [None] * len(values) if itan is None else list(itan)
+        if len(ptan) != len(params) or len(itan) != len(values):
+            raise ParameterMismatchError(
+                f"apply: tangents has {len(ptan)} parameter and {len(itan)} input entries for "
+                f"{len(params)} parameters and {len(values)} inputs; pass None for a zero tangent."
+            )
+        count = set()
+        out = []
+        for kind, names, primals, ts in (
+            ("parameter", self.param_names, params, ptan),
+            ("input", [str(i) for i in range(len(values))], values, itan),
+        ):
+            views = []
+            for name, p, t in zip(names, primals, ts):
+                if t is None:
+                    views.append(None)
+                    continue
+                if not isinstance(p, torch.Tensor) or not (p.is_floating_point() or p.is_complex()):
+                    raise ParameterMismatchError(
+                        f"apply: {kind} {name} is not a floating-point array and has no "
+                        "tangent; pass None for it."
+                    )
+                t = to_torch(t)
+                if t.dim() != p.dim() + 1 or t.shape[1:] != p.shape:
+                    raise ParameterMismatchError(
+                        f"apply: the tangent of {kind} {name} has torch shape {tuple(t.shape)}; "
+                        f"it must be (P, *{tuple(p.shape)}): P directions of the {kind}'s shape "
+                        f"(Julia size ({', '.join(map(str, julia_shape(p.shape)))}, P))."
+                    )
+                if t.dtype != p.dtype or t.device != p.device:
+                    raise ParameterMismatchError(
+                        f"apply: the tangent of {kind} {name} is a {describe_array(t)}; it must "
+                        f"have the {kind}'s element type and device ({p.dtype}, {p.device})."
+                    )
+                count.add(t.shape[0])
+                views.append(t)
+            out.append(views)
+        if not count:
+            return None
+        if len(count) > 1:
+            raise ParameterMismatchError(
+                f"apply: the tangents carry different numbers of directions {sorted(count)}; "
+                "every tangent has the same leading size P."
+            )
+        return out[0], out[1], count.pop()
+
+    def _apply_with_tangents(
+        self,
+        params,
+        buffers,
+        values,
+        npos,
+        names,
+        training,
+        writes,
+        copies,
+        grad,
+        input_grads,
+        directions,
+    ) -> FunctionalResult:
+        ptan, itan, ndir = directions
+        wants = _per_input(input_grads, npos, names) if grad else None
+        with self.lock:
+            self._set_mode(training)
+            state = _clones(buffers) if copies else buffers
+            outputs, tangents, structure = _jvp(
+                self, params, state, values, npos, names, ptan, itan, ndir, writes
+            )
+        self.output_structure = structure
+        pullback = None
+        if grad:
+            pullback = SecondOrderPullback(
+                self,
+                params,
+                buffers,
+                values,
+                npos,
+                names,
+                wants,
+                ptan,
+                itan,
+                ndir,
+                structure,
+                outputs,
+                training,
+                writes,
+            )
+        return FunctionalResult(outputs, _written(state, copies), pullback, tangents)
+
+
+# -- forward mode ---------------------------------------------------------------
+
+
+def _jvp(model, params, state, values, npos, names, ptan, itan, ndir, writes):
+    """The outputs and their tangents ``(P, *shape)`` for ``ndir`` directions."""
+    pidx = [i for i, t in enumerate(ptan) if t is not None]
+    iidx = [i for i, t in enumerate(itan) if t is not None]
+    structures: list[OutputStructure] = []
+
+    def f(pt, it):
+        ps = list(params)
+        for i, p in zip(pidx, pt):
+            ps[i] = p
+        vs = list(values)
+        for i, v in zip(iidx, it):
+            vs[i] = v
+        flat, structure = flatten_outputs(model._run(vs, npos, names, model._call(ps, st)))
+        structures[:] = [structure]
+        return tuple(flat)
+
+    primals = (tuple(params[i] for i in pidx), tuple(values[i] for i in iidx))
+
+    def direction(k):
+        return (tuple(ptan[i][k] for i in pidx), tuple(itan[i][k] for i in iidx))
+
+    st = state
+    if not writes:
+        try:
+            with torch.no_grad():
+                if ndir == 1:
+                    outputs, tangents = torch.func.jvp(f, primals, direction(0))
+                    return outputs, tuple(t.unsqueeze(0) for t in tangents), structures[0]
+                batched = (
+                    tuple(ptan[i] for i in pidx),
+                    tuple(itan[i] for i in iidx),
+                )
+                outputs, tangents = torch.func.vmap(
+                    lambda a, b: torch.func.jvp(f, primals, (a, b)),
+                    in_dims=(0, 0),
+                    out_dims=(None, 0),
+                )(*batched)
+                return outputs, tangents, structures[0]
+        except Exception as exc:
+            traceback.clear_frames(exc.__traceback__)
+            if ndir == 1 or not _no_batching_rule(exc):
+                raise
+    # one direction at a time under dual tensors: writes buffers, or no batching rule
+    outputs = None
+    per_direction = []
+    original = state
+    for k in range(ndir):
+        # the first direction's run updates the returned state; later ones run on copies
+        st = original if k == 0 else _clones(original)
+        pt, it = direction(k)
+        with fwAD.dual_level(), torch.no_grad():
+            duals = (
+                tuple(fwAD.make_dual(p, t) for p, t in zip(primals[0], pt)),
+                tuple(fwAD.make_dual(v, t) for v, t in zip(primals[1], it)),
+            )
+            flat = f(*duals)
+            unpacked = [fwAD.unpack_dual(o) for o in flat]
+            if outputs is None:
+                outputs = tuple(u.primal.clone() for u in unpacked)
+            per_direction.append(
+                tuple(
+                    torch.zeros_like(o) if u.tangent is None else u.tangent.clone()
+                    for o, u in zip(outputs, unpacked)
+                )
+            )
+    tangents = tuple(torch.stack(ts) for ts in zip(*per_direction))
+    return outputs, tangents, structures[0]
+
+
+def _no_batching_rule(exc: BaseException) -> bool:
+    text = str(exc)
+    return "vmap" in text or "batching rule" in text or "Batching rule" in text
+
+
+# -- pullbacks ----------------------------------------------------------------
+
+
+class FunctionalPullback(Pullback):
+    """FunctionalPullback: the reverse pass of one functional call.
+
+    ``pullback(*cotangents) -> (param_grads, input_grads)``: new tensors, one
+    per parameter (``param_names`` order) and one per input, ``None`` where no
+    output reached it or the input is not differentiated. Nothing is written
+    into the module. One-shot, released, scoped and counted like every
+    :class:`~torchbridge.Pullback`.
+    """
+
+    __slots__ = ("_params",)
+
+    def __init__(self, model, params: list, inputs: list, outputs: list, structure, names=()):
+        self._params = params
+        super().__init__(model, inputs, outputs, structure, names)
+
+    def held_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (*self._params, *super().held_tensors())
+
+    def _backward(self, pairs, accumulate: bool, *, retain: bool):
+        if accumulate:
+            raise TypeError(
+                "pullback: a functional pullback returns new gradients and has no buffers to "
+                "accumulate into; add the results instead of passing accumulate=True."
+            )
+        params = self._params
+        inputs = self._inputs
+        diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        leaves = [*params, *diff]
+        grads: Sequence[torch.Tensor | None] = (None,) * len(leaves)
+        if pairs and leaves:
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs],
+                leaves,
+                [c for _, c in pairs],
+                retain_graph=retain,
+                allow_unused=True,
+            )
+        param_grads = tuple(grads[: len(params)])
+        found = iter(grads[len(params) :])
+        input_grads = tuple(
+            next(found) if isinstance(t, torch.Tensor) and t.requires_grad else None for t in inputs
+        )
+        return param_grads, input_grads
+
+    def _free(self, state: str, *, by_gc: bool = False) -> None:
+        self._params = []
+        super()._free(state, by_gc=by_gc)
+
+
+class SecondOrderPullback:
+    """SecondOrderPullback: the reverse pass of a functional call with tangents.
+
+    ``pullback(cotangents, cotangent_tangents=None) -> (param_grads,
+    input_grads, param_grad_tangents, input_grad_tangents)``: the gradients as
+    a :class:`FunctionalPullback` gives them, and their tangents ``(P,
+    *shape)`` along the call's directions and the cotangents' own tangents
+    (one ``(P, *output.shape)`` array or ``None`` per output), NOTE [forward
+    mode and second order]. It holds the call's inputs, parameters and
+    tangents, not a graph: the forward runs again inside the call. One-shot
+    unless created in a reusable scope; counted by the ledger.
+    """
+
+    def __init__(
+        self,
+        model,
+        params,
+        buffers,
+        values,
+        npos,
+        names,
+        wants,
+        ptan,
+        itan,
+        ndir,
+        structure,
+        outputs,
+        training,
+        writes,
+    ):
+        self._model = model
+        self._params = list(params)
+        self._buffers = list(buffers)
+        self._values = list(values)
+        self._npos, self._names, self._wants = npos, names, wants
+        self._ptan, self._itan, self._ndir = list(ptan), list(itan), ndir
+        self.output_structure = structure
+        self._outputs = list(outputs)
+        self._training, self._writes = training, writes
+        self._state = "live"
+        self.reusable: bool = LEDGER.add_pullback(self)
+
+    @property
+    def model(self) -> FunctionalModel:
+        return self._model
+
+    @property
+    def live(self) -> bool:
+        return self._state == "live"
+
+    def held_tensors(self) -> tuple[torch.Tensor, ...]:
+        held = [*self._params, *self._buffers, *self._outputs]
+        held += [t for t in (*self._values, *self._ptan, *self._itan) if t is not None]
+        return tuple(t for t in held if isinstance(t, torch.Tensor))
+
+    def __call__(self, cotangents: Sequence[Any], cotangent_tangents: Sequence[Any] | None = None):
+        with self._model.lock:
+            self._check_live()
+            try:
+                return self._compute(cotangents, cotangent_tangents)
+            finally:
+                if not self.reusable:
+                    self._free("called")
+
+    def _compute(self, cotangents, cotangent_tangents):
+        outputs = self._outputs
+        cots = list(cotangents)
+        ctans = [None] * len(outputs) if cotangent_tangents is None else list(cotangent_tangents)
+        if len(cots) != len(outputs) or len(ctans) != len(outputs):
+            raise CotangentError(
+                f"pullback: expected {len(outputs)} cotangent(s) and as many cotangent tangents, "
+                f"one per output ({self.output_structure}), got {len(cots)} and {len(ctans)}."
+            )
+        from .bridged import _check_cotangent
+
+        cots = [
+            None if c is None else _check_cotangent(i, o, c)
+            for i, (o, c) in enumerate(zip(outputs, cots))
+        ]
+        ctans = [
+            None if t is None else _check_tangent(i, o, to_torch(t), self._ndir)
+            for i, (o, t) in enumerate(zip(outputs, ctans))
+        ]
+        model, npos, names = self._model, self._npos, self._names
+        params, values = self._params, self._values
+        wanted = [
+            i
+            for i, v in enumerate(values)
+            if self._wants[i] and isinstance(v, torch.Tensor) and _differentiable(v)
+        ]
+        primal_grads = None
+        tangent_grads: list[list] = []
+        for k in range(self._ndir):
+            state = _clones(self._buffers) if self._writes else self._buffers
+            with fwAD.dual_level(), torch.enable_grad():
+                pl = [
+                    _dual_leaf(p, None if t is None else t[k]) for p, t in zip(params, self._ptan)
+                ]
+                vs = list(values)
+                for i in wanted:
+                    t = self._itan[i]
+                    vs[i] = _dual_leaf(values[i], None if t is None else t[k])
+                model._set_mode(self._training)
+                flat, _ = flatten_outputs(model._run(vs, npos, names, model._call(pl, state)))
+                pairs = [
+                    (o, c if t is None else fwAD.make_dual(c, t[k]))
+                    for o, c, t in zip(flat, cots, ctans)
+                    if c is not None and o.requires_grad
+                ]
+                leaves = [*pl, *(vs[i] for i in wanted)]
+                grads = (None,) * len(leaves)
+                if pairs:
+                    grads = torch.autograd.grad(
+                        [o for o, _ in pairs], leaves, [c for _, c in pairs], allow_unused=True
+                    )
+                unpacked = [None if g is None else fwAD.unpack_dual(g) for g in grads]
+                if primal_grads is None:
+                    primal_grads = [None if u is None else u.primal.detach() for u in unpacked]
+                tangent_grads.append(
+                    [
+                        None if u is None or u.tangent is None else u.tangent.detach().clone()
+                        for u in unpacked
+                    ]
+                )
+        assert primal_grads is not None
+        stacked = []
+        for j, g in enumerate(primal_grads):
+            per = [ts[j] for ts in tangent_grads]
+            if g is None and all(t is None for t in per):
+                stacked.append(None)
+                continue
+            ref = g if g is not None else next(t for t in per if t is not None)
+            stacked.append(torch.stack([torch.zeros_like(ref) if t is None else t for t in per]))
+        np_ = len(params)
+        input_grads: list = [None] * len(values)
+        input_tangents: list = [None] * len(values)
+        for slot, i in enumerate(wanted):
+            input_grads[i] = primal_grads[np_ + slot]
+            input_tangents[i] = stacked[np_ + slot]
+        return (
+            tuple(primal_grads[:np_]),
+            tuple(input_grads),
+            tuple(stacked[:np_]),
+            tuple(input_tangents),
+        )
+
+    def release(self) -> bool:
+        """release() -> bool: drop what the pullback holds; idempotent."""
+        with self._model.lock:
+            if self._state != "live":
+                return False
+            self._free("released")
+            return True
+
+    def _free(self, state: str, *, by_gc: bool = False) -> None:
+        self._state = state
+        self._params = self._buffers = self._values = self._outputs = []
+        self._ptan = self._itan = []
+        LEDGER.remove_pullback(self, by_gc=by_gc)
+
+    def _check_live(self) -> None:
+        if self._state != "live":
+            raise PullbackReleasedError(
+                f"pullback: this second-order pullback was {self._state}; run the model again "
+                "for another one, or create it inside a reusable scope to call it several times."
+            )
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "live":
+            self._free("released", by_gc=True)
+
+    def __repr__(self) -> str:
+        return f"SecondOrderPullback({self._state}, {self._ndir} direction(s))"
+
+
+# -- small helpers ------------------------------------------------------------
+
+
+def _fit(kind: str, name: str, t: torch.Tensor, spec) -> torch.Tensor:
+    shape, dtype, device = spec
+    if t.shape != shape:
+        if t.numel() == 1 and len(shape) == 0:
+            t = t.reshape(())  # the one-element form a 0-dim parameter crosses in
+        else:
+            raise ParameterMismatchError(
+                f"apply: {kind} {name!r} is a {describe_array(t)} (Julia size "
+                f"{julia_shape(t.shape)}), but the module's has torch shape {tuple(shape)} "
+                f"(Julia size {julia_shape(shape)}). Pass the arrays the model's initial "
+                f"{kind}s have, in order."
+            )
+    if t.dtype != dtype:
+        raise DTypeMismatchError(
+            f"apply: {kind} {name!r} is a {describe_array(t)}, but the module's is {dtype}. "
+            "Convert the array, or the module before wrapping it."
+        )
+    if t.device != device:
+        raise DeviceMismatchError(
+            f"apply: {kind} {name!r} is on {t.device}, but the module is on {device}; pass "
+            "arrays on the module's device."
+        )
+    return t
+
+
+def _check_tangent(i: int, out: torch.Tensor, t: torch.Tensor, ndir: int) -> torch.Tensor:
+    if t.shape != (ndir, *out.shape) or t.dtype != out.dtype or t.device != out.device:
+        raise CotangentError(
+            f"pullback: the tangent of cotangent {i} is a {describe_array(t)}; it must be "
+            f"({ndir}, *{tuple(out.shape)}) of {out.dtype} on {out.device}, one per direction."
+        )
+    return t
+
+
+def _differentiable(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _dual_leaf(p: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
+    leaf = p.detach().requires_grad_(True)
+    return leaf if tangent is None else fwAD.make_dual(leaf, tangent)
+
+
+def _clones(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.clone() for t in tensors]
+
+
+def _written(state: Sequence[torch.Tensor], writes: bool) -> tuple | None:
+    # Every buffer of a training call, which ran on copies: kernels such as
+    # batch norm's update running statistics without moving a version counter,
+    # so which copies changed cannot be told cheaply. Nothing in evaluation mode.
+    return tuple(state) if writes else None
+
+
+def _some(names: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (", ..." if len(names) > n else "")
