@@ -36,10 +36,11 @@ export models, search_models, model_info, load_model
 export export_onnx
 export tokenize, decode, generate
 export TorchOptimiser, TorchTrainer, train_step!, fit_torch!
+export TorchLayer
 
 @static if VERSION >= v"1.11.0-DEV.469"
     eval(Meta.parse(
-        "public scope, optimiser_spec, loss_name, schedule_spec, parameter_names, trainmode!, testmode!, init_distributed, destroy_distributed, shard",
+        "public scope, FunctionalModel, functional_call, nest, flatten, initial_parameters, initial_buffers, optimiser_spec, loss_name, schedule_spec, parameter_names, trainmode!, testmode!, init_distributed, destroy_distributed, shard",
     ))
 end
 
@@ -47,6 +48,7 @@ include("python.jl")
 include("tensors.jl")
 include("models.jl")
 include("rrules.jl")
+include("functional.jl")
 include("memory.jl")
 include("registry.jl")
 include("training.jl")

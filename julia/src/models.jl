@@ -122,6 +122,9 @@ end
 ##  Calling the model  ##
 
 function (m::TorchModel)(xs::AbstractArray...; kw...)
+    # arrays of duals (ForwardDiff) run through torch's forward mode
+    _dual_template((xs..., values(kw)...)) === nothing ||
+        return first(functional_call(_twin(m), nothing, nothing, nothing, xs, values(kw)))
     ys, _ = _forward(m, xs, false; kw...)
     return _select(m, ys)
 end
@@ -187,8 +190,10 @@ function _outputs(ys, names)
 end
 
 # The names of the last forward's outputs, or nothing when they have none.
-function _output_names(@nospecialize(m::TorchModel))
-    structure = m.py.output_structure
+_output_names(@nospecialize(m::TorchModel)) = _output_names(m.py)
+
+function _output_names(model::Py)
+    structure = model.output_structure
     try
         named = pyconvert(Bool, structure.named)
         return named ? pyconvert(Vector{String}, structure.names) : nothing

@@ -48,6 +48,8 @@ end
 # and a pullback giving the model's tangent and one tangent per input,
 # positional ones first (see NOTE [one forward, one pullback]).
 function _bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
+    _dual_template((xs..., values(kw)...)) === nothing ||
+        return _dual_bridge_rrule(m, xs, kw)
     reusable = _in_reusable_scope()
     ys, pullback = _forward(m, xs, true; kw...)
     inputs = (xs..., values(kw)...)
@@ -175,4 +177,19 @@ function _cotangent(y::AbstractArray, dy)
     dy isa Union{Nothing, AbstractZero} && return nothing
     dy isa typeof(y) && return dy
     return copyto!(similar(y), dy)
+end
+
+# Inputs of duals (ForwardDiff over an AD that reads this rrule: a Hessian-vector
+# product, `SecondOrder(AutoForwardDiff(), AutoZygote())`): the model's twin
+# runs torch's forward mode, and its pullback forward over reverse (NOTE
+# [functional calls from Julia]). The model's tangent holds the parameters'
+# gradients, duals too; the gradient buffers `m.grads` are not written.
+function _dual_bridge_rrule(@nospecialize(m::TorchModel), xs::Tuple, kw::NamedTuple)
+    y, _, back = _functional_rrule(_twin(m), nothing, nothing, nothing, xs, kw)
+    function dual_pullback(Δ)
+        dparams, dinputs = back(Δ)
+        P = typeof(m.params)
+        return Tangent{typeof(m)}(; params = Tangent{P}(dparams...)), dinputs
+    end
+    return y, dual_pullback
 end

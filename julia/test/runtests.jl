@@ -899,6 +899,10 @@ end
         end
     end
 
+    @testset "Lux, DifferentiationInterface, forward mode, second order" begin
+        include("functional.jl")
+    end
+
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
         found = ext === nothing ? nothing : ext.model_registry()
