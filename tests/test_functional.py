@@ -270,7 +270,11 @@ def test_twin_of_a_bridged_model_updates_its_own_state(baseline):
     for a, b in zip(module.buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, **TIGHT)
     assert torchbridge.memory.stats().open_models == baseline.open_models + 1
-    bm.close()
+    live = twin.apply(None, None, x, tangents=(None, [xt])).pullback
+    bm.close()  # closes the twin too: its pullbacks are released
+    assert not live.live
+    with pytest.raises(torchbridge.ModelClosedError):
+        twin.apply(None, None, x)
 
 
 def test_packed_duals_cross_as_julia_sends_them(baseline):

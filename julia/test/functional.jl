@@ -390,3 +390,18 @@ end
     i = findfirst(==("classifier.weight"), names)
     @test leaves[i] ≈ jl(leafs[i].grad)
 end
+
+@testset "examples/lux_finetune.jl runs offline" begin
+    dir = mktempdir()
+    weights = joinpath(dir, "resnet10t.safetensors")
+    pyimport("safetensors.torch").save_file(
+        pyimport("timm").create_model("resnet10t").state_dict(),
+        weights,
+    )
+    example = joinpath(@__DIR__, "..", "..", "examples", "lux_finetune.jl")
+    baseline = memory_stats()
+    withenv("MODEL" => "timm/resnet10t", "WEIGHTS" => weights, "STEPS" => "3") do
+        Base.include(Module(:LuxFinetuneExample), example)
+    end
+    @test memory_stats().live_pullbacks == baseline.live_pullbacks
+end

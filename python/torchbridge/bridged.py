@@ -275,9 +275,12 @@ class BridgedModel:
         with self.lock:
             if self._closed:
                 return
+            twin = getattr(self, "_functional_twin", None)  # torchbridge.functional
             for pullback in LEDGER.live_pullbacks():
-                if pullback.model is self:
+                if pullback.model is self or (twin is not None and pullback.model is twin):
                     pullback.release()
+            if twin is not None:
+                twin._closed = True
             for p, g in zip(self._parameters, self.grads):
                 if p.grad is g:
                     p.grad = None
