@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export TORCHBRIDGE_OFFLINE ?= 1
 export PYTHON_JULIAPKG_OFFLINE ?= yes
 
-.PHONY: setup demo test test-python lint-python lint-julia format-julia test-julia bench bench-julia notebook clean
+.PHONY: setup demo test test-python lint-python lint-julia format-julia test-julia bench bench-julia bench-check notebook clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ bench-julia: setup
 
 bench: setup
 	$(PY) benchmarks/run.py --json benchmarks/results.json
+
+# The last figures against benchmarks/baseline.json (the previous ones): one
+# line per figure that got worse by more than its noise; `--update` resets it.
+bench-check: setup
+	$(PY) benchmarks/check.py
 
 notebook: setup
 	$(VENV)/bin/jupytext --sync examples/mixed_notebook.ipynb
