@@ -1,4 +1,6 @@
-"""The hf source: tiny random BERT, GPT-2 and ViT laid out as a Hugging Face cache.
+"""The hf source: tiny random BERT, GPT-2 and ViT laid out as a Hugging Face cache,
+and one tiny model per architecture of tests/hf_models.py's TINY_CONFIGS in
+``save_pretrained`` folders.
 
 Nothing is downloaded: tests/hf_models.py builds each model from a config and
 writes its tokenizer's vocabulary.
@@ -11,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ import torch
 pytest.importorskip("transformers")
 
 import torchbridge  # noqa: E402
-from hf_models import cache_repo, make_bert, tiny_cache  # noqa: E402
+from hf_models import TINY_CONFIGS, cache_repo, make_bert, make_tiny, tiny_cache  # noqa: E402
 from julia_arrays import ArrayValue  # noqa: E402
 from torchbridge import julia_support as jl  # noqa: E402
 from torchbridge import memory  # noqa: E402
@@ -51,6 +54,20 @@ def hf_cache(tmp_path_factory):
         get_registry().refresh()
         yield {"root": root, "hub": root / "hub", "made": made}
     get_registry().refresh()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """One save_pretrained folder per architecture of TINY_CONFIGS, named after it."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {"root": root, "made": {arch: make_tiny(arch, root / arch) for arch in TINY_CONFIGS}}
+
+
+@pytest.fixture
+def tiny(hf_cache, tiny_dir, monkeypatch):
+    """The tiny architectures, listed as hf/<architecture> through TORCHBRIDGE_HF_DIRS."""
+    monkeypatch.setenv("TORCHBRIDGE_HF_DIRS", str(tiny_dir["root"]))
+    return tiny_dir["made"]
 
 
 def same_state(a, b) -> bool:
@@ -505,3 +522,155 @@ class TestTrainSaveExport:
         assert all(i.shape == ("batch", "sequence") and i.dtype == "int64" for i in report.inputs)
         assert report.outputs[0].name == "logits"
         assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff < 1e-4
+
+
+def _encoder_inputs(model, batch: int = 2) -> dict:
+    """What the encoder of a seq2seq model reads: token ids, or Whisper's log-mel features."""
+    config = model.config
+    if getattr(config, "num_mel_bins", None):
+        frames = 2 * config.max_source_positions  # Whisper's two convolutions halve the frames
+        return {"input_features": torch.randn(batch, config.num_mel_bins, frames)}
+    return {"input_ids": torch.randint(3, config.vocab_size, (batch, 6))}
+
+
+class TestTokenChecks:
+    @pytest.mark.parametrize(
+        "arch",
+        [
+            "T5ForConditionalGeneration",
+            "BartForConditionalGeneration",
+            "WhisperForConditionalGeneration",
+        ],
+    )
+    def test_decoder_ids_and_their_mask(self, tiny, arch):
+        """decoder_input_ids are checked against the decoder's vocabulary, and
+        decoder_attention_mask against them, before the model runs."""
+        model = tiny[arch].eval()
+        vocab = model.get_decoder().get_input_embeddings().num_embeddings
+        enc = _encoder_inputs(model)
+        dec = torch.randint(3, vocab, (2, 4))
+        want = model(**enc, decoder_input_ids=dec).logits
+        bm = torchbridge.bridge(model)
+        (logits, *_), _ = bm.forward(grad=False, **enc, decoder_input_ids=dec)
+        torch.testing.assert_close(logits, want)
+        bad = dec.clone()
+        bad[1, 2] = vocab
+        with memory.expect_baseline():
+            with pytest.raises(
+                TokenIdError,
+                match=rf"decoder_input_ids holds the id {vocab}, outside the vocabulary of "
+                rf"{vocab} tokens.*0-based",
+            ):
+                bm.forward(**enc, decoder_input_ids=bad)
+            with pytest.raises(TokenIdError, match="decoder_input_ids holds the id -1"):
+                bm.forward(**enc, decoder_input_ids=dec - dec - 1)
+            with pytest.raises(
+                MaskShapeError,
+                match=r"decoder_attention_mask has torch shape \(2, 3\).*decoder_input_ids has "
+                r"torch shape \(2, 4\)",
+            ):
+                bm.forward(
+                    **enc,
+                    decoder_input_ids=dec,
+                    decoder_attention_mask=torch.ones(2, 3, dtype=torch.int64),
+                )
+            if "input_ids" in enc:  # the encoder's ids keep their own vocabulary and mask
+                with pytest.raises(TokenIdError, match=r"input_ids holds the id -5"):
+                    bm.forward(input_ids=enc["input_ids"] * 0 - 5, decoder_input_ids=dec)
+                with pytest.raises(
+                    MaskShapeError, match=r"attention_mask has torch shape \(2, 5\)"
+                ):
+                    bm.forward(
+                        **enc,
+                        attention_mask=torch.ones(2, 5, dtype=torch.int64),
+                        decoder_input_ids=dec,
+                    )
+        bm.close()
+
+    def test_clip_text_tower(self, tiny):
+        """CLIP's input_ids are checked against its text tower's vocabulary (config.text_config),
+        and its attention_mask against them."""
+        model = tiny["CLIPModel"].eval()
+        with pytest.raises(NotImplementedError):
+            model.get_input_embeddings()  # what hid CLIP's vocabulary before
+        vocab = model.config.text_config.vocab_size
+        ids = torch.randint(0, vocab, (2, 7))
+        pixels = torch.randn(2, 3, 32, 32)
+        want = model(input_ids=ids, pixel_values=pixels).logits_per_image
+        bm = torchbridge.bridge(model)
+        (logits, *_), _ = bm.forward(grad=False, input_ids=ids, pixel_values=pixels)
+        torch.testing.assert_close(logits, want)
+        bad = ids.clone()
+        bad[0, 3] = vocab
+        with memory.expect_baseline():
+            with pytest.raises(TokenIdError, match=rf"outside the vocabulary of {vocab} tokens"):
+                bm.forward(input_ids=bad, pixel_values=pixels)
+            with pytest.raises(MaskShapeError, match=r"attention_mask has torch shape \(2, 6\)"):
+                bm.forward(
+                    input_ids=ids,
+                    pixel_values=pixels,
+                    attention_mask=torch.ones(2, 6, dtype=torch.int64),
+                )
+        bm.close()
+
+    def test_masks_beside_inputs_embeds(self, hf_cache):
+        """Without ids, a mask must have the shape of inputs_embeds less its last dimension."""
+        bm = torchbridge.bridge(torchbridge.load_model("hf/test/tiny-bert", pretrained=True))
+        emb = torch.randn(2, 6, 32)
+        bm.forward(
+            grad=False, inputs_embeds=emb, attention_mask=torch.ones(2, 6, dtype=torch.int64)
+        )
+        with memory.expect_baseline():
+            with pytest.raises(
+                MaskShapeError,
+                match=r"attention_mask has torch shape \(2, 5\).*inputs_embeds has torch shape "
+                r"\(2, 6, 32\)",
+            ):
+                bm.forward(inputs_embeds=emb, attention_mask=torch.ones(2, 5, dtype=torch.int64))
+        bm.close()
+
+    def test_unknown_vocabulary_is_declared_once(self):
+        """A model whose vocabulary nothing names warns once that its ids go unchecked;
+        its masks are still checked, and the warning can be made an error."""
+        from torchbridge.errors import VocabularyUnknownWarning
+        from torchbridge.textinputs import TextInputs
+
+        class NoVocabulary(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = torch.nn.Parameter(torch.randn(10, 3))
+
+            def forward(self, input_ids, attention_mask=None):
+                return self.table[input_ids].sum(-1)
+
+        module = NoVocabulary()
+        with pytest.warns(VocabularyUnknownWarning, match=r"NoVocabulary: .*input_ids.*unchecked"):
+            bm = torchbridge.bridge(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert TextInputs.of(module) is not None  # once per model: no second warning
+        ids = torch.randint(0, 10, (2, 4))
+        with memory.expect_baseline():
+            with pytest.raises(MaskShapeError):
+                bm.forward(ids, attention_mask=torch.ones(2, 3, dtype=torch.int64))
+        bm.close()
+        with memory.expect_baseline(), warnings.catch_warnings():
+            warnings.simplefilter("error", VocabularyUnknownWarning)
+            with pytest.raises(VocabularyUnknownWarning):
+                torchbridge.bridge(NoVocabulary())
+
+    @pytest.mark.cuda
+    def test_decoder_ids_on_cuda_are_refused_before_the_kernel(self, tiny):
+        """On CUDA a bad decoder id is a TokenIdError, not a device-side assert: the
+        context stays usable."""
+        model = make_tiny("T5ForConditionalGeneration").eval().cuda()
+        bm = torchbridge.bridge(model)
+        ids = torch.randint(3, 40, (2, 6), device="cuda")
+        dec = torch.randint(3, 40, (2, 4), device="cuda")
+        with memory.expect_baseline():
+            with pytest.raises(TokenIdError, match="decoder_input_ids holds the id 40"):
+                bm.forward(input_ids=ids, decoder_input_ids=dec * 0 + 40)
+        (logits, *_), _ = bm.forward(grad=False, input_ids=ids, decoder_input_ids=dec)
+        torch.cuda.synchronize()
+        assert logits.shape == (2, 4, 40) and bool(torch.isfinite(logits).all())
+        bm.close()

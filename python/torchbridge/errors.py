@@ -5,7 +5,10 @@ class also derives from the builtin exception a Python user would expect
 (``TypeError`` for a wrong kind of value, ``ValueError`` for a wrong value,
 ``LookupError`` for an unknown name ...), so generic handlers keep working.
 
-Messages say what was wrong, what was expected, and what to do about it.
+Messages say what was wrong, what was expected, and what to do about it. The one
+warning, :class:`VocabularyUnknownWarning`, is a ``TorchBridgeError`` as well, so
+that, made an error with ``warnings.simplefilter("error", ...)``, it is caught
+like the rest.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedArrayError",
     "UnsupportedDTypeError",
+    "VocabularyUnknownWarning",
     "WeightsError",
     "WeightsNotFoundError",
 ]
@@ -95,6 +99,14 @@ class MaskShapeError(InputShapeError):
 
 class TokenIdError(BridgeError, ValueError):
     """Token ids fall outside the model's vocabulary (checked before the embedding runs)."""
+
+
+class VocabularyUnknownWarning(BridgeError, UserWarning):
+    """A warning: a text model's vocabulary is unknown, so its token ids go unchecked.
+
+    Issued once per model. ``warnings.simplefilter("error", VocabularyUnknownWarning)``
+    refuses such models instead, with this class (a ``TorchBridgeError`` too).
+    """
 
 
 class CotangentError(BridgeError, ValueError):
