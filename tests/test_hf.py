@@ -674,3 +674,79 @@ class TestTokenChecks:
         torch.cuda.synchronize()
         assert logits.shape == (2, 4, 40) and bool(torch.isfinite(logits).all())
         bm.close()
+
+
+# the task each architecture is listed with: one whose Auto class builds that very class
+LISTED_TASKS = {
+    "BertModel": "feature-extraction",
+    "BertForMaskedLM": "masked-lm",
+    "BertForTokenClassification": "token-classification",
+    "GPT2DoubleHeadsModel": "unknown",  # in none of transformers' Auto mappings
+    "GPTNeoXForCausalLM": "causal-lm",
+    "T5ForConditionalGeneration": "seq2seq-lm",
+    "BartForConditionalGeneration": "seq2seq-lm",
+    "WhisperForConditionalGeneration": "speech-seq2seq",
+    "HubertForSequenceClassification": "audio-classification",
+    "Wav2Vec2ForCTC": "speech-recognition",
+    "ViTForImageClassification": "image-classification",
+    "SwinForImageClassification": "image-classification",
+    "SegformerForSemanticSegmentation": "semantic-segmentation",
+    "YolosForObjectDetection": "object-detection",
+    "CLIPModel": "zero-shot-image-classification",
+}
+
+
+class TestTasks:
+    @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+    def test_listed_task_loads_the_config_class(self, tiny, arch):
+        """load_model(id, task=model_info(id).task) builds, and loads, the class the config names."""
+        import transformers
+
+        from torchbridge.registry.sources.hf_source import AUTO_CLASSES
+
+        model_id = f"hf/{arch}"
+        entry = torchbridge.model_info(model_id)
+        assert entry.metadata["architecture"] == arch
+        fresh = torchbridge.load_model(model_id, task=entry.task)
+        assert type(fresh).__name__ == arch
+        loaded = torchbridge.load_model(model_id, pretrained=True, task=entry.task)
+        assert type(loaded).__name__ == arch and same_state(loaded, tiny[arch])
+        assert entry.task == LISTED_TASKS[arch]
+        if entry.task != "unknown":  # and the task's Auto class takes the config as it is
+            auto = getattr(transformers, AUTO_CLASSES[entry.task])
+            assert type(auto.from_config(tiny[arch].config)).__name__ == arch
+
+    def test_every_task_is_an_auto_class_of_the_installed_transformers(self):
+        """Each task names an Auto class, and the listing reads that class's own mapping."""
+        import transformers
+
+        from torchbridge.registry.sources import _hf_tasks
+
+        for task, (auto_name, mapping_name) in _hf_tasks.TASKS.items():
+            names = getattr(transformers, auto_name)._model_mapping._model_mapping
+            assert names, task
+            assert _hf_tasks.mapping(mapping_name) == {
+                k: v if isinstance(v, tuple) else (v,) for k, v in names.items()
+            }, task
+        # a class in several mappings is listed with the first task that names it
+        assert _hf_tasks.task_of_architecture("GPT2LMHeadModel", "gpt2") == "causal-lm"
+        assert _hf_tasks.task_of_architecture("BertForPreTraining", "bert") == "pretraining"
+        # a class under another model_type is not what that config's Auto class builds
+        assert _hf_tasks.task_of_architecture("CLIPTextModel", "clip") == "unknown"
+        assert _hf_tasks.task_of_architecture("CLIPTextModel") == "feature-extraction"
+
+    def test_listing_imports_no_transformers(self, tmp_path):
+        """The task table is read from transformers' source: listing imports no transformers."""
+        import subprocess
+        import sys
+
+        make_tiny("HubertForSequenceClassification", tmp_path / "hubert")
+        code = (
+            "import sys, torchbridge\n"
+            "e = torchbridge.model_info('hf/hubert')\n"
+            "assert e.task == 'audio-classification', e.task\n"
+            "assert 'transformers' not in sys.modules\n"
+        )
+        env = {**__import__("os").environ, "TORCHBRIDGE_HF_DIRS": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
