@@ -27,6 +27,7 @@ from julia_arrays import ArrayValue  # noqa: E402
 from torchbridge import julia_support as jl  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.errors import (  # noqa: E402
+    CorruptWeightsError,
     MaskShapeError,
     RemoteCodeError,
     TokenIdError,
@@ -750,3 +751,69 @@ class TestTasks:
         env = {**__import__("os").environ, "TORCHBRIDGE_HF_DIRS": str(tmp_path)}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+# transformers 5 renames these architectures' saved keys when it loads them
+RENAMED_ON_LOAD = [
+    "GPTNeoXForCausalLM",
+    "ViTForImageClassification",
+    "SwinForImageClassification",
+    "SegformerForSemanticSegmentation",
+    "YolosForObjectDetection",
+]
+
+
+class TestWeightsFile:
+    @pytest.mark.parametrize("arch", RENAMED_ON_LOAD)
+    def test_own_checkpoint_loads(self, tiny, arch, tmp_path):
+        """weights= a model's save_pretrained file loads through transformers' own key
+        renaming: every tensor equals the saved model's."""
+        from safetensors.torch import load_file
+
+        saved = make_tiny(arch, tmp_path / "saved", seed=1)
+        file = tmp_path / "saved" / "model.safetensors"
+        own = set(saved.state_dict())
+        assert set(load_file(str(file))) != own  # the file's names are not the module's
+        model = torchbridge.load_model(f"hf/{arch}", weights=file)
+        assert type(model) is type(saved) and same_state(model, saved)
+        assert not same_state(model, tiny[arch])  # the file's weights, not the folder's
+
+    def test_weights_that_do_not_fit(self, tiny, tmp_path):
+        """A file missing a tensor, with a stray one, or of another shape is a
+        CorruptWeightsError naming each, and nothing is left held."""
+        from safetensors.torch import load_file, save_file
+
+        arch = "ViTForImageClassification"
+        make_tiny(arch, tmp_path / "saved", seed=1)
+        state = load_file(str(tmp_path / "saved" / "model.safetensors"))
+        name = next(k for k in state if k.endswith("attention.query.weight"))
+        cases = {
+            "missing": {k: v for k, v in state.items() if k != name},
+            "unexpected": {**state, "extra.weight": torch.zeros(2)},
+            "mismatch": {**state, name: torch.zeros(3, 3)},
+        }
+        with memory.expect_baseline():
+            for what, bad in cases.items():
+                file = tmp_path / f"{what}.safetensors"
+                save_file(bad, str(file))
+                with pytest.raises(CorruptWeightsError, match=what) as err:
+                    torchbridge.load_model(f"hf/{arch}", weights=file)
+                assert str(file) in str(err.value)
+                assert ("extra.weight" if what == "unexpected" else "layers.0") in str(err.value)
+
+    def test_head_size_follows_the_file(self, tiny, tmp_path):
+        """A file with a 5-label head builds a 5-label model; num_labels= a new head on its body."""
+        import transformers
+
+        config = transformers.ViTConfig(
+            **{**TINY_CONFIGS["ViTForImageClassification"][1], "num_labels": 5}
+        )
+        saved = transformers.ViTForImageClassification(config)
+        saved.save_pretrained(tmp_path / "five")
+        file = tmp_path / "five" / "model.safetensors"
+        model = torchbridge.load_model("hf/ViTForImageClassification", weights=file)
+        assert model.config.num_labels == 5 and same_state(model, saved)
+        two = torchbridge.load_model("hf/ViTForImageClassification", weights=file, num_labels=2)
+        assert two.classifier.out_features == 2
+        body = {k: v for k, v in saved.state_dict().items() if not k.startswith("classifier")}
+        assert all(torch.equal(two.state_dict()[k], v) for k, v in body.items())

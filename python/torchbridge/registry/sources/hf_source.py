@@ -26,6 +26,17 @@ Loading (NOTE [hf loading]):
     ``UnknownArchitectureError`` naming it and the version. ``num_labels``
     (or ``num_classes``) follows NOTE [head rule]: the body always loads, a new
     head is logged, and the config's ``num_labels`` follows the head.
+
+NOTE [hf weights files]
+    ``weights=FILE`` is read safely (:func:`~torchbridge.registry.weights.load_state_dict`)
+    and handed to transformers' own ``from_pretrained(None, config=...,
+    state_dict=...)``, so it goes through the same key renaming and weight
+    conversions as the published weights (transformers 5 renames many saved
+    names on load: ViT's ``attention.attention.query`` is ``q_proj``, GPT-NeoX's
+    ``embed_out`` is ``lm_head`` ...): a model's own ``save_pretrained`` file
+    loads, and so does its ``state_dict()``. The load is strict: a tensor the
+    model lacks, one missing (other than a tied weight) or of another shape is
+    a ``CorruptWeightsError`` naming each.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import (
+    CorruptWeightsError,
     RegistryError,
     RemoteCodeError,
     UnknownArchitectureError,
@@ -498,29 +510,52 @@ class HFSource(ModelSource):
         )
 
     def build_holding(self, entry, state, *, source: str, **kwargs: Any):
+        """build_holding(entry, state, *, source, **kwargs) -> PreTrainedModel
+
+        The model with the head size ``state`` holds, loaded from ``state``
+        by transformers' own ``from_pretrained`` (NOTE [hf weights files]).
+        """
+        import torch
+        from transformers import PreTrainedModel
+
         from ..heads import held_classes
-        from ..weights import load_into_model
+        from ..weights import fit_error
 
+        task, trust, overrides = self._split(dict(kwargs))
         held = held_classes(state, self.classifier(entry))
-        model = self.build(entry, num_classes=held if held else None, **kwargs)
-        missing = {k: v for k, v in model.state_dict().items() if k not in state}
-        # tied weights (an LM head sharing the embedding) are not stored twice
-        tied = {k for k in missing if _is_tied(model, k)}
-        full = dict(state)
-        full.update({k: missing[k] for k in tied})
-        load_into_model(model, full, source=source)
+        if held:
+            overrides["num_labels"] = held
+        config = self.config(entry, trust_remote_code=trust, **overrides)
+        cls = self.model_class(entry, config, task)
+        if not issubclass(cls, PreTrainedModel):  # an Auto class: the class it builds here
+            with torch.device("meta"):
+                cls = type(cls.from_config(config, trust_remote_code=trust))
+        try:
+            model, info = cls.from_pretrained(
+                None,
+                config=config,
+                state_dict=dict(state),
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, with everything else
+            )
+        except RuntimeError as exc:  # transformers' conversions refused a tensor
+            raise CorruptWeightsError(
+                f"the weights from {source} do not fit {entry.id}: {str(exc).strip()}"
+            ) from exc
+        err = fit_error(
+            info.get("missing_keys") or (),
+            info.get("unexpected_keys") or (),
+            (
+                f"{key}: file {tuple(have)} vs model {tuple(want)}"
+                for key, have, want in info.get("mismatched_keys") or ()
+            ),
+            source=source,
+            model=entry.id,
+            names=" (named as transformers loads them)",
+        )
+        if err is not None:
+            raise err
         return model
-
-
-def _is_tied(model: Any, key: str) -> bool:
-    tied = getattr(model, "all_tied_weights_keys", None) or getattr(
-        model, "_tied_weights_keys", None
-    )
-    if isinstance(tied, dict):
-        return key in tied
-    if isinstance(tied, (list, tuple)):
-        return any(re.fullmatch(p, key) or p == key for p in tied)
-    return False
 
 
 def check_code(model_id: str, config: dict, trust_remote_code: bool) -> None:
