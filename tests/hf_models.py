@@ -159,3 +159,144 @@ def tiny_cache(hub: Path, work: Path) -> dict:
         cache_repo(hub, repo, folder)
         made[repo] = (model, tok)
     return made
+
+
+# -- one tiny model per architecture ----------------------------------------------
+# Each config is transformers' own with the sizes cut down (hidden <= 32, 1-2
+# layers); token ids are set inside each tiny vocabulary.
+
+
+def _text(**kw) -> dict:
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return {**sizes, "intermediate_size": 64, **kw}
+
+
+def _audio(**kw) -> dict:
+    conv = {"conv_dim": (16, 16), "conv_stride": (5, 4), "conv_kernel": (10, 8)}
+    pos = {"num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+    return {**_text(), **conv, **pos, "vocab_size": 12, "pad_token_id": 0, **kw}
+
+
+def _vit(**kw) -> dict:
+    return {**_text(), "image_size": 32, "patch_size": 8, "num_labels": 3, **kw}
+
+
+def _seq2seq(**kw) -> dict:
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "decoder_start_token_id": 2}
+    return {**ids, **kw}
+
+
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    # architecture -> (its config class, the config's arguments)
+    "BertModel": ("BertConfig", _text(vocab_size=44)),
+    "BertForMaskedLM": ("BertConfig", _text(vocab_size=44)),
+    "BertForTokenClassification": ("BertConfig", _text(vocab_size=44, num_labels=5)),
+    "GPT2DoubleHeadsModel": (
+        "GPT2Config",
+        {
+            "vocab_size": 50,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 2,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+    ),
+    "GPTNeoXForCausalLM": ("GPTNeoXConfig", _text(vocab_size=64, max_position_embeddings=64)),
+    "T5ForConditionalGeneration": (
+        "T5Config",
+        _seq2seq(vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2),
+    ),
+    "BartForConditionalGeneration": (
+        "BartConfig",
+        _seq2seq(
+            vocab_size=48,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+        ),
+    ),
+    "WhisperForConditionalGeneration": (
+        "WhisperConfig",
+        _seq2seq(
+            vocab_size=64,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=8,
+            max_source_positions=16,
+            max_target_positions=32,
+            suppress_tokens=[],
+            begin_suppress_tokens=[],
+        ),
+    ),
+    "HubertForSequenceClassification": ("HubertConfig", _audio(num_labels=3)),
+    "Wav2Vec2ForCTC": ("Wav2Vec2Config", _audio()),
+    "ViTForImageClassification": ("ViTConfig", _vit()),
+    "SwinForImageClassification": (
+        "SwinConfig",
+        {
+            "image_size": 32,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [2, 2],
+            "window_size": 4,
+            "num_labels": 3,
+        },
+    ),
+    "SegformerForSemanticSegmentation": (
+        "SegformerConfig",
+        {
+            "num_encoder_blocks": 2,
+            "depths": [1, 1],
+            "sr_ratios": [2, 1],
+            "hidden_sizes": [16, 32],
+            "patch_sizes": [7, 3],
+            "strides": [4, 2],
+            "num_attention_heads": [1, 2],
+            "mlp_ratios": [2, 2],
+            "decoder_hidden_size": 32,
+            "num_labels": 3,
+        },
+    ),
+    "YolosForObjectDetection": (
+        "YolosConfig",
+        _vit(image_size=[32, 32], num_detection_tokens=5),
+    ),
+    "CLIPModel": (
+        "CLIPConfig",
+        {
+            "text_config": {
+                **_text(vocab_size=50, max_position_embeddings=16),
+                "bos_token_id": 0,
+                "eos_token_id": 1,
+                "pad_token_id": 1,
+            },
+            "vision_config": _vit(num_labels=2),
+            "projection_dim": 16,
+        },
+    ),
+}
+
+
+def make_tiny(architecture: str, folder: Path | None = None, *, seed: int = 0):
+    """The tiny ``architecture`` of TINY_CONFIGS, saved with ``save_pretrained`` in ``folder``."""
+    import transformers
+
+    config_class, kwargs = TINY_CONFIGS[architecture]
+    config = getattr(transformers, config_class)(**kwargs)
+    torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(config)
+    if folder is not None:
+        model.save_pretrained(folder)
+    return model

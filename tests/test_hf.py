@@ -1,4 +1,6 @@
-"""The hf source: tiny random BERT, GPT-2 and ViT laid out as a Hugging Face cache.
+"""The hf source: tiny random BERT, GPT-2 and ViT laid out as a Hugging Face cache,
+and one tiny model per architecture of tests/hf_models.py's TINY_CONFIGS in
+``save_pretrained`` folders.
 
 Nothing is downloaded: tests/hf_models.py builds each model from a config and
 writes its tokenizer's vocabulary.
@@ -11,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -19,11 +22,12 @@ import torch
 pytest.importorskip("transformers")
 
 import torchbridge  # noqa: E402
-from hf_models import cache_repo, make_bert, tiny_cache  # noqa: E402
+from hf_models import TINY_CONFIGS, cache_repo, make_bert, make_tiny, tiny_cache  # noqa: E402
 from julia_arrays import ArrayValue  # noqa: E402
 from torchbridge import julia_support as jl  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.errors import (  # noqa: E402
+    CorruptWeightsError,
     MaskShapeError,
     RemoteCodeError,
     TokenIdError,
@@ -51,6 +55,20 @@ def hf_cache(tmp_path_factory):
         get_registry().refresh()
         yield {"root": root, "hub": root / "hub", "made": made}
     get_registry().refresh()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """One save_pretrained folder per architecture of TINY_CONFIGS, named after it."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {"root": root, "made": {arch: make_tiny(arch, root / arch) for arch in TINY_CONFIGS}}
+
+
+@pytest.fixture
+def tiny(hf_cache, tiny_dir, monkeypatch):
+    """The tiny architectures, listed as hf/<architecture> through TORCHBRIDGE_HF_DIRS."""
+    monkeypatch.setenv("TORCHBRIDGE_HF_DIRS", str(tiny_dir["root"]))
+    return tiny_dir["made"]
 
 
 def same_state(a, b) -> bool:
@@ -505,3 +523,297 @@ class TestTrainSaveExport:
         assert all(i.shape == ("batch", "sequence") and i.dtype == "int64" for i in report.inputs)
         assert report.outputs[0].name == "logits"
         assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff < 1e-4
+
+
+def _encoder_inputs(model, batch: int = 2) -> dict:
+    """What the encoder of a seq2seq model reads: token ids, or Whisper's log-mel features."""
+    config = model.config
+    if getattr(config, "num_mel_bins", None):
+        frames = 2 * config.max_source_positions  # Whisper's two convolutions halve the frames
+        return {"input_features": torch.randn(batch, config.num_mel_bins, frames)}
+    return {"input_ids": torch.randint(3, config.vocab_size, (batch, 6))}
+
+
+class TestTokenChecks:
+    @pytest.mark.parametrize(
+        "arch",
+        [
+            "T5ForConditionalGeneration",
+            "BartForConditionalGeneration",
+            "WhisperForConditionalGeneration",
+        ],
+    )
+    def test_decoder_ids_and_their_mask(self, tiny, arch):
+        """decoder_input_ids are checked against the decoder's vocabulary, and
+        decoder_attention_mask against them, before the model runs."""
+        model = tiny[arch].eval()
+        vocab = model.get_decoder().get_input_embeddings().num_embeddings
+        enc = _encoder_inputs(model)
+        dec = torch.randint(3, vocab, (2, 4))
+        want = model(**enc, decoder_input_ids=dec).logits
+        bm = torchbridge.bridge(model)
+        (logits, *_), _ = bm.forward(grad=False, **enc, decoder_input_ids=dec)
+        torch.testing.assert_close(logits, want)
+        bad = dec.clone()
+        bad[1, 2] = vocab
+        with memory.expect_baseline():
+            with pytest.raises(
+                TokenIdError,
+                match=rf"decoder_input_ids holds the id {vocab}, outside the vocabulary of "
+                rf"{vocab} tokens.*0-based",
+            ):
+                bm.forward(**enc, decoder_input_ids=bad)
+            with pytest.raises(TokenIdError, match="decoder_input_ids holds the id -1"):
+                bm.forward(**enc, decoder_input_ids=dec - dec - 1)
+            with pytest.raises(
+                MaskShapeError,
+                match=r"decoder_attention_mask has torch shape \(2, 3\).*decoder_input_ids has "
+                r"torch shape \(2, 4\)",
+            ):
+                bm.forward(
+                    **enc,
+                    decoder_input_ids=dec,
+                    decoder_attention_mask=torch.ones(2, 3, dtype=torch.int64),
+                )
+            if "input_ids" in enc:  # the encoder's ids keep their own vocabulary and mask
+                with pytest.raises(TokenIdError, match=r"input_ids holds the id -5"):
+                    bm.forward(input_ids=enc["input_ids"] * 0 - 5, decoder_input_ids=dec)
+                with pytest.raises(
+                    MaskShapeError, match=r"attention_mask has torch shape \(2, 5\)"
+                ):
+                    bm.forward(
+                        **enc,
+                        attention_mask=torch.ones(2, 5, dtype=torch.int64),
+                        decoder_input_ids=dec,
+                    )
+        bm.close()
+
+    def test_clip_text_tower(self, tiny):
+        """CLIP's input_ids are checked against its text tower's vocabulary (config.text_config),
+        and its attention_mask against them."""
+        model = tiny["CLIPModel"].eval()
+        with pytest.raises(NotImplementedError):
+            model.get_input_embeddings()  # what hid CLIP's vocabulary before
+        vocab = model.config.text_config.vocab_size
+        ids = torch.randint(0, vocab, (2, 7))
+        pixels = torch.randn(2, 3, 32, 32)
+        want = model(input_ids=ids, pixel_values=pixels).logits_per_image
+        bm = torchbridge.bridge(model)
+        (logits, *_), _ = bm.forward(grad=False, input_ids=ids, pixel_values=pixels)
+        torch.testing.assert_close(logits, want)
+        bad = ids.clone()
+        bad[0, 3] = vocab
+        with memory.expect_baseline():
+            with pytest.raises(TokenIdError, match=rf"outside the vocabulary of {vocab} tokens"):
+                bm.forward(input_ids=bad, pixel_values=pixels)
+            with pytest.raises(MaskShapeError, match=r"attention_mask has torch shape \(2, 6\)"):
+                bm.forward(
+                    input_ids=ids,
+                    pixel_values=pixels,
+                    attention_mask=torch.ones(2, 6, dtype=torch.int64),
+                )
+        bm.close()
+
+    def test_masks_beside_inputs_embeds(self, hf_cache):
+        """Without ids, a mask must have the shape of inputs_embeds less its last dimension."""
+        bm = torchbridge.bridge(torchbridge.load_model("hf/test/tiny-bert", pretrained=True))
+        emb = torch.randn(2, 6, 32)
+        bm.forward(
+            grad=False, inputs_embeds=emb, attention_mask=torch.ones(2, 6, dtype=torch.int64)
+        )
+        with memory.expect_baseline():
+            with pytest.raises(
+                MaskShapeError,
+                match=r"attention_mask has torch shape \(2, 5\).*inputs_embeds has torch shape "
+                r"\(2, 6, 32\)",
+            ):
+                bm.forward(inputs_embeds=emb, attention_mask=torch.ones(2, 5, dtype=torch.int64))
+        bm.close()
+
+    def test_unknown_vocabulary_is_declared_once(self):
+        """A model whose vocabulary nothing names warns once that its ids go unchecked;
+        its masks are still checked, and the warning can be made an error."""
+        from torchbridge.errors import VocabularyUnknownWarning
+        from torchbridge.textinputs import TextInputs
+
+        class NoVocabulary(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = torch.nn.Parameter(torch.randn(10, 3))
+
+            def forward(self, input_ids, attention_mask=None):
+                return self.table[input_ids].sum(-1)
+
+        module = NoVocabulary()
+        with pytest.warns(VocabularyUnknownWarning, match=r"NoVocabulary: .*input_ids.*unchecked"):
+            bm = torchbridge.bridge(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert TextInputs.of(module) is not None  # once per model: no second warning
+        ids = torch.randint(0, 10, (2, 4))
+        with memory.expect_baseline():
+            with pytest.raises(MaskShapeError):
+                bm.forward(ids, attention_mask=torch.ones(2, 3, dtype=torch.int64))
+        bm.close()
+        with memory.expect_baseline(), warnings.catch_warnings():
+            warnings.simplefilter("error", VocabularyUnknownWarning)
+            with pytest.raises(VocabularyUnknownWarning):
+                torchbridge.bridge(NoVocabulary())
+
+    @pytest.mark.cuda
+    def test_decoder_ids_on_cuda_are_refused_before_the_kernel(self, tiny):
+        """On CUDA a bad decoder id is a TokenIdError, not a device-side assert: the
+        context stays usable."""
+        model = make_tiny("T5ForConditionalGeneration").eval().cuda()
+        bm = torchbridge.bridge(model)
+        ids = torch.randint(3, 40, (2, 6), device="cuda")
+        dec = torch.randint(3, 40, (2, 4), device="cuda")
+        with memory.expect_baseline():
+            with pytest.raises(TokenIdError, match="decoder_input_ids holds the id 40"):
+                bm.forward(input_ids=ids, decoder_input_ids=dec * 0 + 40)
+        (logits, *_), _ = bm.forward(grad=False, input_ids=ids, decoder_input_ids=dec)
+        torch.cuda.synchronize()
+        assert logits.shape == (2, 4, 40) and bool(torch.isfinite(logits).all())
+        bm.close()
+
+
+# the task each architecture is listed with: one whose Auto class builds that very class
+LISTED_TASKS = {
+    "BertModel": "feature-extraction",
+    "BertForMaskedLM": "masked-lm",
+    "BertForTokenClassification": "token-classification",
+    "GPT2DoubleHeadsModel": "unknown",  # in none of transformers' Auto mappings
+    "GPTNeoXForCausalLM": "causal-lm",
+    "T5ForConditionalGeneration": "seq2seq-lm",
+    "BartForConditionalGeneration": "seq2seq-lm",
+    "WhisperForConditionalGeneration": "speech-seq2seq",
+    "HubertForSequenceClassification": "audio-classification",
+    "Wav2Vec2ForCTC": "speech-recognition",
+    "ViTForImageClassification": "image-classification",
+    "SwinForImageClassification": "image-classification",
+    "SegformerForSemanticSegmentation": "semantic-segmentation",
+    "YolosForObjectDetection": "object-detection",
+    "CLIPModel": "zero-shot-image-classification",
+}
+
+
+class TestTasks:
+    @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+    def test_listed_task_loads_the_config_class(self, tiny, arch):
+        """load_model(id, task=model_info(id).task) builds, and loads, the class the config names."""
+        import transformers
+
+        from torchbridge.registry.sources.hf_source import AUTO_CLASSES
+
+        model_id = f"hf/{arch}"
+        entry = torchbridge.model_info(model_id)
+        assert entry.metadata["architecture"] == arch
+        fresh = torchbridge.load_model(model_id, task=entry.task)
+        assert type(fresh).__name__ == arch
+        loaded = torchbridge.load_model(model_id, pretrained=True, task=entry.task)
+        assert type(loaded).__name__ == arch and same_state(loaded, tiny[arch])
+        assert entry.task == LISTED_TASKS[arch]
+        if entry.task != "unknown":  # and the task's Auto class takes the config as it is
+            auto = getattr(transformers, AUTO_CLASSES[entry.task])
+            assert type(auto.from_config(tiny[arch].config)).__name__ == arch
+
+    def test_every_task_is_an_auto_class_of_the_installed_transformers(self):
+        """Each task names an Auto class, and the listing reads that class's own mapping."""
+        import transformers
+
+        from torchbridge.registry.sources import _hf_tasks
+
+        for task, (auto_name, mapping_name) in _hf_tasks.TASKS.items():
+            names = getattr(transformers, auto_name)._model_mapping._model_mapping
+            assert names, task
+            assert _hf_tasks.mapping(mapping_name) == {
+                k: v if isinstance(v, tuple) else (v,) for k, v in names.items()
+            }, task
+        # a class in several mappings is listed with the first task that names it
+        assert _hf_tasks.task_of_architecture("GPT2LMHeadModel", "gpt2") == "causal-lm"
+        assert _hf_tasks.task_of_architecture("BertForPreTraining", "bert") == "pretraining"
+        # a class under another model_type is not what that config's Auto class builds
+        assert _hf_tasks.task_of_architecture("CLIPTextModel", "clip") == "unknown"
+        assert _hf_tasks.task_of_architecture("CLIPTextModel") == "feature-extraction"
+
+    def test_listing_imports_no_transformers(self, tmp_path):
+        """The task table is read from transformers' source: listing imports no transformers."""
+        import subprocess
+        import sys
+
+        make_tiny("HubertForSequenceClassification", tmp_path / "hubert")
+        code = (
+            "import sys, torchbridge\n"
+            "e = torchbridge.model_info('hf/hubert')\n"
+            "assert e.task == 'audio-classification', e.task\n"
+            "assert 'transformers' not in sys.modules\n"
+        )
+        env = {**__import__("os").environ, "TORCHBRIDGE_HF_DIRS": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+# transformers 5 renames these architectures' saved keys when it loads them
+RENAMED_ON_LOAD = [
+    "GPTNeoXForCausalLM",
+    "ViTForImageClassification",
+    "SwinForImageClassification",
+    "SegformerForSemanticSegmentation",
+    "YolosForObjectDetection",
+]
+
+
+class TestWeightsFile:
+    @pytest.mark.parametrize("arch", RENAMED_ON_LOAD)
+    def test_own_checkpoint_loads(self, tiny, arch, tmp_path):
+        """weights= a model's save_pretrained file loads through transformers' own key
+        renaming: every tensor equals the saved model's."""
+        from safetensors.torch import load_file
+
+        saved = make_tiny(arch, tmp_path / "saved", seed=1)
+        file = tmp_path / "saved" / "model.safetensors"
+        own = set(saved.state_dict())
+        assert set(load_file(str(file))) != own  # the file's names are not the module's
+        model = torchbridge.load_model(f"hf/{arch}", weights=file)
+        assert type(model) is type(saved) and same_state(model, saved)
+        assert not same_state(model, tiny[arch])  # the file's weights, not the folder's
+
+    def test_weights_that_do_not_fit(self, tiny, tmp_path):
+        """A file missing a tensor, with a stray one, or of another shape is a
+        CorruptWeightsError naming each, and nothing is left held."""
+        from safetensors.torch import load_file, save_file
+
+        arch = "ViTForImageClassification"
+        make_tiny(arch, tmp_path / "saved", seed=1)
+        state = load_file(str(tmp_path / "saved" / "model.safetensors"))
+        name = next(k for k in state if k.endswith("attention.query.weight"))
+        cases = {
+            "missing": {k: v for k, v in state.items() if k != name},
+            "unexpected": {**state, "extra.weight": torch.zeros(2)},
+            "mismatch": {**state, name: torch.zeros(3, 3)},
+        }
+        with memory.expect_baseline():
+            for what, bad in cases.items():
+                file = tmp_path / f"{what}.safetensors"
+                save_file(bad, str(file))
+                with pytest.raises(CorruptWeightsError, match=what) as err:
+                    torchbridge.load_model(f"hf/{arch}", weights=file)
+                assert str(file) in str(err.value)
+                assert ("extra.weight" if what == "unexpected" else "layers.0") in str(err.value)
+
+    def test_head_size_follows_the_file(self, tiny, tmp_path):
+        """A file with a 5-label head builds a 5-label model; num_labels= a new head on its body."""
+        import transformers
+
+        config = transformers.ViTConfig(
+            **{**TINY_CONFIGS["ViTForImageClassification"][1], "num_labels": 5}
+        )
+        saved = transformers.ViTForImageClassification(config)
+        saved.save_pretrained(tmp_path / "five")
+        file = tmp_path / "five" / "model.safetensors"
+        model = torchbridge.load_model("hf/ViTForImageClassification", weights=file)
+        assert model.config.num_labels == 5 and same_state(model, saved)
+        two = torchbridge.load_model("hf/ViTForImageClassification", weights=file, num_labels=2)
+        assert two.classifier.out_features == 2
+        body = {k: v for k, v in saved.state_dict().items() if not k.startswith("classifier")}
+        assert all(torch.equal(two.state_dict()[k], v) for k, v in body.items())

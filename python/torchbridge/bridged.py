@@ -35,8 +35,9 @@ bool, a number, a string: ``output_hidden_states=True``) is passed as it is.
 The pullback returns one gradient per input, positional inputs first, then the
 keyword inputs in the order they were passed (``Pullback.input_names``), with
 ``None`` for every input that is not differentiated. Before the module runs,
-token inputs are checked (:mod:`torchbridge.textinputs`): ids inside the
-vocabulary, masks of the ids' shape.
+token inputs are checked (NOTE [token inputs] in :mod:`torchbridge.textinputs`):
+``input_ids`` and ``decoder_input_ids`` inside the vocabulary of the embedding
+that reads each, every mask of the shape of the ids it masks.
 
 NOTE [bridged models under DDP]
 When a process group of more than one process exists (``torchbridge.distributed.init()``),
@@ -172,6 +173,8 @@ class BridgedModel:
                 f"bridge: expected a torch.nn.Module, got {type(module).__name__}. "
                 "Load one with torchbridge.load_model(model_id) or build it in torch."
             )
+        # first: it may warn (or, with the warning made an error, refuse) before anything is held
+        text = TextInputs.of(module)
         self.module = module
         self.lock = threading.RLock()
         self._closed = False
@@ -204,7 +207,7 @@ class BridgedModel:
         self.output_structure: OutputStructure | None = None
         self._device = module_device(module)
         self._float_dtype = module_float_dtype(module)
-        self._text = TextInputs.of(module)
+        self._text = text
         shared = [*self.params, *self.grads] if self._shares_gradients else []
         LEDGER.add_model(self, len(shared), tensor_bytes(shared))
 

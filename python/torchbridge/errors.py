@@ -5,7 +5,10 @@ class also derives from the builtin exception a Python user would expect
 (``TypeError`` for a wrong kind of value, ``ValueError`` for a wrong value,
 ``LookupError`` for an unknown name ...), so generic handlers keep working.
 
-Messages say what was wrong, what was expected, and what to do about it.
+Messages say what was wrong, what was expected, and what to do about it. The one
+warning, :class:`VocabularyUnknownWarning`, is a ``TorchBridgeError`` as well, so
+that, made an error with ``warnings.simplefilter("error", ...)``, it is caught
+like the rest.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedArrayError",
     "UnsupportedDTypeError",
+    "VocabularyUnknownWarning",
     "WeightsError",
     "WeightsNotFoundError",
 ]
@@ -100,6 +104,14 @@ class TokenIdError(BridgeError, ValueError):
 
 class ParameterMismatchError(BridgeError, ValueError):
     """Parameters, buffers or tangents passed to a functional call do not fit the module's."""
+
+
+class VocabularyUnknownWarning(BridgeError, UserWarning):
+    """A warning: a text model's vocabulary is unknown, so its token ids go unchecked.
+
+    Issued once per model. ``warnings.simplefilter("error", VocabularyUnknownWarning)``
+    refuses such models instead, with this class (a ``TorchBridgeError`` too).
+    """
 
 
 class CotangentError(BridgeError, ValueError):

@@ -370,15 +370,18 @@ class _TextModel(torch.nn.Module):
 
 
 def _text_spec(module: torch.nn.Module):
-    """The token inputs of a text model (``None`` for any other module), as export needs them."""
+    """The token inputs of a text model (``None`` for any other module, and for one that
+    also reads images or audio, like CLIP), as export needs them."""
     import inspect
 
     from .textinputs import TextInputs
 
     text = TextInputs.of(module)
-    if text is None:
+    if text is None or text.vocab_size is None:
         return None
     params = inspect.signature(module.forward).parameters
+    if any(n in params for n in ("pixel_values", "input_features", "input_values")):
+        return None
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in params and text.type_vocab_size:
         names.append("token_type_ids")

@@ -44,6 +44,7 @@ __all__ = [
     "download_url",
     "find_in_hf_cache",
     "find_in_hub_checkpoints",
+    "fit_error",
     "hash_prefix_from_filename",
     "hf_repo_dir",
     "load_into_model",
@@ -259,30 +260,54 @@ def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -
     :class:`CorruptWeightsError`, before anything is copied into the model.
     """
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state_dict)
         if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches {_short(mismatched)}")
-        err = CorruptWeightsError(
-            f"the weights from {source} do not fit the model: {'; '.join(parts)}. "
-            "Check that the file belongs to this architecture (and num_classes)."
-        )
-        err.missing_keys = tuple(missing)  # type: ignore[attr-defined]
-        err.unexpected_keys = tuple(unexpected)  # type: ignore[attr-defined]
-        err.mismatched_keys = tuple(mismatched)  # type: ignore[attr-defined]
+    err = fit_error(
+        set(own) - set(state_dict), set(state_dict) - set(own), mismatched, source=source
+    )
+    if err is not None:
         raise err
     model.load_state_dict(state_dict, strict=True)
+
+
+def fit_error(
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    mismatched: Iterable[str],
+    *,
+    source: str,
+    model: str = "the model",
+    names: str = "",
+) -> CorruptWeightsError | None:
+    """fit_error(missing, unexpected, mismatched, *, source, model="the model", names="")
+    -> CorruptWeightsError | None
+
+    The error that names every key of a weight file that does not fit a model
+    (``mismatched``: ``"key: file (..) vs model (..)"``), with the keys as
+    tuples in ``missing_keys``, ``unexpected_keys``, ``mismatched_keys``;
+    ``None`` when all three are empty. ``names`` says whose key names they are.
+    """
+    missing, unexpected, mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
+    if not (missing or unexpected or mismatched):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_short(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches {_short(mismatched)}")
+    err = CorruptWeightsError(
+        f"the weights from {source} do not fit {model}: {'; '.join(parts)}{names}. "
+        "Check that the file belongs to this architecture (and num_classes)."
+    )
+    err.missing_keys = tuple(missing)  # type: ignore[attr-defined]
+    err.unexpected_keys = tuple(unexpected)  # type: ignore[attr-defined]
+    err.mismatched_keys = tuple(mismatched)  # type: ignore[attr-defined]
+    return err
 
 
 def misfit_error(

@@ -8,13 +8,15 @@ folder written by ``save_pretrained`` named in ``$TORCHBRIDGE_HF_DIRS``
 them), named by the folder's name.
 
 Entries are read from ``config.json`` (architecture class, ``model_type``, the
-task the class name says, labels, maximum sequence length, vocabulary and
-hidden size) and the cached model card (license); a config is read again only
-when its file changes. Listing imports nothing and runs no repository code.
+task transformers' own Auto mappings give the class, NOTE [hf tasks] in
+:mod:`._hf_tasks`; labels, maximum sequence length, vocabulary and hidden size)
+and the cached model card (license); a config is read again only when its file
+changes. Listing imports nothing and runs no repository code.
 
 Loading (NOTE [hf loading]):
     the class is the config's architecture (``BertForSequenceClassification``)
-    or, with ``task=``, transformers' ``AutoModelFor<Task>``. Weights load from
+    or, with ``task=``, transformers' Auto class for that task; ``task=`` the
+    entry's own task is the config's architecture too. Weights load from
     the cached snapshot folder, never through the network when offline;
     safetensors are preferred and a pickled ``pytorch_model.bin`` is read with
     ``weights_only=True``. Offline and not cached is a ``WeightsNotFoundError``
@@ -24,6 +26,17 @@ Loading (NOTE [hf loading]):
     ``UnknownArchitectureError`` naming it and the version. ``num_labels``
     (or ``num_classes``) follows NOTE [head rule]: the body always loads, a new
     head is logged, and the config's ``num_labels`` follows the head.
+
+NOTE [hf weights files]
+    ``weights=FILE`` is read safely (:func:`~torchbridge.registry.weights.load_state_dict`)
+    and handed to transformers' own ``from_pretrained(None, config=...,
+    state_dict=...)``, so it goes through the same key renaming and weight
+    conversions as the published weights (transformers 5 renames many saved
+    names on load: ViT's ``attention.attention.query`` is ``q_proj``, GPT-NeoX's
+    ``embed_out`` is ``lm_head`` ...): a model's own ``save_pretrained`` file
+    loads, and so does its ``state_dict()``. The load is strict: a tensor the
+    model lacks, one missing (other than a tied weight) or of another shape is
+    a ``CorruptWeightsError`` naming each.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import (
+    CorruptWeightsError,
     RegistryError,
     RemoteCodeError,
     UnknownArchitectureError,
@@ -45,46 +59,10 @@ from ...errors import (
 from ..entry import ModelEntry, WeightsInfo
 from ..heads import classifier_names
 from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
+from ._hf_tasks import AUTO_CLASSES, custom_code_auto_class, task_of_architecture, task_of_config
 from .base import ModelSource
 
 __all__ = ["AUTO_CLASSES", "HFSource", "hf_dirs", "task_of_architecture"]
-
-#: task -> the transformers Auto class that builds it
-AUTO_CLASSES = {
-    "feature-extraction": "AutoModel",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "masked-lm": "AutoModelForMaskedLM",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq-lm": "AutoModelForSeq2SeqLM",
-    "multiple-choice": "AutoModelForMultipleChoice",
-    "pretraining": "AutoModelForPreTraining",
-    "image-classification": "AutoModelForImageClassification",
-    "object-detection": "AutoModelForObjectDetection",
-    "semantic-segmentation": "AutoModelForSemanticSegmentation",
-    "audio-classification": "AutoModelForAudioClassification",
-    "speech-recognition": "AutoModelForCTC",
-}
-
-# class-name suffix -> task, longest first
-_SUFFIX_TASKS = (
-    ("ForSequenceClassification", "sequence-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForMaskedLM", "masked-lm"),
-    ("ForCausalLM", "causal-lm"),
-    ("LMHeadModel", "causal-lm"),
-    ("ForConditionalGeneration", "seq2seq-lm"),
-    ("ForMultipleChoice", "multiple-choice"),
-    ("ForPreTraining", "pretraining"),
-    ("ForImageClassification", "image-classification"),
-    ("ForObjectDetection", "object-detection"),
-    ("ForSemanticSegmentation", "semantic-segmentation"),
-    ("ForAudioClassification", "audio-classification"),
-    ("ForCTC", "speech-recognition"),
-    ("Model", "feature-extraction"),
-)
 
 #: tasks whose head has ``num_labels`` outputs
 LABEL_TASKS = frozenset(
@@ -103,17 +81,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def task_of_architecture(architecture: str | None) -> str:
-    """task_of_architecture(name) -> str: ``"BertForSequenceClassification"`` gives
-    ``"sequence-classification"``; ``"unknown"`` when the name says nothing."""
-    if not architecture:
-        return "unknown"
-    for suffix, task in _SUFFIX_TASKS:
-        if architecture.endswith(suffix):
-            return task
-    return "unknown"
 
 
 def hf_dirs() -> list[Path]:
@@ -173,7 +140,7 @@ def entry_from_config(name: str, folder: Path, config: dict, *, repo: str | None
     """entry_from_config(name, folder, config, *, repo) -> ModelEntry: an ``hf/`` entry."""
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else None
-    task = task_of_architecture(architecture)
+    task = task_of_config(config)
     model_type = str(config.get("model_type") or "")
     id2label = config.get("id2label")
     labels = None
@@ -417,14 +384,14 @@ class HFSource(ModelSource):
                     f"{entry.id}: unknown task {task!r}; the tasks are {sorted(AUTO_CLASSES)}"
                 )
             return getattr(transformers, AUTO_CLASSES[task])
-        if getattr(config, "auto_map", None):
-            # custom code (trust_remote_code was given): the Auto class resolves it
-            arch = (config.architectures or [""])[0]
-            return getattr(transformers, AUTO_CLASSES.get(task_of_architecture(arch), "AutoModel"))
         architectures = getattr(config, "architectures", None) or []
-        if not architectures:
+        arch = architectures[0] if architectures else None
+        auto_map = getattr(config, "auto_map", None)
+        if auto_map:
+            # custom code (trust_remote_code was given): the Auto class resolves it
+            return getattr(transformers, custom_code_auto_class(auto_map, arch) or "AutoModel")
+        if arch is None:
             return transformers.AutoModel
-        arch = architectures[0]
         cls = getattr(transformers, arch, None)
         if cls is None:
             raise UnknownArchitectureError(
@@ -473,6 +440,8 @@ class HFSource(ModelSource):
                     "pass one of them"
                 )
             num_classes = num_labels
+        if kwargs.get("task") == entry.task:
+            kwargs.pop("task")  # the listed task is the listed model: the config's own class
         task = kwargs.get("task")
         if num_classes is not None and (task or entry.task) not in LABEL_TASKS:
             raise RegistryError(
@@ -541,29 +510,52 @@ class HFSource(ModelSource):
         )
 
     def build_holding(self, entry, state, *, source: str, **kwargs: Any):
+        """build_holding(entry, state, *, source, **kwargs) -> PreTrainedModel
+
+        The model with the head size ``state`` holds, loaded from ``state``
+        by transformers' own ``from_pretrained`` (NOTE [hf weights files]).
+        """
+        import torch
+        from transformers import PreTrainedModel
+
         from ..heads import held_classes
-        from ..weights import load_into_model
+        from ..weights import fit_error
 
+        task, trust, overrides = self._split(dict(kwargs))
         held = held_classes(state, self.classifier(entry))
-        model = self.build(entry, num_classes=held if held else None, **kwargs)
-        missing = {k: v for k, v in model.state_dict().items() if k not in state}
-        # tied weights (an LM head sharing the embedding) are not stored twice
-        tied = {k for k in missing if _is_tied(model, k)}
-        full = dict(state)
-        full.update({k: missing[k] for k in tied})
-        load_into_model(model, full, source=source)
+        if held:
+            overrides["num_labels"] = held
+        config = self.config(entry, trust_remote_code=trust, **overrides)
+        cls = self.model_class(entry, config, task)
+        if not issubclass(cls, PreTrainedModel):  # an Auto class: the class it builds here
+            with torch.device("meta"):
+                cls = type(cls.from_config(config, trust_remote_code=trust))
+        try:
+            model, info = cls.from_pretrained(
+                None,
+                config=config,
+                state_dict=dict(state),
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, with everything else
+            )
+        except RuntimeError as exc:  # transformers' conversions refused a tensor
+            raise CorruptWeightsError(
+                f"the weights from {source} do not fit {entry.id}: {str(exc).strip()}"
+            ) from exc
+        err = fit_error(
+            info.get("missing_keys") or (),
+            info.get("unexpected_keys") or (),
+            (
+                f"{key}: file {tuple(have)} vs model {tuple(want)}"
+                for key, have, want in info.get("mismatched_keys") or ()
+            ),
+            source=source,
+            model=entry.id,
+            names=" (named as transformers loads them)",
+        )
+        if err is not None:
+            raise err
         return model
-
-
-def _is_tied(model: Any, key: str) -> bool:
-    tied = getattr(model, "all_tied_weights_keys", None) or getattr(
-        model, "_tied_weights_keys", None
-    )
-    if isinstance(tied, dict):
-        return key in tied
-    if isinstance(tied, (list, tuple)):
-        return any(re.fullmatch(p, key) or p == key for p in tied)
-    return False
 
 
 def check_code(model_id: str, config: dict, trust_remote_code: bool) -> None:

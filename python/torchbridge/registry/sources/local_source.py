@@ -562,7 +562,10 @@ def save_local_hf_model(
     from .hf_source import LABEL_TASKS, task_of_architecture
 
     arch_name = (getattr(config, "architectures", None) or [type(module).__name__])[0]
-    own_task = task_of_architecture(type(module).__name__) or task_of_architecture(arch_name)
+    model_type = getattr(config, "model_type", None)
+    own_task = task_of_architecture(type(module).__name__, model_type)
+    if own_task == "unknown":
+        own_task = task_of_architecture(arch_name, model_type)
     if num_classes is not None and own_task in LABEL_TASKS and num_classes != labels:
         raise RegistryError(
             f"register_local_model: num_classes={num_classes}, but the model's head has "
