@@ -145,7 +145,7 @@ def load_state_dict(
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"weight file {path} does not exist. Check the path passed as weights=..."
+            f"weight file {path} {_not_a_file(path)}. Check the path passed as weights=..."
         )
     if sha256:
         check_sha256(path, sha256)
@@ -154,6 +154,10 @@ def load_state_dict(
     else:
         obj = _load_pickle(path, trust_pickle=trust_pickle)
     return _unwrap_state_dict(obj, path)
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a folder, not a weight file" if path.is_dir() else "does not exist"
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -480,7 +484,7 @@ def resolve_weights_file(
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"{model_id}: the weight file {path} passed as weights=... does not exist."
+                f"{model_id}: the weight file {path} passed as weights=... {_not_a_file(path)}."
             )
         return ResolvedWeights(path, "explicit")
 
