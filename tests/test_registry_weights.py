@@ -213,6 +213,28 @@ class TestCorruptFiles:
                 w.load_state_dict(path)
         assert not (tmp_path / "pwned").exists()
 
+    def test_damaged_zip_checkpoint_is_corrupt(self, tmp_path):
+        """A zip checkpoint whose data.pkl bytes are damaged (torch's reader meets unknown
+        opcodes) is a CorruptWeightsError: the archive's checksum says the pickle is not whole."""
+        import struct
+        import zipfile
+
+        path = tmp_path / "damaged.pth"
+        torch.save({"weight": torch.randn(64, 64), "bias": torch.randn(64)}, path)
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+        name_len, extra_len = struct.unpack(
+            "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+        )
+        start = info.header_offset + 30 + name_len + extra_len  # data.pkl, stored uncompressed
+        noise = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(0))
+        data[start + 2 : start + 22] = bytes(noise.tolist())
+        path.write_bytes(bytes(data))
+        with pytest.raises(CorruptWeightsError, match="damaged") as info_:
+            w.load_state_dict(path)
+        assert "trust_pickle" not in str(info_.value)
+
     @pytest.mark.parametrize("zipped", [True, False])
     def test_whole_malicious_pickles_stay_unsafe(self, tmp_path, timm_model, zipped):
         """A whole pickle that calls os.system, in torch's zip or legacy format, is still an
