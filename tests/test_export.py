@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,60 @@ class TestRegistryAndCommandLine:
         with pytest.raises(ExportError, match="untrained head"):
             export_onnx("timm/test_resnet", isolated_caches / "h.onnx", num_classes=4)
         assert not (isolated_caches / "h.onnx").exists()
+
+
+class TestOutputPath:
+    """An output path that cannot be a file is refused before the model is built: one line
+    and exit code 1 from the command line, an ExportError from Python."""
+
+    @pytest.fixture
+    def weights(self, isolated_caches):
+        from safetensors.torch import save_file
+
+        path = isolated_caches / "w.safetensors"
+        save_file(timm.create_model("test_resnet", num_classes=3).state_dict(), str(path))
+        return path
+
+    @pytest.mark.parametrize("where", ["under a file", "a folder", "deep under a file"])
+    def test_unwritable_output(self, isolated_caches, weights, capsys, monkeypatch, where):
+        from torchbridge.cli import main
+        from torchbridge.registry.core import ModelRegistry
+
+        blocker = isolated_caches / "a-file"
+        blocker.write_text("not a folder")
+        folder = isolated_caches / "out"
+        folder.mkdir()
+        out = {
+            "under a file": blocker / "model.onnx",
+            "a folder": folder,
+            "deep under a file": blocker / "x" / "y" / "model.onnx",
+        }[where]
+        args = ["export", "timm/test_resnet", "-o", str(out), "--weights", str(weights)]
+        args += ["--input-size", "3,32,32"]
+        loads = []
+        original = ModelRegistry.load_model
+        monkeypatch.setattr(
+            ModelRegistry,
+            "load_model",
+            lambda self, *a, **k: loads.append(a) or original(self, *a, **k),
+        )
+        assert main(args) == 1
+        out_text, err = capsys.readouterr()
+        assert out_text == "" and err.startswith("error: export_onnx: ") and err.count("\n") == 1
+        assert ("is a folder" if where == "a folder" else "is a file, not a folder") in err
+        assert loads == []  # refused before the model was built
+        assert blocker.read_text() == "not a folder" and list(folder.iterdir()) == []
+        assert main([*args, "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["error"] == "ExportError"
+        with pytest.raises(ExportError, match="export_onnx"):
+            export_onnx("timm/test_resnet", out, weights=str(weights))
+
+    def test_weights_that_are_a_folder(self, isolated_caches, capsys):
+        """--weights naming a folder exits 1 with one line saying so."""
+        from torchbridge.cli import main
+
+        out = isolated_caches / "m.onnx"
+        assert main(["export", "timm/test_resnet", "-o", str(out), "--weights", "."]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a folder, not a weight file" in err
+        assert not out.exists()

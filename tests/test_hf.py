@@ -35,6 +35,7 @@ from torchbridge.errors import (  # noqa: E402
     TrainingError,
     UnknownArchitectureError,
     UnknownModelError,
+    UnsafeCheckpointError,
     WeightsNotFoundError,
 )
 from torchbridge.registry.core import get_registry  # noqa: E402
@@ -817,3 +818,69 @@ class TestWeightsFile:
         assert two.classifier.out_features == 2
         body = {k: v for k, v in saved.state_dict().items() if not k.startswith("classifier")}
         assert all(torch.equal(two.state_dict()[k], v) for k, v in body.items())
+
+
+class _ShellPayload:
+    """Pickles as a call to os.system: loading it runs `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+class TestPickledWeights:
+    """A pytorch_model.bin in an HF folder (the cache, or a save_pretrained folder) is read
+    with weights_only: a malicious one is an UnsafeCheckpointError, a damaged one a
+    CorruptWeightsError, never a raw pickle error."""
+
+    @pytest.fixture
+    def pickled(self, tmp_path, monkeypatch):
+        model, _ = make_bert(tmp_path / "bert")
+        (tmp_path / "bert" / "model.safetensors").unlink()
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        monkeypatch.setenv("TORCHBRIDGE_HF_DIRS", str(tmp_path / "dirs"))
+        get_registry().refresh()
+        yield {"tmp": tmp_path, "model": model}
+        get_registry().refresh()
+
+    def _place(self, pickled, where):
+        folder = pickled["tmp"] / "bert"
+        if where == "cache":
+            return "hf/test/pickled", cache_repo(pickled["tmp"] / "hub", "test/pickled", folder)
+        target = pickled["tmp"] / "dirs" / "pickled"
+        shutil.copytree(folder, target)
+        return "hf/pickled", target
+
+    @pytest.mark.parametrize("where", ["cache", "folder"])
+    def test_malicious_bin_is_an_unsafe_checkpoint(self, pickled, where):
+        """The .bin's payload never runs; the error names the file and trust_pickle."""
+        marker = pickled["tmp"] / "pwned"
+        state = {**pickled["model"].state_dict(), "payload": _ShellPayload(marker)}
+        model_id, folder = self._place(pickled, where)
+        torch.save(state, folder / "pytorch_model.bin")
+        with memory.expect_baseline(), pytest.raises(UnsafeCheckpointError) as info:
+            torchbridge.load_model(model_id, pretrained=True)
+        assert str(folder / "pytorch_model.bin") in str(info.value)
+        assert "trust_pickle=True" in str(info.value)
+        assert not marker.exists()
+
+    @pytest.mark.parametrize("where", ["cache", "folder"])
+    def test_damaged_bin_is_corrupt(self, pickled, where):
+        """Random bytes in pytorch_model.bin are a CorruptWeightsError naming the file."""
+        model_id, folder = self._place(pickled, where)
+        rng = np.random.default_rng(0)
+        (folder / "pytorch_model.bin").write_bytes(rng.integers(0, 256, 4096, np.uint8).tobytes())
+        with pytest.raises(CorruptWeightsError, match="pytorch_model.bin"):
+            torchbridge.load_model(model_id, pretrained=True)
+
+    def test_plain_bin_loads(self, pickled):
+        """A .bin of tensors loads with weights_only, every tensor equal."""
+        model_id, folder = self._place(pickled, "cache")
+        torch.save(pickled["model"].state_dict(), folder / "pytorch_model.bin")
+        loaded = torchbridge.load_model(model_id, pretrained=True)
+        assert same_state(loaded, pickled["model"])

@@ -59,7 +59,7 @@ def hub_repo(tmp_path, monkeypatch):
     repo.mkdir()
     (repo / "hubconf.py").write_text(textwrap.dedent(HUBCONF))
     (repo / "tinynets.py").write_text(textwrap.dedent(TINYNETS))
-    add_hub_repo(repo)
+    add_hub_repo(repo, trust_repo=True)  # its models load and size their heads: trusted
     return repo
 
 

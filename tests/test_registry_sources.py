@@ -261,7 +261,7 @@ class TestHub:
         """An entry loads through torch.hub's local loader, with num_classes passed to it."""
         from torchbridge.registry import add_hub_repo
 
-        add_hub_repo(hub_repo, name="mine")
+        add_hub_repo(hub_repo, name="mine", trust_repo=True)
         model = torchbridge.load_model("hub/mine/tiny_net", num_classes=3)
         assert model(torch.randn(2, 8)).shape == (2, 3)
 
@@ -269,7 +269,7 @@ class TestHub:
         """weights= loads a saved state into a hub model; num_classes then swaps only the head."""
         from torchbridge.registry import add_hub_repo
 
-        add_hub_repo(hub_repo)
+        add_hub_repo(hub_repo, trust_repo=True)
         reference = torchbridge.load_model("hub/tinyrepo/tiny_net").eval()
         path = _save_safetensors(reference, tmp_path / "tiny.safetensors")
         x = torch.randn(4, 8)
@@ -289,7 +289,7 @@ class TestHub:
         shutil.copytree(hub_repo, cached)
         ids = {e.id for e in torchbridge.list_models(source="hub")}
         assert {"hub/tinyrepo/tiny_net", "hub/owner_repo_main/tiny_net"} <= ids
-        assert torchbridge.load_model("hub/owner_repo_main/tiny_plain")(
+        assert torchbridge.load_model("hub/owner_repo_main/tiny_plain", trust_repo=True)(
             torch.randn(1, 8)
         ).shape == (1, 2)
 
@@ -315,13 +315,13 @@ class TestHub:
         assert {"hub/tinyrepo/tiny_net", "hub/missing/entry"} <= ids
         assert not any(i.startswith("hub/unparsable/") for i in ids)
         with pytest.raises(RegistryError, match="not_a_real_module_xyz"):
-            torchbridge.load_model("hub/missing/entry")
+            torchbridge.load_model("hub/missing/entry", trust_repo=True)
 
     def test_weights_style_entry_gets_default_weights(self, hub_repo, isolated_caches):
         """pretrained=True on an entry taking weights= asks it for "DEFAULT", or the name given."""
         from torchbridge.registry import add_hub_repo
 
-        add_hub_repo(hub_repo)
+        add_hub_repo(hub_repo, trust_repo=True)
         assert torchbridge.load_model("hub/tinyrepo/tv_style").weights_asked is None
         model = torchbridge.load_model("hub/tinyrepo/tv_style", pretrained=True)
         assert model.weights_asked == "DEFAULT"
@@ -353,11 +353,11 @@ class TestHub:
         assert "Two layers, imported" in info.description and info.pretrained
         assert not marker.exists()
         if effect == "writes":
-            model = torchbridge.load_model("hub/sidefx/side_net", num_classes=3)
+            model = torchbridge.load_model("hub/sidefx/side_net", num_classes=3, trust_repo=True)
             assert model(torch.randn(2, 8)).shape == (2, 3) and marker.exists()
         else:
             with pytest.raises(RegistryError, match="hubconf ran at import"):
-                torchbridge.load_model("hub/sidefx/side_net")
+                torchbridge.load_model("hub/sidefx/side_net", trust_repo=True)
 
     def test_entry_points_are_read_through_imports(self, tmp_path):
         """Static reading follows imports into the repository's modules (a package, a star
@@ -400,7 +400,7 @@ class TestHub:
         weights=PATH."""
         from torchbridge.registry import add_hub_repo
 
-        add_hub_repo(hub_repo)
+        add_hub_repo(hub_repo, trust_repo=True)
         with pytest.raises(WeightsNotFoundError, match="weights=PATH"):
             torchbridge.load_model("hub/tinyrepo/tiny_plain", pretrained=True)
 
@@ -492,7 +492,9 @@ class TestLocal:
 
     def test_bad_names_and_values(self, timm_model, isolated_caches):
         """Names with a slash and values that are not tensors are refused with a clear error."""
-        with pytest.raises(ValueError, match="must start with"):
+        from torchbridge.errors import InvalidModelIdError
+
+        with pytest.raises(InvalidModelIdError, match="not a local model name"):
             torchbridge.register_local_model("a/b", timm_model, architecture="timm/test_resnet")
         with pytest.raises(TypeError, match="tensors"):
             torchbridge.register_local_model("c", {"w": [1, 2]}, architecture="timm/test_resnet")
@@ -523,7 +525,7 @@ def test_offline_hub_entry_download_fails_at_once(tmp_path, isolated_caches, mon
     repo = tmp_path / "fetchrepo"
     repo.mkdir()
     (repo / "hubconf.py").write_text(DOWNLOADING_HUBCONF)
-    add_hub_repo(repo)
+    add_hub_repo(repo, trust_repo=True)
     start = time.perf_counter()
     with pytest.raises(WeightsNotFoundError, match="fetcher-0123abcd.pth") as info:
         torchbridge.load_model("hub/fetchrepo/fetcher", pretrained=True)

@@ -155,8 +155,9 @@ class TestCorruptFiles:
             path.write_bytes(data[:cut])
             try:
                 w.load_state_dict(path)
-            except (CorruptWeightsError, UnsafeCheckpointError):
-                # a record cut inside a global's name reads as a global no one allows
+            except CorruptWeightsError:
+                # a record cut inside a global's name too: a pickle that does not reach its
+                # end is damaged, not one that would run code
                 continue
             raise AssertionError(f"a checkpoint cut at byte {cut} of {len(data)} loaded")
 
@@ -166,6 +167,88 @@ class TestCorruptFiles:
         path.write_bytes(b"these are not weights")
         with pytest.raises(CorruptWeightsError):
             w.load_state_dict(path)
+
+    @pytest.mark.parametrize("seed", range(24))
+    @pytest.mark.parametrize("trust_pickle", [False, True])
+    def test_random_bytes_are_corrupt_not_unsafe(self, tmp_path, seed, trust_pickle):
+        """Random bytes (which torch's weights_only reader reports as unsupported opcodes) are a
+        CorruptWeightsError, never an UnsafeCheckpointError that suggests trust_pickle=True."""
+        path = tmp_path / "random.pth"
+        path.write_bytes(
+            torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(seed))
+            .to(torch.uint8)
+            .numpy()
+            .tobytes()
+        )
+        with pytest.raises(CorruptWeightsError) as info:
+            w.load_state_dict(path, trust_pickle=trust_pickle)
+        assert "trust_pickle" not in str(info.value)
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            b"cos\nsystem\n(S'echo hi'\ntR",  # a pickle that calls a function, cut before STOP
+            b"cos\nsystem\nhello world\n",
+            b"a text file: weights = [1, 2, 3]\n",
+            b"\x80\x02cbuiltins\neval\n",
+        ],
+    )
+    def test_damaged_pickles_naming_globals_are_corrupt(self, tmp_path, content):
+        """A stream that names a global but is no whole pickle (it never reaches STOP) is a
+        CorruptWeightsError: only a real pickle is 'unsafe'."""
+        path = tmp_path / "cut.pth"
+        path.write_bytes(content)
+        with pytest.raises(CorruptWeightsError):
+            w.load_state_dict(path)
+
+    def test_truncated_zip_of_a_malicious_checkpoint(self, tmp_path, timm_model):
+        """A zip checkpoint cut short (its central directory gone) is a CorruptWeightsError,
+        even when what remains of it held a malicious pickle."""
+        path = tmp_path / "cut.pth"
+        _malicious_checkpoint(path, tmp_path / "pwned", timm_model)
+        data = path.read_bytes()
+        for keep in (0.2, 0.5, 0.9, 0.999):
+            path.write_bytes(data[: int(len(data) * keep)])
+            with pytest.raises(CorruptWeightsError):
+                w.load_state_dict(path)
+        assert not (tmp_path / "pwned").exists()
+
+    def test_damaged_zip_checkpoint_is_corrupt(self, tmp_path):
+        """A zip checkpoint whose data.pkl bytes are damaged (torch's reader meets unknown
+        opcodes) is a CorruptWeightsError: the archive's checksum says the pickle is not whole."""
+        import struct
+        import zipfile
+
+        path = tmp_path / "damaged.pth"
+        torch.save({"weight": torch.randn(64, 64), "bias": torch.randn(64)}, path)
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+        name_len, extra_len = struct.unpack(
+            "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+        )
+        start = info.header_offset + 30 + name_len + extra_len  # data.pkl, stored uncompressed
+        noise = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(0))
+        data[start + 2 : start + 22] = bytes(noise.tolist())
+        path.write_bytes(bytes(data))
+        with pytest.raises(CorruptWeightsError, match="damaged") as info_:
+            w.load_state_dict(path)
+        assert "trust_pickle" not in str(info_.value)
+
+    @pytest.mark.parametrize("zipped", [True, False])
+    def test_whole_malicious_pickles_stay_unsafe(self, tmp_path, timm_model, zipped):
+        """A whole pickle that calls os.system, in torch's zip or legacy format, is still an
+        UnsafeCheckpointError, and nothing runs."""
+        path = tmp_path / "evil.pth"
+        marker = tmp_path / "pwned"
+        torch.save(
+            {"weight": torch.zeros(2), "payload": _ShellPayload(marker)},
+            path,
+            _use_new_zipfile_serialization=zipped,
+        )
+        with pytest.raises(UnsafeCheckpointError, match="system"):
+            w.load_state_dict(path)
+        assert not marker.exists()
 
     def test_state_dict_for_another_model(self, tmp_path, isolated_caches):
         """Weights of another architecture are a CorruptWeightsError listing missing and unexpected

@@ -131,7 +131,7 @@ function model_info(id::AbstractString)
 end
 
 """
-    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, input_grads = true, output = nothing, kwargs...) -> TorchModel
+    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, trust_repo = false, trust_pickle = false, input_grads = true, output = nothing, kwargs...) -> TorchModel
 
 Build the model `id` in torch and wrap it. `pretrained = true` loads the
 published weights, offline-first (the Hugging Face and torch.hub caches, then a
@@ -148,12 +148,23 @@ passed to [`TorchModel`](@ref).
 
 Offline, missing weights throw a `TorchBridgeError` of kind
 `:WeightsNotFoundError` saying which file to provide and where.
+
+Code from a model's files runs only when you say so (docs/registry.md, "Trust"):
+`trust_repo = true` lets a `hub/` model (or a `local/` model built from one)
+import its torch.hub repository's `hubconf.py`, `trust_pickle = true` unpickles
+a checkpoint in full, and `trust_remote_code = true` (passed on with the other
+keywords, for `hf/` models only) lets a Hugging Face repository run its own
+code. Without them such a model throws a `TorchBridgeError` of kind
+`:UntrustedRepoError`, `:RemoteCodeError` or `:UnsafeCheckpointError` that
+names the keyword, and nothing is left allocated.
 """
 function load_model(
     id::AbstractString;
     pretrained::Bool = false,
     weights = nothing,
     num_classes = nothing,
+    trust_repo::Bool = false,
+    trust_pickle::Bool = false,
     input_grads::Bool = true,
     output = nothing,
     kwargs...,
@@ -165,6 +176,8 @@ function load_model(
             pretrained = pretrained,
             weights = weights,
             num_classes = num_classes,
+            trust_repo = trust_repo,
+            trust_pickle = trust_pickle,
             kwargs...,
         ),
     )

@@ -5,12 +5,16 @@
 # them to a model as they are (`m(; input_ids, attention_mask)`), never add 1.
 
 """
-    tokenize(id, texts; padding = true, truncation = true, max_length = nothing) -> NamedTuple
+    tokenize(id, texts; padding = true, truncation = true, max_length = nothing, trust_remote_code = false) -> NamedTuple
 
 The model's own (fast) tokenizer on `texts` (one string, or a vector of them:
 a batch). Returns `(; input_ids, attention_mask)`, and `token_type_ids` where
 the model uses them: Julia-owned `Matrix{Int64}` of size `(seq, batch)`, ids
 0-based. `padding`: `true` (to the longest), `"max_length"` or `false`.
+A tokenizer that needs its repository's own Python code (an `auto_map` in its
+`config.json` or `tokenizer_config.json`) throws a `TorchBridgeError` of kind
+`:RemoteCodeError` unless `trust_remote_code = true`; nothing ever asks on
+standard input.
 """
 function tokenize(
     id::AbstractString,
@@ -18,6 +22,7 @@ function tokenize(
     padding = true,
     truncation::Bool = true,
     max_length = nothing,
+    trust_remote_code::Bool = false,
 )
     batch = texts isa AbstractString ?
         String(texts) :
@@ -29,6 +34,7 @@ function tokenize(
             padding = padding,
             truncation = truncation,
             max_length = max_length,
+            trust_remote_code = trust_remote_code,
         ),
     )
     try
@@ -41,15 +47,16 @@ function tokenize(
 end
 
 """
-    decode(id, ids; skip_special_tokens = true) -> Vector{String}
+    decode(id, ids; skip_special_tokens = true, trust_remote_code = false) -> Vector{String}
 
 The texts of 0-based token ids: a `(seq, batch)` matrix gives one text per
-column, a `(seq,)` vector one text.
+column, a `(seq,)` vector one text. `trust_remote_code` as for [`tokenize`](@ref).
 """
 function decode(
     id::AbstractString,
     ids::AbstractVecOrMat{<:Integer};
     skip_special_tokens = true,
+    trust_remote_code::Bool = false,
 )
     share = to_torch(ids)
     try
@@ -58,6 +65,7 @@ function decode(
                 String(id),
                 share;
                 skip_special_tokens = skip_special_tokens,
+                trust_remote_code = trust_remote_code,
             ),
         )
         return pyconvert(Vector{String}, texts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "BridgeError",
+    "BrokenEntryError",
     "ChecksumError",
     "CorruptWeightsError",
     "CotangentError",
@@ -28,6 +29,7 @@ __all__ = [
     "FeaturesUnavailableError",
     "InputShapeError",
     "InputSpecError",
+    "InvalidModelIdError",
     "LeakError",
     "MaskShapeError",
     "ModelClosedError",
@@ -53,6 +55,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedArrayError",
     "UnsupportedDTypeError",
+    "UntrustedRepoError",
     "VocabularyUnknownWarning",
     "WeightsError",
     "WeightsNotFoundError",
@@ -153,6 +156,35 @@ class UnknownModelError(RegistryError, LookupError):
         return str(self.args[0])
 
 
+class InvalidModelIdError(UnknownModelError, ValueError):
+    """An id, or a local model's name, is not a well-formed name (NOTE [ids are names]).
+
+    It holds a path separator, ``..``, NUL or a control character, or is too
+    long; nothing was looked up on disk for it.
+    """
+
+
+class BrokenEntryError(RegistryError, ValueError):
+    """A model's description file (a local sidecar, a Hugging Face ``config.json``, a
+    ``hubconf.py``) cannot be read as a registry entry.
+
+    Listing skips the entry with one warning; ``model_info`` and ``load_model`` of
+    its id raise this. ``path`` is the file, ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(
+            f"{path} cannot be read as a model entry: {reason}. Fix or remove the file.",
+            path,
+            reason,
+        )
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class UnknownSourceError(RegistryError, LookupError):
     """No model source has this name."""
 
@@ -198,7 +230,16 @@ class FeaturesUnavailableError(RegistryError, ValueError):
 
 
 class RemoteCodeError(RegistryError, PermissionError):
-    """A model repository needs its own Python code and ``trust_remote_code=True`` was not given."""
+    """A model repository needs its own Python code and ``trust_remote_code=True`` was not given.
+
+    Also raised for a malformed ``auto_map`` (what would name that code).
+    """
+
+
+class UntrustedRepoError(RemoteCodeError):
+    """Loading a torch.hub model would import its repository's ``hubconf.py``, and the
+    repository is not trusted: ``trust_repo=True`` was not given and it is not in
+    ``$TORCHBRIDGE_TRUSTED_REPOS`` (NOTE [trust] in :mod:`torchbridge.registry.trust`)."""
 
 
 class TokenizerNotFoundError(RegistryError, LookupError):

@@ -228,6 +228,23 @@ def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
 # -- export, check, verify --------------------------------------------------------
 
 
+def _check_output_path(path: Path) -> None:
+    """ExportError unless ``path`` can be a file: not a folder, and no file where one of its
+    folders would be."""
+    if path.is_dir():
+        raise ExportError(
+            f"export_onnx: {path} is a folder; name the .onnx file to write in it "
+            f"(e.g. {path / 'model.onnx'})."
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(
+                    f"export_onnx: cannot write {path}: {parent} is a file, not a folder."
+                )
+            break
+
+
 def _unsupported_ops(text: str) -> list[str]:
     return sorted(set(re.findall(r"OpOverload\(op='([^']+)'", text)))
 
@@ -461,6 +478,7 @@ def export_onnx(
         raise ExportError(
             "export_onnx needs the onnx package: pip install 'torchbridge[onnx]'"
         ) from exc
+    _check_output_path(Path(path))  # before the model is built: a wrong path fails at once
     module = _resolve_model(model, weights, num_classes)
     text = _text_spec(module) if input_size is None else None
     size = _input_size(model, module, input_size) if text is None else ()

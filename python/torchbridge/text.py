@@ -10,6 +10,7 @@ makes them, in Python and in Julia alike.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,31 +50,54 @@ def model_folder(model_id: str) -> Path:
     )
 
 
-def load_tokenizer(model_id: str, **kwargs: Any):
-    """load_tokenizer(model_id, **kwargs) -> PreTrainedTokenizerFast
+def load_tokenizer(model_id: str, *, trust_remote_code: bool = False, **kwargs: Any):
+    """load_tokenizer(model_id, *, trust_remote_code=False, **kwargs) -> PreTrainedTokenizerFast
 
     The fast tokenizer of an ``hf/`` model (or a ``local/`` model saved from
     one), read from the model's folder on this machine; ``kwargs`` go to
     ``AutoTokenizer.from_pretrained``. Loaded once per process and id (the
     same object each call for the same folder).
 
+    A repository whose ``config.json`` or ``tokenizer_config.json`` has an
+    ``auto_map`` needs its own Python code for its tokenizer: it is refused
+    unless ``trust_remote_code=True``, as :func:`torchbridge.load_model` refuses
+    the model (NOTE [trust] in :mod:`torchbridge.registry.trust`). transformers
+    is always told the decision, so it never asks on standard input.
+
     Raises:
+        RemoteCodeError: the tokenizer needs the repository's code, and
+            ``trust_remote_code`` is false (or its ``auto_map`` is malformed).
         TokenizerNotFoundError: the model's folder has no tokenizer files, or
             only a slow (Python) tokenizer.
         WeightsNotFoundError: the model is not on this machine and offline.
     """
+    from .registry.trust import check_remote_code
+
     folder = model_folder(model_id)
+    trust = bool(trust_remote_code)
+    check_remote_code(model_id, _configs(folder), trust, call="load_tokenizer")
     if kwargs:
-        return _load(model_id, folder, tuple(sorted(kwargs.items())))
-    return _cached(model_id, folder)
+        return _load(model_id, folder, trust, tuple(sorted(kwargs.items())))
+    return _cached(model_id, folder, trust)
+
+
+def _configs(folder: Path) -> dict[str, Any]:
+    """The configs that may name a tokenizer's own code, by file name (unreadable: {})."""
+    configs: dict[str, Any] = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            configs[name] = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            configs[name] = {}
+    return configs
 
 
 @functools.lru_cache(maxsize=32)
-def _cached(model_id: str, folder: Path):
-    return _load(model_id, folder, ())
+def _cached(model_id: str, folder: Path, trust_remote_code: bool):
+    return _load(model_id, folder, trust_remote_code, ())
 
 
-def _load(model_id: str, folder: Path, kwargs: tuple):
+def _load(model_id: str, folder: Path, trust_remote_code: bool, kwargs: tuple):
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         raise TokenizerNotFoundError(
             f"{model_id}: no tokenizer files in {folder} (expected tokenizer.json, or "
@@ -82,7 +106,12 @@ def _load(model_id: str, folder: Path, kwargs: tuple):
         )
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **dict(kwargs))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(folder),
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,  # decided above: never a prompt
+        **dict(kwargs),
+    )
     if not getattr(tokenizer, "is_fast", False):
         raise TokenizerNotFoundError(
             f"{model_id}: the tokenizer in {folder} is a slow Python tokenizer; torchbridge "

@@ -88,7 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             weights=args.weights,
             num_classes=args.num_classes,
         )
-    except TorchBridgeError as err:
+    except (TorchBridgeError, OSError) as err:  # an OS error (a folder not writable ...) too
         payload: dict[str, Any] = {"error": type(err).__name__, "message": str(err)}
         if getattr(err, "suggestions", None):
             payload["suggestions"] = list(err.suggestions)

@@ -55,14 +55,15 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn torchbridge's own errors into a message and exit code 1 (no traceback)."""
+    """Turn torchbridge's own errors, and the operating system's, into one line and exit
+    code 1 (no traceback)."""
 
     def run(args: argparse.Namespace) -> int:
         from ..errors import TorchBridgeError
 
         try:
             return command(args)
-        except TorchBridgeError as err:
+        except (TorchBridgeError, OSError) as err:
             payload: dict[str, Any] = {"error": type(err).__name__, "message": str(err)}
             suggestions = getattr(err, "suggestions", None)
             if suggestions:
@@ -220,6 +221,8 @@ def doctor_report() -> dict[str, Any]:
     Reads package versions from their metadata, so nothing heavy is imported
     except torch (for CUDA), and juliacall is never imported: without
     ``PYTHON_JULIAPKG_OFFLINE=yes`` that would try to download Julia.
+    ``broken_entries`` lists the description files the registry skips
+    (NOTE [broken entries]): each ``file`` and its ``problem``.
     """
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -250,10 +253,13 @@ def doctor_report() -> dict[str, Any]:
 
     julia_on_path = shutil.which("julia")
     julia_env = os.environ.get("PYTHON_JULIAPKG_EXE")
+    registry = get_registry()
     sources = {
         s.name: {"available": s.available(), "needs": s.requirement or None}
-        for s in get_registry().sources()
+        for s in registry.sources()
     }
+    # NOTE [broken entries]: the files listing skips, each with what is wrong
+    broken = [{"file": e.path, "problem": e.reason} for e in registry.broken_entries()]
     return {
         "torchbridge": __version__,
         "python": {"version": platform.python_version(), "executable": sys.executable},
@@ -278,6 +284,7 @@ def doctor_report() -> dict[str, Any]:
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"),
         },
         "sources": sources,
+        "broken_entries": broken,
     }
 
 
@@ -306,5 +313,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     table.add_row("offline", "yes" if report["offline"]["offline"] else "no")
     for name, s in report["sources"].items():
         table.add_row(f"source: {name}", "available" if s["available"] else f"needs {s['needs']}")
+    for broken in report["broken_entries"]:
+        table.add_row("skipped entry", f"{broken['file']}: {broken['problem']}")
     _console().print(table)
     return 0

@@ -37,17 +37,21 @@ def tokenize(
     padding: bool | str = True,
     truncation: bool = True,
     max_length: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, np.ndarray]:
-    """tokenize(model_id, texts, *, padding=True, truncation=True, max_length=None) -> dict
+    """tokenize(model_id, texts, *, padding=True, truncation=True, max_length=None,
+    trust_remote_code=False) -> dict
 
     The model's tokenizer on ``texts`` (one string, or several: a batch).
     Returns ``{"input_ids": ..., "attention_mask": ...}`` (and
     ``"token_type_ids"`` where the model uses them), each an ``int64`` array in
     Julia order ``(seq, batch)`` (a single string is a batch of one). Ids are
     0-based. ``padding``: ``True`` (to the longest), ``"max_length"``, or
-    ``False`` (then every text must have the same length).
+    ``False`` (then every text must have the same length). A tokenizer that
+    needs its repository's own code loads only with ``trust_remote_code=True``
+    (:func:`torchbridge.load_tokenizer`).
     """
-    tokenizer = load_tokenizer(model_id)
+    tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code)
     batch = [texts] if isinstance(texts, str) else [str(t) for t in texts]
     encoded = tokenizer(
         batch,
@@ -65,16 +69,23 @@ def _batch_first(ids: Any, layout: str | None) -> torch.Tensor:
 
 
 def decode(
-    model_id: str, ids: Any, *, skip_special_tokens: bool = True, layout: str | None = None
+    model_id: str,
+    ids: Any,
+    *,
+    skip_special_tokens: bool = True,
+    layout: str | None = None,
+    trust_remote_code: bool = False,
 ) -> list[str]:
-    """decode(model_id, ids, *, skip_special_tokens=True, layout=None) -> list[str]
+    """decode(model_id, ids, *, skip_special_tokens=True, layout=None, trust_remote_code=False)
+    -> list[str]
 
     The texts of token ids: a Julia ``(seq, batch)`` matrix (one text per
     column) or a ``(seq,)`` vector (one text). Ids are 0-based. ``layout``
     follows the protocol's rule (a raw Julia array is known by its type; say
-    ``"julia"`` for any other array in Julia order).
+    ``"julia"`` for any other array in Julia order). ``trust_remote_code`` as
+    for :func:`tokenize`.
     """
-    tokenizer = load_tokenizer(model_id)
+    tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code)
     rows = _batch_first(ids, layout).to("cpu", torch.int64).tolist()
     return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
 
@@ -109,6 +120,7 @@ def generate(
     return _julia_order(out.cpu().numpy())
 
 
-def vocab_size(model_id: str) -> int:
-    """vocab_size(model_id) -> int: the number of token ids (ids are ``0:vocab_size-1``)."""
-    return len(load_tokenizer(model_id))
+def vocab_size(model_id: str, *, trust_remote_code: bool = False) -> int:
+    """vocab_size(model_id, *, trust_remote_code=False) -> int: the number of token ids (ids
+    are ``0:vocab_size-1``); ``trust_remote_code`` as for :func:`tokenize`."""
+    return len(load_tokenizer(model_id, trust_remote_code=trust_remote_code))

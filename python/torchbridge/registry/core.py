@@ -12,19 +12,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    BrokenEntryError,
     DuplicateSourceError,
+    InvalidModelIdError,
     RegistryError,
     UnknownModelError,
     UnknownSourceError,
 )
 from .entry import ModelEntry
 from .sources import ModelSource, as_source, builtin_sources, entry_point_sources
+from .trust import information_only, trusting_repos
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "MAX_ID_LENGTH",
     "ModelRegistry",
+    "check_model_id",
     "feature_channels",
     "get_registry",
     "list_models",
@@ -34,6 +39,44 @@ __all__ = [
     "register_source",
     "search_models",
 ]
+
+
+#: The longest id the registry looks up (NOTE [ids are names]).
+MAX_ID_LENGTH = 512
+
+# NOTE [ids are names]
+#     An id is ``source/name`` and a name is a name, never a path: before any
+#     source sees it, an id holding a NUL or control character or a backslash,
+#     an empty part (``local//abs/path``, a trailing ``/``), a ``.`` or ``..``
+#     part, or more than MAX_ID_LENGTH characters is an InvalidModelIdError. A
+#     source that maps names to files checks its own names too (``local``:
+#     one file name of letters, digits, ``.``, ``_``, ``-``; see
+#     ``check_local_name``), so no id reaches a file outside its folders.
+
+
+def check_model_id(model_id: str) -> None:
+    """check_model_id(model_id) -> None: raise InvalidModelIdError unless ``model_id`` is a
+    well-formed ``source/name`` (NOTE [ids are names]). Reads nothing on disk."""
+    shown = model_id if len(model_id) <= 80 else model_id[:60] + f"... ({len(model_id)} characters)"
+    reason = None
+    if len(model_id) > MAX_ID_LENGTH:
+        reason = f"it is longer than {MAX_ID_LENGTH} characters"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in model_id):
+        reason = "it holds a NUL or another control character"
+    elif "\\" in model_id:
+        reason = "it holds a backslash"
+    elif "/" in model_id:
+        parts = model_id.split("/")
+        if any(p == "" for p in parts):
+            reason = "it holds an empty part (a leading, doubled or trailing '/')"
+        elif any(p in (".", "..") for p in parts):
+            reason = "it holds a '.' or '..' part"
+    if reason is not None:
+        raise InvalidModelIdError(
+            f"{shown!r} is not a model id: {reason}. An id is 'source/name', and a name is "
+            "a name, not a path (e.g. 'timm/resnet18', 'local/my-model').",
+            model_id,
+        )
 
 
 class ModelRegistry:
@@ -125,6 +168,8 @@ class ModelRegistry:
         """refresh() -> None: make every source forget what it cached."""
         for source in self.sources():
             source.refresh()
+        with self._lock:
+            vars(self).pop("_warned", None)
 
     # -- queries -------------------------------------------------------------
 
@@ -135,8 +180,50 @@ class ModelRegistry:
         out: list[ModelEntry] = []
         for src in chosen:
             if src.available():
-                out.extend(src.entries())
+                out.extend(self._listed(src))
         return out
+
+    def _listed(self, src: ModelSource) -> list[ModelEntry]:
+        """NOTE [broken entries]: a source's entries, each broken one skipped with one warning
+        (and a source whose listing fails as a whole, skipped with one warning)."""
+        try:
+            items = list(src.entries())
+        except Exception as err:  # noqa: BLE001 - one source must not hide the others
+            self._warn_once(
+                f"model source {src.name!r} failed to list its models "
+                f"({type(err).__name__}: {err}); they are not listed"
+            )
+            return []
+        good = []
+        for item in items:
+            if isinstance(item, BrokenEntryError):
+                self._warn_once(f"{item} It is not listed (torchbridge doctor lists such files).")
+            else:
+                good.append(item)
+        return good
+
+    def _warn_once(self, message: str) -> None:
+        import warnings
+
+        with self._lock:
+            warned = vars(self).setdefault("_warned", set())
+            if message in warned:
+                return
+            warned.add(message)
+        warnings.warn(message, stacklevel=4)
+
+    def broken_entries(self) -> list[BrokenEntryError]:
+        """broken_entries() -> list[BrokenEntryError]: the description files that every
+        available source skips now (NOTE [broken entries]), each naming its file."""
+        found: list[BrokenEntryError] = []
+        for src in self.sources():
+            if not src.available():
+                continue
+            try:
+                found.extend(i for i in src.entries() if isinstance(i, BrokenEntryError))
+            except Exception:  # noqa: BLE001, S112 - its failure is warned about when listed
+                continue
+        return found
 
     def list_models(
         self,
@@ -172,9 +259,12 @@ class ModelRegistry:
             raise TypeError(
                 f"model id must be a non-empty str like 'timm/resnet18', got {model_id!r}"
             )
+        if len(model_id) > MAX_ID_LENGTH or not model_id.isprintable():
+            check_model_id(model_id)  # before anything, not even suggestions, reads it
         source_name, sep, name = model_id.partition("/")
         if not sep or not name:
             raise self._unknown(model_id, f"{model_id!r} is not a model id: ids are 'source/name'")
+        check_model_id(model_id)
         src = self.source(source_name)
         if not src.available():
             raise RegistryError(
@@ -184,7 +274,7 @@ class ModelRegistry:
         entry = src.get(name)
         if entry is None:
             # names are case-sensitive; forgive case when it is unambiguous
-            folded = [e for e in src.entries() if e.name.lower() == name.lower()]
+            folded = [e for e in self._listed(src) if e.name.lower() == name.lower()]
             if len(folded) == 1:
                 return folded[0]
             raise self._unknown(model_id, f"no model {model_id!r} in the {source_name} source")
@@ -202,7 +292,8 @@ class ModelRegistry:
     def feature_channels(self, model_id: str) -> int | None:
         """See :func:`feature_channels`."""
         entry = self.model_info(model_id)
-        return self.source(entry.source).feature_channels(entry)
+        with information_only():  # NOTE [trust]: sizing a model imports no repository
+            return self.source(entry.source).feature_channels(entry)
 
     def _unknown(self, model_id: str, message: str) -> UnknownModelError:
         suggestions = self.suggest(model_id)
@@ -240,6 +331,7 @@ class ModelRegistry:
         num_classes: int | None = None,
         trust_pickle: bool = False,
         features: bool = False,
+        trust_repo: bool = False,
         **kwargs: Any,
     ) -> torch.nn.Module:
         """See :func:`load_model`."""
@@ -255,14 +347,15 @@ class ModelRegistry:
                 f"{model_id}: features=True returns the model without its classifier, so "
                 f"num_classes={num_classes} has nothing to size; pass one or the other"
             )
-        model = source.load(
-            entry,
-            pretrained=bool(pretrained or weights_path is not None),
-            weights=weights_path,
-            num_classes=num_classes,
-            trust_pickle=trust_pickle,
-            **kwargs,
-        )
+        with trusting_repos(bool(trust_repo)):  # NOTE [trust]: for nested builds too
+            model = source.load(
+                entry,
+                pretrained=bool(pretrained or weights_path is not None),
+                weights=weights_path,
+                num_classes=num_classes,
+                trust_pickle=trust_pickle,
+                **kwargs,
+            )
         if not features:
             return model
         from .features import feature_extractor
@@ -289,6 +382,9 @@ class ModelRegistry:
         tokenizer: Any = None,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
+        from .sources.local_source import check_local_name
+
+        check_local_name(name, what="register_local_model")  # before anything is read or written
         if _is_onnx_file(module_or_state_dict):
             return self._register_onnx(
                 name,
@@ -465,10 +561,11 @@ def load_model(
     num_classes: int | None = None,
     trust_pickle: bool = False,
     features: bool = False,
+    trust_repo: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """load_model(model_id, *, pretrained=False, weights=None, num_classes=None,
-    trust_pickle=False, features=False, **kwargs) -> nn.Module
+    trust_pickle=False, features=False, trust_repo=False, **kwargs) -> nn.Module
 
     Build a model by id. With ``pretrained=True`` the published weights are
     found offline-first: the Hugging Face and torch.hub caches, then a download
@@ -480,6 +577,10 @@ def load_model(
     Without weights, ``num_classes`` is the size of the untrained head.
     Pickled files are loaded with ``weights_only=True``;
     ``trust_pickle=True`` allows full unpickling of a file you trust.
+    ``trust_repo=True`` allows importing the ``hubconf.py`` of the torch.hub
+    repository a ``hub/`` model (or a ``local/`` model built from one) comes
+    from; ``trust_remote_code=True`` (an ``hf/`` model's keyword) allows a Hugging
+    Face repository's own code (NOTE [trust] in :mod:`torchbridge.registry.trust`).
     ``features=True`` returns the model without its pooling and classifier, so
     its output is the last feature map, torch ``(N, C, H, W)`` (NOTE [feature
     variants] in :mod:`torchbridge.registry.features`; ``feature_channels(id)``
@@ -492,7 +593,11 @@ def load_model(
     Raises:
         UnknownModelError, UnknownSourceError: the id is not known.
         WeightsNotFoundError: pretrained weights are neither given, cached nor downloadable.
+        InvalidModelIdError: the id is not a well-formed name (NOTE [ids are names]).
+        BrokenEntryError: the model's description file is malformed (it names the file).
         UnsafeCheckpointError: a pickled file would run code (and ``trust_pickle`` is false).
+        RemoteCodeError: the model needs its repository's code, not trusted
+            (``UntrustedRepoError`` for a torch.hub repository).
         ChecksumError: a file's sha256 differs from the published one.
         CorruptWeightsError: a file is truncated or does not fit the model.
         FeaturesUnavailableError: ``features=True`` for a model without a known
@@ -505,6 +610,7 @@ def load_model(
         num_classes=num_classes,
         trust_pickle=trust_pickle,
         features=features,
+        trust_repo=trust_repo,
         **kwargs,
     )
 
@@ -516,7 +622,9 @@ def feature_channels(model_id: str) -> int | None:
     feature map (512 for resnet18), computed without weights or data (the model
     built on the ``meta`` device); ``None`` when the model has no feature
     variant or cannot be built and sized without its weights
-    (``load_model(model_id, features=True)`` then says why). The rows of
+    (``load_model(model_id, features=True)`` then says why), and for models built
+    by a torch.hub repository's code (``hub/`` and the ``local/`` models built
+    from them): information queries import no repository (NOTE [trust]). The rows of
     :func:`torchbridge.julia_support.info_row` and ``torchbridge info`` carry it.
     """
     return get_registry().feature_channels(model_id)
@@ -573,6 +681,8 @@ def register_local_model(
     ``<name>.json``; it loads back as ``local/<name>`` with every tensor equal.
 
     Raises:
+        InvalidModelIdError: ``name`` is not a file name of letters, digits, ``.``,
+            ``_`` and ``-`` (at most 200 characters); nothing is written.
         UnknownModelError: ``architecture`` is not a registry id.
         RegistryError: ``num_classes`` differs from the head the weights hold.
         DuplicateModelError: ``local/<name>`` exists there and ``overwrite`` is false.

@@ -16,7 +16,11 @@ NOTE [safe loading]
     ``.bin``) can run arbitrary code while loading, so they are read with
     ``torch.load(weights_only=True)``; a checkpoint that needs anything more is
     refused with :class:`UnsafeCheckpointError` unless the caller passed
-    ``trust_pickle=True``.
+    ``trust_pickle=True``. Only a real pickle is refused so: one that parses
+    to its end (read with :mod:`pickletools`, which runs nothing) and names a
+    global that ``weights_only`` does not allow. A file that is no pickle, or
+    a damaged one (random bytes, a truncated zip, a text file), is a
+    :class:`CorruptWeightsError`: trusting it would not help.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .paths import hf_hub_cache_dir, hf_repo_dir, is_offline, torch_hub_checkpoi
 
 __all__ = [
     "ResolvedWeights",
+    "unpickling_error",
     "check_sha256",
     "download_from_hf",
     "download_url",
@@ -141,7 +146,7 @@ def load_state_dict(
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"weight file {path} does not exist. Check the path passed as weights=..."
+            f"weight file {path} {_not_a_file(path)}. Check the path passed as weights=..."
         )
     if sha256:
         check_sha256(path, sha256)
@@ -150,6 +155,10 @@ def load_state_dict(
     else:
         obj = _load_pickle(path, trust_pickle=trust_pickle)
     return _unwrap_state_dict(obj, path)
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a folder, not a weight file" if path.is_dir() else "does not exist"
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -178,16 +187,9 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err)
-        if "Weights only load failed" not in reason:
-            raise _corrupt(path, err) from err
-        if not trust_pickle:
-            detail = _last_line(reason)
-            raise UnsafeCheckpointError(
-                f"{path} is a pickled checkpoint that needs to run code to load "
-                f"({detail}); it was not loaded. Convert it to safetensors, or, only if you "
-                "trust where it came from, pass trust_pickle=True."
-            ) from err
+        refusal = unpickling_error(path, err)
+        if isinstance(refusal, CorruptWeightsError) or not trust_pickle:
+            raise refusal from err
     except PermissionError:
         raise  # an unreadable file is not a damaged one: the OS error says what is wrong
     except (
@@ -211,6 +213,66 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:  # a trusted pickle may fail in any way its code does
         raise _corrupt(path, err) from err
+
+
+def unpickling_error(
+    path: str | Path, err: BaseException
+) -> UnsafeCheckpointError | CorruptWeightsError:
+    """unpickling_error(path, err) -> UnsafeCheckpointError | CorruptWeightsError
+
+    What ``torch.load(path, weights_only=True)`` failing with ``err`` means
+    (NOTE [safe loading]): an :class:`UnsafeCheckpointError` when the file is a
+    whole pickle that names a global ``weights_only`` does not allow (it would
+    run code), a :class:`CorruptWeightsError` for anything else.
+    """
+    path = Path(path)
+    reason = str(err)
+    if "GLOBAL" in reason and _whole_pickle_with_globals(path):
+        return UnsafeCheckpointError(
+            f"{path} is a pickled checkpoint that needs to run code to load "
+            f"({_last_line(reason)}); it was not loaded. Convert it to safetensors, or, only "
+            "if you trust where it came from, pass trust_pickle=True."
+        )
+    return _corrupt(path, err)
+
+
+# the opcodes that name a global (a class or function the unpickler would import)
+_GLOBAL_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST"})
+# a legacy (non-zip) torch file is a few pickles in a row: magic number, protocol,
+# system info, the object, its storage keys (then raw tensor bytes)
+_LEGACY_PICKLES = 5
+
+
+def _whole_pickle_with_globals(path: Path) -> bool:
+    """Whether the pickle torch reads from ``path`` (``data.pkl`` of a zip checkpoint, or
+    the pickles of a legacy file) parses to its STOP and names a global. Runs nothing:
+    :func:`pickletools.genops` only decodes opcodes."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+                if len(names) != 1:
+                    return False
+                streams = 1
+                stream: Any = io.BytesIO(archive.read(names[0]))
+        else:
+            streams = _LEGACY_PICKLES
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        try:
+            for _ in range(streams):
+                # decoded to its STOP first: a damaged stream raises before the answer
+                names = {op.name for op, _, _ in pickletools.genops(stream)}
+                if names & _GLOBAL_OPCODES:
+                    return True
+        finally:
+            stream.close()
+    except Exception:  # noqa: BLE001 - a stream that does not parse is no whole pickle
+        return False
+    return False
 
 
 def _corrupt(path: Path, err: BaseException) -> CorruptWeightsError:
@@ -447,7 +509,7 @@ def resolve_weights_file(
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"{model_id}: the weight file {path} passed as weights=... does not exist."
+                f"{model_id}: the weight file {path} passed as weights=... {_not_a_file(path)}."
             )
         return ResolvedWeights(path, "explicit")
 

@@ -62,6 +62,7 @@ def read_entry_points(hubconf: Path) -> list[EntryPoint]:
 
     Raises:
         SyntaxError, ValueError: ``hubconf.py`` does not parse.
+        RecursionError, MemoryError: it nests too deeply for Python's parser.
         OSError: it cannot be read.
     """
     hubconf = Path(hubconf)
@@ -124,7 +125,9 @@ class _Reader:
         if path not in self._modules:
             try:
                 tree = _parse(str(path), path.stat().st_mtime_ns)
-            except (SyntaxError, ValueError, OSError):
+            # a too-deep expression overflows the parser (MemoryError) or the compiler's
+            # recursion (RecursionError): that module is as unreadable as a syntax error
+            except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
                 if strict:
                     raise
                 tree = ast.Module(body=[], type_ignores=[])

@@ -23,14 +23,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...errors import BrokenEntryError
+from ..entry import ModelEntry
 from ..heads import classifier_names, held_classes, settle_head
 from ..weights import load_into_model
 from .presence import CachePresence, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from ..entry import ModelEntry
 
 __all__ = ["ModelSource", "TableSource"]
 
@@ -67,20 +67,26 @@ class ModelSource(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def entries(self) -> Iterable[ModelEntry]:
-        """entries() -> Iterable[ModelEntry]: every model of the source.
+    def entries(self) -> Iterable[ModelEntry | BrokenEntryError]:
+        """entries() -> Iterable[ModelEntry | BrokenEntryError]: every model of the source.
 
         Called on every ``list_models``: cache what is expensive to build.
-        Listing runs no code from the models' repositories.
+        Listing runs no code from the models' repositories. A file that cannot
+        be read as an entry is given as the :class:`BrokenEntryError` that
+        :func:`~torchbridge.registry.entry.read_guarded` made of it, in its
+        place; the registry skips it with one warning (NOTE [broken entries]).
         """
 
     def get(self, name: str) -> ModelEntry | None:
         """get(name) -> ModelEntry | None: the entry with this name, or None.
 
         The default scans :meth:`entries`; sources with many models override it.
+
+        Raises:
+            BrokenEntryError: the file that describes ``name`` is malformed.
         """
         for entry in self.entries():
-            if entry.name == name:
+            if isinstance(entry, ModelEntry) and entry.name == name:
                 return entry
         return None
 

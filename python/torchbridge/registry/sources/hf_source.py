@@ -44,21 +44,23 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from ...errors import (
+    BrokenEntryError,
     CorruptWeightsError,
     RegistryError,
-    RemoteCodeError,
     UnknownArchitectureError,
     WeightsNotFoundError,
 )
-from ..entry import ModelEntry, WeightsInfo
+from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import classifier_names
 from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
+from ..trust import check_remote_code
 from ._hf_tasks import AUTO_CLASSES, custom_code_auto_class, task_of_architecture, task_of_config
 from .base import ModelSource
 
@@ -80,7 +82,8 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# a Hub repo id: "[org/]name", each part at most 96 characters (as the Hub allows)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 def hf_dirs() -> list[Path]:
@@ -137,8 +140,14 @@ def _first_int(config: dict, *keys: str) -> int | None:
 
 
 def entry_from_config(name: str, folder: Path, config: dict, *, repo: str | None) -> ModelEntry:
-    """entry_from_config(name, folder, config, *, repo) -> ModelEntry: an ``hf/`` entry."""
+    """entry_from_config(name, folder, config, *, repo) -> ModelEntry: an ``hf/`` entry.
+
+    Raises:
+        TypeError: a field the entry is made of has the wrong type (NOTE [broken entries]).
+    """
     architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise TypeError(f"architectures must be a list of class names, got {architectures!r}")
     architecture = architectures[0] if architectures else None
     task = task_of_config(config)
     model_type = str(config.get("model_type") or "")
@@ -150,6 +159,8 @@ def entry_from_config(name: str, folder: Path, config: dict, *, repo: str | None
         except (TypeError, ValueError):
             labels = list(id2label.values())
     num_labels = len(labels) if labels is not None else config.get("num_labels")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)):
+        raise TypeError(f"num_labels must be an int, got {num_labels!r}")
     if num_labels is None and task in LABEL_TASKS:
         num_labels = 2  # transformers' default, not written to config.json
     max_length = _first_int(config, "max_position_embeddings", "n_positions", "n_ctx")
@@ -234,7 +245,11 @@ class HFSource(ModelSource):
 
     # -- listing -------------------------------------------------------------
 
-    def _read(self, name: str, folder: Path, repo: str | None) -> ModelEntry | None:
+    def _read(
+        self, name: str, folder: Path, repo: str | None
+    ) -> ModelEntry | BrokenEntryError | None:
+        """The entry of one ``config.json``, read once per version of it; ``None`` when it
+        is no transformers config, a BrokenEntryError when it is a malformed one."""
         config_path = folder / "config.json"
         try:
             mtime = config_path.stat().st_mtime_ns
@@ -245,13 +260,19 @@ class HFSource(ModelSource):
             cached = self._cache.get(key)
         if cached and cached[0] == mtime:
             return cached[1]
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = None
-        entry = None
-        if isinstance(config, dict) and (config.get("model_type") or config.get("architectures")):
-            entry = entry_from_config(name, folder, config, repo=repo)
+
+        def read() -> ModelEntry | None:
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"it is not valid JSON ({err})") from err
+            if isinstance(config, dict) and (
+                config.get("model_type") or config.get("architectures")
+            ):
+                return entry_from_config(name, folder, config, repo=repo)
+            return None
+
+        entry = read_guarded(config_path, read)  # NOTE [broken entries]
         with self._lock:
             self._cache[key] = (mtime, entry)
         return entry
@@ -277,17 +298,17 @@ class HFSource(ModelSource):
             found.extend((c.name, c) for c in children if (c / "config.json").is_file())
         return found
 
-    def entries(self) -> list[ModelEntry]:
-        found: dict[str, ModelEntry] = {}
+    def entries(self) -> list[ModelEntry | BrokenEntryError]:
+        found: dict[str, ModelEntry | BrokenEntryError] = {}
         for repo, repo_dir in self._cached_repos():
             snap = snapshot_dir(repo_dir)
             entry = self._read(repo, snap, repo) if snap is not None else None
             if entry is not None:
-                found.setdefault(entry.name, entry)
+                found.setdefault(repo, entry)
         for name, folder in self._dir_models():
             entry = self._read(name, folder, None)
             if entry is not None:
-                found.setdefault(entry.name, entry)
+                found.setdefault(name, entry)
         return list(found.values())
 
     def get(self, name: str) -> ModelEntry | None:
@@ -295,18 +316,19 @@ class HFSource(ModelSource):
 
         A repo id that is not on this machine gives an entry without weights,
         so that loading it downloads it, or, offline, says where it belongs.
+        A name that is no repo id never becomes a cache path (NOTE [ids are names]).
         """
         for dir_name, folder in self._dir_models():
             if dir_name == name:
-                return self._read(name, folder, None)
+                return _raised(self._read(name, folder, None))
+        if not _REPO_ID.match(name):
+            return None
         repo_dir = hf_hub_cache_dir() / hf_repo_folder(name)
         snap = snapshot_dir(repo_dir) if repo_dir.is_dir() else None
         if snap is not None:
-            entry = self._read(name, snap, name)
+            entry = _raised(self._read(name, snap, name))
             if entry is not None:
                 return entry
-        if not _REPO_ID.match(name):
-            return None
         return ModelEntry(
             id=f"hf/{name}",
             source="hf",
@@ -358,7 +380,7 @@ class HFSource(ModelSource):
         """config(entry, *, trust_remote_code=False, **overrides) -> PretrainedConfig"""
         folder = self.folder(entry)
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        check_code(entry.id, raw, trust_remote_code)
+        check_remote_code(entry.id, {"config.json": raw}, trust_remote_code)  # NOTE [trust]
         import transformers
 
         try:
@@ -500,14 +522,17 @@ class HFSource(ModelSource):
         if num_classes is not None:
             config.num_labels = num_classes
         cls = self.model_class(entry, config, task)
-        return cls.from_pretrained(
-            str(folder),
-            config=config,
-            local_files_only=True,
-            trust_remote_code=trust,
-            weights_only=not trust_pickle,
-            ignore_mismatched_sizes=num_classes is not None,
-        )
+        try:
+            return cls.from_pretrained(
+                str(folder),
+                config=config,
+                local_files_only=True,
+                trust_remote_code=trust,
+                weights_only=not trust_pickle,
+                ignore_mismatched_sizes=num_classes is not None,
+            )
+        except pickle.UnpicklingError as err:  # NOTE [safe loading]: a pickled .bin refused
+            raise _refused_pickle(entry, folder, err) from err
 
     def build_holding(self, entry, state, *, source: str, **kwargs: Any):
         """build_holding(entry, state, *, source, **kwargs) -> PreTrainedModel
@@ -558,28 +583,24 @@ class HFSource(ModelSource):
         return model
 
 
-def check_code(model_id: str, config: dict, trust_remote_code: bool) -> None:
-    """check_code(model_id, config, trust_remote_code) -> None
+def _refused_pickle(entry: ModelEntry, folder: Path, err: BaseException) -> Exception:
+    """The typed error for transformers' ``weights_only`` load of ``folder`` failing with
+    ``err``: UnsafeCheckpointError naming the pickled file that would run code, else
+    CorruptWeightsError naming the folder's pickled files."""
+    from ...errors import CorruptWeightsError, UnsafeCheckpointError
+    from ..weights import unpickling_error
 
-    Raise :class:`~torchbridge.errors.RemoteCodeError` when the config needs the
-    repository's own Python code (``auto_map``) and it is not trusted.
-    """
-    auto_map = config.get("auto_map")
-    if auto_map and not trust_remote_code:
-        files = sorted({str(v).split(".")[0] for v in _flat(auto_map)})
-        raise RemoteCodeError(
-            f"{model_id}: this repository builds its model with its own Python code "
-            f"({', '.join(f + '.py' for f in files)}), which would run on this machine. Read it, "
-            "and pass trust_remote_code=True to load_model if you trust it."
-        )
+    pickled = sorted(p for p in folder.glob("*.bin") if p.is_file())
+    for path in pickled:
+        refusal = unpickling_error(path, err)
+        if isinstance(refusal, UnsafeCheckpointError):
+            return UnsafeCheckpointError(f"{entry.id}: {refusal}")
+    # one pickled file names itself; a sharded checkpoint is named by its folder
+    corrupt = unpickling_error(pickled[0] if len(pickled) == 1 else folder, err)
+    return CorruptWeightsError(f"{entry.id}: {corrupt}")
 
 
-def _flat(value: Any):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _flat(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _flat(v)
-    elif value:
-        yield value.split("--")[-1]
+def _raised(entry: ModelEntry | BrokenEntryError | None) -> ModelEntry | None:
+    if isinstance(entry, BrokenEntryError):
+        raise entry
+    return entry

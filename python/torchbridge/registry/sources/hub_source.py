@@ -5,11 +5,16 @@ Repositories come from torch.hub's cache (``torch.hub.get_dir()``, folders
 ``os.pathsep``) and from :func:`add_hub_repo`. Ids are ``hub/<repo>/<entry>``.
 
 NOTE [static hubconf]
-    Listing, searching and ``model_info`` run no code from a repository: entry
-    points and their docstrings are read from ``hubconf.py`` with :mod:`ast`
-    (see :mod:`._hubconf`). A repository's ``hubconf.py`` is imported only when
-    one of its models is loaded; models are then built by calling the entry
-    point, as ``torch.hub.load(folder, entry, source="local")`` does.
+    Listing, searching, ``model_info`` and ``feature_channels`` run no code from
+    a repository: entry points and their docstrings are read from
+    ``hubconf.py`` with :mod:`ast` (see :mod:`._hubconf`). A repository's
+    ``hubconf.py`` is imported only when one of its models is loaded, and only
+    a trusted repository's (NOTE [trust] in :mod:`torchbridge.registry.trust`:
+    ``trust_repo=True``, ``$TORCHBRIDGE_TRUSTED_REPOS``, ``add_hub_repo(...,
+    trust_repo=True)``, or ``pytorch/*`` in torch.hub's cache); models are then
+    built by calling the entry point, as ``torch.hub.load(folder, entry,
+    source="local")`` does. A ``hubconf.py`` that cannot be read is a
+    BrokenEntryError (NOTE [broken entries]).
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import inspect
 import os
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ...errors import RegistryError, WeightsNotFoundError
-from ..entry import ModelEntry, WeightsInfo
+from ...errors import BrokenEntryError, RegistryError, WeightsNotFoundError
+from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import model_classes, replace_classifier
 from ..paths import is_offline, torch_hub_checkpoints_dir, torch_hub_dir
+from ..trust import check_repo
 from ..weights import load_state_dict
 from ._hubconf import EntryPoint, read_entry_points
 from .base import ModelSource
@@ -36,15 +41,21 @@ from .base import ModelSource
 __all__ = ["HubSource", "add_hub_repo"]
 
 _ADDED: dict[str, Path] = {}
+# folders added with trust_repo=True (NOTE [trust])
+_ADDED_TRUSTED: set[Path] = set()
 _ADDED_LOCK = threading.Lock()
 
 
-def add_hub_repo(path: str | os.PathLike[str], *, name: str | None = None) -> str:
-    """add_hub_repo(path, *, name=None) -> str: add a local torch.hub repository; returns its
-    repo name.
+def add_hub_repo(
+    path: str | os.PathLike[str], *, name: str | None = None, trust_repo: bool = False
+) -> str:
+    """add_hub_repo(path, *, name=None, trust_repo=False) -> str: add a local torch.hub
+    repository; returns its repo name.
 
     ``path`` is a folder holding a ``hubconf.py``. Its entry points become
-    ``hub/<name>/<entry>`` (``name`` defaults to the folder's name).
+    ``hub/<name>/<entry>`` (``name`` defaults to the folder's name). With
+    ``trust_repo=True`` its ``hubconf.py`` may be imported to load its models in
+    this process, as if each load passed ``trust_repo=True`` (NOTE [trust]).
     """
     folder = Path(path).expanduser().resolve()
     if not (folder / "hubconf.py").is_file():
@@ -57,6 +68,10 @@ def add_hub_repo(path: str | os.PathLike[str], *, name: str | None = None) -> st
         raise ValueError(f"hub repo name {repo!r} must be non-empty and contain no '/'")
     with _ADDED_LOCK:
         _ADDED[repo] = folder
+        if trust_repo:
+            _ADDED_TRUSTED.add(folder)
+        else:
+            _ADDED_TRUSTED.discard(folder)
     return repo
 
 
@@ -67,8 +82,8 @@ class HubSource(ModelSource):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # repo folder -> (hubconf mtime, entries)
-        self._cache: dict[Path, tuple[int, list[ModelEntry]]] = {}
+        # repo folder -> (hubconf mtime, its entries or the BrokenEntryError of its hubconf.py)
+        self._cache: dict[Path, tuple[int, list[ModelEntry] | BrokenEntryError]] = {}
         # repo folder -> (hubconf mtime, the imported module): imported once per version
         self._modules: dict[Path, tuple[int, Any]] = {}
 
@@ -96,10 +111,11 @@ class HubSource(ModelSource):
 
     # -- listing (no repository code runs) -------------------------------------
 
-    def entries(self) -> list[ModelEntry]:
-        out: list[ModelEntry] = []
+    def entries(self) -> list[ModelEntry | BrokenEntryError]:
+        out: list[ModelEntry | BrokenEntryError] = []
         for repo, folder in self.repos().items():
-            out.extend(self._repo_entries(repo, folder))
+            read = self._repo_entries(repo, folder)
+            out.extend([read] if isinstance(read, BrokenEntryError) else read)
         return out
 
     def get(self, name: str) -> ModelEntry | None:
@@ -107,9 +123,12 @@ class HubSource(ModelSource):
         folder = self.repos().get(repo)
         if folder is None:
             return None
-        return next((e for e in self._repo_entries(repo, folder) if e.name == name), None)
+        read = self._repo_entries(repo, folder)
+        if isinstance(read, BrokenEntryError):
+            raise read
+        return next((e for e in read if e.name == name), None)
 
-    def _repo_entries(self, repo: str, folder: Path) -> list[ModelEntry]:
+    def _repo_entries(self, repo: str, folder: Path) -> list[ModelEntry] | BrokenEntryError:
         hubconf = folder / "hubconf.py"
         try:
             mtime = hubconf.stat().st_mtime_ns
@@ -117,25 +136,24 @@ class HubSource(ModelSource):
             return []
         with self._lock:
             cached = self._cache.get(folder)
-            if (
-                cached
-                and cached[0] == mtime
-                and all(e.name.startswith(repo + "/") for e in cached[1])
+        if cached and cached[0] == mtime:
+            read = cached[1]
+            if isinstance(read, BrokenEntryError) or all(
+                e.name.startswith(repo + "/") for e in read
             ):
-                return cached[1]
-        try:
-            points = read_entry_points(hubconf)
-        except (SyntaxError, ValueError, OSError) as err:  # a repo that does not parse
-            warnings.warn(
-                f"torch.hub repo {folder}: hubconf.py cannot be read ({type(err).__name__}: "
-                f"{err}); its models are not listed",
-                stacklevel=4,
-            )
-            points = []
-        entries = [_entry(repo, folder, point) for point in points]
+                return read
+
+        def entries() -> list[ModelEntry]:
+            try:
+                points = read_entry_points(hubconf)
+            except SyntaxError as err:
+                raise ValueError(f"it does not parse ({err.msg}, line {err.lineno})") from err
+            return [_entry(repo, folder, point) for point in points]
+
+        read = read_guarded(hubconf, entries)  # NOTE [broken entries]
         with self._lock:
-            self._cache[folder] = (mtime, entries)
-        return entries
+            self._cache[folder] = (mtime, read)
+        return read
 
     # -- loading (imports the repository) --------------------------------------
 
@@ -184,6 +202,9 @@ class HubSource(ModelSource):
         folder = self.repos().get(repo)
         if folder is None:
             raise RegistryError(f"{entry.id}: the hub repo {repo} is no longer on this machine")
+        with _ADDED_LOCK:
+            added_trusted = _ADDED.get(repo) == folder and folder in _ADDED_TRUSTED
+        check_repo(entry.id, repo, folder, added_trusted=added_trusted)  # NOTE [trust]
         module = self._import(entry.id, folder)
         function = getattr(module, attr, None)
         if not callable(function):

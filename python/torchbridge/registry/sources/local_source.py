@@ -26,6 +26,15 @@ Ids are ``local/<name>``.
 A local model is built from its architecture through the registry that holds
 the source, so a registry of your own loads local models of its own sources.
 Loading follows NOTE [head rule]: the head size is read from the saved weights.
+One built from a ``hub/`` architecture imports that repository's ``hubconf.py``
+when it loads, so it needs the same trust (``trust_repo=True``, NOTE [trust]).
+
+NOTE [sidecars stay in their folder]
+    A local name is a file name (``check_local_name``), and every file a
+    sidecar names (``weights``, ``onnx``, ``hf_folder``) is a relative path that
+    resolves, symbolic links followed, inside the sidecar's own folder. A
+    sidecar that names anything else is a BrokenEntryError: nothing outside the
+    registry's folders is read or loaded for it.
 """
 
 from __future__ import annotations
@@ -37,20 +46,27 @@ import numbers
 import os
 import re
 import threading
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import DuplicateModelError, InputSpecError, RegistryError
-from ..entry import ModelEntry, WeightsInfo
+from ...errors import (
+    BrokenEntryError,
+    DuplicateModelError,
+    InputSpecError,
+    InvalidModelIdError,
+    RegistryError,
+)
+from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import held_classes
 from ..paths import local_models_dir
 from ..weights import load_state_dict, sha256_file
 from .base import ModelSource
 
 __all__ = [
+    "MAX_NAME_LENGTH",
     "LocalSource",
+    "check_local_name",
     "resolve_input_spec",
     "save_local_hf_model",
     "save_local_model",
@@ -60,6 +76,34 @@ __all__ = [
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+#: The longest local name: ``.<name>.safetensors.partial`` still fits a file name.
+MAX_NAME_LENGTH = 200
+
+
+def check_local_name(name: Any, *, what: str = "") -> None:
+    """check_local_name(name, *, what="") -> None
+
+    Raise :class:`InvalidModelIdError` unless ``name`` is a local model's name:
+    one file name that starts with a letter or digit and holds only letters,
+    digits, ``.``, ``_`` and ``-``, at most :data:`MAX_NAME_LENGTH` characters.
+    A path (``..``, ``/``, an absolute path) is not a name. Reads nothing on disk.
+    ``what`` (the function's name) starts the message.
+    """
+    if isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _NAME.match(name):
+        return
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:60]) + "..."
+    long = isinstance(name, str) and len(name) > MAX_NAME_LENGTH
+    raise InvalidModelIdError(
+        f"{what + ': ' if what else ''}{shown} is not a local model name: "
+        + (
+            f"it is {len(name)} characters long (at most {MAX_NAME_LENGTH}). "
+            if long
+            else "a name is not a path. "
+        )
+        + "A name starts with a letter or digit and holds only letters, digits, '.', '_' "
+        "and '-'.",
+        f"local/{name}" if isinstance(name, str) else "",
+    )
 
 
 class LocalSource(ModelSource):
@@ -81,8 +125,9 @@ class LocalSource(ModelSource):
             if directories is not None
             else None
         )
-        # sidecar path -> (mtime, entry or None when it is not a model sidecar)
-        self._cache: dict[Path, tuple[int, ModelEntry | None]] = {}
+        # sidecar path -> (mtime, entry, its BrokenEntryError, or None when it is not a
+        # model sidecar)
+        self._cache: dict[Path, tuple[int, ModelEntry | BrokenEntryError | None]] = {}
 
     def add_directory(self, directory: str | os.PathLike[str]) -> None:
         """add_directory(directory) -> None: also look for models in this folder."""
@@ -115,37 +160,38 @@ class LocalSource(ModelSource):
         with self._lock:
             self._cache.clear()
 
-    def entries(self) -> list[ModelEntry]:
-        found: dict[str, ModelEntry] = {}
+    def entries(self) -> list[ModelEntry | BrokenEntryError]:
+        found: dict[str, ModelEntry | BrokenEntryError] = {}
         for folder in self.directories():
             if not folder.is_dir():
                 continue
             for sidecar in sorted(folder.glob("*.json")):
                 entry = self._read(sidecar)
-                if entry is not None and entry.name not in found:
-                    found[entry.name] = entry
+                if entry is not None and sidecar.stem not in found:
+                    found[sidecar.stem] = entry
             # .onnx files dropped in without a sidecar (NOTE [onnx files])
             for file in sorted(folder.glob("*.onnx")):
                 if file.stem not in found and not file.with_suffix(".json").is_file():
                     entry = self._read(file)
                     if entry is not None:
-                        found[entry.name] = entry
+                        found[file.stem] = entry
         return list(found.values())
 
     def get(self, name: str) -> ModelEntry | None:
+        check_local_name(name)  # NOTE [ids are names]: before any path is made of it
         for folder in self.directories():
             sidecar = folder / f"{name}.json"
-            if sidecar.is_file():
-                entry = self._read(sidecar)
-                if entry is not None:
-                    return entry
-            elif (folder / f"{name}.onnx").is_file():
-                entry = self._read(folder / f"{name}.onnx")
+            file = sidecar if sidecar.is_file() else folder / f"{name}.onnx"
+            if file is sidecar or file.is_file():
+                entry = self._read(file)
+                if isinstance(entry, BrokenEntryError):
+                    raise entry
                 if entry is not None:
                     return entry
         return None
 
-    def _read(self, sidecar: Path) -> ModelEntry | None:
+    def _read(self, sidecar: Path) -> ModelEntry | BrokenEntryError | None:
+        """The entry of one sidecar (or dropped-in .onnx file), read once per version of it."""
         try:
             mtime = sidecar.stat().st_mtime_ns
         except OSError:
@@ -154,10 +200,13 @@ class LocalSource(ModelSource):
             cached = self._cache.get(sidecar)
         if cached and cached[0] == mtime:
             return cached[1]
-        entry = (
-            _entry_from_onnx(sidecar, {})
-            if sidecar.suffix == ".onnx"
-            else _entry_from_sidecar(sidecar)
+        entry = read_guarded(  # NOTE [broken entries]
+            sidecar,
+            lambda: (
+                _entry_from_onnx(sidecar, {})
+                if sidecar.suffix == ".onnx"
+                else _entry_from_sidecar(sidecar)
+            ),
         )
         with self._lock:
             self._cache[sidecar] = (mtime, entry)
@@ -224,27 +273,33 @@ class LocalSource(ModelSource):
 
 
 def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
+    """The entry a sidecar describes; ``None`` for a JSON file that is no sidecar.
+
+    Raises (turned into a BrokenEntryError by :func:`read_guarded`): ValueError,
+    TypeError, OSError for a sidecar that is not readable JSON, has fields of
+    the wrong type, or names a file outside its folder.
+    """
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"local model sidecar {sidecar} is not readable JSON ({err}); skipped", stacklevel=5
-        )
-        return None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"it is not UTF-8 text ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"it is not valid JSON ({err})") from err
     if isinstance(data, dict) and data.get("onnx"):
-        return _entry_from_onnx((sidecar.parent / data["onnx"]).resolve(), data, sidecar)
+        file = _inside(sidecar, "onnx", data["onnx"])
+        return _entry_from_onnx(file, data, sidecar)
     if not isinstance(data, dict) or "architecture" not in data:
         return None  # some other JSON file
     name = sidecar.stem
+    if not isinstance(data["architecture"], str):
+        raise TypeError(f"architecture must be a registry id, got {data['architecture']!r}")
     weights_name = data.get("weights") or _guess_weights(sidecar)
     if not weights_name:
-        warnings.warn(
-            f"local model {sidecar}: no weight file named and none found next to it; skipped",
-            stacklevel=5,
-        )
-        return None
-    weights_path = (sidecar.parent / weights_name).resolve()
-    input_size = tuple(data["input_size"]) if data.get("input_size") else None
+        raise ValueError("it names no weight file, and none is next to it")
+    weights_path = _inside(sidecar, "weights", weights_name)
+    for key, kind in (("kwargs", dict), ("metadata", dict)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise TypeError(f"{key} must be a JSON object, got {data[key]!r}")
     metadata = dict(data.get("metadata") or {})
     metadata.update(
         architecture=data["architecture"],
@@ -255,17 +310,32 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
     if data.get("sha256"):
         metadata["sha256"] = data["sha256"]
     if data.get("hf_folder"):  # a transformers model in save_pretrained's layout
-        metadata["hf_folder"] = str((sidecar.parent / data["hf_folder"]).resolve())
+        metadata["hf_folder"] = str(_inside(sidecar, "hf_folder", data["hf_folder"]))
     return _local_entry(
         name,
         weights_path,
         data,
         task="unknown",
         description=f"{name}: local weights for {data['architecture']}",
-        input_size=input_size,
+        input_size=data.get("input_size") or None,
         tags=("local",),
         metadata=metadata,
     )
+
+
+def _inside(sidecar: Path, key: str, value: Any) -> Path:
+    """NOTE [sidecars stay in their folder]: the file a sidecar field names, resolved;
+    ValueError unless it is a relative path inside the sidecar's folder."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise TypeError(f"{key} must be a file name next to the sidecar, got {value!r}")
+    folder = sidecar.parent.resolve()
+    target = (folder / value).resolve()
+    if Path(value).is_absolute() or not target.is_relative_to(folder) or target == folder:
+        raise ValueError(
+            f"{key} {value!r} points outside the sidecar's folder {folder}; a sidecar names "
+            "files next to it (a symbolic link must stay inside the folder too)"
+        )
+    return target
 
 
 def _local_entry(
@@ -284,6 +354,11 @@ def _local_entry(
     ``task`` and ``description`` are the defaults for a sidecar that names none;
     ``tags`` come before the sidecar's own.
     """
+    own_tags = data.get("tags") or []
+    sha256 = data.get("sha256")
+    if sha256 is not None and not isinstance(sha256, str):
+        raise TypeError(f"sha256 must be a hex string, got {sha256!r}")
+    # the values are the file's: ModelEntry checks each one's type (NOTE [broken entries])
     return ModelEntry(
         id=f"local/{name}",
         source="local",
@@ -296,14 +371,16 @@ def _local_entry(
             filename=file.name,
             path=str(file),
             cached=file.is_file(),
-            sha256=data.get("sha256"),
+            sha256=sha256,
         ),
         input_size=input_size,
-        mean=tuple(data["mean"]) if data.get("mean") else None,
-        std=tuple(data["std"]) if data.get("std") else None,
+        mean=data.get("mean") or None,
+        std=data.get("std") or None,
         num_classes=data.get("num_classes"),
         license=data.get("license"),
-        tags=tuple(dict.fromkeys([*tags, *data.get("tags", ())])),
+        tags=tuple(dict.fromkeys([*tags, *own_tags]))
+        if isinstance(own_tags, (list, tuple)) and all(isinstance(t, str) for t in own_tags)
+        else own_tags,
         metadata=metadata,
     )
 
@@ -425,11 +502,7 @@ def save_local_model(
     import torch
     from safetensors.torch import save_file
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"local model name {name!r} must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'"
-        )
+    check_local_name(name, what="register_local_model")
     if architecture.source == "local":
         raise RegistryError(
             f"architecture {architecture.id} is itself a local model: name the architecture it "
@@ -552,11 +625,7 @@ def save_local_hf_model(
     """
     import shutil
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"local model name {name!r} must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'"
-        )
+    check_local_name(name, what="register_local_model")
     config = module.config
     labels = getattr(config, "num_labels", None)
     from .hf_source import LABEL_TASKS, task_of_architecture
@@ -636,7 +705,7 @@ def _entry_from_onnx(
     name = sidecar.stem if sidecar is not None else file.stem
     if not _NAME.match(name):
         return None
-    size = tuple(data["input_size"]) if data.get("input_size") else input_size_of(file)
+    size = data.get("input_size") or input_size_of(file)
     metadata = dict(data.get("metadata") or {})
     metadata.update(onnx_path=str(file), kwargs={})
     if sidecar is not None:
@@ -709,11 +778,7 @@ def save_local_onnx(
 
     from ...onnx_import import _all_tensors, _load
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"local model name {name!r} must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'"
-        )
+    check_local_name(name, what="register_local_model")
     source = Path(file).expanduser().resolve()
     model = _load(source)  # OnnxImportError on a file that is not a readable ONNX model
     data_files = sorted(
