@@ -23,11 +23,13 @@ __all__ = [
     "ExportError",
     "ExportVerificationError",
     "FeaturesUnavailableError",
+    "InputGradsError",
     "InputShapeError",
     "InputSpecError",
     "LeakError",
     "MaskShapeError",
     "ModelClosedError",
+    "NotAModuleError",
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
@@ -65,6 +67,10 @@ class BridgeError(TorchBridgeError):
     """An array, model or pullback could not cross the bridge."""
 
 
+class NotAModuleError(BridgeError, TypeError):
+    """``bridge`` (or a call that takes a bridged model) got something else than a module."""
+
+
 class UnsupportedArrayError(BridgeError, TypeError):
     """The object is not an array the bridge can view without a copy."""
 
@@ -95,6 +101,15 @@ class MaskShapeError(InputShapeError):
 
 class TokenIdError(BridgeError, ValueError):
     """Token ids fall outside the model's vocabulary (checked before the embedding runs)."""
+
+
+class InputGradsError(BridgeError, TypeError, ValueError):
+    """``input_grads`` is not a bool, one bool per positional input, or a mapping of inputs
+    to bools, or it asks for the gradient of an input that has none (token ids, a mask).
+
+    Both a ``TypeError`` (a wrong kind of value) and a ``ValueError`` (a wrong
+    length, an unknown name), as those cases were before they had a class.
+    """
 
 
 class CotangentError(BridgeError, ValueError):
