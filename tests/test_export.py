@@ -349,6 +349,12 @@ class TestTransformers:
             export_onnx(tiny_hf["whisper"], tmp_path / "w.onnx", input_size=(8, 30))
         assert list(tmp_path.iterdir()) == []
 
+    def test_input_size_for_a_text_model_is_refused(self, tiny_hf, tmp_path):
+        """input_size= for T5 (token inputs, dynamic lengths) is refused with what to do."""
+        with pytest.raises(ExportError, match="takes token ids .* leave it out"):
+            export_onnx(tiny_hf["t5"], tmp_path / "t5.onnx", input_size=(8,))
+        assert list(tmp_path.iterdir()) == []
+
     def test_audio_model_without_a_clip_length_says_what_to_pass(self, tmp_path):
         """An audio model whose clip length nothing fixes asks for input_size=(samples,)."""
         from transformers import Wav2Vec2Config, Wav2Vec2ForCTC

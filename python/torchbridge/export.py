@@ -30,7 +30,7 @@ import torch
 
 from .devices import module_device, module_float_dtype
 from .errors import ExportError, ExportVerificationError
-from .export_inputs import _ANSI, ExportPlan, export_plan, plain_message
+from .export_inputs import ExportPlan, export_plan, plain_message, plain_text
 
 __all__ = ["SINGLE_FILE_LIMIT", "ExportReport", "TensorInfo", "export_onnx"]
 
@@ -268,7 +268,7 @@ def _export_error(model: torch.nn.Module, exc: Exception, eager_after: str | Non
 def _torch_reason(exc: Exception) -> str:
     """torch's exporter error in one line: the step that failed and its cause, without the
     terminal colour codes and the advice to file an issue."""
-    text = _ANSI.sub("", str(exc))
+    text = plain_text(str(exc))
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     head = re.split(r"\s*This is step \d+/\d+", lines[0])[0] if lines else ""
     head = head.rstrip(" .:")
@@ -306,16 +306,20 @@ def _switchable_attention(model: torch.nn.Module) -> str | None:
 @contextlib.contextmanager
 def _eager_attention(model: torch.nn.Module):
     """Eager attention inside the block (True when it took); every config restored after."""
+    # every config the switch may touch: the submodules' and their sub-configs, by identity
     configs: dict[int, Any] = {}
     pending = [getattr(m, "config", None) for m in model.modules()]
     while pending:
         config = pending.pop()
         if config is None or id(config) in configs:
             continue
-        if hasattr(config, "_attn_implementation_internal"):
-            configs[id(config)] = config
+        configs[id(config)] = config
         pending.extend(getattr(config, k, None) for k in getattr(config, "sub_configs", {}) or {})
-    saved = [(c, c._attn_implementation_internal) for c in configs.values()]
+    saved = [
+        (c, c._attn_implementation_internal)
+        for c in configs.values()
+        if hasattr(c, "_attn_implementation_internal")
+    ]
     try:
         try:
             model.set_attn_implementation("eager")

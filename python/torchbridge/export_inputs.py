@@ -37,7 +37,7 @@ import torch
 
 from .errors import ExportError
 
-__all__ = ["ExportPlan", "export_plan", "plain_message"]
+__all__ = ["ExportPlan", "export_plan", "plain_message", "plain_text"]
 
 # terminal colour and cursor codes, which torch's exporter puts in its messages
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -133,17 +133,23 @@ def export_plan(
     what the caller passed (a registry id gives the registry's input size).
 
     Raises:
-        ExportError: one sample's size is unknown or not a size, or the module
-            does not run on an example of its inputs (the message carries the
-            model's own and says what to pass).
+        ExportError: one sample's size is unknown or not a size, is given for
+            a text model, or the module does not run on an example of its
+            inputs (the message carries the model's own and says what to pass).
     """
     params = _forward_parameters(module)
     config = getattr(module, "config", None)
     extra = {"use_cache": False} if "use_cache" in params else {}
     decoder = _decoder_input(module, config, params)
     maxima = {"sequence": _max_length(config), "decoder_sequence": _decoder_max_length(config)}
-    text = _text_inputs(module, params) if input_size is None else None
+    text = _text_inputs(module, params)
     if text is not None:
+        if input_size is not None:
+            raise ExportError(
+                f"export_onnx: {type(module).__name__} takes token ids (input_ids), exported with "
+                f"dynamic batch and sequence lengths; input_size={tuple(input_size)!r} applies to "
+                "image and audio inputs only: leave it out."
+            )
         inputs = [*text, *([decoder] if decoder else [])]
         return _keyword_plan(module, inputs, extra, maxima, dynamic_batch, dtype, device)
     size = _sample_size(model, module, input_size)
@@ -411,9 +417,14 @@ def _output_names(outputs: Any) -> list[str]:
     )
 
 
+def plain_text(text: str) -> str:
+    """plain_text(text) -> text without terminal colour and cursor codes."""
+    return _ANSI.sub("", text)
+
+
 def plain_message(exc: BaseException) -> str:
     """plain_message(exc) -> "ValueError: first line." without terminal codes, ending in a stop."""
-    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    lines = plain_text(str(exc)).strip().splitlines()
     text = lines[0].strip() if lines else ""
     if text and text[-1] not in ".!?":
         text += "."
