@@ -38,6 +38,14 @@ keyword inputs in the order they were passed (``Pullback.input_names``), with
 token inputs are checked (:mod:`torchbridge.textinputs`): ids inside the
 vocabulary, masks of the ids' shape.
 
+NOTE [input dtypes]
+Inputs are checked against the model before it runs, so a wrong type is a
+:class:`~torchbridge.errors.DTypeMismatchError` naming both types instead of a
+torch error from deep inside the module: a floating-point input of another
+precision than the model's, and a complex input to a model whose parameters and
+buffers are all real (a model with complex parameters takes complex inputs).
+Integer inputs (token ids, masks) are never checked against the float type.
+
 NOTE [bridged models under DDP]
 When a process group of more than one process exists (``torchbridge.distributed.init()``),
 ``bridge`` wraps the module in ``DistributedDataParallel`` (one wrapper per
@@ -191,6 +199,11 @@ def bridge(
             wrap the module in ``DistributedDataParallel`` so the pullback
             averages the gradients over the ranks (NOTE [bridged models under
             DDP]); ``False`` keeps every rank's gradients its own.
+
+    Raises:
+        NotAModuleError: ``module`` is not a ``torch.nn.Module`` (a model id,
+            a state dict, a function, an array ...); the message says how to
+            make one of it.
     """
     return BridgedModel(module, input_shapes=input_shapes, distributed=distributed)
 
