@@ -74,13 +74,18 @@ class CountingProducer:
             deleter has run.
         dtype_code: override the DLPack type code (to produce a type the
             consumer cannot read).
+        reversed_rows: export the array with its first axis reversed, as a
+            negative stride from the last row (what a reversed view exports).
     """
 
-    def __init__(self, array: np.ndarray, *, dtype_code: int | None = None):
+    def __init__(
+        self, array: np.ndarray, *, dtype_code: int | None = None, reversed_rows: bool = False
+    ):
         self.array = np.ascontiguousarray(array)
         self.exported = 0
         self.deleted = 0
         self._dtype_code = dtype_code
+        self._reversed_rows = reversed_rows
 
     @property
     def data_ptr(self) -> int:
@@ -90,7 +95,7 @@ class CountingProducer:
         return (_kDLCPU, 0)
 
     def __dlpack__(self, stream=None, **_ignored):
-        a = self.array
+        a = self.array[::-1] if self._reversed_rows else self.array
         shape = (ctypes.c_int64 * a.ndim)(*a.shape)
         strides = (ctypes.c_int64 * a.ndim)(*(s // a.itemsize for s in a.strides))
         managed = DLManagedTensor()

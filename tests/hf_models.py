@@ -134,6 +134,79 @@ def make_vit(folder: Path, *, num_labels: int = 4, seed: int = 0):
     return model, None
 
 
+def make_t5(folder: Path, *, seed: int = 0):
+    """A 2-layer T5 encoder-decoder (seq2seq LM) over a 64-token vocabulary; no tokenizer."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    return model, None
+
+
+def make_whisper(folder: Path, *, seed: int = 0):
+    """A 1+1-layer Whisper speech-to-text model on 8 mel bins and 32 frames; no processor."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=64,
+        num_mel_bins=8,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=16,  # the encoder takes exactly 2 * 16 = 32 frames
+        max_target_positions=32,
+        decoder_start_token_id=1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    return model, None
+
+
+def make_swin(folder: Path, *, num_labels: int = 3, seed: int = 0):
+    """A 2-stage Swin image classifier on 32x32 images (windows of 4 patches of 4 pixels)."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(
+        image_size=32,
+        patch_size=4,
+        num_channels=3,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=4,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )
+    torch.manual_seed(seed)
+    model = SwinForImageClassification(config)
+    model.save_pretrained(folder)
+    return model, None
+
+
 def cache_repo(hub: Path, repo: str, folder: Path, *, license: str | None = "apache-2.0") -> Path:
     """Lay ``folder`` out in the Hub cache ``hub`` as the repo ``repo``; return the snapshot."""
     repo_dir = hub / ("models--" + repo.replace("/", "--"))

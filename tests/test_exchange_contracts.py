@@ -1,14 +1,20 @@
-"""Read-only memory, every DLPack dtype, capsule versions: the exchange's explicit contracts."""
+"""Read-only memory, negative strides, byte order, every DLPack dtype, capsule versions: the
+exchange's explicit contracts."""
 
 from __future__ import annotations
+
+import gc
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import torchbridge
+from dlpack_producer import CountingProducer
+from julia_arrays import ArrayValue
 from torchbridge import exchange, memory
-from torchbridge.errors import ReadOnlyArrayError, UnsupportedDTypeError
+from torchbridge.errors import ReadOnlyArrayError, UnsupportedArrayError, UnsupportedDTypeError
 from torchbridge.exchange import copy_into, julia_layout, to_torch
 
 
@@ -83,6 +89,128 @@ class TestReadOnlyDestinations:
     def test_error_is_a_torchbridge_error(self):
         """ReadOnlyArrayError is reachable from the package top level, under TorchBridgeError."""
         assert issubclass(torchbridge.ReadOnlyArrayError, torchbridge.TorchBridgeError)
+
+
+class TestNegativeStrides:
+    @pytest.mark.parametrize(
+        "view",
+        [lambda a: a[::-1], lambda a: a[:, ::-1], lambda a: a[::-1, ::-2], lambda a: a.T[::-1]],
+        ids=["rows", "columns", "both-stepped", "transposed"],
+    )
+    def test_input_is_copied_once_and_counted(self, view):
+        """A reversed numpy view crosses as one counted copy with its values and shape."""
+        base = np.arange(12, dtype=np.float32).reshape(3, 4)
+        x = view(base)
+        before = memory.stats()
+        t = to_torch(x)
+        after = memory.stats()
+        assert tuple(t.shape) == x.shape and np.array_equal(t.numpy(), x)
+        assert after.negative_stride_copies == before.negative_stride_copies + 1
+        assert after.read_only_copies == before.read_only_copies
+        assert not np.shares_memory(t.numpy(), base)
+        t += 100  # the copy is the model's: the caller's array is only ever read
+        assert np.array_equal(base, np.arange(12, dtype=np.float32).reshape(3, 4))
+
+    def test_julia_order_is_declared_as_for_any_array(self):
+        """layout='julia' reverses a reversed view's dims, as it does any array's."""
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)[::-1]
+        t = to_torch(x, layout="julia")
+        assert np.array_equal(t.numpy(), x.T)
+
+    def test_read_only_reversed_view_is_copied_once(self):
+        """A read-only reversed view is copied once, not twice."""
+        base = np.arange(4, dtype=np.float32)
+        base.flags.writeable = False
+        before = memory.stats()
+        t = to_torch(base[::-1])
+        after = memory.stats()
+        assert t.tolist() == [3.0, 2.0, 1.0, 0.0]
+        assert (after.negative_stride_copies, after.read_only_copies) == (
+            before.negative_stride_copies + 1,
+            before.read_only_copies,
+        )
+
+    def test_raw_julia_array_over_reversed_memory(self):
+        """An array interface with negative strides (a raw array over reversed memory) is copied."""
+        a = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))[:, ::-1]
+        before = memory.stats().negative_stride_copies
+        t = to_torch(ArrayValue(a))  # Julia size (2, 3): torch (3, 2)
+        assert np.array_equal(t.numpy(), a.T)
+        assert memory.stats().negative_stride_copies == before + 1
+
+    def test_a_bridged_model_computes_on_the_values(self):
+        """A reversed batch gives the outputs and gradients of the same batch in order."""
+        torch.manual_seed(0)
+        base = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+        with torchbridge.bridge(torch.nn.Linear(3, 2)) as m:
+            baseline = memory.snapshot()
+            (y,), pb = m.forward(base[::-1])
+            (gx,) = pb(np.ones((4, 2), np.float32))
+            (y_ref,), pb_ref = m.forward(np.ascontiguousarray(base[::-1]))
+            (gx_ref,) = pb_ref(np.ones((4, 2), np.float32))
+            memory.assert_baseline(baseline)
+        assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+
+    def test_destination_is_refused_before_writing(self):
+        """copy_into a reversed view is refused: writing into a copy would look like success."""
+        base = np.zeros((2, 3), np.float32)
+        with pytest.raises(UnsupportedArrayError, match="negative strides") as info:
+            copy_into(base[::-1], torch.ones(2, 3))
+        assert "nothing was written" in str(info.value)
+        assert not base.any()
+
+    def test_dlpack_producer_with_negative_strides_is_refused_and_released(self):
+        """A DLPack export with negative strides is a typed error, and its deleter runs."""
+        producer = CountingProducer(
+            np.arange(6, dtype=np.float32).reshape(3, 2), reversed_rows=True
+        )
+        with pytest.raises(UnsupportedArrayError, match=r"negative strides \(-2, 1\)") as info:
+            to_torch(producer)
+        assert "np.ascontiguousarray" in str(info.value)
+        assert producer.exported == producer.deleted == 1
+
+    def test_numpy_dlpack_capsule_with_negative_strides_is_refused(self, monkeypatch):
+        """numpy's own capsule of a reversed view is refused with the fix, not as a dtype error;
+        its deleter runs once, and numpy's capsule destructor then sees it as used."""
+        unraisable = []
+        monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+        base = np.arange(4, dtype=np.float32)
+        refs = sys.getrefcount(base)
+        capsule = base[::-1].__dlpack__()
+        with pytest.raises(UnsupportedArrayError, match="negative strides"):
+            to_torch(capsule)
+        assert exchange._capsule_name(capsule) is None  # consumed: its deleter ran
+        del capsule
+        gc.collect()
+        assert unraisable == []  # the capsule's used name outlived the call that set it
+        assert sys.getrefcount(base) == refs  # the export let go of the array
+
+
+class TestByteOrder:
+    @pytest.mark.parametrize("dtype", [">f4", ">f8", ">i8", ">c8"])
+    def test_non_native_input_is_refused_with_the_conversion(self, dtype):
+        """A big-endian array is refused, naming its byte order and the astype that fixes it."""
+        x = np.arange(4).astype(dtype)
+        native = np.dtype(dtype).newbyteorder("=").str
+        before = memory.stats()
+        with pytest.raises(UnsupportedDTypeError, match="big-endian") as info:
+            to_torch(x)
+        assert f"x.astype('{native}')" in str(info.value)
+        assert memory.stats() == before  # nothing copied, nothing counted
+        # the named conversion crosses, with the right values
+        assert to_torch(x.astype(native)).tolist() == x.tolist()
+
+    def test_non_native_destination_is_refused(self):
+        """copy_into a big-endian array is refused and writes nothing."""
+        destination = np.zeros(3, ">f4")
+        with pytest.raises(UnsupportedDTypeError, match="native byte order"):
+            copy_into(destination, torch.ones(3))
+        assert not destination.any()
+
+    def test_single_byte_types_have_no_byte_order(self):
+        """uint8 and bool arrays ('|' byte order) cross as views."""
+        for a in (np.arange(3, dtype=np.uint8), np.ones(3, dtype=bool)):
+            assert to_torch(a).data_ptr() == a.ctypes.data
 
 
 # torch dtypes that DLPack carries and Julia has an element type for

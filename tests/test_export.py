@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -309,3 +310,197 @@ class TestOutputPath:
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is a folder, not a weight file" in err
         assert not out.exists()
+
+
+class DataDependent(torch.nn.Module):
+    """A model that branches on a tensor's value, which torch.export cannot trace."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def run_onnx_feed(path, feed: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v.numpy() for k, v in feed.items()})
+
+
+def attention_settings(model) -> list:
+    return [
+        getattr(m.config, "_attn_implementation", None)
+        for m in model.modules()
+        if hasattr(m, "config")
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A tiny T5, Whisper and Swin (tests/hf_models.py), each in eval mode."""
+    pytest.importorskip("transformers")
+    from hf_models import make_swin, make_t5, make_whisper
+
+    root = tmp_path_factory.mktemp("hf-models")
+    return {
+        name: make(root / name)[0].eval()
+        for name, make in (("t5", make_t5), ("whisper", make_whisper), ("swin", make_swin))
+    }
+
+
+class TestTransformers:
+    """Encoder-decoder, audio and Swin models export and verify, or refuse with what to do."""
+
+    def test_t5_exports_with_its_decoder_input(self, tiny_hf, tmp_path):
+        """T5 gets decoder_input_ids beside its token inputs, each with its own dynamic length;
+        onnxruntime matches the model (with its own attention) on new lengths."""
+        t5 = tiny_hf["t5"]
+        before = attention_settings(t5)
+        report = export_onnx(t5, tmp_path / "t5.onnx")
+        assert [(i.name, i.shape, i.dtype) for i in report.inputs] == [
+            ("input_ids", ("batch", "sequence"), "int64"),
+            ("attention_mask", ("batch", "sequence"), "int64"),
+            ("decoder_input_ids", ("batch", "decoder_sequence"), "int64"),
+        ]
+        assert [o.name for o in report.outputs] == ["logits", "encoder_last_hidden_state"]
+        assert report.outputs[0].shape == ("batch", "decoder_sequence", 64)
+        assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff < 1e-4
+        assert attention_settings(t5) == before  # the model's attention is its own again
+        g = torch.Generator().manual_seed(1)
+        feed = {
+            "input_ids": torch.randint(0, 64, (2, 7), generator=g),
+            "attention_mask": torch.ones(2, 7, dtype=torch.int64),
+            "decoder_input_ids": torch.randint(0, 64, (2, 4), generator=g),
+        }
+        with torch.no_grad():
+            expected = t5(**feed, use_cache=False).logits.numpy()
+        np.testing.assert_allclose(run_onnx_feed(report.path, feed)[0], expected, atol=1e-4)
+
+    def test_whisper_exports_from_its_config(self, tiny_hf, tmp_path):
+        """Whisper's input_features size comes from its config (mel bins, fixed frames), and
+        its decoder gets decoder_input_ids; the file matches the model."""
+        whisper = tiny_hf["whisper"]
+        report = export_onnx(whisper, tmp_path / "whisper.onnx")
+        assert [(i.name, i.shape, i.dtype) for i in report.inputs] == [
+            ("input_features", ("batch", 8, 32), "float32"),
+            ("decoder_input_ids", ("batch", "decoder_sequence"), "int64"),
+        ]
+        assert report.outputs[0].name == "logits"
+        assert report.max_abs_diff < 1e-4 and report.notes == ()
+        g = torch.Generator().manual_seed(1)
+        feed = {
+            "input_features": torch.randn(2, 8, 32, generator=g),
+            "decoder_input_ids": torch.randint(0, 64, (2, 5), generator=g),
+        }
+        with torch.no_grad():
+            expected = whisper(**feed, use_cache=False).logits.numpy()
+        np.testing.assert_allclose(run_onnx_feed(report.path, feed)[0], expected, atol=1e-4)
+
+    def test_whisper_with_its_input_size(self, tiny_hf, tmp_path):
+        """input_size= that Whisper takes exports the same graph."""
+        report = export_onnx(tiny_hf["whisper"], tmp_path / "w.onnx", input_size=(8, 32))
+        assert report.inputs[0].shape == ("batch", 8, 32) and report.max_abs_diff < 1e-4
+
+    def test_whisper_with_a_wrong_input_size_is_an_export_error(self, tiny_hf, tmp_path):
+        """An input_size Whisper does not take is an ExportError carrying Whisper's own
+        message and what to pass, not the model's bare ValueError; nothing is written."""
+        with pytest.raises(ExportError, match="expects the mel input features to be of length 32"):
+            export_onnx(tiny_hf["whisper"], tmp_path / "w.onnx", input_size=(8, 30))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_input_size_for_a_text_model_is_refused(self, tiny_hf, tmp_path):
+        """input_size= for T5 (token inputs, dynamic lengths) is refused with what to do."""
+        with pytest.raises(ExportError, match="takes token ids .* leave it out"):
+            export_onnx(tiny_hf["t5"], tmp_path / "t5.onnx", input_size=(8,))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_audio_model_without_a_clip_length_says_what_to_pass(self, tmp_path):
+        """An audio model whose clip length nothing fixes asks for input_size=(samples,)."""
+        from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+        config = Wav2Vec2Config(
+            vocab_size=8,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            conv_dim=(8, 8),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=4,
+            num_conv_pos_embedding_groups=2,
+        )
+        with pytest.raises(ExportError, match=r"audio model \(its input is input_values\)") as info:
+            export_onnx(Wav2Vec2ForCTC(config).eval(), tmp_path / "a.onnx")
+        assert "input_size=(samples,)" in str(info.value)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_swin_exports_with_eager_attention_and_says_so(self, tiny_hf, tmp_path):
+        """Swin, whose default attention torch.export cannot trace, is exported with eager
+        attention; the report says so, the model keeps its own attention, the file matches."""
+        swin = tiny_hf["swin"]
+        before = attention_settings(swin)
+        assert before[0] != "eager"
+        report = export_onnx(swin, tmp_path / "swin.onnx")
+        (note,) = report.notes
+        assert "attn_implementation='eager'" in note and "verified against the model" in note
+        assert "\x1b" not in note
+        assert report.to_dict()["notes"] == [note]
+        assert attention_settings(swin) == before
+        x = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            expected = swin(x).logits.numpy()
+        np.testing.assert_allclose(run_onnx(report.path, x), expected, atol=1e-4)
+
+    def test_failure_text_is_plain_and_says_what_to_do(self, tmp_path):
+        """torch's exporter error reaches the user without terminal codes, as the step that
+        failed, its cause, and what to do."""
+        with pytest.raises(ExportError) as info:
+            export_onnx(DataDependent(), tmp_path / "d.onnx", input_size=(3,))
+        text = str(info.value)
+        assert "\x1b" not in text and "[96m" not in text
+        assert "Failed to export the model with torch.export: GuardOnDataDependentSymNode" in text
+        assert "What to do:" in text and "torch.where or torch.cond" in text
+        assert "Create an issue" not in text
+        assert "\x1b" in str(info.value.__cause__)  # what torch said, kept as the cause
+        assert list(tmp_path.iterdir()) == []
+
+    def test_swin_failure_without_the_retry_is_plain(self, tiny_hf, tmp_path, monkeypatch):
+        """Were eager attention unavailable, Swin's failure would be a plain ExportError naming
+        torch's cause and suggesting attn_implementation='eager'."""
+        from torchbridge import export
+
+        monkeypatch.setattr(export, "_eager_attention", _no_switch)
+        with pytest.raises(ExportError, match="Failed to decompose the FX graph") as info:
+            export_onnx(tiny_hf["swin"], tmp_path / "s.onnx")
+        text = str(info.value)
+        assert "\x1b" not in text and "ValueError: Cannot view a tensor" in text
+        assert "load the model with attn_implementation='eager'" in text
+        assert list(tmp_path.iterdir()) == []
+
+    def test_swin_by_registry_id_on_the_command_line(self, tiny_hf, isolated_caches, capsys):
+        """`torchbridge export hf/...` of a cached Swin prints the note about eager attention."""
+        from hf_models import cache_repo, make_swin
+        from torchbridge.cli import main
+        from torchbridge.registry.core import get_registry
+
+        hub = isolated_caches / "hf" / "hub"
+        model, _ = make_swin(isolated_caches / "swin")
+        cache_repo(hub, "test/tiny-swin", isolated_caches / "swin")
+        get_registry().refresh()
+        out = isolated_caches / "swin.onnx"
+        try:
+            code = main(["export", "hf/test/tiny-swin", "-o", str(out)])
+        finally:
+            get_registry().refresh()
+        text = capsys.readouterr().out
+        assert code == 0, text
+        assert "input pixel_values: float32[batch, 3, 32, 32]" in text
+        assert "note: exported with attn_implementation='eager'" in text
+        with torch.no_grad():
+            expected = model.eval()(torch.ones(1, 3, 32, 32)).logits.numpy()
+        np.testing.assert_allclose(run_onnx(out, torch.ones(1, 3, 32, 32)), expected, atol=1e-4)
+
+
+@contextlib.contextmanager
+def _no_switch(model):
+    yield False

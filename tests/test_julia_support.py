@@ -25,7 +25,10 @@ from julia_arrays import ArrayValue
 from torchbridge import julia_support as jl
 from torchbridge.errors import (
     CotangentError,
+    DTypeMismatchError,
     FeaturesUnavailableError,
+    InputGradsError,
+    NotAModuleError,
     PullbackReleasedError,
     UnknownLossError,
     UnknownOptimizerError,
@@ -511,6 +514,83 @@ class TestTrainerAfterGradsReplaced:
             torch.testing.assert_close(got, want)
         assert [p.grad is g for p, g in zip(m.parameters, m.grads)] == [True, True]
         m.close()
+
+
+class TestBadInputs:
+    """The Julia-facing calls reach arrays through the exchange and give its typed errors;
+    every refused call leaves the ledger at its baseline."""
+
+    def test_complex_batch_is_a_dtype_mismatch(self, model):
+        """A ComplexF32 batch for a Float32 model is refused by forward_into and train_step."""
+        baseline = torchbridge.memory.snapshot()
+        x = np.asfortranarray(julia_array(3, 4).astype(np.complex64))
+        for form in (julia_share, julia_raw):
+            with pytest.raises(DTypeMismatchError, match="ComplexF32"):
+                jl.forward_into(model, None, (form(x),))
+        t = jl.trainer(jl.optimizer(model, {"rule": "Descent"}), "mse")
+        with pytest.raises(DTypeMismatchError, match="ComplexF32"):
+            jl.train_step(t, julia_raw(x), julia_raw(julia_array(2, 4)))
+        torchbridge.memory.assert_baseline(baseline)
+
+    def test_big_endian_batch_is_refused(self, model):
+        """A big-endian batch is an UnsupportedDTypeError naming the conversion."""
+        baseline = torchbridge.memory.snapshot()
+        with pytest.raises(UnsupportedDTypeError, match=r"astype\('<f4'\)"):
+            jl.forward_into(model, None, (julia_array(3, 4).astype(">f4"),))
+        torchbridge.memory.assert_baseline(baseline)
+
+    def test_reversed_batch_crosses_as_one_counted_copy(self, model):
+        """A batch with negative strides gives the outputs of the same values in order."""
+        x = julia_array(3, 4)
+        before = torchbridge.memory.stats().negative_stride_copies
+        model.eval()
+        reversed_view = x[:, ::-1]  # a Julia view over a reversed range of the batch
+        got, pb, _, _ = jl.forward_into(model, None, (julia_raw(reversed_view),), grad=False)
+        want, _, _, _ = jl.forward_into(
+            model, None, (julia_raw(np.asfortranarray(reversed_view)),), grad=False
+        )
+        assert pb is None
+        torch.testing.assert_close(got[0], want[0])  # equal up to the summation order
+        assert torchbridge.memory.stats().negative_stride_copies == before + 1
+
+    def test_object_cotangent_is_a_cotangent_error_and_releases(self, model):
+        """An object-dtype cotangent is a CotangentError; the failed pullback is released."""
+        baseline = torchbridge.memory.snapshot()
+        _, pb, _, _ = jl.forward_into(model, None, (julia_share(julia_array(3, 4)),))
+        with pytest.raises(CotangentError, match="dtype object"):
+            jl.pullback(pb, np.array([[None] * 2] * 4, dtype=object))
+        assert not pb.live
+        torchbridge.memory.assert_baseline(baseline)
+
+    @pytest.mark.parametrize("flag", [1, "true", None, [True, True]])
+    def test_input_grads_misuse(self, model, flag):
+        """An input_grads that is not a Bool (or one per input) is an InputGradsError."""
+        baseline = torchbridge.memory.snapshot()
+        with pytest.raises(InputGradsError):
+            jl.forward_into(model, None, (julia_share(julia_array(3, 4)),), None, True, flag)
+        torchbridge.memory.assert_baseline(baseline)
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda m: jl.model_state(m),
+            lambda m: jl.forward(m, julia_share(julia_array(3, 4))),
+            lambda m: jl.forward_into(m, None, (julia_share(julia_array(3, 4)),)),
+            lambda m: jl.output_sizes(m, [(3, 4)]),
+            lambda m: jl.optimizer(m, {"rule": "Descent"}),
+            lambda m: jl.feature_variant(m, model_id="timm/resnet18"),
+        ],
+        ids=["model_state", "forward", "forward_into", "output_sizes", "optimizer", "features"],
+    )
+    def test_calls_that_take_a_model_refuse_anything_else(self, call):
+        """Every call that takes a bridged model refuses a module, an id or an array with a
+        NotAModuleError that says what to pass."""
+        with pytest.raises(NotAModuleError, match="bridge it first"):
+            call(Tiny())
+        with pytest.raises(NotAModuleError, match="reads as a model id"):
+            call("timm/resnet18")
+        with pytest.raises(NotAModuleError, match="expected a BridgedModel"):
+            call(np.ones(3, np.float32))
 
 
 def test_every_error_class_is_importable_from_the_package():

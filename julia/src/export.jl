@@ -11,8 +11,10 @@ it is reversed for torch. Text models need none: their inputs are token ids
 with dynamic batch and sequence axes (see `docs/transformers.md`). Returns the
 export report as a `NamedTuple`
 (`path`, `opset`, `file_size`, `max_abs_diff`, `tolerance`, `verified_with`,
-`seconds`). Failures throw a `TorchBridgeError` of kind `:ExportError` or
-`:ExportVerificationError`, and leave no file at `path`.
+`seconds`, and `notes`: what the export changed to succeed, such as eager
+attention for a transformers model, see `docs/export.md`). Failures throw a
+`TorchBridgeError` of kind `:ExportError` or `:ExportVerificationError`, whose
+message says what to do, and leave no file at `path`.
 """
 function export_onnx(
     m::TorchModel,
@@ -45,6 +47,7 @@ function export_onnx(
             tolerance = _optional(Float64, d["tolerance"]),
             verified_with = _optional(String, d["verified_with"]),
             seconds = pyconvert(Float64, d["seconds"]),
+            notes = pyconvert(Vector{String}, d["notes"]),
         )
     finally
         PythonCall.pydel!(d)

@@ -18,7 +18,9 @@ What the bridge keeps alive right now, from torchbridge's ledger
 - `released_by_gc`: pullbacks that only the garbage collector freed (cumulative;
   a well-behaved program keeps it constant);
 - `read_only_copies`: inputs copied because their memory was marked read-only
-  (cumulative; not a leak).
+  (cumulative; not a leak);
+- `negative_stride_copies`: inputs copied because torch cannot view their
+  negative strides, such as a view over a reversed range (cumulative; not a leak).
 
 Take it before a loop and compare after it: a loop that leaves nothing behind
 returns to the same value.
@@ -37,6 +39,7 @@ function memory_stats()
             shared_bytes = bytes("shared_bytes"),
             released_by_gc = count("released_by_gc"),
             read_only_copies = count("read_only_copies"),
+            negative_stride_copies = count("negative_stride_copies"),
         )
     finally
         PythonCall.pydel!(stats)

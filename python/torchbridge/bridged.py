@@ -39,6 +39,14 @@ token inputs are checked (NOTE [token inputs] in :mod:`torchbridge.textinputs`):
 ``input_ids`` and ``decoder_input_ids`` inside the vocabulary of the embedding
 that reads each, every mask of the shape of the ids it masks.
 
+NOTE [input dtypes]
+Inputs are checked against the model before it runs, so a wrong type is a
+:class:`~torchbridge.errors.DTypeMismatchError` naming both types instead of a
+torch error from deep inside the module: a floating-point input of another
+precision than the model's, and a complex input to a model whose parameters and
+buffers are all real (a model with complex parameters takes complex inputs).
+Integer inputs (token ids, masks) are never checked against the float type.
+
 NOTE [bridged models under DDP]
 When a process group of more than one process exists (``torchbridge.distributed.init()``),
 ``bridge`` wraps the module in ``DistributedDataParallel`` (one wrapper per
@@ -67,9 +75,10 @@ from __future__ import annotations
 import re
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .devices import module_device, module_float_dtype
@@ -79,17 +88,20 @@ from .errors import (
     CotangentError,
     DeviceMismatchError,
     DTypeMismatchError,
+    InputGradsError,
     InputShapeError,
     ModelClosedError,
+    NotAModuleError,
     PullbackReleasedError,
     UnsupportedArrayError,
+    UnsupportedDTypeError,
 )
 from .exchange import describe_array, julia_eltype, julia_shape, to_torch
 from .memory import LEDGER, tensor_bytes
 from .outputs import OutputStructure, flatten_outputs
 from .textinputs import TextInputs
 
-__all__ = ["BridgedModel", "OutputStructure", "Pullback", "bridge"]
+__all__ = ["BridgedModel", "OutputStructure", "Pullback", "bridge", "bridged_model"]
 
 if hasattr(torch, "_foreach_zero_"):
     _zero_all = torch._foreach_zero_
@@ -120,6 +132,53 @@ def is_shape_error(exc: BaseException) -> bool:
     )
 
 
+def not_a_module_message(what: str, value: Any, expected: str = "a torch.nn.Module") -> str:
+    """What ``what`` says when it is given ``value`` instead of a module: the kind of value it
+    got, and how to make a module from what such a value usually is."""
+    kind = type(value).__name__
+    if isinstance(value, str):
+        hint = (
+            f"{value!r} reads as a model id: torchbridge.bridge(torchbridge.load_model("
+            f"{value!r})), or TorchBridge.load_model from Julia."
+        )
+    elif isinstance(value, Mapping):
+        hint = (
+            "A mapping of names to tensors is a state dict, not a model: build the module "
+            "(torchbridge.load_model(id, pretrained=False), or your own class) and call "
+            "module.load_state_dict(state_dict) first."
+        )
+    elif isinstance(value, BridgedModel):
+        hint = "It is bridged already: use it as it is, or bridge its .module again."
+    elif callable(value):
+        hint = (
+            "A plain function has no parameters to share: wrap it in a torch.nn.Module "
+            "subclass whose forward calls it."
+        )
+    elif hasattr(value, "__dlpack__") or hasattr(value, "__array_interface__"):
+        hint = "An array is an input, not a model: pass it to the bridged model's forward."
+    else:
+        hint = "Load one with torchbridge.load_model(model_id) or build it in torch."
+    return f"{what}: expected {expected}, got {kind}. {hint}"
+
+
+def bridged_model(value: Any, what: str) -> BridgedModel:
+    """bridged_model(value, what) -> value, when it is a :class:`BridgedModel`.
+
+    For the calls that take a bridged model (the Julia-support façade): anything
+    else is a :class:`~torchbridge.errors.NotAModuleError` naming ``what``.
+    """
+    if isinstance(value, BridgedModel):
+        return value
+    if isinstance(value, torch.nn.Module):
+        raise NotAModuleError(
+            f"{what}: expected a BridgedModel, got the unbridged {type(value).__name__}; "
+            "bridge it first: torchbridge.bridge(module)."
+        )
+    raise NotAModuleError(
+        not_a_module_message(what, value, "a BridgedModel (torchbridge.bridge(module))")
+    )
+
+
 def bridge(
     module: torch.nn.Module,
     *,
@@ -141,6 +200,11 @@ def bridge(
             wrap the module in ``DistributedDataParallel`` so the pullback
             averages the gradients over the ranks (NOTE [bridged models under
             DDP]); ``False`` keeps every rank's gradients its own.
+
+    Raises:
+        NotAModuleError: ``module`` is not a ``torch.nn.Module`` (a model id,
+            a state dict, a function, an array ...); the message says how to
+            make one of it.
     """
     return BridgedModel(module, input_shapes=input_shapes, distributed=distributed)
 
@@ -169,10 +233,7 @@ class BridgedModel:
 
     def __init__(self, module: torch.nn.Module, *, input_shapes=None, distributed: bool = True):
         if not isinstance(module, torch.nn.Module):
-            raise TypeError(
-                f"bridge: expected a torch.nn.Module, got {type(module).__name__}. "
-                "Load one with torchbridge.load_model(model_id) or build it in torch."
-            )
+            raise NotAModuleError(not_a_module_message("bridge", module))
         # first: it may warn (or, with the warning made an error, refuse) before anything is held
         text = TextInputs.of(module)
         self.module = module
@@ -207,6 +268,10 @@ class BridgedModel:
         self.output_structure: OutputStructure | None = None
         self._device = module_device(module)
         self._float_dtype = module_float_dtype(module)
+        # a model of real parameters takes real inputs (NOTE [input dtypes])
+        self._real = self._float_dtype is not None and not any(
+            t.is_complex() for t in (*module.parameters(), *module.buffers())
+        )
         self._text = text
         shared = [*self.params, *self.grads] if self._shares_gradients else []
         LEDGER.add_model(self, len(shared), tensor_bytes(shared))
@@ -329,21 +394,30 @@ class BridgedModel:
         ``input_grads`` says which inputs want a gradient: one bool for all,
         one per positional input (keyword inputs then want one), or a mapping
         from positions and keyword names to bools (those not named want one).
-        ``False`` skips that work for data batches. Only floating-point inputs
-        are ever differentiated; token ids and masks cross as they are (NOTE
-        [keyword inputs]).
+        ``False`` skips that work for data batches. Only floating-point (and
+        complex) inputs are ever differentiated; token ids and masks cross as
+        they are (NOTE [keyword inputs]). ``True`` for all skips them; naming
+        one of them as wanting a gradient is an
+        :class:`~torchbridge.errors.InputGradsError`, as is any other form of
+        ``input_grads``.
         """
         self._check_open("forward")
+        npos = len(inputs)
+        # the flags' form is checked before any array is viewed
+        wants, asked = _per_input(input_grads, npos, tuple(kw_inputs))
         values, names = self.checked_inputs(*inputs, **kw_inputs)
         del kw_inputs
-        npos = len(inputs)
         if not grad:
             with self.lock, torch.no_grad():
                 out = self._run(values, npos, names)
             flat, structure = flatten_outputs(out)
             self.output_structure = structure
             return tuple(flat), None
-        leaves = _leaves(values, _per_input(input_grads, npos, names))
+        problem = _without_gradient(values, asked, npos, names) if asked else None
+        if problem is not None:
+            values.clear()  # the views go now, not when the traceback dies
+            raise InputGradsError(problem)
+        leaves = _leaves(values, wants)
         del values
         with self.lock:
             if torch.is_grad_enabled():
@@ -366,12 +440,20 @@ class BridgedModel:
         (raising its typed errors).
         """
         names = tuple(kw_inputs)
-        values = [to_torch(x) for x in inputs]
-        values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+        values: list = []
         npos = len(inputs)
-        self._check_inputs(values, npos)
-        if self._text is not None:
-            self._text.check(values, npos, names)
+        try:
+            values.extend(to_torch(x) for x in inputs)
+            values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+            self._check_inputs(values, npos, names)
+            if self._text is not None:
+                self._text.check(values, npos, names)
+        except BaseException as exc:
+            # A refused call leaves nothing allocated: the views of the foreign
+            # arrays go now, not when the caller drops the exception's traceback.
+            values.clear()
+            traceback.clear_frames(exc.__traceback__)
+            raise
         return values, names
 
     def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = (), call=None) -> Any:
@@ -426,16 +508,26 @@ class BridgedModel:
                 "torchbridge.bridge(module) to keep using it."
             )
 
-    def _check_inputs(self, values: list, npos: int | None = None) -> None:
+    def _check_inputs(self, values: list, npos: int | None = None, names: tuple = ()) -> None:
         npos = len(values) if npos is None else npos
         for i, t in enumerate(values):
             if not isinstance(t, torch.Tensor):
                 continue
             if self._device is not None and t.device != self._device:
                 raise DeviceMismatchError(
-                    f"forward: input {i} is a {describe_array(t)}, but the model is on "
+                    f"forward: input {_input_label(i, npos, names)} is a {describe_array(t)}, "
+                    f"but the model is on "
                     f"{self._device}. Move the array to {self._device} (a CuArray for "
                     "cuda, an Array for cpu) or the model with model.module.to(device)."
+                )
+            if self._real and t.is_complex():
+                raise DTypeMismatchError(
+                    f"forward: input {_input_label(i, npos, names)} is a {describe_array(t)}, "
+                    f"but the model's parameters are real {self._float_dtype} "
+                    f"({julia_eltype(self._float_dtype)}): a complex input would fail deep inside "
+                    f"it. Pass the real values the model was trained on (e.g. abs(x), real(x), "
+                    f"or real and imaginary parts as channels), as "
+                    f"{julia_eltype(self._float_dtype)}."
                 )
             if (
                 self._float_dtype is not None
@@ -443,7 +535,8 @@ class BridgedModel:
                 and t.dtype != self._float_dtype
             ):
                 raise DTypeMismatchError(
-                    f"forward: input {i} is a {describe_array(t)}, but the model computes in "
+                    f"forward: input {_input_label(i, npos, names)} is a {describe_array(t)}, "
+                    "but the model computes in "
                     f"{self._float_dtype} ({julia_eltype(self._float_dtype)}). Convert the "
                     f"input (Julia: {julia_eltype(self._float_dtype)}.(x); numpy: "
                     f"x.astype(...)) or the model (model.module.to({self._float_dtype!s}))."
@@ -692,24 +785,80 @@ def _keyword_value(name: str, value: Any) -> Any:
         raise UnsupportedArrayError(f"forward: keyword input {name}=: {exc}") from exc
 
 
+def _input_label(i: int, npos: int, names: tuple = ()) -> str:
+    """How messages name input ``i``: its position, or ``name=`` for a keyword input."""
+    return str(i) if i < npos or i - npos >= len(names) else f"{names[i - npos]}="
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+_INPUT_GRADS_FORMS = (
+    "True/False for every input, one bool per positional input ([True, False]), or a mapping "
+    "of positions and keyword names to bools ({0: False, 'inputs_embeds': True})"
+)
+
+
 def _per_input(
     flag: bool | Sequence[bool] | Mapping[str | int, bool], n: int, names: tuple[str, ...] = ()
-) -> list[bool]:
-    if isinstance(flag, bool):
-        return [flag] * (n + len(names))
+) -> tuple[list[bool], tuple[int, ...]]:
+    """One bool per input (positional, then keyword), and the inputs named as wanting a
+    gradient: every True of a sequence or a mapping, none for one bool."""
+    if _is_flag(flag):
+        return [bool(flag)] * (n + len(names)), ()
     if isinstance(flag, Mapping):
         known = {*range(n), *names}
         unknown = [k for k in flag if k not in known]
         if unknown:
-            raise ValueError(
+            raise InputGradsError(
                 f"forward: input_grads names {unknown}, which are not inputs of this call "
-                f"(positions 0..{n - 1}, keywords {list(names)})"
+                f"(positions 0..{n - 1}, keywords {list(names)})."
             )
-        return [bool(flag.get(k, True)) for k in (*range(n), *names)]
-    flags = [bool(f) for f in flag]
+        odd = {k: v for k, v in flag.items() if not _is_flag(v)}
+        if odd:
+            raise InputGradsError(
+                f"forward: input_grads maps inputs to bools, got {odd!r}. It takes "
+                f"{_INPUT_GRADS_FORMS}."
+            )
+        keys = (*range(n), *names)
+        wants = [bool(flag.get(k, True)) for k in keys]
+        return wants, tuple(i for i, k in enumerate(keys) if flag.get(k) is not None and wants[i])
+    if isinstance(flag, (str, bytes)) or not isinstance(flag, Iterable):
+        raise InputGradsError(
+            f"forward: input_grads takes {_INPUT_GRADS_FORMS}; got {type(flag).__name__} {flag!r}."
+        )
+    flags = list(flag)
+    odd = [f for f in flags if not _is_flag(f)]
+    if odd:
+        raise InputGradsError(
+            f"forward: input_grads has entries that are not bools: {odd!r}. It takes "
+            f"{_INPUT_GRADS_FORMS}."
+        )
     if len(flags) != n:
-        raise ValueError(f"forward: input_grads has {len(flags)} entries for {n} inputs")
-    return flags + [True] * len(names)
+        raise InputGradsError(
+            f"forward: input_grads has {len(flags)} entries for {n} positional input(s); give "
+            "one bool per positional input, or a mapping to name keyword inputs."
+        )
+    return [bool(f) for f in flags] + [True] * len(names), tuple(
+        i for i, f in enumerate(flags) if f
+    )
+
+
+def _without_gradient(values: list, asked: tuple[int, ...], npos: int, names: tuple) -> str | None:
+    """The message for the first input named as wanting a gradient that has none, else None."""
+    for i in asked:
+        t = values[i]
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            continue
+        what = describe_array(t) if isinstance(t, torch.Tensor) else f"{type(t).__name__} {t!r}"
+        return (
+            f"forward: input_grads asks for the gradient of input {_input_label(i, npos, names)}, "
+            f"a {what}, which has none: only floating-point and complex arrays are "
+            "differentiated (token ids and masks never are). Set it to False, or pass "
+            "input_grads=True, which differentiates every floating-point input and skips the rest."
+        )
+    return None
 
 
 def _check_cotangent(i: int, out: torch.Tensor, cot: Any) -> torch.Tensor:
@@ -717,6 +866,11 @@ def _check_cotangent(i: int, out: torch.Tensor, cot: Any) -> torch.Tensor:
         c = to_torch(cot)
     except UnsupportedArrayError as exc:
         raise CotangentError(f"pullback: cotangent {i} is not an array: {exc}") from exc
+    except UnsupportedDTypeError as exc:
+        raise CotangentError(
+            f"pullback: cotangent {i} cannot cross: {exc} Output {i} is {out.dtype} "
+            f"({julia_eltype(out.dtype)}); a cotangent has its output's type."
+        ) from exc
     if c.shape != out.shape:
         raise CotangentError(
             f"pullback: cotangent {i} has torch shape {tuple(c.shape)} (Julia size "

@@ -27,12 +27,14 @@ __all__ = [
     "ExportError",
     "ExportVerificationError",
     "FeaturesUnavailableError",
+    "InputGradsError",
     "InputShapeError",
     "InputSpecError",
     "InvalidModelIdError",
     "LeakError",
     "MaskShapeError",
     "ModelClosedError",
+    "NotAModuleError",
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
@@ -71,6 +73,10 @@ class TorchBridgeError(Exception):
 
 class BridgeError(TorchBridgeError):
     """An array, model or pullback could not cross the bridge."""
+
+
+class NotAModuleError(BridgeError, TypeError):
+    """``bridge`` (or a call that takes a bridged model) got something else than a module."""
 
 
 class UnsupportedArrayError(BridgeError, TypeError):
@@ -114,6 +120,15 @@ class VocabularyUnknownWarning(BridgeError, UserWarning):
 
     Issued once per model. ``warnings.simplefilter("error", VocabularyUnknownWarning)``
     refuses such models instead, with this class (a ``TorchBridgeError`` too).
+    """
+
+
+class InputGradsError(BridgeError, TypeError, ValueError):
+    """``input_grads`` is not a bool, one bool per positional input, or a mapping of inputs
+    to bools, or it asks for the gradient of an input that has none (token ids, a mask).
+
+    Both a ``TypeError`` (a wrong kind of value) and a ``ValueError`` (a wrong
+    length, an unknown name), as those cases were before they had a class.
     """
 
 

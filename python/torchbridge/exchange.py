@@ -31,7 +31,27 @@ view: as an input it is copied once (counted in the ledger as
 :class:`~torchbridge.errors.ReadOnlyArrayError`. A model that works in place on
 its input can then never write into, or crash on, a read-only mapping.
 
-Apart from that copy nothing here copies. An object that cannot be viewed is
+NOTE [negative strides]
+numpy views such as ``a[::-1]`` (and a Julia array viewed through a reversed
+range) step backwards through memory; torch has no negative strides, so it
+cannot view them. As an *input* such an array is copied once (counted in the
+ledger as ``negative_stride_copies``): the model reads the same values, and an
+input's memory is only ever read. As a *destination* it is refused with
+:class:`~torchbridge.errors.UnsupportedArrayError` before anything is written:
+a copy written into would look like success while the caller's array stayed as
+it was. A DLPack producer other than numpy that exports negative strides is
+refused too (the bridge reads foreign memory only through torch, which cannot
+import it); pass a copy.
+
+NOTE [byte order]
+torch reads native byte order only. A numpy array of another byte order
+(``np.dtype('>f4')`` on a little-endian machine: FITS files, some network
+formats) is refused with :class:`~torchbridge.errors.UnsupportedDTypeError`
+naming the byte order and the conversion (``x.astype('<f4')``). Converting it
+here would be a copy that changes the element representation: like any other
+dtype conversion it is the caller's to make, once, where it is visible.
+
+Apart from those copies nothing here copies. An object that cannot be viewed is
 refused with a typed error instead of being copied behind the caller's back.
 """
 
@@ -136,7 +156,8 @@ def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
     any array; ``"torch"`` keeps them as given.
 
     Memory its producer marked read-only is copied once, never viewed (NOTE
-    [read-only memory]).
+    [read-only memory]); so is a numpy view with negative strides (NOTE
+    [negative strides]).
 
     .. warning::
         The tensor shares memory with ``obj``: writes on either side are seen
@@ -144,27 +165,38 @@ def to_torch(obj: Any, *, layout: Layout = None) -> torch.Tensor:
 
     Raises:
         UnsupportedDTypeError: the element type cannot cross through DLPack
-            (for example bfloat16 from numpy/ml_dtypes).
+            (for example bfloat16 from numpy/ml_dtypes, or a numpy array in
+            non-native byte order: NOTE [byte order]).
         UnsupportedArrayError: ``obj`` is not a strided array (a list, a
-            scalar, a sparse tensor, a used capsule ...), or ``layout`` is not
-            one of ``None``, ``"julia"``, ``"torch"``.
+            scalar, a sparse tensor, a used capsule, a DLPack export with
+            negative strides ...), or ``layout`` is not one of ``None``,
+            ``"julia"``, ``"torch"``.
     """
     reverse = _reverses(obj, layout)
     view = _julia_view(obj) if reverse else None
     if view is not None:
         # numpy's transpose reverses the view before torch sees it: cheaper
         # than permuting the tensor after (this runs for every Julia input)
-        tensor, read_only = _from_numpy(view.T), not view.flags.writeable
+        tensor, access = _from_numpy(view.T)
     else:
-        tensor, read_only = _view(obj)
+        tensor, access = _view(obj)
         if reverse:
             tensor = _reversed(tensor)
-    if read_only:
+    if access is not _VIEWED:
         from .memory import LEDGER
 
-        tensor = tensor.clone(memory_format=torch.contiguous_format)
-        LEDGER.count_read_only_copy()
+        if access is _READ_ONLY:
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+            LEDGER.count_read_only_copy()
+        else:  # _COPIED: the copy is made already
+            LEDGER.count_negative_stride_copy()
     return tensor
+
+
+# How a tensor from _view relates to its producer's memory: a view torch may
+# write through; a view of memory marked read-only (to copy, or refuse as a
+# destination); or a private copy, made because torch cannot view that memory.
+_VIEWED, _READ_ONLY, _COPIED = "viewed", "read-only", "copied"
 
 
 def _julia_view(obj: Any) -> np.ndarray | None:
@@ -197,17 +229,18 @@ def _reversed(t: torch.Tensor) -> torch.Tensor:
     return t.permute(*reversed(range(t.dim()))) if t.dim() >= 2 else t
 
 
-def _view(obj: Any) -> tuple[torch.Tensor, bool]:
-    """A tensor over ``obj``'s memory and whether its producer marked it read-only."""
+def _view(obj: Any, *, destination: bool = False) -> tuple[torch.Tensor, str]:
+    """A tensor over ``obj``'s memory and how it relates to it (``_VIEWED``, ``_READ_ONLY``,
+    ``_COPIED``); a ``destination`` is never copied (NOTE [negative strides])."""
     if isinstance(obj, torch.Tensor) and not isinstance(obj, _READ_ONLY_WRAPPERS):
         if obj.layout is not torch.strided:
             raise UnsupportedArrayError(
                 f"to_torch: got a {obj.layout} tensor; only dense strided tensors cross the "
                 "bridge. Call .to_dense() first."
             )
-        return obj, False
+        return obj, _VIEWED
     if isinstance(obj, np.ndarray):
-        return _from_numpy(obj), not obj.flags.writeable
+        return _from_numpy(obj, destination=destination)
     if hasattr(obj, "__dlpack__"):
         try:
             capsule = _request_capsule(obj)
@@ -217,16 +250,16 @@ def _view(obj: Any) -> tuple[torch.Tensor, bool]:
                 "Its element type or layout cannot cross; convert it to a supported dtype "
                 "(float16/32/64, integer, bool, complex) first."
             ) from exc
-        read_only = _capsule_read_only(capsule)
-        return _import_capsule(capsule, type(obj).__name__), read_only
+        access = _READ_ONLY if _capsule_read_only(capsule) else _VIEWED
+        return _import_capsule(capsule, type(obj).__name__), access
     if type(obj).__name__ == "PyCapsule":
         if not _capsule_name(obj):
             raise UnsupportedArrayError(
                 "to_torch: this DLPack capsule was already consumed. A capsule is consumed by "
                 "its first import: share the array again for each use."
             )
-        read_only = _capsule_read_only(obj)
-        return _import_capsule(obj, "DLPack capsule"), read_only
+        access = _READ_ONLY if _capsule_read_only(obj) else _VIEWED
+        return _import_capsule(obj, "DLPack capsule"), access
     if hasattr(obj, "__array_interface__") or _has_buffer(obj):
         try:
             view = np.asarray(obj)
@@ -236,7 +269,7 @@ def _view(obj: Any) -> tuple[torch.Tensor, bool]:
                 f"view ({exc})."
             ) from exc
         if view.dtype != object:
-            return _from_numpy(view), not view.flags.writeable
+            return _from_numpy(view, destination=destination)
     raise UnsupportedArrayError(
         f"to_torch: cannot view a {type(obj).__name__} as an array without copying. Pass a "
         "strided array: a torch tensor, a numpy array, any object with __dlpack__, or a Julia "
@@ -244,20 +277,42 @@ def _view(obj: Any) -> tuple[torch.Tensor, bool]:
     )
 
 
-def _from_numpy(a: np.ndarray) -> torch.Tensor:
+def _from_numpy(a: np.ndarray, *, destination: bool = False) -> tuple[torch.Tensor, str]:
     if a.dtype.kind not in "biufc":
         raise UnsupportedDTypeError(
             f"to_torch: arrays of numpy dtype {a.dtype} cannot cross the bridge; "
             "pass a numeric array (Float32 is what most models expect)."
         )
+    if not a.dtype.isnative:
+        native = a.dtype.newbyteorder("=")
+        order = "big" if a.dtype.byteorder == ">" else "little"
+        fix = (
+            f"allocate the destination in native byte order (np.empty(shape, '{native.str}'))"
+            if destination
+            else f"convert it once: x.astype('{native.str}')"
+        )
+        raise UnsupportedDTypeError(
+            f"to_torch: the numpy array has dtype '{a.dtype.str}' ({order}-endian), and torch "
+            f"reads native byte order only ('{native.str}' here); {fix}."
+        )
+    if any(s < 0 for s in a.strides):
+        if destination:
+            raise UnsupportedArrayError(
+                f"copy_into: the destination (numpy shape {a.shape}, strides {a.strides}) has "
+                "negative strides, which torch cannot view, so nothing was written: writing "
+                "into a copy would leave your array as it was. Pass an array with positive "
+                "strides (e.g. write into the array it is a reversed view of, and reverse after)."
+            )
+        # NOTE [negative strides]: one copy, counted by the caller; an input is only read
+        return torch.from_numpy(np.ascontiguousarray(a)), _COPIED
     try:
         if not a.flags.writeable:
             # A view torch believes writable; the caller copies or refuses it at once
             # (NOTE [read-only memory]), so torch's warning about it says nothing here.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                return torch.from_numpy(a)
-        return torch.from_numpy(a)
+                return torch.from_numpy(a), _READ_ONLY
+        return torch.from_numpy(a), _VIEWED
     except (TypeError, RuntimeError) as exc:
         raise UnsupportedDTypeError(
             f"to_torch: a numpy array of dtype {a.dtype} cannot cross the bridge ({exc}). "
@@ -275,6 +330,10 @@ def _from_numpy(a: np.ndarray) -> torch.Tensor:
 
 _kDLCUDA, _kDLROCM = 2, 10
 _CAPSULE_NAMES = (b"dltensor", b"dltensor_versioned")
+# A capsule keeps the pointer to its name, not a copy: the names it is renamed to
+# live here for good (a temporary bytes object would leave it a dangling name,
+# and its producer's destructor would then fail to recognise it as used).
+_USED_NAMES = {name: b"used_" + name for name in _CAPSULE_NAMES}
 # offset of `deleter` in DLManagedTensor (after DLTensor: 48 bytes, manager_ctx)
 # and in DLManagedTensorVersioned (after version: 8 bytes, manager_ctx)
 _DELETER_OFFSET = {b"dltensor": 56, b"dltensor_versioned": 16}
@@ -332,12 +391,41 @@ def _import_capsule(capsule: Any, what: str) -> torch.Tensor:
     try:
         return torch.from_dlpack(capsule)
     except (BufferError, RuntimeError, ValueError, TypeError) as exc:
+        # read before the deleter frees the producer's description of the array
+        backwards = _capsule_negative_strides(capsule)
         _delete_unconsumed(capsule)
+        if backwards:
+            raise UnsupportedArrayError(
+                f"to_torch: this {what} has negative strides {backwards} (a reversed view), "
+                "which torch cannot import, and the bridge reads foreign memory only through "
+                "torch. Pass a copy with positive strides (numpy: np.ascontiguousarray(x); "
+                "Julia: copy(x))."
+            ) from exc
         raise UnsupportedDTypeError(
             f"to_torch: torch cannot import this {what} ({exc}). Its element type or "
             "device is not one torch reads through DLPack; convert it to a supported dtype "
             "(float16/32/64, bfloat16, integer, bool, complex) first."
         ) from exc
+
+
+# Where the DLTensor sits in each kind of capsule (after DLManagedTensorVersioned's
+# version, manager_ctx, deleter and flags), and where ndim and strides sit in it.
+_DLTENSOR_OFFSET = {b"dltensor": 0, b"dltensor_versioned": 32}
+_NDIM_OFFSET, _STRIDES_OFFSET = 16, 32
+
+
+def _capsule_negative_strides(capsule: Any) -> tuple[int, ...] | None:
+    """The strides of an unconsumed capsule's tensor when any is negative, else None."""
+    name = _capsule_name(capsule)
+    if name is None:
+        return None
+    tensor = _pythonapi.PyCapsule_GetPointer(capsule, name) + _DLTENSOR_OFFSET[name]
+    ndim = ctypes.c_int32.from_address(tensor + _NDIM_OFFSET).value
+    strides = ctypes.c_void_p.from_address(tensor + _STRIDES_OFFSET).value
+    if not strides or ndim <= 0:  # no strides: compact row-major
+        return None
+    values = tuple((ctypes.c_int64 * ndim).from_address(strides))
+    return values if any(v < 0 for v in values) else None
 
 
 def _delete_unconsumed(capsule: Any) -> None:
@@ -347,7 +435,7 @@ def _delete_unconsumed(capsule: Any) -> None:
         return
     pointer = _pythonapi.PyCapsule_GetPointer(capsule, name)
     deleter = ctypes.c_void_p.from_address(pointer + _DELETER_OFFSET[name]).value
-    _pythonapi.PyCapsule_SetName(capsule, b"used_" + name)
+    _pythonapi.PyCapsule_SetName(capsule, _USED_NAMES[name])
     if deleter:
         _Deleter(deleter)(pointer)
 
@@ -398,11 +486,13 @@ def copy_into(destination: Any, source: torch.Tensor, *, layout: Layout = None) 
         ReadOnlyArrayError: the destination's producer marked it read-only
             (NOTE [read-only memory]); nothing is written.
         UnsupportedArrayError, UnsupportedDTypeError: the destination's shape
-            or element type differs from the source's.
+            or element type differs from the source's, it has negative strides
+            (NOTE [negative strides]) or a non-native byte order (NOTE [byte
+            order]); nothing is written.
     """
     reverse = _reverses(destination, layout)
-    target, read_only = _view(destination)
-    if read_only:
+    target, access = _view(destination, destination=True)
+    if access is _READ_ONLY:
         del target
         raise ReadOnlyArrayError(
             f"copy_into: the destination ({type(destination).__name__}) is read-only, so "

@@ -16,7 +16,6 @@ plus ``.onnx.data``; the report names both.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import os
 import re
@@ -31,6 +30,7 @@ import torch
 
 from .devices import module_device, module_float_dtype
 from .errors import ExportError, ExportVerificationError
+from .export_inputs import ExportPlan, export_plan, plain_message, plain_text
 
 __all__ = ["SINGLE_FILE_LIMIT", "ExportReport", "TensorInfo", "export_onnx"]
 
@@ -39,8 +39,6 @@ SINGLE_FILE_LIMIT = 1_800_000_000
 
 # Largest |onnxruntime - torch| accepted, by the model's floating-point type.
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-_VERIFY_BATCH_SIZES = (1, 3)
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,9 @@ class ExportReport:
         batch_sizes_checked: The batch sizes run through onnxruntime (empty when not verified).
         verified_with: ``"onnxruntime <version>"``, or ``None`` when not verified.
         seconds: Wall time of the export, check and verification.
+        notes: What the export changed to succeed, in words (e.g. that a
+            transformers model was traced with eager attention); empty when
+            nothing.
     """
 
     path: Path
@@ -82,6 +83,7 @@ class ExportReport:
     batch_sizes_checked: tuple[int, ...] = ()
     verified_with: str | None = None
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ class ExportReport:
             "batch_sizes_checked": list(self.batch_sizes_checked),
             "verified_with": self.verified_with,
             "seconds": self.seconds,
+            "notes": list(self.notes),
         }
 
 
@@ -156,65 +159,9 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
     return settle_head(module, num_classes, names=names, model_id=model, yours=True)
 
 
-def _input_size(model: Any, module: torch.nn.Module, input_size: Any) -> tuple[int, ...]:
-    if input_size is None:
-        if isinstance(model, str):
-            from . import registry
-
-            input_size = registry.model_info(model).input_size
-        if input_size is None:
-            input_size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
-        if input_size is None:
-            input_size = _config_image_size(getattr(module, "config", None))
-        if input_size is None:
-            raise ExportError(
-                "export_onnx: the input size of one sample is unknown; pass input_size in "
-                "torch order without the batch, e.g. input_size=(3, 224, 224)."
-            )
-    try:
-        size = tuple(int(n) for n in input_size)
-    except (TypeError, ValueError) as exc:
-        raise ExportError(
-            f"export_onnx: input_size must be a sequence of ints such as (3, 224, 224), got "
-            f"{input_size!r}."
-        ) from exc
-    if not size or any(n < 1 for n in size):
-        raise ExportError(f"export_onnx: input_size must be positive sizes, got {size}.")
-    return size
-
-
-def _config_image_size(config: Any) -> tuple[int, ...] | None:
-    # a transformers vision config declares one image: num_channels, image_size
-    image = getattr(config, "image_size", None)
-    channels = getattr(config, "num_channels", None)
-    if image is None or channels is None:
-        return None
-    height, width = (image, image) if isinstance(image, int) else tuple(image)
-    return (int(channels), int(height), int(width))
-
-
-def _image_input_name(module: torch.nn.Module) -> str:
-    # transformers vision models call their input pixel_values; keep that name
-    params = list(inspect.signature(module.forward).parameters)
-    return "pixel_values" if params and params[0] == "pixel_values" else "input"
-
-
 def _model_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
     dtype = module_float_dtype(module) or torch.float32
     return dtype, module_device(module) or torch.device("cpu")
-
-
-def _output_names(outputs: Any) -> list[str]:
-    if isinstance(outputs, torch.Tensor):
-        return ["output"]
-    if isinstance(outputs, dict):
-        return [str(k) for k in outputs]
-    if isinstance(outputs, Sequence):
-        return [f"output_{i}" for i in range(len(outputs))]
-    raise ExportError(
-        f"export_onnx: the model returned a {type(outputs).__name__}; ONNX export needs a "
-        "tensor, a tuple/list of tensors or a dict of tensors."
-    )
 
 
 def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
@@ -256,6 +203,152 @@ def _remove(*paths: Path | None) -> None:
                 path.unlink()
 
 
+class _TorchExportFailed(Exception):
+    """torch.onnx.export raised ``failure``; the caller words the ExportError."""
+
+    def __init__(self, failure: Exception):
+        super().__init__(failure)
+        self.failure = failure
+
+
+def _write_with_fallback(
+    model: torch.nn.Module, plan: ExportPlan, target: Path, *, opset, external, notes: list
+) -> list[str]:
+    """Write ``plan`` to ``target``; retry once with eager attention (NOTE [eager attention])."""
+
+    def write() -> list[str]:
+        return _write(
+            plan.module,
+            plan.example,
+            target,
+            names=list(plan.output_names),
+            input_names=plan.input_names,
+            dynamic_shapes=plan.dynamic_shapes,
+            opset=opset,
+            external=external,
+        )
+
+    try:
+        return write()
+    except _TorchExportFailed as first:
+        failure = first.failure
+    attention = _switchable_attention(model)
+    if attention in (None, "eager"):
+        raise _export_error(model, failure, None) from failure
+    with _eager_attention(model) as switched:
+        if not switched:
+            raise _export_error(model, failure, None) from failure
+        try:
+            caught = write()
+        except _TorchExportFailed as second:
+            raise _export_error(model, second.failure, attention) from second.failure
+    notes.append(
+        f"exported with attn_implementation='eager': torch.export could not trace the "
+        f"model's {attention!r} attention ({_torch_reason(failure)}). The file was verified "
+        f"against the model as it is, with {attention!r} attention."
+    )
+    return caught
+
+
+def _export_error(model: torch.nn.Module, exc: Exception, eager_after: str | None) -> ExportError:
+    """What a user reads when torch cannot export ``model``: the reason, and what to do."""
+    ops = _unsupported_ops(f"{exc}\n{exc.__cause__ or ''}")
+    name = type(model).__name__
+    if ops:
+        return ExportError(
+            f"export_onnx: cannot export {name} to ONNX: ONNX has no translation for "
+            f"{', '.join(ops)}. Replace that operation in the model (or export the part of the "
+            "model before it)."
+        )
+    tried = (
+        f" (with attn_implementation='eager' too, tried after its {eager_after!r} attention failed)"
+        if eager_after
+        else ""
+    )
+    reason = _torch_reason(exc)
+    advice = []
+    if "data-dependent" in reason:
+        advice.append(
+            "the model branches on tensor values (an `if` on a tensor): write that branch with "
+            "torch.where or torch.cond"
+        )
+    advice.append("try dynamic_batch=False (a graph for batches of one)")
+    if not eager_after and _switchable_attention(model) is not None:
+        advice.append("load the model with attn_implementation='eager'")
+    advice.append("or export the part of the model that torch.export can trace")
+    return ExportError(
+        f"export_onnx: cannot export {name} to ONNX{tried}: torch.export failed: {reason} "
+        f"What to do: {'; '.join(advice)}."
+    )
+
+
+def _torch_reason(exc: Exception) -> str:
+    """torch's exporter error in one line: the step that failed and its cause, without the
+    terminal colour codes and the advice to file an issue."""
+    text = plain_text(str(exc))
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    head = re.split(r"\s*This is step \d+/\d+", lines[0])[0] if lines else ""
+    head = head.rstrip(" .:")
+    summary = re.search(r"## Exception summary\s+(\S.*)", text)
+    if summary:
+        cause = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>:\s*", r"\1: ", summary.group(1).strip())
+    elif exc.__cause__ is not None:
+        cause = plain_message(exc.__cause__)
+    else:
+        return plain_message(exc)
+    cause = cause if cause[-1:] in ".!?" else cause + "."
+    return f"{head}: {cause}" if head else cause
+
+
+# NOTE [eager attention]
+# transformers models compute attention with torch's scaled_dot_product_attention
+# ("sdpa") by default; torch.export cannot decompose that path in some models
+# (Swin, T5: a view of a transposed tensor), while their eager attention, the
+# same computation written out, exports. A failed export of a model that can
+# switch is retried once with attn_implementation="eager"; every config's own
+# setting is put back afterwards, the report's notes say so, and the file is
+# verified against the model as it is (its own attention).
+
+
+def _switchable_attention(model: torch.nn.Module) -> str | None:
+    """The attention implementation of a transformers model that can switch it, else None."""
+    config = getattr(model, "config", None)
+    if not hasattr(model, "set_attn_implementation") or not hasattr(
+        config, "_attn_implementation_internal"
+    ):
+        return None
+    return getattr(config, "_attn_implementation", None)
+
+
+@contextlib.contextmanager
+def _eager_attention(model: torch.nn.Module):
+    """Eager attention inside the block (True when it took); every config restored after."""
+    # every config the switch may touch: the submodules' and their sub-configs, by identity
+    configs: dict[int, Any] = {}
+    pending = [getattr(m, "config", None) for m in model.modules()]
+    while pending:
+        config = pending.pop()
+        if config is None or id(config) in configs:
+            continue
+        configs[id(config)] = config
+        pending.extend(getattr(config, k, None) for k in getattr(config, "sub_configs", {}) or {})
+    saved = [
+        (c, c._attn_implementation_internal)
+        for c in configs.values()
+        if hasattr(c, "_attn_implementation_internal")
+    ]
+    try:
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, ImportError, NotImplementedError):
+            yield False
+            return
+        yield getattr(model.config, "_attn_implementation", None) == "eager"
+    finally:
+        for config, implementation in saved:
+            config._attn_implementation_internal = implementation
+
+
 def _write(
     module, example, path, *, names, input_names, dynamic_shapes, opset, external
 ) -> list[str]:
@@ -291,17 +384,7 @@ def _write(
                     dynamic_shapes=dynamic_shapes,
                 )
     except Exception as exc:  # the exporter raises many types; all mean "no file"
-        text = f"{exc}\n{exc.__cause__ or ''}"
-        ops = _unsupported_ops(text)
-        what = (
-            f"ONNX has no translation for {', '.join(ops)}"
-            if ops
-            else f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        )
-        raise ExportError(
-            f"export_onnx: cannot export {type(module).__name__} to ONNX: {what}. Replace that "
-            "operation in the model (or export the part of the model before it)."
-        ) from exc
+        raise _TorchExportFailed(exc) from exc
     return sorted({str(w.message).splitlines()[0] for w in caught})
 
 
@@ -370,56 +453,6 @@ def _verify(module, path, feeds, tolerance) -> float:
     return worst
 
 
-class _TextModel(torch.nn.Module):
-    """A text model called with its token inputs positionally, returning its named tensors."""
-
-    def __init__(self, model: torch.nn.Module, input_names: Sequence[str], extra: dict):
-        super().__init__()
-        self.model = model
-        self.input_names = tuple(input_names)
-        self.extra = extra
-
-    def forward(self, *inputs: torch.Tensor):
-        from .outputs import flatten_outputs
-
-        flat, _ = flatten_outputs(self.model(**dict(zip(self.input_names, inputs)), **self.extra))
-        return tuple(flat)
-
-
-def _text_spec(module: torch.nn.Module):
-    """The token inputs of a text model (``None`` for any other module, and for one that
-    also reads images or audio, like CLIP), as export needs them."""
-    import inspect
-
-    from .textinputs import TextInputs
-
-    text = TextInputs.of(module)
-    if text is None or text.vocab_size is None:
-        return None
-    params = inspect.signature(module.forward).parameters
-    if any(n in params for n in ("pixel_values", "input_features", "input_values")):
-        return None
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in params and text.type_vocab_size:
-        names.append("token_type_ids")
-    extra = {"use_cache": False} if "use_cache" in params else {}
-    config = getattr(module, "config", None)
-    max_len = getattr(config, "max_position_embeddings", None) or getattr(
-        config, "n_positions", None
-    )
-    return text, [n for n in names if n in params], extra, max_len
-
-
-def _text_feed(text, names, batch: int, seq: int, device, generator) -> tuple[torch.Tensor, ...]:
-    ids = torch.randint(0, text.vocab_size, (batch, seq), generator=generator)
-    mask = torch.ones(batch, seq, dtype=torch.int64)
-    if seq > 2:
-        mask[0, -2:] = 0  # some padding, as a real batch has
-    types = torch.zeros(batch, seq, dtype=torch.int64)
-    by_name = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return tuple(by_name[n].to(device) for n in names)
-
-
 def export_onnx(
     model: torch.nn.Module | str,
     path: str | Path,
@@ -444,10 +477,13 @@ def export_onnx(
         path: The ``.onnx`` file to write (its folder is created).
         input_size: One sample's shape in torch order, without the batch:
             ``(3, 224, 224)``. Defaults to the registry's or timm's input size,
-            or a transformers vision config's ``(num_channels, image_size)``.
-            Text models need none (their inputs are token ids). The image
-            input is named ``input`` (``pixel_values`` where the model's
-            forward calls it so).
+            or a transformers config's: an image model's ``(num_channels,
+            image_size)``, a Whisper-style encoder's ``(num_mel_bins, frames)``.
+            Text models need none (their inputs are token ids); an
+            encoder-decoder model also gets ``decoder_input_ids`` (NOTE
+            [export inputs] in :mod:`torchbridge.export_inputs`). The input is
+            named ``input`` (``pixel_values``, ``input_values`` or
+            ``input_features`` where the model's forward calls it so).
         dynamic_batch: Export the batch dimension as symbolic (``"batch"``);
             otherwise the graph takes batches of one.
         opset: The ONNX opset to target; ``None`` lets torch choose.
@@ -462,10 +498,16 @@ def export_onnx(
 
     The model is exported in eval mode; the mode of each submodule is restored afterwards.
 
+    A transformers model whose default attention torch.export cannot trace is
+    exported with ``attn_implementation="eager"`` instead and verified against
+    the model as it is; ``ExportReport.notes`` says so (NOTE [eager attention]).
+
     Raises:
         ExportError: the model cannot be expressed in ONNX (the message names
-            the operation), would hold random weights, or the written file fails
-            ``onnx.checker``.
+            the operation, or gives torch's reason and what to try), does not
+            run on an example of its inputs (the message carries the model's
+            own), its input size is unknown, it would hold random weights, or
+            the written file fails ``onnx.checker``.
         ExportVerificationError: onnxruntime's outputs differ from torch's.
         UnknownModelError, WeightsNotFoundError, ...: a registry id cannot be loaded.
 
@@ -480,8 +522,6 @@ def export_onnx(
         ) from exc
     _check_output_path(Path(path))  # before the model is built: a wrong path fails at once
     module = _resolve_model(model, weights, num_classes)
-    text = _text_spec(module) if input_size is None else None
-    size = _input_size(model, module, input_size) if text is None else ()
     dtype, device = _model_dtype_device(module)
     tol = tolerance if tolerance is not None else _TOLERANCE.get(dtype, 1e-4)
     path = Path(path)
@@ -495,54 +535,10 @@ def export_onnx(
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        generator = torch.Generator().manual_seed(0)
-        batch_dim = torch.export.Dim("batch")
-        if text is not None:  # token inputs: batch and sequence axes both dynamic
-            spec, input_names, extra, max_len = text
-            exported: torch.nn.Module = _TextModel(module, input_names, extra)
-            example = _text_feed(spec, input_names, 2 if dynamic_batch else 1, 8, device, generator)
-            seq_dim = (
-                torch.export.Dim("sequence", max=max_len)
-                if max_len
-                else torch.export.Dim("sequence")
-            )
-            axes = {0: batch_dim, 1: seq_dim} if dynamic_batch else {1: seq_dim}
-            # one entry, for the wrapper's *inputs, holding one per token input
-            dynamic_shapes = (tuple(axes for _ in input_names),)
-            with torch.no_grad():
-                from .outputs import flatten_outputs
-
-                _, structure = flatten_outputs(module(**dict(zip(input_names, example)), **extra))
-            names = [n.replace(".", "_") for n in structure.names]
-            shapes = [(1, 5), (3, 11)] if dynamic_batch else [(1, 5), (1, 11)]
-            feeds = [
-                (
-                    f"batch size {b}, sequence length {q}",
-                    _text_feed(spec, input_names, b, q, device, generator),
-                )
-                for b, q in shapes
-            ]
-            checked_batches = tuple(dict.fromkeys(b for b, _ in shapes))
-        else:
-            exported = module
-            input_names = [_image_input_name(module)]
-            # a batch of 2 for the example: torch.export specialises dimensions of size 1
-            example = (torch.randn(2 if dynamic_batch else 1, *size, dtype=dtype, device=device),)
-            dynamic_shapes = ({0: batch_dim},) if dynamic_batch else None
-            with torch.no_grad():
-                names = _output_names(module(*example))
-            checked_batches = _VERIFY_BATCH_SIZES if dynamic_batch else (1,)
-            feeds = [
-                (
-                    f"batch size {b}",
-                    (
-                        torch.randn(b, *size, generator=generator, dtype=torch.float32)
-                        .to(dtype)
-                        .to(device),
-                    ),
-                )
-                for b in checked_batches
-            ]
+        plan = export_plan(
+            model, module, input_size, dynamic_batch=dynamic_batch, dtype=dtype, device=device
+        )
+        notes: list[str] = []
         if external:
             # the .onnx file names its data file, so both are written in place
             _remove(path, data_path)
@@ -555,15 +551,8 @@ def export_onnx(
         created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            caught = _write(
-                exported,
-                example,
-                target,
-                names=names,
-                input_names=input_names,
-                dynamic_shapes=dynamic_shapes,
-                opset=opset,
-                external=external,
+            caught = _write_with_fallback(
+                module, plan, target, opset=opset, external=external, notes=notes
             )
             if not target.exists():
                 raise ExportError(f"export_onnx: torch.onnx.export wrote no file at {path}.")
@@ -571,7 +560,8 @@ def export_onnx(
                 onnx.checker.check_model(str(target), full_check=True)
             except Exception as exc:
                 raise ExportError(
-                    f"export_onnx: the exported file fails onnx.checker's full check: {exc}"
+                    "export_onnx: the exported file fails onnx.checker's full check: "
+                    f"{plain_message(exc)}"
                 ) from exc
             graph = onnx.load(str(target), load_external_data=False)
             opset_version, inputs, outputs = _graph_info(graph)
@@ -582,8 +572,8 @@ def export_onnx(
                 except ImportError:
                     onnxruntime = None
                 if onnxruntime is not None:
-                    checked = checked_batches
-                    max_diff = _verify(exported, target, feeds, tol)
+                    checked = plan.batch_sizes
+                    max_diff = _verify(plan.module, target, plan.feeds, tol)
                     verified_with = f"onnxruntime {onnxruntime.__version__}"
             if target != path:
                 os.replace(target, path)
@@ -612,5 +602,6 @@ def export_onnx(
         batch_sizes_checked=tuple(checked),
         verified_with=verified_with,
         seconds=time.perf_counter() - started,
+        notes=tuple(notes),
         warnings=tuple(caught),
     )

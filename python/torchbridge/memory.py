@@ -69,6 +69,9 @@ class MemoryStats:
         read_only_copies: inputs copied because their producer marked them
             read-only (NOTE [read-only memory] in :mod:`torchbridge.exchange`);
             cumulative, and not a leak: :meth:`differences` leaves it out.
+        negative_stride_copies: inputs copied because torch cannot view their
+            negative strides (NOTE [negative strides] in :mod:`torchbridge.exchange`);
+            cumulative, and not a leak either.
     """
 
     live_pullbacks: int = 0
@@ -79,6 +82,7 @@ class MemoryStats:
     shared_bytes: dict[str, int] = field(default_factory=dict)
     released_by_gc: int = 0
     read_only_copies: int = 0
+    negative_stride_copies: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +94,7 @@ class MemoryStats:
             "shared_bytes": dict(self.shared_bytes),
             "released_by_gc": self.released_by_gc,
             "read_only_copies": self.read_only_copies,
+            "negative_stride_copies": self.negative_stride_copies,
         }
 
     def differences(self, baseline: MemoryStats) -> list[str]:
@@ -110,7 +115,7 @@ class MemoryStats:
 
 
 # counters that record work done, not memory held: no release brings them back
-_NOT_RELEASED = frozenset({"read_only_copies"})
+_NOT_RELEASED = frozenset({"read_only_copies", "negative_stride_copies"})
 
 
 def tensor_bytes(tensors) -> Counter:
@@ -131,6 +136,7 @@ class _Ledger:
         self._released_by_gc = 0
         self._gc_releases: deque[None] = deque()  # appended without a lock, folded by stats()
         self._read_only_copies = 0
+        self._negative_stride_copies = 0
         self._scopes = threading.local()
         self.open_scopes = 0  # in any thread
 
@@ -158,6 +164,10 @@ class _Ledger:
     def count_read_only_copy(self) -> None:
         with self._lock:
             self._read_only_copies += 1
+
+    def count_negative_stride_copy(self) -> None:
+        with self._lock:
+            self._negative_stride_copies += 1
 
     def live_pullbacks(self) -> list[Pullback]:
         refs = list(self._pullbacks.copy().values())
@@ -200,6 +210,7 @@ class _Ledger:
                 self._released_by_gc += 1
             models = list(self._models.values())
             released_by_gc, read_only_copies = self._released_by_gc, self._read_only_copies
+            negative_stride_copies = self._negative_stride_copies
         shared_bytes: Counter = Counter()
         shared = 0
         for buffers, nbytes in models:
@@ -214,6 +225,7 @@ class _Ledger:
             shared_bytes=dict(shared_bytes),
             released_by_gc=released_by_gc,
             read_only_copies=read_only_copies,
+            negative_stride_copies=negative_stride_copies,
         )
 
 

@@ -116,5 +116,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         print("  not verified numerically (onnxruntime missing or --no-verify)")
+    for note in report.notes:
+        print(f"  note: {note}")
     print(f"  {report.seconds:.1f} s")
     return 0

@@ -132,9 +132,10 @@ def feature_variant(model: BridgedModel, *, model_id: str) -> BridgedModel:
         FeaturesUnavailableError: the module has no known feature variant;
             ``model`` is left open.
     """
-    from ..bridged import bridge
+    from ..bridged import bridge, bridged_model
     from ..registry.features import feature_extractor
 
+    model = bridged_model(model, "feature_variant")
     features = feature_extractor(model.module, model_id=model_id)
     model.close()
     return bridge(features)

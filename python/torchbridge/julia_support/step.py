@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..bridged import BridgedModel, Pullback
+from ..bridged import BridgedModel, Pullback, bridged_model
 from ..errors import UnsupportedArrayError
 from ..exchange import copy_into, julia_layout, julia_shape
 
@@ -61,6 +61,7 @@ def model_state(model: BridgedModel) -> dict[str, Any]:
             only see it with a copy. Call ``module.to(memory_format=torch.contiguous_format)``
             before bridging.
     """
+    model = bridged_model(model, "model_state")
     params, grads = [], []
     for name, p, g in zip(model.param_names, model.params, model.grads, strict=True):
         for kind, t in (("parameter", p), ("gradient buffer", g)):
@@ -105,6 +106,7 @@ def forward(
     inputs (``input_ids=``, ``attention_mask=``) pass through; the outputs'
     names are ``model.output_structure.names``.
     """
+    model = bridged_model(model, "forward")
     outputs, pullback = model.forward(*inputs, grad=grad, input_grads=input_grads, **kw_inputs)
     return outputs, pullback, layouts(outputs)
 
@@ -138,6 +140,7 @@ def forward_into(
     with :func:`copy_out`, which waits for torch's stream. If anything fails
     after the module ran, the pullback is released before the error propagates.
     """
+    model = bridged_model(model, "forward_into")
     outputs, pullback = model.forward(
         *inputs, grad=grad, input_grads=input_grads, **(kw_inputs or {})
     )
@@ -214,6 +217,7 @@ def output_sizes(
     """
     from ..shapes import output_shapes
 
+    model = bridged_model(model, "output_sizes")
     shapes, structure = output_shapes(
         model.module, *(tuple(reversed(tuple(s))) for s in sizes), device=model.device
     )

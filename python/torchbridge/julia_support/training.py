@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..bridged import BridgedModel
+from ..bridged import BridgedModel, bridged_model
 from ..errors import TrainingError, UnsupportedArrayError
 from ..exchange import to_torch
 from ..outputs import flatten_outputs
@@ -36,7 +36,7 @@ class TorchOptimizer:
     def __init__(self, model: BridgedModel, spec: Mapping[str, Any], schedule=None):
         from ..train import optimizer_from_spec, schedule_from_spec
 
-        self.model = model
+        self.model = model = bridged_model(model, "optimizer")
         self.spec = dict(spec)
         self.optimizer = optimizer_from_spec(self.spec, list(model.parameters))
         self.scheduler = (
