@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "feature_channels": "torchbridge.registry",
     "register_source": "torchbridge.registry",
     "register_local_model": "torchbridge.registry",
+    # large models: adapters
+    "add_lora": "torchbridge.adapters",
+    "merge_adapter": "torchbridge.adapters",
     # text models
     "load_tokenizer": "torchbridge.text",
     "generate": "torchbridge.text",
@@ -49,6 +52,8 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
 _SUBMODULES = frozenset(
     {
+        "adapters",
+        "checkpointing",
         "cli",
         "errors",
         "exchange",
@@ -59,6 +64,7 @@ _SUBMODULES = frozenset(
         "bridged",
         "text",
         "distributed",
+        "precision",
     }
 )
 
@@ -90,6 +96,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .bridged import BridgedModel as BridgedModel
     from .bridged import OutputStructure as OutputStructure
     from .bridged import Pullback as Pullback
+    from .adapters import add_lora as add_lora
+    from .adapters import merge_adapter as merge_adapter
     from .bridged import bridge as bridge
     from .exchange import to_torch as to_torch
     from .export import ExportReport as ExportReport

@@ -11,6 +11,7 @@ Messages say what was wrong, what was expected, and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BridgeError",
     "ChecksumError",
     "CorruptWeightsError",
@@ -23,6 +24,7 @@ __all__ = [
     "ExportError",
     "ExportVerificationError",
     "FeaturesUnavailableError",
+    "GradientCheckpointingError",
     "InputShapeError",
     "InputSpecError",
     "LeakError",
@@ -31,6 +33,7 @@ __all__ = [
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
+    "PrecisionError",
     "PullbackReleasedError",
     "RankFailedError",
     "ReadOnlyArrayError",
@@ -186,6 +189,22 @@ class RemoteCodeError(RegistryError, PermissionError):
 
 class TokenizerNotFoundError(RegistryError, LookupError):
     """A model has no tokenizer files on this machine (or none at all)."""
+
+
+# -- finetuning large models -------------------------------------------------
+
+
+class AdapterError(RegistryError, ValueError):
+    """A LoRA adapter could not be made, saved, restored or merged (its spec, its target
+    layers, or its base model)."""
+
+
+class PrecisionError(TorchBridgeError, ValueError):
+    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run."""
+
+
+class GradientCheckpointingError(RegistryError, ValueError):
+    """A model has no gradient checkpointing torchbridge knows how to turn on."""
 
 
 # -- training and export -----------------------------------------------------

@@ -40,7 +40,14 @@ class TextInputs:
 
     @classmethod
     def of(cls, module: torch.nn.Module) -> TextInputs | None:
-        """of(module) -> TextInputs | None: the token rules of a module that takes ``input_ids``."""
+        """of(module) -> TextInputs | None: the token rules of a module that takes ``input_ids``.
+
+        A wrapper that names its base model (PEFT's ``get_base_model()``: a
+        model with LoRA adapters) takes what its base model takes.
+        """
+        unwrap = getattr(module, "get_base_model", None)
+        if callable(unwrap):
+            module = unwrap()
         get = getattr(module, "get_input_embeddings", None)
         if get is None:
             return None

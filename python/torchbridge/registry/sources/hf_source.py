@@ -24,6 +24,11 @@ Loading (NOTE [hf loading]):
     ``UnknownArchitectureError`` naming it and the version. ``num_labels``
     (or ``num_classes``) follows NOTE [head rule]: the body always loads, a new
     head is logged, and the config's ``num_labels`` follows the head.
+    transformers loads the folder in place (its model built on the ``meta``
+    device, the safetensors files mapped; a sharded checkpoint's
+    ``model.safetensors.index.json`` names its shards), in ``dtype=`` when the
+    registry passes one, else in the dtype its config records; a ``weights=``
+    file loads through NOTE [loading in place].
 """
 
 from __future__ import annotations
@@ -251,6 +256,7 @@ class HFSource(ModelSource):
 
     name = "hf"
     requirement = "transformers (pip install 'torchbridge[hf]')"
+    loads_dtype = True  # transformers builds and loads straight in the dtype asked for
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -435,10 +441,12 @@ class HFSource(ModelSource):
             )
         return cls
 
-    def _split(self, kwargs: dict) -> tuple[str | None, bool, dict]:
+    def _split(self, kwargs: dict) -> tuple[str | None, bool, dict, dict]:
+        """(task, trust_remote_code, what transformers builds with, config overrides)."""
         task = kwargs.pop("task", None)
         trust = bool(kwargs.pop("trust_remote_code", False))
-        return task, trust, kwargs
+        dtype = kwargs.pop("dtype", None)  # the registry resolved it (NOTE [precision])
+        return task, trust, ({} if dtype is None else {"dtype": dtype}), kwargs
 
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
         task = entry.task
@@ -496,14 +504,14 @@ class HFSource(ModelSource):
         return model
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
-        task, trust, overrides = self._split(dict(kwargs))
+        task, trust, build, overrides = self._split(dict(kwargs))
         if num_classes is not None:
             overrides["num_labels"] = num_classes
         config = self.config(entry, trust_remote_code=trust, **overrides)
         cls = self.model_class(entry, config, task)
         if hasattr(cls, "from_config"):
-            return cls.from_config(config, trust_remote_code=trust)
-        return cls._from_config(config)
+            return cls.from_config(config, trust_remote_code=trust, **build)
+        return cls._from_config(config, **build)
 
     def build_pretrained(
         self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
@@ -518,13 +526,19 @@ class HFSource(ModelSource):
         num_classes: int | None,
         **kwargs: Any,
     ):
-        task, trust, overrides = self._split(dict(kwargs))
+        task, trust, build, overrides = self._split(dict(kwargs))
         if weights is not None:  # a file of the caller's: built from the config, loaded safely
             from ..weights import load_state_dict
 
             state = load_state_dict(weights, trust_pickle=trust_pickle)
             return self.build_holding(
-                entry, state, source=str(weights), task=task, trust_remote_code=trust, **overrides
+                entry,
+                state,
+                source=str(weights),
+                task=task,
+                trust_remote_code=trust,
+                **build,
+                **overrides,
             )
         folder = self.folder(entry)
         config = self.config(entry, trust_remote_code=trust, **overrides)
@@ -538,32 +552,21 @@ class HFSource(ModelSource):
             trust_remote_code=trust,
             weights_only=not trust_pickle,
             ignore_mismatched_sizes=num_classes is not None,
+            **build,
         )
 
     def build_holding(self, entry, state, *, source: str, **kwargs: Any):
         from ..heads import held_classes
-        from ..weights import load_into_model
+        from ..weights import build_for_loading, load_into_model
 
         held = held_classes(state, self.classifier(entry))
-        model = self.build(entry, num_classes=held if held else None, **kwargs)
-        missing = {k: v for k, v in model.state_dict().items() if k not in state}
-        # tied weights (an LM head sharing the embedding) are not stored twice
-        tied = {k for k in missing if _is_tied(model, k)}
-        full = dict(state)
-        full.update({k: missing[k] for k in tied})
-        load_into_model(model, full, source=source)
+        model = build_for_loading(
+            lambda: self.build(entry, num_classes=held if held else None, **kwargs)
+        )
+        # tied weights (an LM head sharing the embedding) are stored once: load_into_model
+        # knows them as one parameter under two names
+        load_into_model(model, state, source=source)
         return model
-
-
-def _is_tied(model: Any, key: str) -> bool:
-    tied = getattr(model, "all_tied_weights_keys", None) or getattr(
-        model, "_tied_weights_keys", None
-    )
-    if isinstance(tied, dict):
-        return key in tied
-    if isinstance(tied, (list, tuple)):
-        return any(re.fullmatch(p, key) or p == key for p in tied)
-    return False
 
 
 def check_code(model_id: str, config: dict, trust_remote_code: bool) -> None:
