@@ -93,11 +93,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from . import distributed as distributed
     from . import memory as memory
     from . import train as train
+    from .adapters import add_lora as add_lora
+    from .adapters import merge_adapter as merge_adapter
     from .bridged import BridgedModel as BridgedModel
     from .bridged import OutputStructure as OutputStructure
     from .bridged import Pullback as Pullback
-    from .adapters import add_lora as add_lora
-    from .adapters import merge_adapter as merge_adapter
     from .bridged import bridge as bridge
     from .exchange import to_torch as to_torch
     from .export import ExportReport as ExportReport

@@ -103,7 +103,7 @@ class BaseModel:
 
     @property
     def has_weights(self) -> bool:
-        """Whether loading it gives weights (published, a file, a local model), not a random init."""
+        """Whether loading it gives weights (published, a file, a local model), not random ones."""
         return bool(
             self.kwargs.get("pretrained")
             or self.kwargs.get("weights")

@@ -65,10 +65,10 @@ its cotangents are float32 and the cast's gradient flows back through torch.
 The trainable set is fixed when the model is bridged: freeze parameters
 (``requires_grad_(False)``) before bridging. Frozen parameters are neither
 shared nor given a gradient buffer: a model with LoRA adapters (NOTE
-[adapters] in :mod:`torchbridge.adapters`) shares the adapters alone. As in plain PyTorch, a pullback
-accumulates into ``.grad`` of every leaf the forward reached that requires a
-gradient; a parameter unfrozen after bridging gets its gradient in its own
-``.grad``, not in a shared buffer.
+[adapters] in :mod:`torchbridge.adapters`) shares the adapters alone. As in
+plain PyTorch, a pullback accumulates into ``.grad`` of every leaf the
+forward reached that requires a gradient; a parameter unfrozen after bridging
+gets its gradient in its own ``.grad``, not in a shared buffer.
 """
 
 from __future__ import annotations
