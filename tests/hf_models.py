@@ -185,3 +185,19 @@ def tiny_cache(hub: Path, work: Path) -> dict:
         cache_repo(hub, repo, folder)
         made[repo] = (model, tok)
     return made
+
+
+def finetune_cache(hub: Path, work: Path) -> dict:
+    """The tiny decoder and encoders the finetuning tests use, in the cache ``hub``:
+    test/tiny-llama, test/tiny-gpt2 and test/tiny-bert."""
+    made = {}
+    for repo, make in (
+        ("test/tiny-llama", make_llama),
+        ("test/tiny-gpt2", make_gpt2),
+        ("test/tiny-bert", make_bert),
+    ):
+        folder = work / repo.replace("/", "_")
+        model, tok = make(folder)
+        cache_repo(hub, repo, folder)
+        made[repo] = (model, tok)
+    return made

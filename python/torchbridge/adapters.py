@@ -129,10 +129,14 @@ def _peft():
 @contextlib.contextmanager
 def _quiet_peft():
     # PEFT still asks transformers >= 5 for the old name of a property, which warns
-    # on every adapter made; the warning is theirs to settle, not the caller's.
+    # on every adapter made, and says so when it adapts GPT-2's Conv1D layers the
+    # only way they can be (transposed weights): neither is the caller's to act on.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`"
         )
         yield
 
