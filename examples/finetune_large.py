@@ -49,7 +49,7 @@ def finetune(
         gradient_checkpointing=True,  # activations recomputed in the backward pass
         lora={"r": 8, "alpha": 16, "dropout": 0.0, "target": ["q_proj", "v_proj"]},
     )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the adapter's
 
     # the text as blocks of block + 1 tokens: each block's inputs and next tokens
     tokenizer = torchbridge.load_tokenizer(model_id)

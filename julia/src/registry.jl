@@ -263,3 +263,49 @@ function merge_adapter(m::TorchModel)
         merged === nothing || PythonCall.pydel!(merged)
     end
 end
+
+"""
+    register_local_model(name, m::TorchModel; architecture = nothing, directory = nothing, overwrite = false, description = nothing) -> ModelRow
+
+Save the torch module of `m` as the registry model `"local/\$name"`, so that
+`load_model("local/\$name")` loads it back. A model loaded with `lora = ...`
+is saved as its adapter alone (PEFT's format), beside a reference to the model
+it was loaded from, and loads back as that model with the adapter restored,
+trainable. Any other model is saved whole, as torchbridge's
+`register_local_model` does, and needs `architecture`, the registry id that
+builds it (`"timm/resnet18"`, `"hf/org/name"`). The files go to `directory`,
+else torchbridge's models folder; an existing `"local/\$name"` is replaced only
+with `overwrite = true`.
+"""
+function register_local_model(
+    name::AbstractString,
+    m::TorchModel;
+    architecture = nothing,
+    directory = nothing,
+    overwrite::Bool = false,
+    description = nothing,
+)
+    _module = m.py.module
+    entry = nothing
+    try
+        entry = _guard(
+            () -> _tb.register_local_model(
+                String(name),
+                _module;
+                architecture = architecture === nothing ? nothing : String(architecture),
+                directory = directory === nothing ? nothing : String(directory),
+                overwrite = overwrite,
+                description = description,
+            ),
+        )
+        row = _guard(() -> _tbjl.entry_row(entry))
+        try
+            return _row(row)
+        finally
+            PythonCall.pydel!(row)
+        end
+    finally
+        PythonCall.pydel!(_module)
+        entry === nothing || PythonCall.pydel!(entry)
+    end
+end
