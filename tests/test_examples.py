@@ -205,7 +205,6 @@ class TestFinetuneLargeModel:
         merged model, which onnxruntime checks."""
         pytest.importorskip("peft")
         from hf_models import cache_repo, make_llama
-
         from torchbridge.registry.core import get_registry
 
         make_llama(isolated_caches / "llama")
