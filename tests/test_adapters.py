@@ -204,6 +204,14 @@ class TestSavingAndMerging:
         with pytest.raises(AdapterError, match="no LoRA adapter"):
             torchbridge.merge_adapter(merged)
 
+    def test_an_unmerged_adapter_is_not_exported(self, cache, tmp_path):
+        """export_onnx refuses a model whose adapter is not merged, saying how, and writes nothing."""
+        pytest.importorskip("onnx")
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        with pytest.raises(torchbridge.ExportError, match="merge_adapter"):
+            torchbridge.export_onnx(model, tmp_path / "m.onnx")
+        assert not list(tmp_path.iterdir())
+
 
 class TestErrors:
     @pytest.mark.parametrize(

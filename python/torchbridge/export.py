@@ -444,8 +444,8 @@ def export_onnx(
 
     Raises:
         ExportError: the model cannot be expressed in ONNX (the message names
-            the operation), would hold random weights, or the written file fails
-            ``onnx.checker``.
+            the operation), would hold random weights, carries an unmerged LoRA
+            adapter, or the written file fails ``onnx.checker``.
         ExportVerificationError: onnxruntime's outputs differ from torch's.
         UnknownModelError, WeightsNotFoundError, ...: a registry id cannot be loaded.
 
@@ -459,6 +459,14 @@ def export_onnx(
             "export_onnx needs the onnx package: pip install 'torchbridge[onnx]'"
         ) from exc
     module = _resolve_model(model, weights, num_classes)
+    from .adapters import is_adapter_model
+
+    if is_adapter_model(module):
+        raise ExportError(
+            f"export_onnx: this {type(module.get_base_model()).__name__} carries a LoRA adapter "
+            "in separate layers; fold it into the weights first: "
+            "export_onnx(torchbridge.merge_adapter(model), path) (Julia: merge_adapter(m))."
+        )
     text = _text_spec(module) if input_size is None else None
     size = _input_size(model, module, input_size) if text is None else ()
     dtype, device = _model_dtype_device(module)

@@ -297,13 +297,14 @@ class ModelRegistry:
             return model
         from ..adapters import BaseModel, attach
 
+        # trust (trust_remote_code) is given at each load, never recorded
         record = {
             "pretrained": bool(pretrained or weights_path is not None),
             "weights": None if weights_path is None else str(weights_path),
             "num_classes": num_classes,
             "features": features or None,
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-            **kwargs,
+            **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
         }
         base = BaseModel(entry.id, {k: v for k, v in record.items() if v is not None})
         head = () if features else self._trained_head(entry, model, kwargs)
