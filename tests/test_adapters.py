@@ -200,6 +200,7 @@ class TestSavingAndMerging:
         merged = torchbridge.merge_adapter(model)
         assert type(merged).__name__ == "LlamaForCausalLM" and not is_adapter_model(merged)
         assert not any("lora" in name for name, _ in merged.named_modules())
+        assert not any(p.requires_grad for p in merged.parameters())  # frozen, as PEFT left it
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
         with pytest.raises(AdapterError, match="no LoRA adapter"):
             torchbridge.merge_adapter(merged)
