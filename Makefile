@@ -45,11 +45,11 @@ lint-python: setup
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
 lint-julia: setup
-	$(FATOU) lint --color never julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl
-	$(FATOU) format --check --color never julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl
+	$(FATOU) lint --color never julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl examples/finetune_large.jl
+	$(FATOU) format --check --color never julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl examples/finetune_large.jl
 
 format-julia: setup
-	$(FATOU) format julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl
+	$(FATOU) format julia benchmarks/julia examples/finetune.jl examples/lux_finetune.jl examples/finetune_large.jl
 
 # The Julia suite, wherever a `julia` exists. With .venv set up, PythonCall
 # uses its Python (torch, timm and this package installed) instead of

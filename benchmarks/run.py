@@ -27,6 +27,7 @@ SUITES = {
     "train": "bench_train",
     "hf": "bench_hf",
     "distributed": "bench_distributed",
+    "bigmodels": "bench_bigmodels",
 }
 
 # key -> (comparison, target) for the figures the project has targets for
@@ -41,6 +42,8 @@ TARGETS = {
     "hf_step_over_torch": (">=", 0.97),
     "hf_list_and_search_ms": ("<=", 50.0),
     "hf_ledger_at_baseline": ("==", True),
+    "bigmodels_load_rss_over_checkpoint": ("<=", 1.3),
+    "bigmodels_weights_file_rss_over_checkpoint": ("<=", 1.3),
 }
 
 

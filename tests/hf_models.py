@@ -109,6 +109,32 @@ def make_gpt2(folder: Path, *, seed: int = 0):
     return model, tok
 
 
+def make_llama(folder: Path, *, seed: int = 0, dtype=torch.float32):
+    """A 2-layer Llama causal LM (grouped-query attention, rotary positions, untied head)
+    with the word-level byte tokenizer, saved in ``folder``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = gpt2_tokenizer(folder)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
 def make_vit(folder: Path, *, num_labels: int = 4, seed: int = 0):
     """A 2-layer ViT image classifier on 32x32 images, with its preprocessor config."""
     from transformers import ViTConfig, ViTForImageClassification
@@ -373,3 +399,19 @@ def make_tiny(architecture: str, folder: Path | None = None, *, seed: int = 0):
     if folder is not None:
         model.save_pretrained(folder)
     return model
+
+
+def finetune_cache(hub: Path, work: Path) -> dict:
+    """The tiny decoder and encoders the finetuning tests use, in the cache ``hub``:
+    test/tiny-llama, test/tiny-gpt2 and test/tiny-bert."""
+    made = {}
+    for repo, make in (
+        ("test/tiny-llama", make_llama),
+        ("test/tiny-gpt2", make_gpt2),
+        ("test/tiny-bert", make_bert),
+    ):
+        folder = work / repo.replace("/", "_")
+        model, tok = make(folder)
+        cache_repo(hub, repo, folder)
+        made[repo] = (model, tok)
+    return made

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("timm")
 pytest.importorskip("onnxruntime")
@@ -169,3 +170,58 @@ def test_notebook_imports_juliacall_before_torch():
         first.setdefault(name, line)
     assert first["juliacall"] < first["torch"]
     assert first["juliacall"] < first["torchbridge"]
+
+
+def _section(text: str, title: str) -> str:
+    """The text of the ``## title`` section of a Markdown file, up to the next ``## ``."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+class TestFinetuneLargeModel:
+    """docs/transformers.md, "Finetune a large model": its code is the examples' code."""
+
+    @pytest.mark.parametrize(
+        ("language", "example"), [("julia", "finetune_large.jl"), ("python", "finetune_large.py")]
+    )
+    def test_docs_blocks_are_the_examples_code(self, language, example):
+        """Every block of the section is, line for line and in order, part of its example."""
+        import re
+
+        docs = (Path(__file__).resolve().parent.parent / "docs" / "transformers.md").read_text()
+        blocks = re.findall(
+            rf"```{language}\n(.*?)```", _section(docs, "Finetune a large model"), re.S
+        )
+        code = _code_lines((EXAMPLES / example).read_text())
+        assert blocks
+        for block in blocks:
+            lines = _code_lines(block)
+            start = code.index(lines[0])
+            assert code[start : start + len(lines)] == lines, block
+
+    def test_finetune_large_py_runs_on_a_tiny_llama(self, isolated_caches):
+        """The Python example trains the adapter alone, saves and restores it, and exports the
+        merged model, which onnxruntime checks."""
+        pytest.importorskip("peft")
+        from hf_models import cache_repo, make_llama
+        from torchbridge.registry.core import get_registry
+
+        make_llama(isolated_caches / "llama")
+        cache_repo(isolated_caches / "hf" / "hub", "test/tiny-llama", isolated_caches / "llama")
+        get_registry().refresh()
+        script = load_script(EXAMPLES / "finetune_large.py")
+        out = isolated_caches / "lora"
+        argv = ["--model", "hf/test/tiny-llama", "--quick", "--epochs", "2", "--eta", "0.02"]
+        result = script.main([*argv, "--out", str(out)])
+        losses = result["history"]["train_loss"]
+        assert losses[-1] < losses[0]
+        model = result["model"]
+        adapter = [p for p in model.parameters() if p.requires_grad]
+        assert result["trainable"] == sum(p.numel() for p in adapter) == 1792
+        assert {p.dtype for p in adapter} == {torch.float32}
+        assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+        assert (out / "my-lora" / "adapter_model.safetensors").is_file()
+        report = result["report"]
+        assert report.path.name == "my-lora.onnx" and report.max_abs_diff <= report.tolerance
+        get_registry().refresh()

@@ -32,7 +32,7 @@ export TorchModel, TorchBridgeError
 export to_torch, from_torch
 export zero_grad!, close!
 export memory_stats, release!
-export models, search_models, model_info, load_model
+export models, search_models, model_info, load_model, merge_adapter, register_local_model
 export export_onnx
 export tokenize, decode, generate
 export TorchOptimiser, TorchTrainer, train_step!, fit_torch!

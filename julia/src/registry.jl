@@ -131,7 +131,7 @@ function model_info(id::AbstractString)
 end
 
 """
-    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, trust_repo = false, trust_pickle = false, input_grads = true, output = nothing, kwargs...) -> TorchModel
+    load_model(id; pretrained = false, weights = nothing, num_classes = nothing, features = false, trust_repo = false, trust_pickle = false, input_grads = true, output = nothing, lora = nothing, dtype = nothing, autocast = nothing, gradient_checkpointing = false, kwargs...) -> TorchModel
 
 Build the model `id` in torch and wrap it. `pretrained = true` loads the
 published weights, offline-first (the Hugging Face and torch.hub caches, then a
@@ -146,8 +146,26 @@ Other keyword arguments go to the model's builder (timm's `drop_rate` ...).
 `input_grads` and `output` (`:logits`: return that named output alone) are
 passed to [`TorchModel`](@ref).
 
+For large models (see `docs/transformers.md`, "Finetune a large model"):
+
+- `lora = (r = 8, alpha = 16, dropout = 0.0, target = ["q_proj", "v_proj"])`
+  puts LoRA adapters (PEFT) on the model and freezes everything else: `m.params`
+  and `m.grads` hold the adapters alone (and a classifier head trained beside
+  them), so Optimisers.jl's state and each step's copies scale with the
+  adapter. Every field is optional (`lora = true`: all defaults; `target`
+  defaults to PEFT's choice for the architecture; `train = [...]` names whole
+  modules to train too).
+- `dtype = :bfloat16` (or `:float16`, `:float32`) loads the weights in that
+  type: `m.params` are `BFloat16` arrays, and so are floating-point outputs.
+- `autocast = :bfloat16` keeps `Float32` weights and runs each forward under
+  torch's autocast (matrix products in bfloat16); outputs and gradients are
+  `Float32`.
+- `gradient_checkpointing = true` recomputes activations in the backward pass
+  (transformers and timm models), in training mode ([`trainmode!`](@ref)).
+
 Offline, missing weights throw a `TorchBridgeError` of kind
-`:WeightsNotFoundError` saying which file to provide and where.
+`:WeightsNotFoundError` saying which file to provide and where; a bad `lora`
+setting is an `:AdapterError`, a bad `dtype` or `autocast` a `:PrecisionError`.
 
 Code from a model's files runs only when you say so (docs/registry.md, "Trust"):
 `trust_repo = true` lets a `hub/` model (or a `local/` model built from one)
@@ -167,9 +185,14 @@ function load_model(
     trust_pickle::Bool = false,
     input_grads::Bool = true,
     output = nothing,
+    lora = nothing,
+    dtype = nothing,
+    autocast = nothing,
+    gradient_checkpointing::Bool = false,
     kwargs...,
 )
     weights = weights === nothing ? nothing : String(weights)
+    spec = _lora_spec(lora)
     _module = _guard(
         () -> _tb.load_model(
             id;
@@ -178,13 +201,124 @@ function load_model(
             num_classes = num_classes,
             trust_repo = trust_repo,
             trust_pickle = trust_pickle,
+            lora = spec,
+            dtype = _precision(dtype),
+            gradient_checkpointing = gradient_checkpointing,
             kwargs...,
         ),
     )
     try
-        bridged = _guard(() -> _tb.bridge(_module))
+        bridged = _guard(() -> _tb.bridge(_module; autocast = _precision(autocast)))
         return TorchModel(bridged; input_grads = input_grads, output = output)
     finally
         PythonCall.pydel!(_module)
+        spec isa Py && PythonCall.pydel!(spec)
+    end
+end
+
+# A LoRA spec as Python takes it: a dict whose lists of module names are lists
+# (a Julia Vector would cross as a wrapped Julia object) and Symbols strings.
+_lora_spec(::Nothing) = nothing
+_lora_spec(spec::Bool) = spec
+function _lora_spec(spec::Union{NamedTuple, AbstractDict})
+    return PythonCall.pydict(Dict{String, Any}(
+        String(k) => _lora_value(v)
+        for (k, v) in pairs(spec)
+    ))
+end
+function _lora_spec(spec)
+    msg = "load_model: lora is a NamedTuple of settings, e.g. (r = 8, alpha = 16, " *
+        "target = [\"q_proj\", \"v_proj\"]), or true for the defaults; got $(typeof(spec))."
+    throw(TorchBridgeError(:AdapterError, msg))
+end
+_lora_value(v::AbstractVector) = PythonCall.pylist(map(_lora_value, v))
+_lora_value(v::Union{Symbol, AbstractString}) = String(v)
+_lora_value(v) = v
+
+# A precision setting as Python takes it: `:bfloat16` / `"bfloat16"` -> "bfloat16".
+_precision(::Nothing) = nothing
+_precision(name::Union{Symbol, AbstractString}) = String(name)
+_precision(::Type{Float16}) = "float16"
+_precision(::Type{Float32}) = "float32"
+_precision(::Type{Float64}) = "float64"
+function _precision(value)
+    msg = "a dtype or autocast is a name such as :bfloat16, :float16 or :float32; got $(value)."
+    throw(TorchBridgeError(:PrecisionError, msg))
+end
+
+"""
+    merge_adapter(m::TorchModel) -> TorchModel
+
+Fold the LoRA adapter of `m` (a model loaded with `lora = ...`) into its base
+weights and return the plain base model, without adapter layers, ready for
+[`export_onnx`](@ref). `m` is closed (its parameters were the adapter's); the
+merged model's weights are frozen, so its `params` are empty: it is for
+inference and export. It keeps `m`'s `autocast`, `input_grads` and `output`.
+A model without an adapter throws a `TorchBridgeError` of kind `:AdapterError`.
+"""
+function merge_adapter(m::TorchModel)
+    _module = m.py.module
+    autocast = m.py.autocast
+    merged = nothing
+    try
+        if !pyconvert(Bool, _tb.adapters.is_adapter_model(_module))
+            msg = "merge_adapter: this TorchModel has no LoRA adapter to merge; load it with " *
+                "lora = (...) first, or export it as it is."
+            throw(TorchBridgeError(:AdapterError, msg))
+        end
+        close!(m)
+        merged = _guard(() -> _tb.merge_adapter(_module))
+        bridged = _guard(() -> _tb.bridge(merged; autocast = autocast))
+        return TorchModel(bridged; input_grads = m.input_grads, output = m.output)
+    finally
+        PythonCall.pydel!(_module)
+        PythonCall.pydel!(autocast)
+        merged === nothing || PythonCall.pydel!(merged)
+    end
+end
+
+"""
+    register_local_model(name, m::TorchModel; architecture = nothing, directory = nothing, overwrite = false, description = nothing) -> ModelRow
+
+Save the torch module of `m` as the registry model `"local/\$name"`, so that
+`load_model("local/\$name")` loads it back. A model loaded with `lora = ...`
+is saved as its adapter alone (PEFT's format), beside a reference to the model
+it was loaded from, and loads back as that model with the adapter restored,
+trainable. Any other model is saved whole, as torchbridge's
+`register_local_model` does, and needs `architecture`, the registry id that
+builds it (`"timm/resnet18"`, `"hf/org/name"`). The files go to `directory`,
+else torchbridge's models folder; an existing `"local/\$name"` is replaced only
+with `overwrite = true`.
+"""
+function register_local_model(
+    name::AbstractString,
+    m::TorchModel;
+    architecture = nothing,
+    directory = nothing,
+    overwrite::Bool = false,
+    description = nothing,
+)
+    _module = m.py.module
+    entry = nothing
+    try
+        entry = _guard(
+            () -> _tb.register_local_model(
+                String(name),
+                _module;
+                architecture = architecture === nothing ? nothing : String(architecture),
+                directory = directory === nothing ? nothing : String(directory),
+                overwrite = overwrite,
+                description = description,
+            ),
+        )
+        row = _guard(() -> _tbjl.entry_row(entry))
+        try
+            return _row(row)
+        finally
+            PythonCall.pydel!(row)
+        end
+    finally
+        PythonCall.pydel!(_module)
+        entry === nothing || PythonCall.pydel!(entry)
     end
 end

@@ -903,6 +903,212 @@ end
         include("functional.jl")
     end
 
+    @testset "a large model: LoRA, bfloat16, autocast, checkpointing" begin
+        # a tiny random Llama laid out as a Hugging Face cache (tests/hf_models.py)
+        sys, os = pyimport("sys"), pyimport("os")
+        sys.path.insert(0, joinpath(@__DIR__, "..", "..", "tests"))
+        hf = pyimport("hf_models")
+        pathlib = pyimport("pathlib")
+        root = mktempdir()
+        folder = pathlib.Path(joinpath(root, "llama"))
+        hf.make_llama(folder)
+        hf.cache_repo(pathlib.Path(joinpath(root, "hub")), "test/tiny-llama", folder)
+        previous = os.environ.get("HF_HUB_CACHE")
+        os.environ["HF_HUB_CACHE"] = joinpath(root, "hub")
+        pyimport("torchbridge.registry.core").get_registry().refresh()
+        # torch-side checks: a module's frozen weights, whether they moved, its size
+        helpers = PythonCall.pydict()
+        PythonCall.pyexec(
+            """
+            import torch
+            def frozen(module):
+                return [p.detach().clone() for p in module.parameters() if not p.requires_grad]
+            def unchanged(module, before):
+                now = [p for p in module.parameters() if not p.requires_grad]
+                return len(now) == len(before) and all(
+                    torch.equal(a, b) for a, b in zip(now, before)
+                )
+            def count(module):
+                return sum(p.numel() for p in module.parameters())
+            """,
+            helpers,
+        )
+        relerr(a, b) = sqrt(sum(abs2, Float64.(a) .- Float64.(b)) / sum(abs2, Float64.(b)))
+        try
+            id = "hf/test/tiny-llama"
+            texts = ["the movie was a great story", "the book was long and boring"]
+            tokens = tokenize(id, texts)
+            n = size(tokens.input_ids, 1) - 1
+            x = (;
+                input_ids = tokens.input_ids[1:n, :],
+                attention_mask = tokens.attention_mask[1:n, :],
+            )
+            y = tokens.input_ids[2:end, :]
+            baseline = memory_stats()
+
+            # LoRA: the TorchModel's parameters are the adapter's alone
+            spec = (r = 4, alpha = 8, dropout = 0.0, target = ["q_proj", "v_proj"])
+            m = load_model(id; pretrained = true, lora = spec, output = :logits)
+            names = TorchBridge.parameter_names(m)
+            @test length(m.params) == 8 && all(s -> occursin(".lora_", s), names)
+            @test all(p -> eltype(p) == Float32, m.params)
+            @test 10 * sum(length, m.params) < pyconvert(Int, helpers["count"](m.py.module))
+            @test memory_stats().shared_buffers == baseline.shared_buffers + 16
+            for (name, p) in zip(names, m.params)
+                # B starts at zero: give it values
+                occursin("lora_B", name) && (p .= 0.1f0 .* randn(Float32, size(p)))
+            end
+            # Zygote's gradients equal torch autograd's on a copy of the module
+            reference = pyimport("copy").deepcopy(m.py.module)
+            g = TorchBridge.scope(() -> Zygote.gradient(m -> sum(abs2, m(x)), m)[1])
+            reference(
+                input_ids = to_torch(x.input_ids),
+                attention_mask = to_torch(x.attention_mask),
+            ).logits.
+                pow(2).
+                sum().
+                backward()
+            for (i, name) in enumerate(names)
+                expected = from_torch(reference.get_parameter(name).grad)
+                @test any(!iszero, g.params[i])
+                @test g.params[i] ≈ expected rtol = 1.0e-4
+            end
+
+            # Optimisers.jl trains the adapter; no base weight moves
+            targets = Flux.onehotbatch(y, 0:(size(m(x), 1) - 1))
+            loss(m) = Flux.logitcrossentropy(Float32.(m(x)), targets)
+            frozen = helpers["frozen"](m.py.module)
+            adapter = map(copy, m.params)
+            start = loss(m)
+            state = Optimisers.setup(Optimisers.Adam(0.01f0), m)
+            for _ in 1:5
+                TorchBridge.scope() do
+                    Optimisers.update!(state, m, Zygote.gradient(loss, m)[1])
+                end
+            end
+            @test loss(m) < start
+            @test all(map(!=, m.params, adapter))
+            @test pyconvert(Bool, helpers["unchanged"](m.py.module, frozen))
+            @test memory_stats().live_pullbacks == baseline.live_pullbacks
+
+            # whole steps in torch through FluxTraining (fit_torch!)
+            if HAS_FLUXTRAINING
+                data = [(x, Float32.(targets))]
+                learner = FluxTraining.Learner(
+                    m,
+                    Flux.logitcrossentropy;
+                    data = (data, data),
+                    optimizer = TorchOptimiser(Optimisers.Adam(0.01)),
+                    usedefaultcallbacks = false,
+                )
+                before = loss(m)
+                fit_torch!(learner, 3)
+                @test loss(m) < before
+                @test pyconvert(Bool, helpers["unchanged"](m.py.module, frozen))
+            end
+
+            # the adapter alone round-trips through the registry; merged, it exports
+            home = mktempdir()
+            row = register_local_model("jl-tiny-lora", m; directory = home)
+            @test row.id == "local/jl-tiny-lora" && "lora" in row.tags
+            @test isfile(joinpath(home, "jl-tiny-lora", "adapter_model.safetensors"))
+            again = load_model("local/jl-tiny-lora"; output = :logits)
+            @test TorchBridge.parameter_names(again) == names
+            @test all(map(==, again.params, m.params))
+            expected = m(x)
+            @test again(x) == expected
+            close!(m)
+            merged = merge_adapter(again)
+            @test isempty(merged.params)
+            @test merged(x) ≈ expected rtol = 1.0e-5
+            report = export_onnx(merged, joinpath(home, "merged.onnx"))
+            @test isfile(report.path) && report.max_abs_diff <= report.tolerance
+            close!(merged)
+
+            # bfloat16 weights: BFloat16 parameters, outputs and gradients, close to Float32's
+            plain = load_model(id; pretrained = true, output = :logits)
+            TorchBridge.trainmode!(plain)
+            g32 = TorchBridge.scope(() -> Zygote.gradient(loss, plain)[1])
+            half = load_model(id; pretrained = true, dtype = :bfloat16, output = :logits)
+            TorchBridge.trainmode!(half)
+            @test all(p -> nameof(eltype(p)) === :BFloat16, half.params)
+            @test nameof(eltype(half(x))) === :BFloat16
+            g16 = TorchBridge.scope(() -> Zygote.gradient(loss, half)[1])
+            for i in eachindex(g32.params)
+                @test nameof(eltype(g16.params[i])) === :BFloat16
+                @test relerr(g16.params[i], g32.params[i]) < 3.0e-2
+            end
+            before = map(copy, half.params)
+            Optimisers.update!(Optimisers.setup(Optimisers.Descent(0.1), half), half, g16)
+            @test any(map(!=, half.params, before))
+
+            # autocast: Float32 weights, outputs and gradients; bfloat16 products
+            auto = load_model(id; pretrained = true, autocast = :bfloat16, output = :logits)
+            TorchBridge.trainmode!(auto)
+            @test all(p -> eltype(p) == Float32, auto.params)
+            @test eltype(auto(x)) == Float32 && auto(x) != plain(x)
+            gauto = TorchBridge.scope(() -> Zygote.gradient(loss, auto)[1])
+            for i in eachindex(g32.params)
+                @test eltype(gauto.params[i]) == Float32
+                @test relerr(gauto.params[i], g32.params[i]) < 3.0e-2
+            end
+
+            # gradient checkpointing: the same gradients
+            ckpt = load_model(
+                id;
+                pretrained = true,
+                gradient_checkpointing = true,
+                output = :logits,
+            )
+            TorchBridge.trainmode!(ckpt)
+            gckpt = TorchBridge.scope(() -> Zygote.gradient(loss, ckpt)[1])
+            @test all(map(
+                (a, b) -> isapprox(a, b; rtol = 1.0e-5),
+                gckpt.params,
+                g32.params,
+            ))
+
+            # typed errors
+            err = try
+                merge_adapter(plain)
+                nothing
+            catch e
+                e
+            end
+            @test err isa TorchBridgeError && err.kind === :AdapterError
+            foreach(close!, (plain, half, auto, ckpt))
+            for (kw, kind) in (
+                    (; lora = (rank = 4,)) => :AdapterError,
+                    (; dtype = :int8) => :PrecisionError,
+                    (; autocast = :float32) => :PrecisionError,
+                )
+                err = try
+                    load_model(id; kw...)
+                    nothing
+                catch e
+                    e
+                end
+                @test err isa TorchBridgeError && err.kind === kind
+            end
+            @test memory_stats() == baseline
+
+            # examples/finetune_large.jl (docs/transformers.md) runs on the tiny model
+            example = joinpath(@__DIR__, "..", "..", "examples", "finetune_large.jl")
+            withenv("MODEL" => id, "STEPS" => "3", "OUT" => mktempdir()) do
+                Base.include(Module(:FinetuneLargeExample), example)
+            end
+            @test memory_stats() == baseline
+        finally
+            if PythonCall.pyis(previous, PythonCall.pybuiltins.None)
+                os.environ.pop("HF_HUB_CACHE")
+            else
+                os.environ["HF_HUB_CACHE"] = previous
+            end
+            pyimport("torchbridge.registry.core").get_registry().refresh()
+            sys.path.pop(0)
+        end
+    end
+
     @testset "FastAI model registry" begin
         ext = Base.get_extension(TorchBridge, :TorchBridgeFastAIExt)
         found = ext === nothing ? nothing : ext.model_registry()

@@ -36,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "feature_channels": "torchbridge.registry",
     "register_source": "torchbridge.registry",
     "register_local_model": "torchbridge.registry",
+    # large models: adapters
+    "add_lora": "torchbridge.adapters",
+    "merge_adapter": "torchbridge.adapters",
     # text models
     "load_tokenizer": "torchbridge.text",
     "generate": "torchbridge.text",
@@ -50,6 +53,8 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes: torchbridge.memory, torchbridge.train, ...
 _SUBMODULES = frozenset(
     {
+        "adapters",
+        "checkpointing",
         "cli",
         "errors",
         "exchange",
@@ -61,6 +66,7 @@ _SUBMODULES = frozenset(
         "text",
         "distributed",
         "functional",
+        "precision",
     }
 )
 
@@ -99,6 +105,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from . import functional as functional
     from . import memory as memory
     from . import train as train
+    from .adapters import add_lora as add_lora
+    from .adapters import merge_adapter as merge_adapter
     from .bridged import BridgedModel as BridgedModel
     from .bridged import OutputStructure as OutputStructure
     from .bridged import Pullback as Pullback

@@ -63,11 +63,21 @@ that leave a parameter without a gradient. ``grad=False`` runs the plain module
 (no collective). A failed collective is a ``RankFailedError``
 (NOTE [failures are bounded] in :mod:`torchbridge.distributed`).
 
+NOTE [autocast at the bridge]
+``bridge(module, autocast="bfloat16")`` runs every forward of a float32 module
+under ``torch.autocast`` (NOTE [precision] in :mod:`torchbridge.precision`):
+matrix products compute in bfloat16, the parameters and their gradient
+buffers stay float32. Floating-point outputs are cast back to the parameters'
+dtype before they are returned, inside the graph, so the caller's loss and
+its cotangents are float32 and the cast's gradient flows back through torch.
+
 The trainable set is fixed when the model is bridged: freeze parameters
-(``requires_grad_(False)``) before bridging. As in plain PyTorch, a pullback
-accumulates into ``.grad`` of every leaf the forward reached that requires a
-gradient; a parameter unfrozen after bridging gets its gradient in its own
-``.grad``, not in a shared buffer.
+(``requires_grad_(False)``) before bridging. Frozen parameters are neither
+shared nor given a gradient buffer: a model with LoRA adapters (NOTE
+[adapters] in :mod:`torchbridge.adapters`) shares the adapters alone. As in
+plain PyTorch, a pullback accumulates into ``.grad`` of every leaf the
+forward reached that requires a gradient; a parameter unfrozen after bridging
+gets its gradient in its own ``.grad``, not in a shared buffer.
 """
 
 from __future__ import annotations
@@ -92,6 +102,7 @@ from .errors import (
     InputShapeError,
     ModelClosedError,
     NotAModuleError,
+    PrecisionError,
     PullbackReleasedError,
     UnsupportedArrayError,
     UnsupportedDTypeError,
@@ -99,6 +110,7 @@ from .errors import (
 from .exchange import describe_array, julia_eltype, julia_shape, to_torch
 from .memory import LEDGER, tensor_bytes
 from .outputs import OutputStructure, flatten_outputs
+from .precision import autocast_dtype
 from .textinputs import TextInputs
 
 __all__ = ["BridgedModel", "OutputStructure", "Pullback", "bridge", "bridged_model"]
@@ -184,8 +196,9 @@ def bridge(
     *,
     input_shapes: Sequence[Sequence[int | None]] | None = None,
     distributed: bool = True,
+    autocast: str | torch.dtype | None = None,
 ):
-    """bridge(module, *, input_shapes=None, distributed=True) -> BridgedModel
+    """bridge(module, *, input_shapes=None, distributed=True, autocast=None) -> BridgedModel
 
     Wrap ``module`` for calls from another language. Its trainable parameters
     and a gradient buffer for each are shared from now on (see
@@ -200,13 +213,20 @@ def bridge(
             wrap the module in ``DistributedDataParallel`` so the pullback
             averages the gradients over the ranks (NOTE [bridged models under
             DDP]); ``False`` keeps every rank's gradients its own.
+        autocast: ``"bfloat16"`` or ``"float16"`` runs each forward of a float32
+            module under ``torch.autocast`` on its device (CPU or CUDA); outputs
+            come back float32 (NOTE [autocast at the bridge]).
 
     Raises:
         NotAModuleError: ``module`` is not a ``torch.nn.Module`` (a model id,
             a state dict, a function, an array ...); the message says how to
             make one of it.
+        PrecisionError: ``autocast`` is not a 16-bit type, the module's
+            device has no autocast, or the module already holds 16-bit weights.
     """
-    return BridgedModel(module, input_shapes=input_shapes, distributed=distributed)
+    return BridgedModel(
+        module, input_shapes=input_shapes, distributed=distributed, autocast=autocast
+    )
 
 
 class BridgedModel:
@@ -223,6 +243,7 @@ class BridgedModel:
             as detached aliases.
         output_structure: how the last forward's outputs nest
             (:class:`OutputStructure`), ``None`` before the first forward.
+        autocast: the dtype forwards autocast to (``torch.bfloat16``), or ``None``.
         lock: a re-entrant lock. ``forward`` and the pullback take it; hold it
             yourself around a whole step when threads share one model.
     """
@@ -231,11 +252,19 @@ class BridgedModel:
     # bridging (a functional model takes its parameters per call instead)
     _shares_gradients = True
 
-    def __init__(self, module: torch.nn.Module, *, input_shapes=None, distributed: bool = True):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        input_shapes=None,
+        distributed: bool = True,
+        autocast: str | torch.dtype | None = None,
+    ):
         if not isinstance(module, torch.nn.Module):
             raise NotAModuleError(not_a_module_message("bridge", module))
         # first: it may warn (or, with the warning made an error, refuse) before anything is held
         text = TextInputs.of(module)
+        self.autocast: torch.dtype | None = _checked_autocast(module, autocast)
         self.module = module
         self.lock = threading.RLock()
         self._closed = False
@@ -412,7 +441,7 @@ class BridgedModel:
                 out = self._run(values, npos, names)
             flat, structure = flatten_outputs(out)
             self.output_structure = structure
-            return tuple(flat), None
+            return tuple(self.returned(flat)), None
         problem = _without_gradient(values, asked, npos, names) if asked else None
         if problem is not None:
             values.clear()  # the views go now, not when the traceback dies
@@ -427,6 +456,7 @@ class BridgedModel:
                     out = self._run(leaves, npos, names)
         flat, structure = flatten_outputs(out)
         del out
+        flat = self.returned(flat)
         self.output_structure = structure
         pullback = Pullback(self, leaves, flat, structure, (*range(npos), *names))
         return tuple(o.detach() for o in flat), pullback
@@ -456,6 +486,18 @@ class BridgedModel:
             raise
         return values, names
 
+    def returned(self, outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """returned(outputs) -> list: flat outputs as the caller receives them.
+
+        Under autocast, floating-point outputs in another dtype than the
+        parameters' are cast to it (differentiably; NOTE [autocast at the
+        bridge]); otherwise they are returned as they are.
+        """
+        if self.autocast is None or self._float_dtype is None:
+            return list(outputs)
+        want = self._float_dtype
+        return [o.to(want) if o.is_floating_point() and o.dtype != want else o for o in outputs]
+
     def _run(self, values: list, npos: int = -1, names: tuple[str, ...] = (), call=None) -> Any:
         # a differentiated forward runs through DDP (NOTE [bridged models under DDP]);
         # `call` replaces the module (a functional call of it)
@@ -463,9 +505,11 @@ class BridgedModel:
             self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.module
         )
         try:
-            if not names:
-                return run(*values)
-            return run(*values[:npos], **dict(zip(names, values[npos:])))
+            if self.autocast is not None:
+                device = "cpu" if self._device is None else self._device.type
+                with torch.autocast(device, dtype=self.autocast):
+                    return self._call(run, values, npos, names)
+            return self._call(run, values, npos, names)
         except Exception as exc:
             # The failing frames hold the input views; clear them so the
             # foreign buffers are released now, not when the traceback dies.
@@ -478,6 +522,12 @@ class BridgedModel:
             if is_shape_error(exc):
                 raise InputShapeError(self._shape_message(shapes, str(exc))) from exc
             raise
+
+    @staticmethod
+    def _call(run, values: list, npos: int, names: tuple[str, ...]) -> Any:
+        if not names:
+            return run(*values)
+        return run(*values[:npos], **dict(zip(names, values[npos:])))
 
     def _shape_message(self, shapes, detail: str) -> str:
         got = ", ".join(f"torch {tuple(s)} / Julia {julia_shape(s)}" for s in shapes)
@@ -756,6 +806,19 @@ def _run_backward(outputs: list, cotangents: list, retain: bool) -> None:
         )
     else:
         torch.autograd.backward(outputs, cotangents, retain_graph=retain)
+
+
+def _checked_autocast(module: torch.nn.Module, autocast: Any) -> torch.dtype | None:
+    """The autocast dtype for ``module``: NOTE [autocast at the bridge]."""
+    dtype = autocast_dtype(autocast, module_device(module), what="bridge: autocast")
+    held = module_float_dtype(module)
+    if dtype is not None and held is not None and held in (torch.bfloat16, torch.float16):
+        raise PrecisionError(
+            f"bridge: autocast={autocast!r} is for a float32 model, and "
+            f"{type(module).__name__} already holds {held} weights, which compute in {held} "
+            "without it; pass autocast=None."
+        )
+    return dtype
 
 
 def _leaves(values: list, wants: list[bool]) -> list:

@@ -14,6 +14,7 @@ like the rest.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BridgeError",
     "BrokenEntryError",
     "ChecksumError",
@@ -27,6 +28,7 @@ __all__ = [
     "ExportError",
     "ExportVerificationError",
     "FeaturesUnavailableError",
+    "GradientCheckpointingError",
     "InputGradsError",
     "InputShapeError",
     "InputSpecError",
@@ -39,6 +41,7 @@ __all__ = [
     "OnnxVerificationError",
     "OutputSizeUnknownError",
     "ParameterMismatchError",
+    "PrecisionError",
     "PullbackReleasedError",
     "RankFailedError",
     "ReadOnlyArrayError",
@@ -259,6 +262,22 @@ class UntrustedRepoError(RemoteCodeError):
 
 class TokenizerNotFoundError(RegistryError, LookupError):
     """A model has no tokenizer files on this machine (or none at all)."""
+
+
+# -- finetuning large models -------------------------------------------------
+
+
+class AdapterError(RegistryError, ValueError):
+    """A LoRA adapter could not be made, saved, restored or merged (its spec, its target
+    layers, or its base model)."""
+
+
+class PrecisionError(TorchBridgeError, ValueError):
+    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run."""
+
+
+class GradientCheckpointingError(RegistryError, ValueError):
+    """A model has no gradient checkpointing torchbridge knows how to turn on."""
 
 
 # -- training and export -----------------------------------------------------

@@ -506,8 +506,9 @@ def export_onnx(
         ExportError: the model cannot be expressed in ONNX (the message names
             the operation, or gives torch's reason and what to try), does not
             run on an example of its inputs (the message carries the model's
-            own), its input size is unknown, it would hold random weights, or
-            the written file fails ``onnx.checker``.
+            own), its input size is unknown, it would hold random weights,
+            carries an unmerged LoRA adapter, or the written file fails
+            ``onnx.checker``.
         ExportVerificationError: onnxruntime's outputs differ from torch's.
         UnknownModelError, WeightsNotFoundError, ...: a registry id cannot be loaded.
 
@@ -522,6 +523,14 @@ def export_onnx(
         ) from exc
     _check_output_path(Path(path))  # before the model is built: a wrong path fails at once
     module = _resolve_model(model, weights, num_classes)
+    from .adapters import is_adapter_model
+
+    if is_adapter_model(module):
+        raise ExportError(
+            f"export_onnx: this {type(module.get_base_model()).__name__} carries a LoRA adapter "
+            "in separate layers; fold it into the weights first: "
+            "export_onnx(torchbridge.merge_adapter(model), path) (Julia: merge_adapter(m))."
+        )
     dtype, device = _model_dtype_device(module)
     tol = tolerance if tolerance is not None else _TOLERANCE.get(dtype, 1e-4)
     path = Path(path)

@@ -56,11 +56,12 @@ from typing import Any, NamedTuple
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .bridged import BridgedModel, Pullback, _leaves, _per_input
+from .bridged import BridgedModel, Pullback, _leaves, _per_input, _without_gradient
 from .errors import (
     CotangentError,
     DeviceMismatchError,
     DTypeMismatchError,
+    InputGradsError,
     ParameterMismatchError,
     PullbackReleasedError,
 )
@@ -206,16 +207,16 @@ class FunctionalModel(BridgedModel):
         if not grad:
             with self.lock, torch.no_grad():
                 self._set_mode(training)
-                out = self._run(values, npos, names, self._call(param_views, state))
+                out = self._run(values, npos, names, self._functional_call(param_views, state))
             flat, structure = flatten_outputs(out)
             self.output_structure = structure
             return FunctionalResult(tuple(flat), _written(state, copies), None, None)
         param_leaves = [p.detach().requires_grad_(True) for p in param_views]
-        leaves = _leaves(values, _per_input(input_grads, npos, names))
+        leaves = _leaves(values, self._wants(input_grads, values, npos, names))
         del values
         with self.lock, torch.enable_grad():
             self._set_mode(training)
-            out = self._run(leaves, npos, names, self._call(param_leaves, state))
+            out = self._run(leaves, npos, names, self._functional_call(param_leaves, state))
         flat, structure = flatten_outputs(out)
         del out
         self.output_structure = structure
@@ -227,7 +228,7 @@ class FunctionalModel(BridgedModel):
         )
 
     # -- helpers -------------------------------------------------------------
-    def _call(self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor]):
+    def _functional_call(self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor]):
         tensors = dict(zip(self.param_names, params))
         tensors.update(zip(self.buffer_names, buffers))
         module = self.module
@@ -236,6 +237,15 @@ class FunctionalModel(BridgedModel):
             return torch.func.functional_call(module, tensors, args, kwargs, tie_weights=True)
 
         return call
+
+    def _wants(self, input_grads, values: list, npos: int, names: tuple) -> list[bool]:
+        # which inputs are differentiated, as forward decides it (InputGradsError otherwise)
+        wants, asked = _per_input(input_grads, npos, names)
+        problem = _without_gradient(values, asked, npos, names) if asked else None
+        if problem is not None:
+            values.clear()  # the views go now, not when the traceback dies
+            raise InputGradsError(problem)
+        return wants
 
     def _set_mode(self, training: bool | None) -> None:
         if training is not None and self.module.training != training:
@@ -323,7 +333,7 @@ class FunctionalModel(BridgedModel):
         directions,
     ) -> FunctionalResult:
         ptan, itan, ndir = directions
-        wants = _per_input(input_grads, npos, names) if grad else None
+        wants = self._wants(input_grads, values, npos, names) if grad else None
         with self.lock:
             self._set_mode(training)
             state = _clones(buffers) if copies else buffers
@@ -368,7 +378,9 @@ def _jvp(model, params, state, values, npos, names, ptan, itan, ndir, writes):
         vs = list(values)
         for i, v in zip(iidx, it):
             vs[i] = v
-        flat, structure = flatten_outputs(model._run(vs, npos, names, model._call(ps, st)))
+        flat, structure = flatten_outputs(
+            model._run(vs, npos, names, model._functional_call(ps, st))
+        )
         structures[:] = [structure]
         return tuple(flat)
 
@@ -586,7 +598,9 @@ class SecondOrderPullback:
                     t = self._itan[i]
                     vs[i] = _dual_leaf(values[i], None if t is None else t[k])
                 model._set_mode(self._training)
-                flat, _ = flatten_outputs(model._run(vs, npos, names, model._call(pl, state)))
+                flat, _ = flatten_outputs(
+                    model._run(vs, npos, names, model._functional_call(pl, state))
+                )
                 pairs = [
                     (o, c if t is None else fwAD.make_dual(c, t[k]))
                     for o, c, t in zip(flat, cots, ctans)

@@ -84,7 +84,14 @@ class TextInputs:
     def of(cls, module: torch.nn.Module) -> TextInputs | None:
         """of(module) -> TextInputs | None: the token rules of a module whose ``forward``
         takes token ids (``None`` for any other module). Warns once per module whose
-        vocabulary is unknown (NOTE [token inputs])."""
+        vocabulary is unknown (NOTE [token inputs]).
+
+        A wrapper that names its base model (PEFT's ``get_base_model()``: a
+        model with LoRA adapters) takes what its base model takes.
+        """
+        unwrap = getattr(module, "get_base_model", None)
+        if callable(unwrap):
+            module = unwrap()
         try:
             signature = inspect.signature(module.forward)
         except (TypeError, ValueError):

@@ -125,6 +125,16 @@ def _size(size: Any) -> str:
     return "x".join(str(s) for s in size) if size else "-"
 
 
+def _bytes(n: int) -> str:
+    """1_234_567 -> '1.2 MB' (powers of 1000, as disk sizes are quoted)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # pragma: no cover
+
+
 def _print_entries(entries: list[Any], *, title: str) -> None:
     from rich.table import Table
 
@@ -158,11 +168,19 @@ def _print_entries(entries: list[Any], *, title: str) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     """Describe one model."""
     from ..registry import feature_channels, model_info
+    from ..registry.sizes import model_size
 
     entry = model_info(args.model_id)
     channels = feature_channels(args.model_id)
+    size = model_size(args.model_id)
     if args.json:
-        _print_json({**entry.to_dict(), "feature_channels": channels})
+        _print_json(
+            {
+                **entry.to_dict(),
+                "feature_channels": channels,
+                "size": None if size is None else size.to_dict(),
+            }
+        )
         return 0
     from rich.table import Table
 
@@ -180,9 +198,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("std", str(entry.std) if entry.std else "-"),
         ("classes", "-" if entry.num_classes is None else str(entry.num_classes)),
         ("feature channels", "-" if channels is None else str(channels)),
+        ("parameters", "-" if size is None else f"{size.parameters:,}"),
+        (
+            "bytes per dtype",
+            "-"
+            if size is None
+            else ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(size.bytes.items())),
+        ),
+        ("sizes from", "-" if size is None else size.counted_from),
         ("license", entry.license or "-"),
         ("tags", ", ".join(entry.tags)),
     ]
+    if entry.metadata.get("adapter_folder"):
+        rows.append(("LoRA adapter on", entry.metadata.get("architecture", "?")))
     if entry.weights is not None:
         w = entry.weights
         rows += [

@@ -11,6 +11,7 @@ from ..bridged import BridgedModel, bridged_model
 from ..errors import TrainingError, UnsupportedArrayError
 from ..exchange import to_torch
 from ..outputs import flatten_outputs
+from ..precision import float32_loss
 from .step import Layout, receivable, settle
 
 __all__ = [
@@ -97,7 +98,8 @@ class TorchTrainer:
     input is one array, or a mapping of keyword inputs (``input_ids``,
     ``attention_mask``: a text batch). The loss applies to the output named
     ``output`` (``"logits"``), or to the only output when ``output`` is
-    ``None``.
+    ``None``, and is computed in float32 (NOTE [precision] in
+    :mod:`torchbridge.precision`); the forward runs under the model's autocast.
     """
 
     def __init__(
@@ -130,7 +132,7 @@ class TorchTrainer:
                 # the bridge's own run: through DDP under torch.distributed (it
                 # averages the gradients), with its shape errors and cleanup
                 outputs = self._selected(model._run(values, npos, names))
-                loss = self.loss_fn(outputs, targets)
+                loss = float32_loss(self.loss_fn, outputs, targets)
                 if loss.ndim != 0:
                     raise UnsupportedArrayError(
                         f"train_step: the loss must be a scalar, got torch shape "
@@ -142,6 +144,7 @@ class TorchTrainer:
 
     def _selected(self, outputs: Any) -> torch.Tensor:
         flat, structure = flatten_outputs(outputs)
+        flat = self.opt.model.returned(flat)  # float32 under autocast
         if self.output is not None:
             try:
                 return flat[structure.index(self.output)]

@@ -332,11 +332,28 @@ class ModelRegistry:
         trust_pickle: bool = False,
         features: bool = False,
         trust_repo: bool = False,
+        lora: Any = None,
+        dtype: Any = None,
+        gradient_checkpointing: bool = False,
         **kwargs: Any,
     ) -> torch.nn.Module:
         """See :func:`load_model`."""
+        from ..precision import resolve_dtype
+
+        if "torch_dtype" in kwargs:  # transformers' older name
+            if dtype is not None:
+                raise ValueError(f"{model_id}: dtype and torch_dtype both given; pass dtype")
+            dtype = kwargs.pop("torch_dtype")
+        dtype = resolve_dtype(dtype, what=f"{model_id}: dtype")
         entry = self.model_info(model_id)
         source = self.source(entry.source)
+        if lora not in (None, False) and entry.metadata.get("adapter_folder"):
+            from ..errors import AdapterError
+
+            raise AdapterError(
+                f"{model_id} is a LoRA adapter already; load it without lora= to train it "
+                "further, or merge it (torchbridge.merge_adapter) before adding another."
+            )
         weights_path = Path(weights).expanduser() if weights is not None else None
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
             raise ValueError(
@@ -354,13 +371,50 @@ class ModelRegistry:
                 weights=weights_path,
                 num_classes=num_classes,
                 trust_pickle=trust_pickle,
+                **({"dtype": dtype} if dtype is not None and source.loads_dtype else {}),
                 **kwargs,
             )
-        if not features:
-            return model
-        from .features import feature_extractor
+        from ..adapters import is_adapter_model
 
-        return feature_extractor(model, model_id=entry.id)
+        if dtype is not None and not is_adapter_model(model):
+            model.to(dtype)  # floating-point tensors only; a no-op where they are already
+        if features:
+            from .features import feature_extractor
+
+            model = feature_extractor(model, model_id=entry.id)
+        if gradient_checkpointing:
+            from ..checkpointing import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model, model_id=entry.id)
+        if lora in (None, False):
+            return model
+        from ..adapters import BaseModel, attach
+
+        # trust (trust_remote_code) is given at each load, never recorded
+        record = {
+            "pretrained": bool(pretrained or weights_path is not None),
+            "weights": None if weights_path is None else str(weights_path),
+            "num_classes": num_classes,
+            "features": features or None,
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
+        }
+        base = BaseModel(entry.id, {k: v for k, v in record.items() if v is not None})
+        head = () if features else self._trained_head(entry, model, kwargs)
+        return attach(model, lora, base=base, classifier=head)
+
+    def _trained_head(self, entry: ModelEntry, model: Any, kwargs: dict) -> tuple[str, ...]:
+        """The classifier a LoRA adapter trains beside it by default (NOTE [adapters])."""
+        from .heads import classifier_names
+        from .sources.hf_source import LABEL_TASKS
+
+        task = kwargs.get("task")
+        if task is not None and task != entry.task:  # another head on the body
+            return classifier_names(model) if task in LABEL_TASKS else ()
+        try:
+            return self.classifier(entry.id)
+        except Exception:  # noqa: BLE001 - a head the registry cannot name is not trained
+            return ()
 
     def register_local_model(
         self,
@@ -385,6 +439,21 @@ class ModelRegistry:
         from .sources.local_source import check_local_name
 
         check_local_name(name, what="register_local_model")  # before anything is read or written
+        from ..adapters import is_adapter_model
+
+        if is_adapter_model(module_or_state_dict):
+            return self._register_adapter(
+                name,
+                module_or_state_dict,
+                architecture=architecture,
+                kwargs=kwargs,
+                description=description,
+                task=task,
+                tags=tags,
+                metadata=metadata,
+                directory=directory,
+                overwrite=overwrite,
+            )
         if _is_onnx_file(module_or_state_dict):
             return self._register_onnx(
                 name,
@@ -457,6 +526,57 @@ class ModelRegistry:
             input_size=input_size,
             mean=mean,
             std=std,
+        )
+        return self._registered(local, folder, name)
+
+    def _register_adapter(
+        self,
+        name: str,
+        model: Any,
+        *,
+        architecture: str | None,
+        kwargs: dict[str, Any] | None,
+        directory: Any,
+        **details: Any,
+    ) -> ModelEntry:
+        """NOTE [adapter files]: the adapter alone, beside a reference to its base model."""
+        from ..adapters import BaseModel, base_of
+        from ..errors import AdapterError
+        from .paths import local_models_dir
+        from .sources.local_source import LocalSource, save_local_adapter
+
+        base = base_of(model)
+        if architecture is not None:
+            base = BaseModel(architecture, dict(kwargs) if kwargs else {"pretrained": True})
+        elif kwargs:
+            raise AdapterError(
+                "register_local_model: kwargs= describes the base model named by architecture=; "
+                "give both, or neither for a model loaded with load_model(id, lora=...)."
+            )
+        if base is None:
+            raise AdapterError(
+                "register_local_model: this adapter's base model is not a registry model it "
+                "remembers (it was not loaded with load_model(id, lora=...)). Name it: "
+                "architecture='hf/org/name' (and kwargs= the arguments that load it, "
+                "pretrained=True by default)."
+            )
+        self.model_info(base.id)  # an unknown base is an UnknownModelError now, not at load
+        if not base.has_weights:
+            raise AdapterError(
+                f"register_local_model: the adapter's base {base.id} was loaded without weights "
+                "(a random initialisation), which an adapter cannot be restored onto. Load the "
+                "base with pretrained=True (or weights=...), or save the whole model: "
+                "register_local_model(name, torchbridge.merge_adapter(model), architecture=...)."
+            )
+        local = self.source("local")
+        if directory:
+            folder = Path(directory).expanduser().resolve()
+        else:
+            folder = (
+                local.save_directory() if isinstance(local, LocalSource) else local_models_dir()
+            )
+        save_local_adapter(
+            name, model, base=base, directory=folder, **{**details, "tags": tuple(details["tags"])}
         )
         return self._registered(local, folder, name)
 
@@ -562,10 +682,14 @@ def load_model(
     trust_pickle: bool = False,
     features: bool = False,
     trust_repo: bool = False,
+    lora: Any = None,
+    dtype: Any = None,
+    gradient_checkpointing: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """load_model(model_id, *, pretrained=False, weights=None, num_classes=None,
-    trust_pickle=False, features=False, trust_repo=False, **kwargs) -> nn.Module
+    trust_pickle=False, features=False, trust_repo=False, lora=None, dtype=None,
+    gradient_checkpointing=False, **kwargs) -> nn.Module
 
     Build a model by id. With ``pretrained=True`` the published weights are
     found offline-first: the Hugging Face and torch.hub caches, then a download
@@ -590,6 +714,24 @@ def load_model(
     Local models (``local/<name>``) always load their saved weights, and are built
     from their architecture by the registry that holds them.
 
+    For large models (docs/transformers.md, "Finetune a large model"):
+
+    - ``dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype;
+      ``torch_dtype`` is the same) gives the model's weights that type
+      (NOTE [precision] in :mod:`torchbridge.precision`); transformers models
+      are built and loaded in it directly. Without it a transformers model has
+      the dtype its config records, any other model float32.
+    - ``gradient_checkpointing=True`` recomputes activations in the backward
+      pass instead of keeping them (:mod:`torchbridge.checkpointing`).
+    - ``lora`` (a dict of settings, or ``True`` for the defaults) puts LoRA
+      adapters on the model and freezes the rest; the result is a
+      ``peft.PeftModel`` whose trainable parameters are the adapter's alone
+      (NOTE [adapters] in :mod:`torchbridge.adapters`).
+
+    Weights load in place, never held twice (NOTE [loading in place] in
+    :mod:`torchbridge.registry.weights`); a sharded checkpoint's index
+    (``model.safetensors.index.json``) may be given as ``weights``.
+
     Raises:
         UnknownModelError, UnknownSourceError: the id is not known.
         WeightsNotFoundError: pretrained weights are neither given, cached nor downloadable.
@@ -602,6 +744,9 @@ def load_model(
         CorruptWeightsError: a file is truncated or does not fit the model.
         FeaturesUnavailableError: ``features=True`` for a model without a known
             feature-map variant.
+        PrecisionError: ``dtype`` names no floating-point type.
+        GradientCheckpointingError: the model has no gradient checkpointing.
+        AdapterError: a bad ``lora`` setting, or layers PEFT cannot adapt.
     """
     return get_registry().load_model(
         model_id,
@@ -611,6 +756,9 @@ def load_model(
         trust_pickle=trust_pickle,
         features=features,
         trust_repo=trust_repo,
+        lora=lora,
+        dtype=dtype,
+        gradient_checkpointing=gradient_checkpointing,
         **kwargs,
     )
 
@@ -680,6 +828,13 @@ def register_local_model(
     and tokenizer (``tokenizer``, else the architecture's), and the sidecar
     ``<name>.json``; it loads back as ``local/<name>`` with every tensor equal.
 
+    A model with a LoRA adapter (``load_model(id, lora=...)``) is saved as its
+    adapter alone, in PEFT's format, beside a reference to the base model it
+    was loaded from (its id and arguments; ``architecture=`` and ``kwargs=``
+    name another, e.g. for a ``peft.PeftModel`` made in torch);
+    ``load_model(f"local/{name}")`` loads that base and restores the adapter
+    (NOTE [adapters] in :mod:`torchbridge.adapters`).
+
     Raises:
         InvalidModelIdError: ``name`` is not a file name of letters, digits, ``.``,
             ``_`` and ``-`` (at most 200 characters); nothing is written.
@@ -688,6 +843,7 @@ def register_local_model(
         DuplicateModelError: ``local/<name>`` exists there and ``overwrite`` is false.
         InputSpecError: ``input_size`` is not a tuple of positive ints, ``mean`` or
             ``std`` not one finite float per channel, or an entry of ``std`` is not > 0.
+        AdapterError: an adapter whose base model is unknown or has no weights.
     """
     return get_registry().register_local_model(
         name,

@@ -11,6 +11,21 @@ NOTE [resolution order]
     file, where it would be found, and how to provide it. Nothing waits on the
     network.
 
+NOTE [loading in place]
+    A checkpoint is never held twice. safetensors files are mapped, not read:
+    each tensor of :func:`load_state_dict` is a private memory map of its bytes
+    in the file, read only when it is first touched (a sharded checkpoint,
+    ``*.safetensors.index.json``, maps every shard). :func:`load_into_model`
+    then makes those tensors the model's own (``load_state_dict(assign=True)``)
+    instead of copying them into weights the model allocated, and
+    :func:`build_for_loading` builds the model on the ``meta`` device, where
+    allocating its weights costs nothing, whenever that is safe (no buffer or
+    tensor attribute that the checkpoint does not hold). So the weights are in
+    memory once: the pages of the file a forward reads. A tensor whose dtype
+    differs from the model's (a bfloat16 file into a float32 model) is
+    converted, one tensor at a time. Writes (an optimiser step) copy the page
+    they touch; the file itself never changes.
+
 NOTE [safe loading]
     safetensors files hold tensors only. Pickled checkpoints (``.pt``, ``.pth``,
     ``.bin``) can run arbitrary code while loading, so they are read with
@@ -43,7 +58,7 @@ from .paths import hf_hub_cache_dir, hf_repo_dir, is_offline, torch_hub_checkpoi
 
 __all__ = [
     "ResolvedWeights",
-    "unpickling_error",
+    "build_for_loading",
     "check_sha256",
     "download_from_hf",
     "download_url",
@@ -58,6 +73,8 @@ __all__ = [
     "missing_weights_error",
     "resolve_weights_file",
     "sha256_file",
+    "shard_files",
+    "unpickling_error",
     "url_filename",
 ]
 
@@ -65,6 +82,7 @@ __all__ = [
 # At least 8 digits, so that ``model-1.pth`` is not read as a hash.
 _HASH_IN_FILENAME = re.compile(r"-([a-f0-9]{8,64})\.")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
+_INDEX_SUFFIX = ".index.json"  # a sharded checkpoint: model.safetensors.index.json
 _CHUNK = 1 << 20
 
 
@@ -130,8 +148,12 @@ def load_state_dict(
 ) -> dict[str, Any]:
     """load_state_dict(path, *, trust_pickle=False, sha256=None) -> dict[str, Tensor]
 
-    Read a weight file onto the CPU. safetensors files are read directly;
-    pickled files with ``torch.load(weights_only=True)`` (see NOTE [safe loading]).
+    Read a weight file onto the CPU. safetensors files are mapped, not read
+    (NOTE [loading in place]); pickled files are read with
+    ``torch.load(weights_only=True)`` (see NOTE [safe loading]). A sharded
+    checkpoint's index (``model.safetensors.index.json``,
+    ``pytorch_model.bin.index.json``) loads every shard it names, from its
+    folder; ``sha256`` then applies to the index file.
     Training checkpoints that wrap the weights (``{"state_dict": ...}``,
     ``{"model": ...}``) are unwrapped and a ``module.`` prefix left by
     DataParallel is removed.
@@ -150,6 +172,11 @@ def load_state_dict(
         )
     if sha256:
         check_sha256(path, sha256)
+    if path.name.endswith(_INDEX_SUFFIX):
+        state: dict[str, Any] = {}
+        for shard in shard_files(path):
+            state.update(load_state_dict(shard, trust_pickle=trust_pickle))
+        return state
     if path.suffix in _SAFETENSORS_SUFFIXES:
         obj: Any = _load_safetensors(path)
     else:
@@ -159,6 +186,39 @@ def load_state_dict(
 
 def _not_a_file(path: Path) -> str:
     return "is a folder, not a weight file" if path.is_dir() else "does not exist"
+
+
+def shard_files(index: str | Path) -> list[Path]:
+    """shard_files(index) -> list[Path]: the files a sharded checkpoint's index names.
+
+    ``index`` is a ``*.index.json`` file (transformers' layout: ``{"weight_map":
+    {tensor name: file name}}``); the shards are in its folder, in the order
+    first named.
+
+    Raises:
+        CorruptWeightsError: the index is not such a file, or names a shard that is missing.
+    """
+    import json
+
+    index = Path(index)
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = list(dict.fromkeys(str(v) for v in weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptWeightsError(
+            f"{index} is not a sharded checkpoint's index (a JSON file with a 'weight_map' of "
+            f"tensor names to shard files): {type(err).__name__}: {err}"
+        ) from err
+    shards = [index.parent / name for name in names]
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing or not shards:
+        raise CorruptWeightsError(
+            f"{index} names shards that are not in its folder: {_short(missing)}. Copy every "
+            "shard next to the index."
+            if missing
+            else f"{index} names no shard files."
+        )
+    return shards
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -315,24 +375,108 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
     return state
 
 
+def build_for_loading(build: Any) -> Any:
+    """build_for_loading(build) -> nn.Module: ``build()`` on the ``meta`` device when that is safe.
+
+    A model about to receive every tensor of a checkpoint need not allocate and
+    initialise weights of its own (NOTE [loading in place]). It is built on
+    the ``meta`` device unless that fails, or it has a tensor no checkpoint
+    holds (a non-persistent buffer such as rotary frequencies, a tensor kept
+    as a plain attribute): those are computed when it is built, so it is then
+    built again, normally.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # a builder that needs real tensors (.item() at init ...)
+        return build()
+    if _holds_unsaved_tensors(model):
+        del model
+        return build()
+    return model
+
+
+def _holds_unsaved_tensors(model: Any) -> bool:
+    import torch
+
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        return True
+    return any(
+        isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+        for module in model.modules()
+        for value in vars(module).values()
+    )
+
+
+def _placed(value: Any, device: Any, dtype: Any) -> Any:
+    """A checkpoint tensor on the model tensor's device (unless that is ``meta``) and, for
+    floating-point ones, in its dtype; itself when it is already so."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    if device.type == "meta":
+        device = value.device
+    if not (value.is_floating_point() and dtype.is_floating_point):
+        dtype = value.dtype
+    return value.to(device=device, dtype=dtype)
+
+
+def _tied_groups(model: Any) -> list[list[str]]:
+    """Names that share one Parameter object (tied weights), one list per shared parameter."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -> None:
-    """load_into_model(model, state_dict, *, source) -> None: a strict load with a clear error.
+    """load_into_model(model, state_dict, *, source) -> None: a strict load, in place.
 
     Missing keys, unexpected keys and shape mismatches are all reported, in one
-    :class:`CorruptWeightsError`, before anything is copied into the model.
+    :class:`CorruptWeightsError`, before anything is loaded. A tied weight
+    (one parameter under several names) needs to be in ``state_dict`` under
+    one of them. The tensors of ``state_dict`` become the model's own, without
+    a copy (NOTE [loading in place]), except those whose floating-point dtype
+    or whose device differs from the model's, which are converted; ties are
+    kept. ``model`` may be on the ``meta`` device (:func:`build_for_loading`).
+    The caller hands the tensors over: they must not be loaded into another model.
     """
+    ties = _tied_groups(model)
+    given = set(state_dict)
+    aliases = {
+        name: next(n for n in names if n in given)
+        for names in ties
+        if any(n in given for n in names)
+        for name in names
+        if name not in given
+    }
     own = model.state_dict()
+    missing = sorted(set(own) - given - set(aliases))
+    unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state_dict)
         if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
-    err = fit_error(
-        set(own) - set(state_dict), set(state_dict) - set(own), mismatched, source=source
-    )
+    err = fit_error(missing, unexpected, mismatched, source=source)
     if err is not None:
         raise err
-    model.load_state_dict(state_dict, strict=True)
+    places = {k: (t.device, t.dtype) for k, t in own.items()}
+    del own  # the model's own weights are freed as they are replaced
+    full = {k: _placed(state_dict[aliases.get(k, k)], *place) for k, place in places.items()}
+    model.load_state_dict(full, strict=True, assign=True)
+    del full
+    for names in ties:  # assign=True gave each name its own Parameter: one again
+        primary = next((n for n in names if n in given), names[0])
+        param = model.get_parameter(primary)
+        for name in names:
+            if name != primary:
+                owner, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(owner), leaf, param)
 
 
 def fit_error(

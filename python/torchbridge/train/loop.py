@@ -57,6 +57,7 @@ from .. import distributed
 from ..devices import module_device
 from ..errors import TrainingError
 from ..exchange import to_torch
+from ..precision import float32_loss
 from .losses import loss_from_name
 from .optimizers import optimizer_from_spec
 from .schedules import schedule_from_spec
@@ -409,7 +410,7 @@ def _evaluate(model, data, loss_fn, metrics, device) -> dict[str, float]:
             outputs = call_model(model, inputs)
             n = outputs.shape[0]
             running.count += n
-            running.add("loss", loss_fn(outputs, targets), n)
+            running.add("loss", float32_loss(loss_fn, outputs, targets), n)
             for name, metric in metrics.items():
                 running.add(name, metric(outputs, targets), n)
     return running.means("valid")
@@ -541,7 +542,7 @@ def fit(
     checkpoint: Checkpoint | str | Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
-    mixed_precision: bool = False,
+    mixed_precision: bool | str | torch.dtype = False,
     batch_size: int = 32,
 ) -> FitHistory:
     """fit(model, train_data, valid_data=None, *, epochs, optimizer, loss, ...) -> FitHistory
@@ -565,7 +566,8 @@ def fit(
         early_stopping: an :class:`EarlyStopping`, a patience, or its fields as a dict.
         checkpoint: a :class:`Checkpoint`, a name, or its fields as a dict.
         progress: show a progress bar per epoch and a summary line after it.
-        mixed_precision: autocast the forward pass (see :class:`TrainStep`).
+        mixed_precision: autocast the forward pass: ``True``, ``"bfloat16"`` or
+            ``"float16"`` (see :class:`TrainStep`). Losses are computed in float32.
 
     Each row of the history holds ``epoch``, ``lr``, ``seconds``,
     ``train_loss``, ``train_<metric>`` and, with validation data,
@@ -583,7 +585,8 @@ def fit(
     started = time.perf_counter()
     device = _resolve_device(model, device)
     model.to(device)
-    opt = optimizer_from_spec(optimizer, model.parameters())
+    # frozen parameters (a LoRA model's base) get no optimiser state
+    opt = optimizer_from_spec(optimizer, [p for p in model.parameters() if p.requires_grad])
     scheduler = schedule_from_spec(schedule, opt) if schedule is not None else None
     loss_fn = loss_from_name(loss)
     metric_table = _metric_table(metrics)

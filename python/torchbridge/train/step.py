@@ -22,6 +22,7 @@ from .. import distributed
 from ..devices import module_device
 from ..errors import TrainingError
 from ..exchange import to_torch
+from ..precision import autocast_dtype, float32_loss
 
 __all__ = ["StepResult", "TrainStep", "as_batch", "as_inputs", "call_model"]
 
@@ -92,7 +93,11 @@ class TrainStep:
 
     ``mixed_precision=True`` runs the forward pass under ``torch.autocast``:
     float16 with a ``GradScaler`` on CUDA, bfloat16 on the CPU (where no scaler
-    is needed). The parameters and the optimiser state stay float32.
+    is needed). ``mixed_precision="bfloat16"`` (or ``"float16"``) names the
+    autocast type on either device; float16 on CUDA gets the scaler. The
+    parameters and the optimiser state stay float32. The loss is computed in
+    float32 whatever the outputs' type (NOTE [precision] in
+    :mod:`torchbridge.precision`), also for a model loaded in bfloat16.
 
     The model's mode is left as it is: call ``model.train()`` first.
 
@@ -114,7 +119,7 @@ class TrainStep:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         *,
         device: torch.device | str | None = None,
-        mixed_precision: bool = False,
+        mixed_precision: bool | str | torch.dtype = False,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -131,10 +136,9 @@ class TrainStep:
         self._zero_in_place = any(p.grad is not None for p in model.parameters())
         self._autocast_dtype: torch.dtype | None = None
         self._scaler = None
-        if mixed_precision:
+        if mixed_precision is True:
             if self.device.type == "cuda":
                 self._autocast_dtype = torch.float16
-                self._scaler = torch.amp.GradScaler("cuda")
             elif self.device.type == "cpu":
                 self._autocast_dtype = torch.bfloat16
             else:
@@ -142,6 +146,12 @@ class TrainStep:
                     f"TrainStep: mixed precision is supported on cuda and cpu, not on "
                     f"{self.device.type}; pass mixed_precision=False."
                 )
+        elif mixed_precision is not False:
+            self._autocast_dtype = autocast_dtype(
+                mixed_precision, self.device, what="TrainStep: mixed_precision"
+            )
+        if self._autocast_dtype is torch.float16 and self.device.type == "cuda":
+            self._scaler = torch.amp.GradScaler("cuda")
 
     def __call__(self, x: Any, y: Any, *, weight: float = 1.0) -> StepResult:
         inputs = as_inputs(x, self.device)
@@ -160,11 +170,10 @@ class TrainStep:
         if self._autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self._autocast_dtype):
                 outputs = call_model(model, inputs)
-            # the loss in float32: autocast's low precision is for the model's matmuls
-            loss = self.loss_fn(outputs.float(), targets)
         else:
             outputs = call_model(model, inputs)
-            loss = self.loss_fn(outputs, targets)
+        # the loss in float32: low precision is for the model's matmuls
+        loss = float32_loss(self.loss_fn, outputs, targets)
         if loss.ndim != 0:
             raise TrainingError(
                 f"TrainStep: the loss must be a scalar, got shape {tuple(loss.shape)}; "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import BrokenEntryError
 from ..entry import ModelEntry
 from ..heads import classifier_names, held_classes, settle_head
-from ..weights import load_into_model
+from ..weights import build_for_loading, load_into_model
 from .presence import CachePresence, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +61,10 @@ class ModelSource(abc.ABC):
     #: Whether a model of this source *is* its saved weights (``local``): they are
     #: always loaded, and dropping their head is a warning, as for ``weights=FILE``.
     saved_weights: bool = False
+    #: Whether :meth:`load` takes ``dtype=`` (a floating-point ``torch.dtype``) and
+    #: builds and loads the model in it; otherwise the registry converts the model
+    #: it returns (NOTE [precision] in :mod:`torchbridge.precision`).
+    loads_dtype: bool = False
 
     def available(self) -> bool:
         """available() -> bool: whether the libraries this source needs import."""
@@ -149,12 +153,13 @@ class ModelSource(abc.ABC):
     ) -> Any:
         """build_holding(entry, state, *, source, **kwargs) -> nn.Module
 
-        :meth:`build` the model with the head size ``state`` holds, and load
-        every tensor of it strictly (:func:`~torchbridge.registry.weights.load_into_model`;
-        ``source`` names the file in errors).
+        :meth:`build` the model with the head size ``state`` holds (on the
+        ``meta`` device where that is safe), and load every tensor of it
+        strictly and in place (:func:`~torchbridge.registry.weights.load_into_model`,
+        NOTE [loading in place]; ``source`` names the file in errors).
         """
         held = held_classes(state, self.classifier(entry))
-        model = self.build(entry, num_classes=held, **kwargs)
+        model = build_for_loading(lambda: self.build(entry, num_classes=held, **kwargs))
         load_into_model(model, state, source=source)
         return model
 

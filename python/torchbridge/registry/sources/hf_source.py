@@ -26,6 +26,11 @@ Loading (NOTE [hf loading]):
     ``UnknownArchitectureError`` naming it and the version. ``num_labels``
     (or ``num_classes``) follows NOTE [head rule]: the body always loads, a new
     head is logged, and the config's ``num_labels`` follows the head.
+    transformers loads the folder in place (its model built on the ``meta``
+    device, the safetensors files mapped; a sharded checkpoint's
+    ``model.safetensors.index.json`` names its shards), in ``dtype=`` when the
+    registry passes one, else in the dtype its config records; a ``weights=``
+    file loads as NOTE [hf weights files] says.
 
 NOTE [hf weights files]
     ``weights=FILE`` is read safely (:func:`~torchbridge.registry.weights.load_state_dict`)
@@ -36,7 +41,9 @@ NOTE [hf weights files]
     ``embed_out`` is ``lm_head`` ...): a model's own ``save_pretrained`` file
     loads, and so does its ``state_dict()``. The load is strict: a tensor the
     model lacks, one missing (other than a tied weight) or of another shape is
-    a ``CorruptWeightsError`` naming each.
+    a ``CorruptWeightsError`` naming each. transformers builds the model on
+    the ``meta`` device and takes the file's tensors (mapped, for safetensors)
+    in the ``dtype=`` asked for.
 """
 
 from __future__ import annotations
@@ -229,6 +236,7 @@ class HFSource(ModelSource):
 
     name = "hf"
     requirement = "transformers (pip install 'torchbridge[hf]')"
+    loads_dtype = True  # transformers builds and loads straight in the dtype asked for
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -424,10 +432,12 @@ class HFSource(ModelSource):
             )
         return cls
 
-    def _split(self, kwargs: dict) -> tuple[str | None, bool, dict]:
+    def _split(self, kwargs: dict) -> tuple[str | None, bool, dict, dict]:
+        """(task, trust_remote_code, what transformers builds with, config overrides)."""
         task = kwargs.pop("task", None)
         trust = bool(kwargs.pop("trust_remote_code", False))
-        return task, trust, kwargs
+        dtype = kwargs.pop("dtype", None)  # the registry resolved it (NOTE [precision])
+        return task, trust, ({} if dtype is None else {"dtype": dtype}), kwargs
 
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
         task = entry.task
@@ -487,14 +497,14 @@ class HFSource(ModelSource):
         return model
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
-        task, trust, overrides = self._split(dict(kwargs))
+        task, trust, build, overrides = self._split(dict(kwargs))
         if num_classes is not None:
             overrides["num_labels"] = num_classes
         config = self.config(entry, trust_remote_code=trust, **overrides)
         cls = self.model_class(entry, config, task)
         if hasattr(cls, "from_config"):
-            return cls.from_config(config, trust_remote_code=trust)
-        return cls._from_config(config)
+            return cls.from_config(config, trust_remote_code=trust, **build)
+        return cls._from_config(config, **build)
 
     def build_pretrained(
         self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
@@ -509,13 +519,19 @@ class HFSource(ModelSource):
         num_classes: int | None,
         **kwargs: Any,
     ):
-        task, trust, overrides = self._split(dict(kwargs))
+        task, trust, build, overrides = self._split(dict(kwargs))
         if weights is not None:  # a file of the caller's: built from the config, loaded safely
             from ..weights import load_state_dict
 
             state = load_state_dict(weights, trust_pickle=trust_pickle)
             return self.build_holding(
-                entry, state, source=str(weights), task=task, trust_remote_code=trust, **overrides
+                entry,
+                state,
+                source=str(weights),
+                task=task,
+                trust_remote_code=trust,
+                **build,
+                **overrides,
             )
         folder = self.folder(entry)
         config = self.config(entry, trust_remote_code=trust, **overrides)
@@ -530,6 +546,7 @@ class HFSource(ModelSource):
                 trust_remote_code=trust,
                 weights_only=not trust_pickle,
                 ignore_mismatched_sizes=num_classes is not None,
+                **build,
             )
         except pickle.UnpicklingError as err:  # NOTE [safe loading]: a pickled .bin refused
             raise _refused_pickle(entry, folder, err) from err
@@ -546,7 +563,7 @@ class HFSource(ModelSource):
         from ..heads import held_classes
         from ..weights import fit_error
 
-        task, trust, overrides = self._split(dict(kwargs))
+        task, trust, build, overrides = self._split(dict(kwargs))
         held = held_classes(state, self.classifier(entry))
         if held:
             overrides["num_labels"] = held
@@ -562,6 +579,7 @@ class HFSource(ModelSource):
                 state_dict=dict(state),
                 output_loading_info=True,
                 ignore_mismatched_sizes=True,  # reported below, with everything else
+                **build,
             )
         except RuntimeError as exc:  # transformers' conversions refused a tensor
             raise CorruptWeightsError(

@@ -35,6 +35,17 @@ NOTE [sidecars stay in their folder]
     resolves, symbolic links followed, inside the sidecar's own folder. A
     sidecar that names anything else is a BrokenEntryError: nothing outside the
     registry's folders is read or loaded for it.
+
+NOTE [adapter files]
+A LoRA adapter (NOTE [adapters] in :mod:`torchbridge.adapters`) is saved
+without its base model's weights: ``<name>/`` holds PEFT's
+``adapter_config.json`` and ``adapter_model.safetensors``, and the sidecar
+``<name>.json`` holds ``"adapter": "<name>"``, the base model as
+``"architecture"`` (a registry id) with the arguments that load it as
+``"kwargs"`` (``pretrained``, ``num_labels``, ``dtype`` ...), and the adapter
+file's sha256. ``load_model("local/<name>")`` loads the base through the
+registry (the caller's ``dtype=`` and other arguments override the stored
+ones), checks the file, and restores the adapter, trainable.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ __all__ = [
     "LocalSource",
     "check_local_name",
     "resolve_input_spec",
+    "save_local_adapter",
     "save_local_hf_model",
     "save_local_model",
     "save_local_onnx",
@@ -116,6 +128,7 @@ class LocalSource(ModelSource):
 
     name = "local"
     saved_weights = True  # a local model is its weights: they are always loaded
+    loads_dtype = True  # passed to the architecture (or transformers), which loads in it
 
     def __init__(self, directories: Iterable[str | os.PathLike[str]] | None = None) -> None:
         self._lock = threading.Lock()
@@ -231,7 +244,11 @@ class LocalSource(ModelSource):
 
     def load(self, entry: ModelEntry, **kwargs: Any):
         if entry.metadata.get("onnx_path"):
-            return _load_onnx(entry, **kwargs)
+            dtype = kwargs.pop("dtype", None)
+            model = _load_onnx(entry, **kwargs)
+            return model if dtype is None else model.to(dtype)
+        if entry.metadata.get("adapter_folder"):
+            return self._load_adapter(entry, **kwargs)
         if not entry.metadata.get("hf_folder"):
             return super().load(entry, **kwargs)
         # a transformers model: its own folder (config, weights, tokenizer) is the model
@@ -254,6 +271,49 @@ class LocalSource(ModelSource):
             raise RegistryError(f"{entry.id}: this local source belongs to no registry")
         kwargs["pretrained"] = True
         return hf.load(hf_entry, **kwargs)
+
+    def _load_adapter(
+        self,
+        entry: ModelEntry,
+        *,
+        pretrained: bool = True,
+        weights: Path | None = None,
+        num_classes: int | None = None,
+        trust_pickle: bool = False,
+        **kwargs: Any,
+    ):
+        """NOTE [adapter files]: the base model through the registry, then its adapter."""
+        from ...adapters import BaseModel, restore_adapter
+        from ...errors import AdapterError, ChecksumError
+
+        if weights is not None:
+            raise AdapterError(
+                f"{entry.id} is a LoRA adapter: its weights are its own file; load it without "
+                "weights=, or load the base model with weights= and add an adapter to it."
+            )
+        if num_classes is not None and num_classes != entry.num_classes:
+            raise AdapterError(
+                f"{entry.id}: num_classes={num_classes}, but the adapter was trained on a "
+                f"{entry.num_classes}-class head; load it without num_classes."
+            )
+        registry, architecture = self._architecture(entry)
+        adapter = Path(entry.metadata["weights_path"])
+        expected = entry.metadata.get("sha256")
+        if expected:
+            got = sha256_file(adapter)
+            if got != expected:
+                raise ChecksumError(
+                    f"{entry.id}: {adapter} has sha256 {got}, but its sidecar records "
+                    f"{expected}; the file changed since it was saved."
+                )
+        stored = dict(entry.metadata.get("kwargs") or {})
+        dtype = kwargs.get("dtype")
+        if dtype is not None:  # the record keeps the name, as register_local_model wrote it
+            stored["dtype"] = str(dtype).removeprefix("torch.")
+        module = registry.load_model(
+            architecture.id, trust_pickle=trust_pickle, **{**stored, **kwargs}
+        )
+        return restore_adapter(module, adapter.parent, BaseModel(architecture.id, stored))
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
@@ -311,14 +371,21 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
         metadata["sha256"] = data["sha256"]
     if data.get("hf_folder"):  # a transformers model in save_pretrained's layout
         metadata["hf_folder"] = str(_inside(sidecar, "hf_folder", data["hf_folder"]))
+    if data.get("adapter"):  # NOTE [adapter files]
+        metadata["adapter_folder"] = str(_inside(sidecar, "adapter", data["adapter"]))
+    tags = ("local", "lora") if data.get("adapter") else ("local",)
     return _local_entry(
         name,
         weights_path,
         data,
         task="unknown",
-        description=f"{name}: local weights for {data['architecture']}",
+        description=(
+            f"{name}: a LoRA adapter on {data['architecture']}"
+            if data.get("adapter")
+            else f"{name}: local weights for {data['architecture']}"
+        ),
         input_size=data.get("input_size") or None,
-        tags=("local",),
+        tags=tags,
         metadata=metadata,
     )
 
@@ -676,6 +743,81 @@ def save_local_hf_model(
             "metadata": dict(metadata or {}),
         }
         json.dumps(data)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return sidecar
+
+
+def save_local_adapter(
+    name: str,
+    model: Any,
+    *,
+    base: Any,
+    directory: Path,
+    description: str | None = None,
+    task: str | None = None,
+    tags: tuple[str, ...] = (),
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """save_local_adapter(name, model, *, base, directory, ...) -> Path
+
+    NOTE [adapter files]: ``<directory>/<name>/`` with the adapter in PEFT's
+    format, and the sidecar ``<name>.json`` naming ``base`` (an
+    :class:`~torchbridge.adapters.BaseModel`). Returns the sidecar's path; a
+    failure leaves nothing behind.
+    """
+    import shutil
+
+    from ...adapters import save_adapter
+    from .hf_source import LABEL_TASKS, task_of_architecture
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"local model name {name!r} must start with a letter or digit and contain only "
+            "letters, digits, '.', '_' and '-'"
+        )
+    module = model.get_base_model()
+    config = getattr(module, "config", None)
+    own_task = task_of_architecture(type(module).__name__) if config is not None else "unknown"
+    labels = getattr(config, "num_labels", None) if own_task in LABEL_TASKS else None
+    data = {
+        "format": SIDECAR_FORMAT,
+        "architecture": base.id,
+        "adapter": name,
+        "weights": f"{name}/adapter_model.safetensors",
+        "sha256": None,  # filled in once the adapter is written
+        "num_classes": labels,
+        "task": task or (own_task if own_task != "unknown" else None),
+        "description": description or f"{name}: a LoRA adapter on {base.id}",
+        "tags": list(dict.fromkeys(["lora", *tags])),
+        "license": (metadata or {}).get("license"),
+        "kwargs": dict(base.kwargs),
+        "metadata": dict(metadata or {}),
+    }
+    try:  # before any file is written
+        json.dumps(data)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"register_local_model: the base model's arguments and metadata must be JSON "
+            f"values ({err})"
+        ) from err
+    directory.mkdir(parents=True, exist_ok=True)
+    folder = directory / name
+    sidecar = directory / f"{name}.json"
+    if not overwrite and (sidecar.exists() or folder.exists()):
+        raise DuplicateModelError(
+            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
+        )
+    partial = directory / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        weights = save_adapter(model, partial)
+        data["sha256"] = sha256_file(weights)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)

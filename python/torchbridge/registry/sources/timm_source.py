@@ -13,14 +13,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import WeightsNotFoundError
+from ...errors import CorruptWeightsError, WeightsNotFoundError
 from ..entry import ModelEntry, WeightsInfo
 from ..heads import held_classes
 from ..paths import hf_hub_cache_dir, hf_repo_dir, hf_repo_folder, torch_hub_checkpoints_dir
 from ..weights import (
+    build_for_loading,
     find_in_hf_cache,
     find_in_hub_checkpoints,
     hash_prefix_from_filename,
+    load_into_model,
     load_state_dict,
     misfit_error,
     resolve_weights_file,
@@ -140,6 +142,7 @@ class TimmSource(TableSource):
         # NOTE: never let timm resolve weights itself: offline, its Hub fallback
         # retries for ~45 s. It always gets the resolved file (or state dict).
         held = None
+        state = None
         if path.suffix == ".npz":
             # original JAX checkpoints: timm reads them with np.load(allow_pickle=False)
             overlay: dict[str, Any] = {"file": str(path), "custom_load": True}
@@ -152,7 +155,6 @@ class TimmSource(TableSource):
                 # timm itself would refuse a pickle that needs trust: hand it the tensors
                 overlay = {"state_dict": state}
             else:
-                del state
                 overlay = {"file": str(path)}
         if held is None or published is None or held == published + offset:
             held = published  # the published layout: timm drops a label offset itself
@@ -162,6 +164,12 @@ class TimmSource(TableSource):
             overlay.update(num_classes=held, label_offset=0)
         if held is not None:
             kwargs["num_classes"] = held
+        if state is not None:
+            model = _in_place(entry, state, path, kwargs)
+            if model is not None:
+                return model
+            if "state_dict" not in overlay:
+                del state  # timm reads the file itself
         try:
             model = timm.create_model(
                 entry.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
@@ -179,6 +187,23 @@ class TimmSource(TableSource):
             cfg_dict.pop("state_dict", None)  # do not keep a second copy of the weights alive
             cfg_dict["file"] = str(path)
         return model
+
+
+def _in_place(entry: ModelEntry, state: dict, path: Path, kwargs: dict) -> Any:
+    """The model holding ``state`` in place (NOTE [loading in place]) when the file is
+    already in the layout of the model timm builds; ``None`` when timm's own loader must
+    convert it (an older layout, other input channels, a label offset), which copies."""
+    import timm
+
+    model = build_for_loading(lambda: timm.create_model(entry.name, pretrained=False, **kwargs))
+    try:
+        load_into_model(model, state, source=str(path))
+    except CorruptWeightsError:
+        return None
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        cfg["file"] = str(path)
+    return model
 
 
 def _with_weights(static: _Static, present: bool) -> ModelEntry:

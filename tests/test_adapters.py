@@ -1,0 +1,249 @@
+"""LoRA adapters (torchbridge.adapters) on tiny Llama, GPT-2 and BERT models.
+
+The models are made here (tests/hf_models.py) and laid out as a Hugging Face
+cache; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+import torchbridge  # noqa: E402
+from hf_models import finetune_cache  # noqa: E402
+from torchbridge import memory  # noqa: E402
+from torchbridge.adapters import BaseModel, base_of, is_adapter_model  # noqa: E402
+from torchbridge.errors import AdapterError, ChecksumError  # noqa: E402
+from torchbridge.registry.core import get_registry  # noqa: E402
+from torchbridge.registry.sizes import model_size  # noqa: E402
+from torchbridge.train import fit  # noqa: E402
+
+LLAMA, GPT2, BERT = "hf/test/tiny-llama", "hf/test/tiny-gpt2", "hf/test/tiny-bert"
+SPEC = {"r": 4, "alpha": 8, "dropout": 0.0, "target": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The tiny models in a Hugging Face cache, and an empty torchbridge home."""
+    root = tmp_path_factory.mktemp("lora")
+    made = finetune_cache(root / "hub", root / "work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
+        mp.setenv("TORCHBRIDGE_HOME", str(root / "home"))
+        mp.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
+        get_registry().refresh()
+        yield made
+    get_registry().refresh()
+
+
+def token_ids(batch: int = 3, seq: int = 9, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 40, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def perturb_adapter(model) -> None:
+    """LoRA's B starts at zero (the adapter adds nothing); give it values, as training would."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+
+
+class TestTheAdapterAlone:
+    def test_only_the_adapter_is_shared(self, cache):
+        """The bridge shares the adapter's parameters alone: names, gradient buffers, ledger bytes."""
+        baseline = memory.snapshot()
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        assert is_adapter_model(model)
+        bm = torchbridge.bridge(model)
+        assert len(bm.param_names) == 8  # 2 layers x (q, v) x (A, B)
+        assert all(".lora_A." in n or ".lora_B." in n for n in bm.param_names)
+        adapter_bytes = sum(p.numel() * p.element_size() for p in bm.params)
+        stats = memory.stats()
+        assert stats.shared_buffers - baseline.shared_buffers == 16
+        assert stats.shared_bytes["cpu"] - baseline.shared_bytes.get("cpu", 0) == 2 * adapter_bytes
+        assert sum(p.numel() for p in bm.params) * 10 < sum(p.numel() for p in model.parameters())
+        (logits,), pullback = bm.forward(input_ids=token_ids())
+        pullback(logits=torch.ones_like(logits))
+        assert all(g.abs().sum() > 0 for g in bm.grads[1::2])  # every lora_B
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+        bm.close()
+        memory.assert_baseline(baseline)
+
+    def test_gradients_equal_torch_autograd(self, cache):
+        """The adapter's gradients through the bridge equal torch autograd on the same model."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        perturb_adapter(model)
+        reference = copy.deepcopy(model)
+        ids = token_ids()
+        bm = torchbridge.bridge(model)
+        (logits,), pullback = bm.forward(input_ids=ids)
+        cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+        pullback(logits=cotangent)
+        reference(input_ids=ids).logits.backward(cotangent)
+        for name, grad in zip(bm.param_names, bm.grads):
+            assert grad.abs().sum() > 0, name
+            torch.testing.assert_close(grad, reference.get_parameter(name).grad)
+        bm.close()
+
+    @pytest.mark.parametrize("model_id", [LLAMA, GPT2, BERT])
+    def test_fit_trains_the_adapter_and_no_base_weight(self, cache, model_id):
+        """fit lowers the loss, changes every adapter tensor (and a new head) and no base weight."""
+        classifier = model_id == BERT
+        model = torchbridge.load_model(
+            model_id,
+            pretrained=True,
+            lora={"r": 4, "alpha": 8},  # PEFT's targets for the architecture
+            **({"num_labels": 2} if classifier else {}),
+        )
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        ids = token_ids(4, 10)
+        if classifier:  # the new head trains beside the adapter (NOTE [adapters])
+            assert {"classifier.modules_to_save.default.weight"} <= {
+                n.removeprefix("base_model.model.") for n in trained
+            }
+            batches = [({"input_ids": ids}, torch.tensor([0, 1, 0, 1]))]
+        else:
+            batches = [({"input_ids": ids[:, :-1]}, ids[:, 1:])]
+        history = fit(
+            model,
+            batches,
+            epochs=6,
+            optimizer={"rule": "Adam", "eta": 0.02},
+            loss="logitcrossentropy",
+            progress=False,
+        )
+        assert history["train_loss"][-1] < history["train_loss"][0]
+        params = dict(model.named_parameters())
+        assert all(torch.equal(params[n], before) for n, before in frozen.items())
+        assert all(not torch.equal(params[n], before) for n, before in trained.items())
+
+    def test_a_classifier_head_trains_unless_train_says_otherwise(self, cache):
+        """A classifier's head is trained by default; train=[] keeps it frozen."""
+        model = torchbridge.load_model(BERT, pretrained=True, num_labels=2, lora=True)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert any("classifier.modules_to_save" in n for n in names)
+        frozen_head = torchbridge.load_model(
+            BERT, pretrained=True, num_labels=2, lora={"train": []}
+        )
+        names = [n for n, p in frozen_head.named_parameters() if p.requires_grad]
+        assert names and all(".lora_" in n for n in names)
+
+    def test_add_lora_on_a_module_built_in_torch(self):
+        """add_lora adapts the named layers of any module; the bridge shares those alone."""
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        model = torchbridge.add_lora(module, r=2, target=["0", "2"])
+        assert base_of(model) is None
+        bm = torchbridge.bridge(model)
+        assert [n.split(".lora_")[1] for n in bm.param_names] == [
+            "A.default.weight",
+            "B.default.weight",
+        ] * 2
+        assert [tuple(p.shape) for p in bm.params] == [(2, 3), (8, 2), (2, 8), (2, 2)]
+        bm.close()
+
+
+class TestSavingAndMerging:
+    def test_round_trip_through_register_local_model(self, cache, tmp_path):
+        """The adapter alone is saved, in PEFT's format, beside its base's id; local/ restores it."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC, dtype="bfloat16")
+        perturb_adapter(model)
+        ids = token_ids()
+        expected = model(input_ids=ids).logits
+        entry = torchbridge.register_local_model("tiny-llama-lora", model, directory=tmp_path)
+        assert entry.id == "local/tiny-llama-lora" and "lora" in entry.tags
+        folder = tmp_path / "tiny-llama-lora"
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+            p.name for p in folder.iterdir()
+        }
+        assert not list(folder.glob("model*.safetensors"))  # no base weights
+        sidecar = json.loads((tmp_path / "tiny-llama-lora.json").read_text())
+        assert sidecar["architecture"] == LLAMA and sidecar["adapter"] == "tiny-llama-lora"
+        assert sidecar["kwargs"] == {"pretrained": True, "dtype": "bfloat16"}
+        adapter_values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        size = model_size("local/tiny-llama-lora")
+        assert size.parameters == adapter_values and size.counted_from == "weights file"
+        assert size.bytes == {"float32": 4 * adapter_values}  # PEFT keeps the adapter float32
+
+        again = torchbridge.load_model("local/tiny-llama-lora")
+        assert base_of(again) == BaseModel(LLAMA, {"pretrained": True, "dtype": "bfloat16"})
+        saved = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        restored = {n: p for n, p in again.named_parameters() if p.requires_grad}
+        assert saved.keys() == restored.keys()
+        assert all(torch.equal(saved[n], restored[n]) for n in saved)
+        assert again.get_base_model().dtype == torch.bfloat16
+        torch.testing.assert_close(again(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+        with pytest.raises(AdapterError, match="already"):
+            torchbridge.load_model("local/tiny-llama-lora", lora=SPEC)
+        adapter = folder / "adapter_model.safetensors"
+        adapter.write_bytes(adapter.read_bytes()[:-4] + b"\0\0\0\0")
+        get_registry().refresh()
+        with pytest.raises(ChecksumError, match="changed since it was saved"):
+            torchbridge.load_model("local/tiny-llama-lora")
+
+    def test_merged_model_computes_what_the_adapter_did(self, cache):
+        """merge_adapter folds the adapter in: a plain model, the same outputs."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        perturb_adapter(model)
+        ids = token_ids()
+        expected = model(input_ids=ids).logits.detach()
+        plain = torchbridge.load_model(LLAMA, pretrained=True)(input_ids=ids).logits.detach()
+        assert not torch.allclose(expected, plain)  # the adapter changes the outputs
+        merged = torchbridge.merge_adapter(model)
+        assert type(merged).__name__ == "LlamaForCausalLM" and not is_adapter_model(merged)
+        assert not any("lora" in name for name, _ in merged.named_modules())
+        assert not any(p.requires_grad for p in merged.parameters())  # frozen, as PEFT left it
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(AdapterError, match="no LoRA adapter"):
+            torchbridge.merge_adapter(merged)
+
+    def test_an_unmerged_adapter_is_not_exported(self, cache, tmp_path):
+        """export_onnx refuses a model whose adapter is not merged, saying how, and writes nothing."""
+        pytest.importorskip("onnx")
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        with pytest.raises(torchbridge.ExportError, match="merge_adapter"):
+            torchbridge.export_onnx(model, tmp_path / "m.onnx")
+        assert not list(tmp_path.iterdir())
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ({"rank": 4}, "unknown setting 'rank'"),
+            ({"r": 0}, "positive integer"),
+            ({"dropout": 1.5}, r"\[0, 1\)"),
+            ({"alpha": 8, "lora_alpha": 8}, "both given"),
+            ({"target": ["no_such_layer"]}, "q_proj"),  # the names the model has
+            ("r=8", "as a dict"),
+        ],
+    )
+    def test_bad_settings(self, cache, spec, message):
+        """A bad LoRA setting is an AdapterError that says what is accepted."""
+        with pytest.raises(AdapterError, match=message):
+            torchbridge.load_model(LLAMA, pretrained=True, lora=spec)
+
+    def test_a_module_without_known_targets_must_name_them(self):
+        """Outside transformers PEFT has no default targets: the error lists the layers."""
+        module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        with pytest.raises(AdapterError, match=r"target=\[\.\.\.\].*called: 0, 2"):
+            torchbridge.add_lora(module)
+
+    def test_an_adapter_needs_a_base_with_weights(self, cache, tmp_path):
+        """Registering refuses an adapter on random weights, or on a base it cannot name."""
+        random_base = torchbridge.load_model(LLAMA, lora=SPEC)
+        with pytest.raises(AdapterError, match="without weights"):
+            torchbridge.register_local_model("x", random_base, directory=tmp_path)
+        torch.manual_seed(0)
+        unnamed = torchbridge.add_lora(torch.nn.Sequential(torch.nn.Linear(3, 4)), target=["0"])
+        with pytest.raises(AdapterError, match="architecture="):
+            torchbridge.register_local_model("y", unnamed, directory=tmp_path)
+        assert not list(tmp_path.iterdir())  # nothing written

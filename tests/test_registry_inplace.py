@@ -1,0 +1,205 @@
+"""Checkpoints loaded in place (NOTE [loading in place]), sharded checkpoints, model sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file, save_model
+
+import torchbridge
+from torchbridge.errors import CorruptWeightsError
+from torchbridge.registry.core import get_registry
+from torchbridge.registry.sizes import model_size
+from torchbridge.registry.weights import build_for_loading, load_into_model, load_state_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WithRotary(torch.nn.Module):
+    """A module with a tensor no checkpoint holds (a non-persistent buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+        self.register_buffer("freq", torch.arange(4.0), persistent=False)
+
+
+class WithAttribute(torch.nn.Module):
+    """A module keeping a tensor as a plain attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+        self.mask = torch.ones(4)
+
+
+class TestInPlace:
+    def test_parameters_are_the_files_mapped_tensors(self, tmp_path):
+        """The loaded model's parameters are the tensors read from the file, not copies of
+        them; writing to one leaves the file as it was."""
+        torch.manual_seed(0)
+        source = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16))
+        path = tmp_path / "w.safetensors"
+        save_file(source.state_dict(), str(path))
+        state = load_state_dict(path)
+        addresses = {k: v.data_ptr() for k, v in state.items()}
+        model = build_for_loading(
+            lambda: torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16))
+        )
+        assert next(model.parameters()).is_meta  # nothing allocated before the load
+        load_into_model(model, state, source=str(path))
+        assert {k: v.data_ptr() for k, v in model.state_dict().items()} == addresses
+        assert all(
+            p.requires_grad and isinstance(p, torch.nn.Parameter) for p in model.parameters()
+        )
+        x = torch.randn(5, 8)
+        torch.testing.assert_close(model.eval()(x), source.eval()(x))
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        assert torch.equal(load_state_dict(path)["0.weight"], source[0].weight)
+
+    @pytest.mark.parametrize(("cls", "builds"), [(torch.nn.Linear, 1), (WithRotary, 2)])
+    def test_meta_only_when_the_checkpoint_holds_every_tensor(self, cls, builds):
+        """A module with a tensor the checkpoint lacks is built normally, keeping that tensor."""
+        calls = []
+
+        def build():
+            calls.append(1)
+            return cls(4, 4) if cls is torch.nn.Linear else cls()
+
+        model = build_for_loading(build)
+        assert len(calls) == builds
+        if cls is WithRotary:
+            assert torch.equal(model.freq, torch.arange(4.0))
+        calls.clear()
+        assert not build_for_loading(lambda: (calls.append(1), WithAttribute())[1]).mask.is_meta
+        assert len(calls) == 2
+
+    def test_tied_weights_stay_one_parameter(self, tmp_path, monkeypatch):
+        """GPT-2's head is its embedding: stored once, loaded once, still one parameter."""
+        pytest.importorskip("transformers")
+        from hf_models import cache_repo, make_gpt2
+
+        reference, _ = make_gpt2(tmp_path / "gpt2")
+        cache_repo(tmp_path / "hub", "test/tiny-gpt2", tmp_path / "gpt2")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        get_registry().refresh()
+        path = tmp_path / "gpt2.safetensors"
+        save_model(reference, str(path))  # the tied tensor once
+        model = torchbridge.load_model("hf/test/tiny-gpt2", weights=path)
+        assert model.lm_head.weight is model.transformer.wte.weight
+        for name, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), name
+        get_registry().refresh()
+
+    def test_a_checkpoint_in_another_dtype_is_converted(self, tmp_path):
+        """bfloat16 tensors loaded into a float32 model become float32, value for value."""
+        torch.manual_seed(0)
+        source = torch.nn.Linear(3, 2).to(torch.bfloat16)
+        model = torch.nn.Linear(3, 2)
+        load_into_model(model, dict(source.state_dict()), source="memory")
+        assert model.weight.dtype == torch.float32
+        assert torch.equal(model.weight, source.weight.float())
+
+    def test_peak_memory_is_one_copy(self, tmp_path):
+        """Loading a 100 MB checkpoint by weights= and reading every weight once raises the peak
+        resident memory of a fresh process by at most 1.3 times the file (two copies: 2)."""
+        timm = pytest.importorskip("timm")
+        if not Path("/proc/self/clear_refs").exists():
+            pytest.skip("needs Linux's /proc to reset the peak resident memory")
+        path = tmp_path / "resnet50.safetensors"
+        save_file(timm.create_model("resnet50").state_dict(), str(path))
+        script = textwrap.dedent(
+            """
+            import json, os, sys
+            import torch, torchbridge
+
+            def status(key):
+                with open("/proc/self/status") as f:
+                    return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+
+            torchbridge.load_model("timm/test_resnet")  # imports and first-call set-up
+            base = status("VmRSS:")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the peak (VmHWM) starts again from here
+            model = torchbridge.load_model("timm/resnet50", weights=sys.argv[1])
+            touched = sum(float(t.float().sum()) for t in model.state_dict().values())
+            print(json.dumps({"peak": status("VmHWM:") - base, "size": os.path.getsize(sys.argv[1])}))
+            """
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+        )
+        assert run.returncode == 0, run.stderr
+        figures = json.loads(run.stdout.strip().splitlines()[-1])
+        assert figures["peak"] <= 1.3 * figures["size"], figures
+
+
+class TestShards:
+    def write_shards(self, state: dict, folder: Path) -> Path:
+        """Two safetensors shards and their index, in transformers' layout."""
+        keys = list(state)
+        half = len(keys) // 2
+        weight_map = {}
+        for i, part in enumerate((keys[:half], keys[half:]), start=1):
+            name = f"model-0000{i}-of-00002.safetensors"
+            save_file({k: state[k].contiguous() for k in part}, str(folder / name))
+            weight_map.update(dict.fromkeys(part, name))
+        index = folder / "model.safetensors.index.json"
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        return index
+
+    def test_weights_may_be_a_sharded_index(self, tmp_path):
+        """weights= a model.safetensors.index.json loads every shard; its size counts them all."""
+        torch.manual_seed(0)
+        source = torchbridge.load_model("timm/test_resnet", num_classes=5)
+        index = self.write_shards(source.state_dict(), tmp_path)
+        model = torchbridge.load_model("timm/test_resnet", weights=index)
+        for name, value in source.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), name
+        (tmp_path / "model-00002-of-00002.safetensors").unlink()
+        with pytest.raises(CorruptWeightsError, match="names shards that are not in its folder"):
+            torchbridge.load_model("timm/test_resnet", weights=index)
+
+    def test_a_sharded_transformers_folder_loads(self, tmp_path, monkeypatch):
+        """A Hugging Face repo saved in shards loads every tensor; info reads every shard."""
+        pytest.importorskip("transformers")
+        from hf_models import cache_repo, make_llama
+
+        reference, _ = make_llama(tmp_path / "one")
+        reference.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (tmp_path / "sharded" / name).write_bytes((tmp_path / "one" / name).read_bytes())
+        assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+        cache_repo(tmp_path / "hub", "test/sharded-llama", tmp_path / "sharded")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        get_registry().refresh()
+        try:
+            model = torchbridge.load_model("hf/test/sharded-llama", pretrained=True)
+            for name, value in reference.state_dict().items():
+                assert torch.equal(model.state_dict()[name], value), name
+            size = model_size("hf/test/sharded-llama")
+            values = sum(p.numel() for p in reference.parameters())
+            assert size.counted_from == "weights file" and len(size.files) > 2
+            assert size.parameters == values and size.bytes == {"float32": 4 * values}
+        finally:
+            get_registry().refresh()
+
+
+def test_sizes_from_the_architecture(isolated_caches):
+    """Without weights here, a size is counted on the model built on the meta device."""
+    size = model_size("timm/resnet18")
+    # 11,689,512 parameters and 9,620 BatchNorm statistics (the counters are int64)
+    assert size.counted_from == "architecture" and size.parameters == 11_699_132
+    assert size.bytes == {"float32": 4 * 11_699_112, "int64": 8 * 20}
