@@ -9,7 +9,9 @@
   is stored in. A local LoRA adapter's file holds the adapter alone;
 * otherwise from the architecture, built on the ``meta`` device (no weights,
   no memory for values): its parameters (tied ones once) and persistent
-  buffers, in the dtype it is built in.
+  buffers, in the dtype it is built in. An architecture that only its
+  torch.hub repository's code can build has no size here: information
+  queries import no repository (NOTE [trust]).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .entry import ModelEntry
+from .trust import information_only
 
 __all__ = ["ModelSize", "model_size"]
 
@@ -143,7 +146,8 @@ def model_size(model_id: str, *, registry: Any = None) -> ModelSize | None:
         if entry.metadata.get("onnx_path"):
             return None
         source = registry.source(entry.source)
-        return _from_architecture(source._untrained_on_meta(entry))
+        with information_only():  # NOTE [trust]: sizing a model imports no repository
+            return _from_architecture(source._untrained_on_meta(entry))
     except Exception as exc:  # noqa: BLE001 - info must not fail for want of a size
         log.debug("%s: no size: %s: %s", model_id, type(exc).__name__, exc)
         return None
