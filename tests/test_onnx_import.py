@@ -462,3 +462,172 @@ class TestRegistry:
         """Without an .onnx file, architecture= is required, as before."""
         with pytest.raises(TypeError, match="architecture"):
             torchbridge.register_local_model("m", _mlp())
+
+
+# -- hardening: paths, sizes, names --------------------------------------------------------
+
+
+def _external_outside(tmp_path: Path) -> tuple[Path, Path]:
+    """An .onnx file in tmp_path/model whose weight lies at ../outside.bin."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    w = numpy_helper.from_array(torch.randn(4, 3).numpy(), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(
+        model,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../outside.bin"
+    (folder / "w.bin").rename(tmp_path / "outside.bin")
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    return folder / "m.onnx", tmp_path / "outside.bin"
+
+
+class TestHardening:
+    def test_external_data_outside_the_folder_is_refused_naming_tensor_and_path(self, tmp_path):
+        """External data at ../outside.bin: OnnxImportError naming 'w' and the location."""
+        path, _ = _external_outside(tmp_path)
+        with pytest.raises(OnnxImportError, match=r"tensor 'w'.*'\.\./outside\.bin'"):
+            import_onnx(path)
+
+    def test_outside_paths_are_not_probed(self, tmp_path, monkeypatch):
+        """The refusal comes from the name alone: the outside file is never stat'ed or opened."""
+        import builtins
+        import os
+
+        path, outside = _external_outside(tmp_path)
+        touched = []
+        real_stat, real_open = os.stat, builtins.open
+
+        def stat(p, *args, **kwargs):
+            touched.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else p)
+            return real_stat(p, *args, **kwargs)
+
+        def opener(p, *args, **kwargs):
+            touched.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else p)
+            return real_open(p, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat)
+        monkeypatch.setattr(builtins, "open", opener)
+        outside.unlink()  # absent: the old check reported it "missing", i.e. looked for it
+        with pytest.raises(OnnxImportError, match="not a file inside"):
+            import_onnx(path)
+        monkeypatch.undo()
+        assert str(outside) not in touched
+
+    def test_register_refuses_external_data_outside_and_writes_nothing(
+        self, tmp_path, isolated_caches
+    ):
+        """register_local_model of such a file: OnnxImportError, no folder created."""
+        path, _ = _external_outside(tmp_path)
+        target = isolated_caches / "torchbridge" / "fresh" / "models"
+        with pytest.raises(OnnxImportError, match="tensor 'w'"):
+            torchbridge.register_local_model("outside", str(path), directory=target)
+        assert not (isolated_caches / "torchbridge" / "fresh").exists()
+
+    def _constant_of_shape(self, tmp_path, shape) -> Path:
+        from onnx import TensorProto, helper, numpy_helper
+
+        graph = helper.make_graph(
+            [
+                helper.make_node("ConstantOfShape", ["s"], ["c"], name="fill"),
+                helper.make_node("Add", ["x", "c"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", shape[-1]])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", shape[-1]])],
+            initializer=[numpy_helper.from_array(torch.tensor(shape).numpy(), "s")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / "fill.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    def test_absurd_constant_is_refused_before_allocating(self, tmp_path):
+        """A ConstantOfShape of 4 TiB: OnnxImportError naming the node, nothing allocated."""
+        import tracemalloc
+
+        path = self._constant_of_shape(tmp_path, [1 << 20, 1 << 20, 1])
+        tracemalloc.start()
+        try:
+            with pytest.raises(
+                OnnxImportError, match=r"ConstantOfShape node 'fill'.*max_tensor_bytes"
+            ):
+                import_onnx(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 2**20
+
+    def test_constant_limit_is_the_keyword(self, tmp_path):
+        """max_tensor_bytes= bounds folded constants: 4 KB refused at 1 KB, accepted at default."""
+        path = self._constant_of_shape(tmp_path, [1, 1024])
+        with pytest.raises(OnnxImportError, match="max_tensor_bytes=1000"):
+            import_onnx(path, max_tensor_bytes=1000)
+        module = import_onnx(path)
+        x = torch.randn(2, 1024)
+        torch.testing.assert_close(module(x), x)
+
+    def test_huge_declared_input_is_refused_before_verifying(self, tmp_path):
+        """An input declared as 37,000 GiB is refused with OnnxImportError, not a RuntimeError."""
+        from onnx import TensorProto, helper
+
+        shape = [100000, 100000, 1000]
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        )
+        path = tmp_path / "big.onnx"
+        path.write_bytes(
+            helper.make_model(
+                graph, opset_imports=[helper.make_opsetid("", 17)]
+            ).SerializeToString()
+        )
+        with pytest.raises(OnnxImportError, match=r"inputs to verify.*x \[100000, 100000, 1000\]"):
+            import_onnx(path)
+        assert import_onnx(path, verify=False).import_report.max_abs_diff is None
+
+    def test_dotted_output_names_reload_strictly(self, tmp_path):
+        """A Conv whose output is 'conv.out': state_dict reloads with strict=True; the map leads back."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(torch.randn(3, 2, 3, 3).numpy(), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["conv.out"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])],
+            [helper.make_tensor_value_info("conv.out", TensorProto.FLOAT, ["batch", 3, 3, 3])],
+            initializer=[w],
+        )
+        path = tmp_path / "conv.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        module = import_onnx(path)
+        state = {k: v.clone() for k, v in module.state_dict().items()}
+        assert all("conv.out" not in k for k in state)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        assert module.load_state_dict(state, strict=True) is not None
+        again = import_onnx(path)
+        x = torch.randn(2, 2, 5, 5)
+        torch.testing.assert_close(module(x), again(x))
+        assert "conv.out" in module.import_report.module_names.values()
+        key = next(k for k, v in module.import_report.module_names.items() if v == "conv.out")
+        assert isinstance(module.get_submodule(key), torch.nn.Module)

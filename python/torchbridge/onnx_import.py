@@ -44,11 +44,24 @@ import torch
 from .errors import OnnxImportError, OnnxVerificationError
 from .export import TensorInfo
 
-__all__ = ["MIN_OPSET", "OnnxImportReport", "OnnxModule", "import_onnx", "supported_operators"]
+__all__ = [
+    "MAX_TENSOR_BYTES",
+    "MIN_OPSET",
+    "OnnxImportReport",
+    "OnnxModule",
+    "import_onnx",
+    "supported_operators",
+]
 
 #: Graphs whose default-domain opset is below this are upgraded to :data:`UPGRADE_TO`.
 MIN_OPSET = 7
 UPGRADE_TO = 13
+
+#: The default of ``import_onnx(max_tensor_bytes=...)``: the largest tensor the import
+#: makes itself (a folded constant, one batch of verification inputs). 2 GiB is what
+#: protobuf lets one ``.onnx`` file hold; a graph asking for more is refused before
+#: anything is allocated.
+MAX_TENSOR_BYTES = 2 * 1024**3
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _VERIFY_BATCH_SIZES = (1, 3)
@@ -76,6 +89,10 @@ class OnnxImportReport:
         verified_with: ``"onnxruntime <version>"``, or ``None``.
         converter: ``"onnx2pytorch <version>"``.
         seconds: Wall time of the import.
+        module_names: ``{submodule path: ONNX name}`` for each submodule that runs a
+            node, e.g. ``{"graph.Conv_conv_out": "conv.out"}``: ONNX names may hold
+            characters (``.``, ``/``, ``:``) that torch's ``state_dict`` keys cannot,
+            so submodules get sanitised names and this map leads back.
     """
 
     path: Path
@@ -91,6 +108,7 @@ class OnnxImportReport:
     verified_with: str | None = None
     converter: str = ""
     seconds: float = 0.0
+    module_names: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +127,7 @@ class OnnxImportReport:
             "verified_with": self.verified_with,
             "converter": self.converter,
             "seconds": self.seconds,
+            "module_names": dict(self.module_names),
         }
 
 
@@ -270,15 +289,8 @@ def _load(path: Path):
             f"import_onnx: {path} is not an ONNX model: it holds no graph. A file of "
             "another format, or an empty or truncated one, gives this."
         )
-    missing = sorted(
-        {
-            entry.value
-            for tensor in _all_tensors(model.graph)
-            if tensor.data_location == onnx.TensorProto.EXTERNAL
-            for entry in tensor.external_data
-            if entry.key == "location" and not (path.parent / entry.value).is_file()
-        }
-    )
+    locations = _external_locations(model, path)
+    missing = sorted({loc for loc in locations.values() if not (path.parent / loc).is_file()})
     if missing:
         raise OnnxImportError(
             f"import_onnx: {path} keeps its weights in external data files that are not "
@@ -287,7 +299,7 @@ def _load(path: Path):
         )
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise OnnxImportError(
             f"import_onnx: the external data of {path} cannot be read: {exc}"
         ) from exc
@@ -299,6 +311,37 @@ def _load(path: Path):
             f"{str(exc).splitlines()[0]}). A truncated file gives this."
         ) from exc
     return model
+
+
+def _external_locations(model, path: Path) -> dict[str, str]:
+    """``{tensor name: location}`` of the external data, each checked to lie in ``path``'s folder.
+
+    Read from the names alone: a location outside the folder is refused without
+    looking at whether it exists (a file must not make the import probe other paths).
+    """
+    onnx = _require_onnx()
+    out: dict[str, str] = {}
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        normal = os.path.normpath(location) if location else ""
+        if (
+            not normal
+            or os.path.isabs(location)
+            or Path(location).drive
+            or normal == ".."
+            or normal.startswith(".." + os.sep)
+            or normal.startswith("../")
+        ):
+            raise OnnxImportError(
+                f"import_onnx: {path} keeps tensor {tensor.name!r} in external data at "
+                f"{location!r}, which is not a file inside {path.parent}. External data must "
+                "lie next to the .onnx file (or in a folder below it), named relative to it; "
+                "move the data there and save the model with that relative location."
+            )
+        out[tensor.name] = location
+    return out
 
 
 def _all_tensors(graph):
@@ -372,7 +415,7 @@ def _check_operators(model, path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _fold_constants(model) -> None:
+def _fold_constants(model, max_bytes: int = MAX_TENSOR_BYTES) -> None:
     """Make Constant nodes (and ConstantOfShape of a constant shape) initializers, in place.
 
     Exporters (caffe2, PaddlePaddle) store weights as Constant nodes; the
@@ -403,11 +446,17 @@ def _fold_constants(model) -> None:
             and node.domain in _DEFAULT_DOMAINS
             and node.input[0] in known
         ):
-            shape = numpy_helper.to_array(known[node.input[0]]).astype(np.int64)
+            shape = numpy_helper.to_array(known[node.input[0]]).astype(np.int64).reshape(-1)
             fill = np.zeros(1, dtype=np.float32)
             for attr in node.attribute:
                 if attr.name == "value":
                     fill = numpy_helper.to_array(attr.t).reshape(-1)
+            _check_size(
+                [int(d) for d in shape],
+                fill.dtype,
+                max_bytes,
+                f"ConstantOfShape node {node.name or node.output[0]!r} (output {node.output[0]!r})",
+            )
             value = np.full(tuple(shape), fill[0], dtype=fill.dtype)
         if value is None or len(node.output) != 1:
             keep.append(node)
@@ -418,6 +467,60 @@ def _fold_constants(model) -> None:
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
+
+
+def _check_size(shape: Sequence[int], dtype, max_bytes: int, what: str) -> None:
+    """Refuse, before allocating, a tensor of ``shape`` above ``max_bytes`` (or ill-shaped)."""
+    import numpy as np
+
+    if any(d < 0 for d in shape):
+        raise OnnxImportError(f"import_onnx: {what} has a negative dimension: {list(shape)}.")
+    size = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if size > max_bytes:
+        raise OnnxImportError(
+            f"import_onnx: {what} would be a tensor of shape {list(shape)} "
+            f"({_gib(size)}), above max_tensor_bytes={max_bytes} ({_gib(max_bytes)}). "
+            "Nothing was allocated. Raise max_tensor_bytes if the graph really needs it, "
+            "or check the file: a corrupt or hostile shape gives this."
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
+
+
+def _sanitise_names(graph: torch.nn.Module, prefix: str = "graph") -> dict[str, str]:
+    """Rename the converter's submodules to names ``state_dict`` keys can hold.
+
+    onnx2pytorch names a node's submodule ``<op>_<first output>``; an output such as
+    ``conv.out`` or ``/encoder.0/Conv_output_0`` gives a name with dots, which
+    ``load_state_dict`` reads as a path and refuses. Returns ``{new path: ONNX output}``.
+    """
+    names: dict[str, str] = {}
+    for path, owner in list(graph.named_modules(prefix=prefix)):
+        for attr in ("mapping", "then_mapping", "else_mapping"):
+            mapping = getattr(owner, attr, None)
+            if not isinstance(mapping, dict):
+                continue
+            for op_id, name in list(mapping.items()):
+                new = _identifier(name)
+                if new != name:
+                    if not isinstance(getattr(owner, name, None), torch.nn.Module):
+                        continue  # a partial (Concat) is not a submodule: nothing is saved
+                    base, i = new, 1
+                    while hasattr(owner, new):
+                        new, i = f"{base}_{i}", i + 1
+                    child = getattr(owner, name)
+                    delattr(owner, name)
+                    setattr(owner, new, child)
+                    mapping[op_id] = new
+                names[f"{path}.{new}"] = op_id
+    return names
+
+
+def _identifier(name: str) -> str:
+    out = re.sub(r"\W", "_", name)
+    return out if out and not out[0].isdigit() else f"_{out}"
 
 
 def _make_trainable(graph: torch.nn.Module, initializers: set[str]) -> None:
@@ -438,7 +541,10 @@ def _make_trainable(graph: torch.nn.Module, initializers: set[str]) -> None:
 
 
 def _settle_parameters(
-    module: OnnxModule, inputs: Sequence[TensorInfo], shapes: Mapping[str, Sequence[int]]
+    module: OnnxModule,
+    inputs: Sequence[TensorInfo],
+    shapes: Mapping[str, Sequence[int]],
+    max_bytes: int = MAX_TENSOR_BYTES,
 ) -> None:
     """Promoted initializers that no output depends on differentiably go back to buffers.
 
@@ -456,7 +562,7 @@ def _settle_parameters(
     if not promoted:
         return
     try:
-        xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0))
+        xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0), max_bytes)
         out = module(*xs)
         flat = [out] if isinstance(out, torch.Tensor) else list(out.values())
         total = sum(o.float().sum() for o in flat if o.requires_grad)
@@ -478,31 +584,30 @@ def _settle_parameters(
 
 
 def _sample_inputs(
-    infos: Sequence[TensorInfo], batch: int | None, shapes: Mapping[str, Sequence[int]], gen
+    infos: Sequence[TensorInfo],
+    batch: int | None,
+    shapes: Mapping[str, Sequence[int]],
+    gen,
+    max_bytes: int = MAX_TENSOR_BYTES,
 ) -> list[torch.Tensor]:
     import numpy as np
 
+    planned = [(info, _sample_shape(info, batch, shapes)) for info in infos]
+    total = sum(
+        int(np.prod(dims, dtype=object)) * np.dtype(info.dtype).itemsize
+        for info, dims in planned
+        if _kind(info.dtype) in "fbiu"
+    )
+    if total > max_bytes:
+        shown = ", ".join(f"{info.name} {list(dims)}" for info, dims in planned)
+        label = f"batch size {batch}" if batch is not None else "the declared shapes"
+        raise OnnxImportError(
+            f"import_onnx: the inputs to verify at {label} ({shown}) would take "
+            f"{_gib(total)}, above max_tensor_bytes={max_bytes} ({_gib(max_bytes)}). Nothing "
+            "was allocated. Pass smaller input_shapes=, raise max_tensor_bytes, or verify=False."
+        )
     out = []
-    for info in infos:
-        given = shapes.get(info.name)
-        if given is not None:
-            dims = [int(d) for d in given]
-            if batch is not None and _free(info.shape[0]):
-                dims = [batch, *dims[1:]] if len(dims) == len(info.shape) else [batch, *dims]
-        else:
-            dims = []
-            for i, d in enumerate(info.shape):
-                if isinstance(d, int) and d > 0:
-                    dims.append(d)
-                elif i == 0 and batch is not None:
-                    dims.append(batch)
-                else:
-                    raise OnnxImportError(
-                        f"import_onnx: input {info.name!r} has shape {list(info.shape)}: "
-                        f"dimension {i} is not fixed, so no input can be made to verify it. "
-                        f"Pass input_shapes={{{info.name!r}: (...)}} with the shape of one "
-                        "sample (without the batch), or verify=False."
-                    )
+    for info, dims in planned:
         dtype = np.dtype(info.dtype)
         if dtype.kind == "f":
             tensor = torch.randn(dims, generator=gen, dtype=torch.float64)
@@ -521,6 +626,41 @@ def _sample_inputs(
     return out
 
 
+def _sample_shape(
+    info: TensorInfo, batch: int | None, shapes: Mapping[str, Sequence[int]]
+) -> list[int]:
+    """The shape of the verification input for ``info`` (a free first dimension is ``batch``)."""
+    given = shapes.get(info.name)
+    if given is not None:
+        dims = [int(d) for d in given]
+        if batch is not None and _free(info.shape[0]):
+            dims = [batch, *dims[1:]] if len(dims) == len(info.shape) else [batch, *dims]
+        return dims
+    dims = []
+    for i, d in enumerate(info.shape):
+        if isinstance(d, int) and d > 0:
+            dims.append(d)
+        elif i == 0 and batch is not None:
+            dims.append(batch)
+        else:
+            raise OnnxImportError(
+                f"import_onnx: input {info.name!r} has shape {list(info.shape)}: "
+                f"dimension {i} is not fixed, so no input can be made to verify it. "
+                f"Pass input_shapes={{{info.name!r}: (...)}} with the shape of one "
+                "sample (without the batch), or verify=False."
+            )
+    return dims
+
+
+def _kind(dtype: str) -> str:
+    import numpy as np
+
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:
+        return "O"
+
+
 def _free(dim: int | str) -> bool:
     return not (isinstance(dim, int) and dim > 0)
 
@@ -532,6 +672,7 @@ def _verify(
     shapes: Mapping[str, Sequence[int]],
     tolerance: float,
     upgraded: bytes | None = None,
+    max_bytes: int = MAX_TENSOR_BYTES,
 ) -> tuple[float, tuple[int, ...], str]:
     import numpy as np
     import onnxruntime as ort
@@ -558,7 +699,7 @@ def _verify(
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in batches:
-        xs = _sample_inputs(inputs, batch, shapes, gen)
+        xs = _sample_inputs(inputs, batch, shapes, gen, max_bytes)
         label = f"batch size {batch}" if batch is not None else "the declared shapes"
         feed = {info.name: x.numpy() for info, x in zip(inputs, xs)}
         try:
@@ -617,9 +758,10 @@ def import_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 1e-4,
     batchnorm: str = "inference",
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
 ) -> OnnxModule:
     """import_onnx(path, *, verify=True, input_shapes=None, tolerance=1e-4,
-    batchnorm="inference") -> OnnxModule
+    batchnorm="inference", max_tensor_bytes=MAX_TENSOR_BYTES) -> OnnxModule
 
     Import the ONNX file ``path`` as a trainable torch module.
 
@@ -636,6 +778,9 @@ def import_onnx(
         batchnorm: ``"inference"`` keeps BatchNormalization on its running
             statistics in training too (as the graph says); ``"train"`` makes it
             behave like ``torch.nn.BatchNorm2d``.
+        max_tensor_bytes: The largest tensor the import makes itself: a folded
+            constant (``ConstantOfShape``), or one batch of verification inputs.
+            A graph that asks for more is refused before anything is allocated.
 
     Returns:
         An :class:`OnnxModule` whose floating-point initializers (and constant
@@ -668,7 +813,7 @@ def import_onnx(
     # onnxruntime runs some old opsets only once upgraded: kept as the file said, unfolded
     upgraded = converted.SerializeToString() if converted is not model and verify else None
     model = converted
-    _fold_constants(model)
+    _fold_constants(model, max_tensor_bytes)
     operators = _check_operators(model, path)
     initializers = {t.name for t in model.graph.initializer}
     with warnings.catch_warnings(record=True) as caught:
@@ -681,10 +826,11 @@ def import_onnx(
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
     _make_trainable(graph, initializers)
+    module_names = _sanitise_names(graph)
     module = _module_class(len(inputs))(
         graph, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
     )
-    _settle_parameters(module, inputs, dict(input_shapes or {}))
+    _settle_parameters(module, inputs, dict(input_shapes or {}), max_tensor_bytes)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and dtype != torch.float32:
         tolerance = max(tolerance, {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 0))
@@ -698,7 +844,7 @@ def import_onnx(
                 "verify=False."
             ) from exc
         max_diff, checked, verified_with = _verify(
-            module, path, inputs, dict(input_shapes or {}), tolerance, upgraded
+            module, path, inputs, dict(input_shapes or {}), tolerance, upgraded, max_tensor_bytes
         )
     module.import_report = OnnxImportReport(
         path=path,
@@ -714,6 +860,7 @@ def import_onnx(
         verified_with=verified_with,
         converter=converter,
         seconds=time.perf_counter() - started,
+        module_names=module_names,
         warnings=tuple(sorted({str(w.message).splitlines()[0] for w in caught})),
     )
     return module
