@@ -85,14 +85,20 @@ class OnnxImportReport:
         max_abs_diff: The largest |onnxruntime - torch| over every output and
             batch size checked; ``None`` when not verified.
         tolerance: The limit applied (see ``import_onnx``).
-        batch_sizes_checked: e.g. ``(1, 3)``; empty when not verified.
+        batch_sizes_checked: e.g. ``(1, 3)``: the random batches checked; empty when
+            none were.
+        inputs_checked: How many of the caller's batches (``inputs=``) were checked.
         verified_with: ``"onnxruntime <version>"``, or ``None``.
-        converter: ``"onnx2pytorch <version>"``.
+        converter: What lowered the graph (and onnx2pytorch, for the operators
+            listed in ``fallbacks``).
+        normaliser: The tool that normalised the graph (``"onnxslim <version>"``).
+        folded: ``{op: count}`` of nodes computed at import time (constants,
+            ``Identity`` chains, ``If`` with a constant condition, shape arithmetic).
+        fallbacks: ``{op: count}`` of nodes converted by onnx2pytorch's modules.
         seconds: Wall time of the import.
-        module_names: ``{submodule path: ONNX name}`` for each submodule that runs a
-            node, e.g. ``{"graph.Conv_conv_out": "conv.out"}``: ONNX names may hold
-            characters (``.``, ``/``, ``:``) that torch's ``state_dict`` keys cannot,
-            so submodules get sanitised names and this map leads back.
+        names: ``{torch name: ONNX name}`` for each parameter, buffer and submodule
+            made from the graph, e.g. ``{"graph.conv_out": "conv.out"}``: ONNX
+            names may hold characters (``/``, ``:``) that ``state_dict`` keys cannot.
     """
 
     path: Path
@@ -105,10 +111,14 @@ class OnnxImportReport:
     max_abs_diff: float | None = None
     tolerance: float | None = None
     batch_sizes_checked: tuple[int, ...] = ()
+    inputs_checked: int = 0
     verified_with: str | None = None
     converter: str = ""
+    normaliser: str = ""
+    folded: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    module_names: dict[str, str] = field(default_factory=dict, repr=False)
+    names: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,10 +134,14 @@ class OnnxImportReport:
             "max_abs_diff": self.max_abs_diff,
             "tolerance": self.tolerance,
             "batch_sizes_checked": list(self.batch_sizes_checked),
+            "inputs_checked": self.inputs_checked,
             "verified_with": self.verified_with,
             "converter": self.converter,
+            "normaliser": self.normaliser,
+            "folded": dict(self.folded),
+            "fallbacks": dict(self.fallbacks),
             "seconds": self.seconds,
-            "module_names": dict(self.module_names),
+            "names": dict(self.names),
         }
 
 
@@ -251,21 +265,28 @@ _SUPPORTED: frozenset[str] | None = None
 
 
 def supported_operators() -> frozenset[str]:
-    """supported_operators() -> frozenset[str]: the ``ai.onnx`` operators the converter has.
+    """supported_operators() -> frozenset[str]: the ``ai.onnx`` operators ``import_onnx`` converts.
 
-    Read from onnx2pytorch's operator table (its ``convert_operations``); an
-    operator outside it would be guessed as ``torch.<name>`` by onnx2pytorch,
+    Those lowered to torch calls (:func:`torchbridge.onnx_convert.lowered_operators`)
+    and those of onnx2pytorch's operator table (its ``convert_operations``),
+    whose module converts the node when no lowering exists. An operator
+    outside both would be guessed as ``torch.<name>`` by onnx2pytorch,
     attributes ignored, so ``import_onnx`` refuses it instead.
     """
     global _SUPPORTED
     if _SUPPORTED is None:
-        _converter()
-        from onnx2pytorch.convert import operations
+        from .onnx_convert import lowered_operators
 
-        source = inspect.getsource(operations.convert_operations)
-        names = set(re.findall(r'node\.op_type == "(\w+)"', source))
-        for group in re.findall(r"node\.op_type in \(([^)]*)\)", source):
-            names.update(re.findall(r'"(\w+)"', group))
+        names = set(lowered_operators())
+        with contextlib.suppress(OnnxImportError):
+            _converter()
+            from onnx2pytorch.convert import operations
+
+            source = inspect.getsource(operations.convert_operations)
+            names.update(re.findall(r'node\.op_type == "(\w+)"', source))
+            for group in re.findall(r"node\.op_type in \(([^)]*)\)", source):
+                names.update(re.findall(r'"(\w+)"', group))
+            names -= {"Loop", "Scan", "SequenceMap"}  # NOTE [onnx to fx]: not converted
         _SUPPORTED = frozenset(names)
     return _SUPPORTED
 
@@ -365,6 +386,19 @@ def _nodes(graph):
                     yield from _nodes(sub)
 
 
+def _nodes_where(graph, where: str):
+    """(node, where) for every node of the graph and its subgraphs, ``where`` naming the graph."""
+    for node in graph.node:
+        yield node, where
+        for attr in node.attribute:
+            for sub in (attr.g, *attr.graphs):
+                if sub.ByteSize():
+                    label = node.name or node.output[0]
+                    yield from _nodes_where(
+                        sub, f"{attr.name} of {node.op_type} {label!r} in {where}"
+                    )
+
+
 def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
 
@@ -396,77 +430,23 @@ def _check_operators(model, path: Path) -> dict[str, int]:
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     counts: collections.Counter[str] = collections.Counter()
     lacking: dict[str, str] = {}
-    for node in _nodes(model.graph):
+    for node, where in _nodes_where(model.graph, "the main graph"):
         domain = node.domain or "ai.onnx"
         key = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
         counts[key] += 1
         if domain != "ai.onnx" or node.op_type not in supported:
             lacking[key] = (
                 f"{node.op_type} (domain {domain}, opset {opsets.get(domain, '?')}, "
-                f"first node {node.name or node.output[0]!r})"
+                f"first node {node.name or node.output[0]!r} in {where})"
             )
     if lacking:
         raise OnnxImportError(
-            f"import_onnx: {path} uses operators that {_converter()[1]} cannot convert: "
+            f"import_onnx: {path} uses operators that import_onnx cannot convert: "
             f"{'; '.join(lacking[k] for k in sorted(lacking))}. Re-export the model without "
             "them (for onnxruntime-specific fused operators: export without optimisation).",
             sorted(lacking),
         )
     return dict(sorted(counts.items()))
-
-
-def _fold_constants(model, max_bytes: int = MAX_TENSOR_BYTES) -> None:
-    """Make Constant nodes (and ConstantOfShape of a constant shape) initializers, in place.
-
-    Exporters (caffe2, PaddlePaddle) store weights as Constant nodes; the
-    converter reads layer weights from initializers only, and initializers
-    are what becomes trainable.
-    """
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    known = {t.name: t for t in graph.initializer}
-    keep = []
-    for node in graph.node:
-        value = None
-        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                value = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                value = np.array(helper.get_attribute_value(attr), dtype=np.float32)
-                if attr.name == "value_int":
-                    value = value.astype(np.int64)
-            elif attr.name in ("value_floats", "value_ints"):
-                dtype = np.float32 if attr.name == "value_floats" else np.int64
-                value = np.array(helper.get_attribute_value(attr), dtype=dtype)
-        elif (
-            node.op_type == "ConstantOfShape"
-            and node.domain in _DEFAULT_DOMAINS
-            and node.input[0] in known
-        ):
-            shape = numpy_helper.to_array(known[node.input[0]]).astype(np.int64).reshape(-1)
-            fill = np.zeros(1, dtype=np.float32)
-            for attr in node.attribute:
-                if attr.name == "value":
-                    fill = numpy_helper.to_array(attr.t).reshape(-1)
-            _check_size(
-                [int(d) for d in shape],
-                fill.dtype,
-                max_bytes,
-                f"ConstantOfShape node {node.name or node.output[0]!r} (output {node.output[0]!r})",
-            )
-            value = np.full(tuple(shape), fill[0], dtype=fill.dtype)
-        if value is None or len(node.output) != 1:
-            keep.append(node)
-            continue
-        tensor = numpy_helper.from_array(np.asarray(value), node.output[0])
-        graph.initializer.append(tensor)
-        known[tensor.name] = tensor
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
 
 
 def _check_size(shape: Sequence[int], dtype, max_bytes: int, what: str) -> None:
@@ -489,95 +469,48 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
 
 
-def _sanitise_names(graph: torch.nn.Module, prefix: str = "graph") -> dict[str, str]:
-    """Rename the converter's submodules to names ``state_dict`` keys can hold.
-
-    onnx2pytorch names a node's submodule ``<op>_<first output>``; an output such as
-    ``conv.out`` or ``/encoder.0/Conv_output_0`` gives a name with dots, which
-    ``load_state_dict`` reads as a path and refuses. Returns ``{new path: ONNX output}``.
-    """
-    names: dict[str, str] = {}
-    for path, owner in list(graph.named_modules(prefix=prefix)):
-        for attr in ("mapping", "then_mapping", "else_mapping"):
-            mapping = getattr(owner, attr, None)
-            if not isinstance(mapping, dict):
-                continue
-            for op_id, name in list(mapping.items()):
-                new = _identifier(name)
-                if new != name:
-                    if not isinstance(getattr(owner, name, None), torch.nn.Module):
-                        continue  # a partial (Concat) is not a submodule: nothing is saved
-                    base, i = new, 1
-                    while hasattr(owner, new):
-                        new, i = f"{base}_{i}", i + 1
-                    child = getattr(owner, name)
-                    delattr(owner, name)
-                    setattr(owner, new, child)
-                    mapping[op_id] = new
-                names[f"{path}.{new}"] = op_id
-    return names
-
-
-def _identifier(name: str) -> str:
-    out = re.sub(r"\W", "_", name)
-    return out if out and not out[0].isdigit() else f"_{out}"
-
-
-def _make_trainable(graph: torch.nn.Module, initializers: set[str]) -> None:
-    """Floating-point initializers with more than one value become parameters.
-
-    Single values (epsilons, the 6 of hard-swish, exponents) stay buffers.
-    """
-    from onnx2pytorch.convert.operations import get_buffer_name
-
-    names = {get_buffer_name(n) for n in initializers}
-    for name, buffer in list(graph.named_buffers(recurse=False)):
-        if name in names and buffer.is_floating_point() and buffer.numel() > 1:
-            delattr(graph, name)
-            graph.register_parameter(name, torch.nn.Parameter(buffer.detach().clone()))
-    for param in graph.parameters():
-        if not param.requires_grad and param.is_floating_point():
-            param.requires_grad_(True)
-
-
 def _settle_parameters(
     module: OnnxModule,
     inputs: Sequence[TensorInfo],
     shapes: Mapping[str, Sequence[int]],
-    max_bytes: int = MAX_TENSOR_BYTES,
+    max_bytes: int,
+    promoted: set[int],
+    caller_batches: Sequence[Sequence[torch.Tensor]] = (),
 ) -> None:
-    """Promoted initializers that no output depends on differentiably go back to buffers.
+    """Weights made parameters that no output depends on differentiably become buffers.
 
-    onnx2pytorch copies the weights of layers it builds (Conv, Gemm, BatchNormalization
-    ...) into torch layers and keeps the initializer as well; shape-like constants
-    (Resize scales) are read as numbers. One forward and backward at batch size 2 tells
-    which initializers are really trainable. Without inputs of known shape, all stay.
+    A floating-point constant the graph reads at run time becomes a parameter
+    (NOTE [onnx to fx]); one used only through a comparison, a cast to integers
+    or a shape read gets no gradient. One forward and backward (the caller's
+    first batch, else random inputs at batch size 2) tells which. Without
+    inputs of known shape, all stay parameters.
     """
-    promoted = [
-        (owner, name, p)
-        for owner in module.modules()
-        for name, p in list(owner.named_parameters(recurse=False))
-        if name.startswith("_initializer_")
-    ]
-    if not promoted:
+    named = [(name, p) for name, p in module.named_parameters() if id(p) in promoted]
+    if not named:
         return
     try:
-        xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0), max_bytes)
+        if caller_batches:
+            xs = list(caller_batches[0])
+        else:
+            xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0), max_bytes)
         out = module(*xs)
         flat = [out] if isinstance(out, torch.Tensor) else list(out.values())
         total = sum(o.float().sum() for o in flat if o.requires_grad)
         if not isinstance(total, torch.Tensor):
             return
         total.backward()
-        unused = [(owner, name, p) for owner, name, p in promoted if p.grad is None]
+        unused = [name for name, p in named if p.grad is None]
     except Exception:  # the verification (or the caller's first step) reports it
         return
     finally:
         for p in module.parameters():
             p.grad = None
-    for owner, name, p in unused:
-        delattr(owner, name)
-        owner.register_buffer(name, p.detach())
+    for name in unused:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path)
+        p = getattr(owner, leaf)
+        delattr(owner, leaf)
+        owner.register_buffer(leaf, p.detach(), persistent=False)
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -673,12 +606,16 @@ def _verify(
     tolerance: float,
     upgraded: bytes | None = None,
     max_bytes: int = MAX_TENSOR_BYTES,
+    caller_batches: Sequence[Sequence[torch.Tensor]] = (),
+    random_too: bool = True,
 ) -> tuple[float, tuple[int, ...], str]:
     import numpy as np
     import onnxruntime as ort
 
     batched = bool(inputs) and all(len(i.shape) > 0 and _free(i.shape[0]) for i in inputs)
-    batches: tuple[int | None, ...] = _VERIFY_BATCH_SIZES if batched else (None,)
+    batches: list[Any] = [("given", i) for i in range(len(caller_batches))]
+    if random_too:
+        batches += list(_VERIFY_BATCH_SIZES if batched else (None,))
     note = ""
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -699,8 +636,12 @@ def _verify(
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in batches:
-        xs = _sample_inputs(inputs, batch, shapes, gen, max_bytes)
-        label = f"batch size {batch}" if batch is not None else "the declared shapes"
+        if isinstance(batch, tuple):
+            xs = list(caller_batches[batch[1]])
+            label = f"the caller's inputs (batch {batch[1]})"
+        else:
+            xs = _sample_inputs(inputs, batch, shapes, gen, max_bytes)
+            label = f"batch size {batch}" if batch is not None else "the declared shapes"
         feed = {info.name: x.numpy() for info, x in zip(inputs, xs)}
         try:
             expected = session.run(None, feed)
@@ -713,8 +654,10 @@ def _verify(
             with torch.no_grad():
                 out = module(*xs)
         except Exception as exc:
+            where = _failing_node(module, xs)
             raise OnnxVerificationError(
-                f"import_onnx: the converted module fails at {label}: {type(exc).__name__}: "
+                f"import_onnx: the converted module fails at {label}"
+                f"{f' in {where}' if where else ''}: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
         got = [out] if isinstance(out, torch.Tensor) else list(out.values())
@@ -744,8 +687,33 @@ def _verify(
                     "translates some operator of this graph differently.",
                     name,
                 )
-    checked = tuple(b for b in batches if b is not None)
+    checked = tuple(b for b in batches if isinstance(b, int))
     return worst, checked, f"onnxruntime {ort.__version__}{note}"
+
+
+def _failing_node(module: OnnxModule, xs: Sequence[torch.Tensor]) -> str | None:
+    """The ONNX node whose torch code raises on ``xs`` (rerun node by node), or None."""
+    import torch.fx as fx
+
+    failed: list[str] = []
+
+    class _Finder(fx.Interpreter):
+        def run_node(self, n):
+            try:
+                return super().run_node(n)
+            except Exception:
+                sub = self.module.get_submodule(n.target) if n.op == "call_module" else None
+                if isinstance(sub, fx.GraphModule) or hasattr(sub, "then_branch"):
+                    pass
+                failed.append(n.meta.get("onnx_node", n.format_node()))
+                raise
+
+    graph = module.graph
+    if not isinstance(graph, fx.GraphModule):
+        return None
+    with contextlib.suppress(Exception), torch.no_grad():
+        _Finder(graph).run(*xs)
+    return failed[0] if failed else None
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -755,6 +723,7 @@ def import_onnx(
     path: str | os.PathLike[str],
     *,
     verify: bool = True,
+    inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 1e-4,
     batchnorm: str = "inference",
@@ -796,41 +765,48 @@ def import_onnx(
 
     Nothing is written to disk.
     """
+    verify_inputs = inputs
     started = time.perf_counter()
     if batchnorm not in ("inference", "train"):
         raise ValueError(
             f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
         )
     path = Path(path).expanduser()
-    ConvertModel, converter = _converter()
     model = _load(path)
     from .export import _graph_info
+    from .onnx_convert import convert_graph
+    from .onnx_normalise import guard_sizes, normalise, operator_counts
 
     opset, inputs, outputs = _graph_info(model)
     inputs = tuple(_with_question_marks(i) for i in inputs)
     outputs = tuple(_with_question_marks(o) for o in outputs)
+    caller_batches = _caller_inputs(inputs, verify_inputs, path)
     converted = _upgrade(model, path)
     # onnxruntime runs some old opsets only once upgraded: kept as the file said, unfolded
     upgraded = converted.SerializeToString() if converted is not model and verify else None
     model = converted
-    _fold_constants(model, max_tensor_bytes)
     operators = _check_operators(model, path)
-    initializers = {t.name for t in model.graph.initializer}
+    guard_sizes(model, path, max_tensor_bytes)
+    normalised, normaliser, note = normalise(model, max_tensor_bytes)
+    after = operator_counts(normalised)
+    folded = {
+        op: n - after.get(op, 0) for op, n in operator_counts(model).items() if n > after.get(op, 0)
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            graph = ConvertModel(model)
-        except Exception as exc:
-            raise OnnxImportError(
-                f"import_onnx: {converter} could not convert {path}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
-    _make_trainable(graph, initializers)
-    module_names = _sanitise_names(graph)
+        graph = convert_graph(
+            normalised, batchnorm=batchnorm, max_bytes=max_tensor_bytes, path=path
+        )
+    for op, n in graph.folded.items():
+        folded[op] = folded.get(op, 0) + n
+    promoted = {id(p) for p in graph.module.parameters() if id(p) in graph.promoted}
     module = _module_class(len(inputs))(
-        graph, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
+        graph.module, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
     )
-    _settle_parameters(module, inputs, dict(input_shapes or {}), max_tensor_bytes)
+    del normalised
+    _settle_parameters(
+        module, inputs, dict(input_shapes or {}), max_tensor_bytes, promoted, caller_batches
+    )
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and dtype != torch.float32:
         tolerance = max(tolerance, {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 0))
@@ -843,9 +819,19 @@ def import_onnx(
                 f"import_onnx(verify=True) needs onnxruntime: {_INSTALL_HINT}, or pass "
                 "verify=False."
             ) from exc
+        random_too = input_shapes is not None or not caller_batches
         max_diff, checked, verified_with = _verify(
-            module, path, inputs, dict(input_shapes or {}), tolerance, upgraded, max_tensor_bytes
+            module,
+            path,
+            inputs,
+            dict(input_shapes or {}),
+            tolerance,
+            upgraded,
+            max_tensor_bytes,
+            caller_batches,
+            random_too,
         )
+    names = {f"graph.{k}": v for k, v in graph.names.items()}
     module.import_report = OnnxImportReport(
         path=path,
         opset=opset,
@@ -857,13 +843,72 @@ def import_onnx(
         max_abs_diff=max_diff,
         tolerance=tolerance if verify else None,
         batch_sizes_checked=checked,
+        inputs_checked=len(caller_batches) if verify else 0,
         verified_with=verified_with,
-        converter=converter,
+        converter=_converter_name(graph.fallbacks),
+        normaliser=normaliser,
+        folded=dict(sorted(folded.items())),
+        fallbacks=dict(sorted(graph.fallbacks.items())),
         seconds=time.perf_counter() - started,
-        module_names=module_names,
-        warnings=tuple(sorted({str(w.message).splitlines()[0] for w in caught})),
+        names=names,
+        warnings=tuple(
+            sorted({str(w.message).splitlines()[0] for w in caught} | ({note} if note else set()))
+        ),
     )
     return module
+
+
+def _converter_name(fallbacks: Mapping[str, int]) -> str:
+    name = "torchbridge.onnx_convert (torch.fx)"
+    if fallbacks:
+        name += f"; {_converter()[1]} for {', '.join(sorted(fallbacks))}"
+    return name
+
+
+def _caller_inputs(infos: Sequence[TensorInfo], given: Any, path: Path) -> list[list[torch.Tensor]]:
+    """The caller's verification batches (``inputs=``) as tensors in graph order, checked."""
+    import numpy as np
+
+    if given is None:
+        return []
+    batches = [given] if isinstance(given, Mapping) else list(given)
+    out = []
+    names = [i.name for i in infos]
+    for k, batch in enumerate(batches):
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"import_onnx: inputs= takes {{input name: array}} or a list of them; "
+                f"batch {k} is a {type(batch).__name__}"
+            )
+        unknown = sorted(set(batch) - set(names))
+        missing = [n for n in names if n not in batch]
+        if unknown or missing:
+            raise OnnxImportError(
+                f"import_onnx: inputs= batch {k} does not match the inputs of {path} "
+                f"({', '.join(names)}): "
+                + "; ".join(
+                    x
+                    for x in (
+                        f"unknown {', '.join(unknown)}" if unknown else "",
+                        f"missing {', '.join(missing)}" if missing else "",
+                    )
+                    if x
+                )
+            )
+        tensors = []
+        for info in infos:
+            value = batch[info.name]
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            array = np.asarray(array)
+            want = np.dtype(info.dtype) if _kind(info.dtype) != "O" else array.dtype
+            if array.dtype != want:
+                raise OnnxImportError(
+                    f"import_onnx: inputs= batch {k}: {info.name!r} has dtype {array.dtype}, "
+                    f"the graph declares {info.dtype}"
+                )
+            tensors.append(torch.from_numpy(np.ascontiguousarray(array).copy()))
+        out.append(tensors)
+    return out
 
 
 def _with_question_marks(info: TensorInfo) -> TensorInfo:
