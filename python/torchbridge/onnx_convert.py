@@ -465,7 +465,9 @@ def convert_graph(
     return ConvertedGraph(module, conv.names, conv.fallbacks, conv.folded, conv.promoted)
 
 
-def _finish(g: _Graph, outputs: list[Any], class_name: str) -> fx.GraphModule:
+def _finish(
+    g: _Graph, outputs: list[Any], class_name: str, as_tuple: bool = False
+) -> fx.GraphModule:
     """Close ``g`` with ``outputs`` (constants become attributes) and build its GraphModule."""
     out_nodes = []
     for i, value in enumerate(outputs):
@@ -474,7 +476,7 @@ def _finish(g: _Graph, outputs: list[Any], class_name: str) -> fx.GraphModule:
         if not isinstance(value, Proxy):
             raise OnnxImportError(f"import_onnx: output {i} of {g.where} is not a tensor")
         out_nodes.append(value.node)
-    if len(out_nodes) == 1:
+    if len(out_nodes) == 1 and not as_tuple:
         g.graph.output(out_nodes[0])
     else:
         g.graph.output(tuple(out_nodes))
@@ -491,7 +493,7 @@ def convert_branch(ctx, branch, where: str) -> tuple[fx.GraphModule, list[str]]:
     names: dict[str, str] = {}
     g = _Graph(conv, where, ctx.g, _Root(names, conv.promoted))
     outputs = conv.build(branch, g, [])
-    module = _finish(g, outputs, "OnnxBranch")
+    module = _finish(g, outputs, "OnnxBranch", as_tuple=True)
     return module, list(g.captured)
 
 
