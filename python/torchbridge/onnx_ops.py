@@ -87,6 +87,32 @@ class Node:
             return self.g.attr(v, self.node.input[i])
         return v
 
+    def operands(self, i: int, j: int) -> tuple[Any, Any]:
+        """Inputs ``i`` and ``j`` of an elementwise operator; a known one-value constant
+        becomes a Python number, as plain torch code writes ``x * 0.5`` (no attribute
+        read, no broadcast of a one-element tensor)."""
+        return self._scalar(i, j), self._scalar(j, i)
+
+    def _scalar(self, i: int, other: int):
+        v = self.inputs[i]
+        if not (self.runtime_node and isinstance(v, torch.Tensor) and v.numel() == 1):
+            return self.runtime(i)
+        if v.dtype == torch.bool or v.is_complex():
+            return self.runtime(i)
+        rank = self.rank(other)
+        if v.dim() > 0 and (rank is None or rank < v.dim()):
+            return self.runtime(i)  # the constant's shape would widen the result
+        number = v.item()
+        if v.is_floating_point():
+            other_type = self.elem_type(other)
+            if other_type is not None and other_type not in _FLOATS:
+                return self.runtime(i)
+            return float(number)
+        other_type = self.elem_type(other)
+        if other_type is None or other_type in _FLOATS:
+            return self.runtime(i)
+        return int(number)
+
     def tensors(self, *idx: int) -> list[Any]:
         idx = idx or tuple(range(len(self.inputs)))
         return [self.runtime(i) for i in idx]
@@ -389,9 +415,11 @@ _BINARY = {
 def _binary(n: Node):
     if n.opset < 7 and n.attr("broadcast"):
         raise Unsupported("pre-opset-7 broadcasting (upgrade the file's opset)")
-    a, b = n.tensors(0, 1)
+    a, b = n.operands(0, 1) if n.node.op_type in ("Add", "Sub", "Mul", "Pow") else n.tensors(0, 1)
     fn = _BINARY[n.node.op_type]
     if n.node.op_type == "Pow":
+        if isinstance(b, float) and b.is_integer():
+            b = int(b)
         out = n.call(torch.pow, a, b)
         ta = n.elem_type(0)
         if ta is not None and ta not in _FLOATS:
@@ -402,7 +430,7 @@ def _binary(n: Node):
 
 @lowering("Div")
 def _div_lowering(n: Node):
-    a, b = n.tensors(0, 1)
+    a, b = n.operands(0, 1)
     ta, tb = n.elem_type(0), n.elem_type(1)
     if ta in _FLOATS or tb in _FLOATS:
         return n.call(operator.truediv, a, b)
