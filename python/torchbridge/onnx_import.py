@@ -485,7 +485,29 @@ def _settle_parameters(
     first batch, else random inputs at batch size 2) tells which. Without
     inputs of known shape, all stay parameters.
     """
-    named = [(name, p) for name, p in module.named_parameters() if id(p) in promoted]
+    from .onnx_convert import OnnxIf
+
+    # a branch not taken by this one batch gets no gradient, yet trains on other inputs
+    branch = {id(p) for m in module.modules() if isinstance(m, OnnxIf) for p in m.parameters()}
+    graph = module.graph
+    for node in graph.graph.nodes if hasattr(graph, "graph") else ():
+        if node.op == "get_attr" and any(
+            u.op == "call_module" and isinstance(graph.get_submodule(u.target), OnnxIf)
+            for u in node.users
+        ):
+            branch.add(
+                id(
+                    getattr(
+                        graph.get_submodule(node.target.rpartition(".")[0]),
+                        node.target.rpartition(".")[2],
+                    )
+                )
+            )
+    named = [
+        (name, p)
+        for name, p in module.named_parameters()
+        if id(p) in promoted and id(p) not in branch
+    ]
     if not named:
         return
     try:
@@ -505,12 +527,12 @@ def _settle_parameters(
     finally:
         for p in module.parameters():
             p.grad = None
-    for name in unused:
+    for name in unused:  # persistent: state_dict keys do not depend on this pass
         owner_path, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_path)
         p = getattr(owner, leaf)
         delattr(owner, leaf)
-        owner.register_buffer(leaf, p.detach(), persistent=False)
+        owner.register_buffer(leaf, p.detach())
 
 
 # -- verification ----------------------------------------------------------------------------
