@@ -642,3 +642,248 @@ class TestHardening:
         torch.testing.assert_close(
             module.get_parameter(key), torch.from_numpy(numpy_helper.to_array(w))
         )
+
+
+# -- the converter: graphs as exporters leave them --------------------------------------------
+
+
+def _save(tmp_path, nodes, inputs, outputs, initializers=(), opset=17, name="g.onnx") -> Path:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _ort(path, feed):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+class TestConverter:
+    def _lstm_from_constants(self, tmp_path, w_from_input: bool = False) -> Path:
+        """An LSTM whose W is a Constant reshaped, R a Constant sliced (as Silero's files)."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(0)
+        hidden, features = 4, 3
+        w = rng.standard_normal((4 * hidden * features,)).astype(np.float32)
+        r = rng.standard_normal((1, 8 * hidden, hidden)).astype(np.float32)
+        b = rng.standard_normal((1, 8 * hidden)).astype(np.float32)
+        nodes = [
+            helper.make_node("Constant", [], ["w_flat"], value=numpy_helper.from_array(w)),
+            helper.make_node("Constant", [], ["r_big"], value=numpy_helper.from_array(r)),
+            helper.make_node(
+                "Constant",
+                [],
+                ["shape"],
+                value=numpy_helper.from_array(np.array([1, 4 * hidden, features], np.int64)),
+            ),
+            helper.make_node("Reshape", ["w_flat", "shape"], ["w_const"]),
+            helper.make_node(
+                "Constant", [], ["starts"], value=numpy_helper.from_array(np.array([0], np.int64))
+            ),
+            helper.make_node(
+                "Constant",
+                [],
+                ["ends"],
+                value=numpy_helper.from_array(np.array([4 * hidden], np.int64)),
+            ),
+            helper.make_node(
+                "Constant", [], ["axes"], value=numpy_helper.from_array(np.array([1], np.int64))
+            ),
+            helper.make_node("Slice", ["r_big", "starts", "ends", "axes"], ["r"]),
+            helper.make_node(
+                "LSTM",
+                ["x", "w_in" if w_from_input else "w_const", "r", "b"],
+                ["y", "y_h"],
+                hidden_size=hidden,
+                name="lstm",
+            ),
+        ]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "batch", features])]
+        if w_from_input:
+            inputs.append(
+                helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [1, 4 * hidden, features])
+            )
+        return _save(
+            tmp_path,
+            nodes,
+            inputs,
+            [
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, "batch", hidden]),
+                helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, "batch", hidden]),
+            ],
+            [numpy_helper.from_array(b, "b")],
+        )
+
+    def test_lstm_weights_computed_from_constants_import_and_train(self, tmp_path):
+        """W = Reshape(Constant), R = Slice(Constant): folded, a torch LSTM, verified, trainable."""
+        module = import_onnx(self._lstm_from_constants(tmp_path), input_shapes={"x": (5, 2, 3)})
+        report = module.import_report
+        assert report.max_abs_diff <= 1e-5
+        assert report.folded.get("Reshape") and report.folded.get("Slice")
+        lstm = next(m for m in module.modules() if isinstance(m, torch.nn.LSTM))
+        x = torch.randn(5, 2, 3)
+        out = module(x)
+        (out["y"].sum() + out["y_h"].sum()).backward()
+        assert lstm.weight_ih_l0.grad is not None and lstm.weight_hh_l0.grad is not None
+        trainable = {n for n, p in module.named_parameters()}
+        assert {n.rpartition(".")[2] for n in trainable} == {
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+        }
+
+    def test_lstm_weight_known_only_at_run_time_is_refused_naming_the_node(self, tmp_path):
+        """An LSTM whose W is a graph input: OnnxImportError naming node, operator, domain, opset."""
+        path = self._lstm_from_constants(tmp_path, w_from_input=True)
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(path)
+        text = str(err.value)
+        assert "node 'lstm' in the main graph: operator LSTM (domain ai.onnx, opset 17)" in text
+        assert "W must be known at import time" in text
+        assert err.value.operators == ("LSTM",) and err.value.node == "lstm"
+
+    def _branchy(self, tmp_path, cond_const: bool | None) -> Path:
+        """If(cond) whose then-branch convolves with a weight of the enclosing graph."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(1)
+        w = numpy_helper.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "outer.w")
+        shape = ["batch", 2, 5, 5]
+        out_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        then_g = helper.make_graph(
+            [
+                helper.make_node(
+                    "Constant",
+                    [],
+                    ["pads_bias"],
+                    value=numpy_helper.from_array(np.full((2,), 0.5, np.float32)),
+                ),
+                helper.make_node(
+                    "Conv",
+                    ["x", "outer.w", "pads_bias"],
+                    ["t"],
+                    pads=[1, 1, 1, 1],
+                    name="branch_conv",
+                ),
+                helper.make_node("Relu", ["t"], ["then_y"]),
+            ],
+            "then",
+            [],
+            [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, shape)],
+        )
+        else_g = helper.make_graph(
+            [helper.make_node("Neg", ["x"], ["else_y"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, shape)],
+        )
+        nodes = []
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])]
+        initializers = [w]
+        if cond_const is None:
+            inputs.append(helper.make_tensor_value_info("flag", TensorProto.INT64, []))
+            initializers.append(numpy_helper.from_array(np.array(16000, np.int64), "rate"))
+            nodes.append(helper.make_node("Equal", ["flag", "rate"], ["cond"]))
+        else:
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], ["cond"], value=numpy_helper.from_array(np.array(cond_const))
+                )
+            )
+        nodes.append(
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="pick"
+            )
+        )
+        return _save(tmp_path, nodes, inputs, [out_info], initializers)
+
+    def test_constant_condition_if_is_folded(self, tmp_path):
+        """If on a constant condition: the branch joins the graph; no If at run time."""
+        from torchbridge.onnx_convert import OnnxIf
+
+        module = import_onnx(self._branchy(tmp_path, True))
+        assert module.import_report.folded.get("If") == 1
+        assert not any(isinstance(m, OnnxIf) for m in module.modules())
+        x = torch.randn(2, 2, 5, 5)
+        (expected,) = _ort(module.import_report.path, {"x": x.numpy()})
+        torch.testing.assert_close(module(x), torch.from_numpy(expected))
+        module(x).sum().backward()
+        assert all(p.grad is not None for p in module.parameters())
+
+    def test_run_time_if_reads_a_weight_of_the_enclosing_graph(self, tmp_path):
+        """A Conv in a branch using an outer weight: verified on both branches, and trains."""
+        import numpy as np
+
+        path = self._branchy(tmp_path, None)
+        x = np.random.default_rng(2).standard_normal((2, 2, 5, 5)).astype(np.float32)
+        module = import_onnx(
+            path,
+            inputs=[{"x": x, "flag": np.array(16000)}, {"x": x, "flag": np.array(8000)}],
+        )
+        report = module.import_report
+        assert report.inputs_checked == 2 and report.batch_sizes_checked == ()
+        xt = torch.from_numpy(x)
+        torch.testing.assert_close(module(xt, torch.tensor(8000)), -xt)
+        out = module(xt, torch.tensor(16000))
+        torch.testing.assert_close(
+            out, torch.from_numpy(_ort(path, {"x": x, "flag": np.array(16000)})[0])
+        )
+        out.sum().backward()
+        weight = module.get_parameter(next(k for k, v in report.names.items() if v == "outer.w"))
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+    def test_expand_broadcasts_to_a_larger_rank(self, tmp_path):
+        """Expand of [1, 1, 64] by [2048, 64] is [1, 2048, 64], as in Magika."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        path = _save(
+            tmp_path,
+            [helper.make_node("Expand", ["x", "shape"], ["y"])],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048, 64])],
+            [numpy_helper.from_array(np.array([2048, 64], np.int64), "shape")],
+        )
+        module = import_onnx(path)
+        assert module.import_report.max_abs_diff == 0.0
+        x = torch.randn(1, 1, 64)
+        assert module(x).shape == (1, 2048, 64)
+        torch.testing.assert_close(module(x), x.expand(1, 2048, 64))
+
+    def test_caller_inputs_verify_a_value_constrained_input(self, tmp_path):
+        """inputs= verifies on the caller's values; random ones join only with input_shapes."""
+        import numpy as np
+
+        path = self._branchy(tmp_path, None)
+        x = np.ones((1, 2, 5, 5), np.float32)
+        module = import_onnx(path, inputs={"x": x, "flag": np.array(16000)})
+        assert module.import_report.inputs_checked == 1
+        assert module.import_report.batch_sizes_checked == ()
+        with pytest.raises(OnnxImportError, match=r"inputs= batch 0 .*unknown sr.*missing flag"):
+            import_onnx(path, inputs={"x": x, "sr": np.array(16000)})
+        with pytest.raises(OnnxImportError, match="'flag' has dtype int32"):
+            import_onnx(path, inputs={"x": x, "flag": np.array(16000, np.int32)})
+
+    def test_a_failing_lowering_names_the_node_not_its_exception(self, tmp_path, monkeypatch):
+        """A lowering's own exception becomes an OnnxImportError naming the node and operator."""
+        from torchbridge import onnx_ops
+
+        def broken(n):
+            raise KeyError("kernel_size")
+
+        monkeypatch.setitem(onnx_ops.LOWERINGS, "Conv", broken)
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(self._branchy(tmp_path, None), verify=False)
+        text = str(err.value)
+        assert "node 'branch_conv' in then_branch of If 'pick' in the main graph" in text
+        assert "operator Conv (domain ai.onnx, opset 17)" in text and "KeyError" in text
+        assert err.value.subgraph.startswith("then_branch")

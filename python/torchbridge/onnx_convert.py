@@ -175,6 +175,8 @@ class _Graph:
         self.tracer = GraphAppendingTracer(self.graph)
         self.values: dict[str, Any] = {}
         self.captured: list[str] = []
+        self.outer_consts: dict[str, int] = {}
+        self.const_args: dict[str, Proxy] = {}
         self.types: dict[str, int] = {}
         self.shapes: dict[str, tuple] = {}
         self._last_placeholder: fx.Node | None = None
@@ -206,6 +208,8 @@ class _Graph:
         if isinstance(value, Proxy):  # a run-time value of an enclosing graph: an argument
             value = self.placeholder(name)
             self.captured.append(name)
+        elif isinstance(value, torch.Tensor):  # a constant of an enclosing graph (see attr)
+            self.outer_consts[name] = id(value)
         self.values[name] = value
         return value
 
@@ -236,6 +240,14 @@ class _Graph:
         return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
     def attr(self, value: torch.Tensor, onnx_name: str) -> Proxy:
+        """``value`` read at run time: an attribute of this graph's module, or, for a
+        constant of an enclosing graph, an argument (the enclosing graph owns the weight,
+        so one parameter serves every branch that reads it)."""
+        if self.outer_consts.get(onnx_name) == id(value):
+            if onnx_name not in self.const_args:
+                self.const_args[onnx_name] = self.placeholder(onnx_name)
+                self.captured.append(onnx_name)
+            return self.const_args[onnx_name]
         path = self.root.tensor(value, onnx_name)
         return self.tracer.create_proxy("get_attr", path, (), {})
 
@@ -487,14 +499,14 @@ def _finish(
     return module
 
 
-def convert_branch(ctx, branch, where: str) -> tuple[fx.GraphModule, list[str]]:
-    """One ``If`` branch as its own GraphModule, and the enclosing names it takes."""
+def convert_branch(ctx, branch, where: str) -> tuple[fx.GraphModule, list[str], dict[str, str]]:
+    """One ``If`` branch as its own GraphModule, the enclosing names it takes, its names."""
     conv = ctx.conv
     names: dict[str, str] = {}
     g = _Graph(conv, where, ctx.g, _Root(names, conv.promoted))
     outputs = conv.build(branch, g, [])
     module = _finish(g, outputs, "OnnxBranch", as_tuple=True)
-    return module, list(g.captured)
+    return module, list(g.captured), names
 
 
 def inline_branch(ctx, branch, where: str) -> list[Any]:
@@ -506,6 +518,8 @@ def inline_branch(ctx, branch, where: str) -> list[Any]:
     child.outer = g
     child.where = where
     child.captured = []
+    child.outer_consts = {}
+    child.const_args = {}
     child.types = {}
     child.shapes = {}
 

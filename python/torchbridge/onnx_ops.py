@@ -1222,14 +1222,19 @@ def _if(n: Node):
         taken = bool(cond.reshape(-1)[0])
         branch = then_g if taken else else_g
         return inline_branch(n, branch, where.format("then_branch" if taken else "else_branch"))
-    then_m, then_names = convert_branch(n, then_g, where.format("then_branch"))
-    else_m, else_names = convert_branch(n, else_g, where.format("else_branch"))
+    then_m, then_names, then_torch = convert_branch(n, then_g, where.format("then_branch"))
+    else_m, else_names, else_torch = convert_branch(n, else_g, where.format("else_branch"))
     names = list(dict.fromkeys([*then_names, *else_names]))
     module = OnnxIf(
         then_m, else_m, [names.index(x) for x in then_names], [names.index(x) for x in else_names]
     )
     args = [n.g.get(name) for name in names]
+    args = [n.g.attr(a, name) if isinstance(a, torch.Tensor) else a for a, name in zip(args, names)]
     out = n.module(module, cond, *args)
+    path = out.node.target
+    for branch, torch_names in (("then_branch", then_torch), ("else_branch", else_torch)):
+        for key, onnx_name in torch_names.items():
+            n.g.root.names[f"{path}.{branch}.{key}"] = onnx_name
     outputs = len(n.node.output)
     return [n.call(operator.getitem, out, i) for i in range(outputs)]
 
