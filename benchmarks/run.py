@@ -27,6 +27,7 @@ SUITES = {
     "train": "bench_train",
     "hf": "bench_hf",
     "distributed": "bench_distributed",
+    "onnx": "bench_onnx",
 }
 
 # key -> (comparison, target) for the figures the project has targets for
@@ -41,6 +42,8 @@ TARGETS = {
     "hf_step_over_torch": (">=", 0.97),
     "hf_list_and_search_ms": ("<=", 50.0),
     "hf_ledger_at_baseline": ("==", True),
+    "onnx_import_step_over_torch_resnet18": ("<=", 1.05),
+    "onnx_import_forward_over_ort_small": ("<=", 2.0),
 }
 
 

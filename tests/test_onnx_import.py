@@ -257,6 +257,17 @@ class TestRoundTrip:
             torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
             assert not torch.allclose(module(x), original(x), atol=1e-4)  # it was finetuned
 
+    def test_vit_with_run_time_shapes_reexports(self, vit_file, tmp_path):
+        """A ViT (Shape -> Gather -> Concat -> Reshape/Expand) re-exports with a dynamic batch."""
+        module = import_onnx(vit_file)
+        assert "_shape" in module.graph.code  # shapes computed at run time
+        report = export_onnx(module, tmp_path / "again.onnx", input_size=(3, 32, 32))
+        assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff <= 1e-4
+        again = import_onnx(tmp_path / "again.onnx")
+        x = torch.randn(5, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
+
 
 class TestThirdParty:
     def test_paddle_export_from_a_wheel_imports_and_trains(self):

@@ -168,11 +168,14 @@ class OnnxModule(torch.nn.Module):
     """
 
     # NOTE [re-exporting imported graphs]
-    # onnx2pytorch reads shapes (Reshape targets, Expand sizes) from tensors with
-    # int(), which torch.export cannot trace: export_onnx exports an OnnxModule with
-    # torch's tracing exporter instead, and verifies the file as for any module.
-    # Graphs that compute shapes at run time (Shape -> Gather -> Reshape, as ViT
-    # exports do) may not re-export.
+    # A graph that computes shapes at run time (Shape -> Gather -> Concat -> Reshape,
+    # as exports of ViTs and detectors do) reads those shapes as numbers, which
+    # torch.export cannot trace. export_onnx exports an OnnxModule with torch's
+    # tracing exporter instead, and verifies the file as for any module; the run-time
+    # Shape and Reshape are written so that tracing records them as ONNX Shape and
+    # Reshape (torch._shape_as_tensor, torch._reshape_from_tensor). Other shape
+    # inputs computed at run time (Expand, ConstantOfShape, Slice bounds) are traced
+    # as constants, which export_onnx's verification at a second batch size catches.
     onnx_export_by_tracing = True
 
     def __init__(

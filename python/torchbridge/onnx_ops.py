@@ -181,7 +181,8 @@ def _tolist(t) -> list[int]:
 
 
 def _shape(x, start: int = 0, end: int | None = None):
-    return torch.tensor(x.shape[start:end], dtype=torch.int64)
+    # _shape_as_tensor: torch's tracing exporter records it as ONNX Shape (a run-time shape)
+    return torch._shape_as_tensor(x)[start:end]
 
 
 def _size(x):
@@ -198,10 +199,40 @@ def _expand(x, shape: list[int]):
     return x.expand(torch.broadcast_shapes(x.shape, tuple(shape)))
 
 
+def _expand_to(x, shape):
+    """Expand to a shape tensor computed at run time (NOTE [re-exporting imported graphs])."""
+    if not torch.jit.is_tracing():
+        return _expand(x, _tolist(shape))
+    n, k = max(shape.shape[0], x.dim()), shape.shape[0]
+    xdims = [1] * (n - x.dim()) + list(x.shape)
+    sizes = []
+    for i in range(n):
+        if i < n - k:
+            sizes.append(-1)
+            continue
+        size = shape[i - (n - k)]
+        # ONNX broadcasts both ways: a 1 in the target keeps the input's dimension
+        sizes.append(-1 if xdims[i] != 1 and int(size) == 1 else size)
+    return x.expand(sizes)
+
+
 def _reshape(x, shape: list[int], allowzero: int = 0):
     if not allowzero:
         shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     return x.reshape(shape)
+
+
+def _reshape_to(x, shape, allowzero: int = 0):
+    """Reshape to a shape tensor computed at run time (NOTE [re-exporting imported graphs])."""
+    if not torch.jit.is_tracing():
+        return _reshape(x, _tolist(shape), allowzero)
+    if not allowzero:  # ONNX: a 0 copies the input's dimension
+        dims = torch._shape_as_tensor(x)
+        n = shape.shape[0]
+        if x.dim() < n:
+            dims = torch.cat([dims, torch.ones(n - x.dim(), dtype=dims.dtype)])
+        shape = torch.where(shape == 0, dims[:n], shape)
+    return torch._reshape_from_tensor(x, shape)
 
 
 def _gather(x, idx, axis: int):
@@ -540,7 +571,7 @@ def _reshape_lowering(n: Node):
             else:
                 return n.call(_reshape, x, shape, allowzero)
         return n.call(torch.reshape, x, shape)
-    return n.call(_reshape, x, shape, allowzero)
+    return n.call(_reshape_to, x, n.runtime(1), allowzero)
 
 
 @lowering("Flatten")
@@ -656,7 +687,9 @@ def _expand_lowering(n: Node):
         out = torch.broadcast_shapes(x.shape, tuple(shape))
         n.check_size(list(out), x.dtype)
         return x.expand(out).clone()
-    return n.call(_expand, x, shape)
+    if isinstance(shape, list):
+        return n.call(_expand, x, shape)
+    return n.call(_expand_to, x, n.runtime(1))
 
 
 @lowering("Tile")
