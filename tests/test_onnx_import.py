@@ -898,3 +898,21 @@ class TestConverter:
         assert "node 'branch_conv' in then_branch of If 'pick' in the main graph" in text
         assert "operator Conv (domain ai.onnx, opset 17)" in text and "KeyError" in text
         assert err.value.subgraph.startswith("then_branch")
+
+    def test_random_operators_draw_at_run_time(self, tmp_path):
+        """RandomNormal is never folded into a constant (by the normaliser or the converter)."""
+        from onnx import TensorProto, helper
+
+        path = _save(
+            tmp_path,
+            [
+                helper.make_node("RandomNormal", [], ["r"], shape=[2, 3]),
+                helper.make_node("Add", ["x", "r"], ["y"]),
+            ],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        )
+        module = import_onnx(path, verify=False)
+        x = torch.zeros(2, 3)
+        assert not torch.equal(module(x), module(x))
+        assert module.import_report.fallbacks == {"RandomNormal": 1}

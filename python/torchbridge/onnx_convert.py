@@ -28,6 +28,7 @@ domain and opset, and the subgraph it is in.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,16 @@ class ConvertedGraph:
 # -- the builder ----------------------------------------------------------------------------------
 
 
+_RANDOM = frozenset(
+    {
+        "Bernoulli",
+        "Multinomial",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+    }
+)
 _RESERVED = frozenset(dir(fx.GraphModule)) | {"graph", "code", "meta", "_graph", "_code"}
 
 
@@ -251,8 +262,10 @@ class _Graph:
         path = self.root.tensor(value, onnx_name)
         return self.tracer.create_proxy("get_attr", path, (), {})
 
-    def call_module(self, module: torch.nn.Module, onnx_name: str, args) -> Any:
-        if not any(isinstance(a, Proxy) for a in _flat(args)):
+    def call_module(
+        self, module: torch.nn.Module, onnx_name: str, args, at_run_time: bool = False
+    ) -> Any:
+        if not at_run_time and not any(isinstance(a, Proxy) for a in _flat(args)):
             return module(*args)
         path = self.root.submodule(module, onnx_name)
         return self.tracer.create_proxy("call_module", path, tuple(args), {})
@@ -358,7 +371,13 @@ class _Converter:
         except OnnxImportError:
             raise
         except onnx_ops.Unsupported as exc:
-            self.refuse(node, index, g.where, str(exc), exc)
+            # attributes the lowering does not take: onnx2pytorch's module may (verified)
+            outputs = None
+            if lowering is not None and len(g.graph.nodes) == before:
+                with contextlib.suppress(Exception):
+                    outputs = self.fallback(ctx)
+            if outputs is None:
+                self.refuse(node, index, g.where, str(exc), exc)
         except Exception as exc:  # the lowering's own failure: never bare to the user
             self.refuse(node, index, g.where, f"{type(exc).__name__}: {exc}", exc)
         if not isinstance(outputs, (list, tuple)):
@@ -438,7 +457,10 @@ class _Converter:
         if isinstance(op, torch.nn.Module):
             for p in op.parameters():
                 p.requires_grad_(p.is_floating_point())
-            out = ctx.g.call_module(op, ctx.name(), args)
+            # random operators draw at run time even without run-time inputs
+            out = ctx.g.call_module(op, ctx.name(), args, node.op_type in _RANDOM)
+        elif node.op_type in _RANDOM:
+            raise onnx_ops.Unsupported("a random operator without a module to run it")
         elif getattr(op, "func", None) is torch.cat:
             out = ctx.g.call(op, list(args))
         else:

@@ -32,6 +32,16 @@ from .errors import OnnxImportError
 __all__ = ["guard_sizes", "normalise", "operator_counts"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_RANDOM = frozenset(
+    {
+        "Bernoulli",
+        "Multinomial",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+    }
+)
 
 
 def _graphs(graph):
@@ -117,6 +127,9 @@ def normalise(model, max_bytes: int) -> tuple[object, str, str | None]:
 
     if model.ByteSize() > 2**31 - 2**20:
         return model, "none", "the model is too large for onnxslim to normalise in memory"
+    randoms = sorted(set(operator_counts(model)) & _RANDOM)
+    if randoms:  # onnxslim's folding would draw them once, at import
+        return model, "none", f"not normalised: onnxslim would fold {', '.join(randoms)}"
     try:
         import onnxslim
         from onnxslim.core.pattern.registry import DEFAULT_FUSION_PATTERNS

@@ -959,10 +959,8 @@ def _conv_transpose(n: Node):
     )
 
 
-@lowering("MaxPool", "AveragePool", "LpPool")
+@lowering("MaxPool", "AveragePool")
 def _pool(n: Node):
-    if n.node.op_type == "LpPool":
-        raise Unsupported("LpPool")
     if len(n.node.output) > 1 and n.node.output[1]:
         raise Unsupported("MaxPool's Indices output")
     kernel = n.attr("kernel_shape")
