@@ -312,13 +312,12 @@ class _Converter:
     def refuse(self, node, index: int, where: str, reason: str, cause=None):
         domain = node.domain or "ai.onnx"
         key = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
-        err = OnnxImportError(
+        raise OnnxImportError(
             f"import_onnx: {self.path}: cannot convert {self.label(node, index, where)}: {reason}",
             [key],
-        )
-        err.node = node.name or node.output[0]
-        err.subgraph = where
-        raise err from cause
+            node=node.name or node.output[0],
+            subgraph=where,
+        ) from cause
 
     # graphs
     def build(self, graph_proto, g: _Graph, inputs: Sequence[str] | None) -> list[Any]:

@@ -1,20 +1,22 @@
 """ONNX import: an ``.onnx`` file becomes a trainable ``torch.nn.Module``.
 
-``import_onnx`` reads the file with ``onnx``, normalises the graph (constant
-nodes folded into initializers, an opset below :data:`MIN_OPSET` upgraded with
-``onnx.version_converter``), refuses operators the converter does not have
-before converting, converts with onnx2pytorch, makes the floating-point
-weights trainable parameters, and, with ``verify=True``, runs the original
-file in onnxruntime against the module on random inputs.
+``import_onnx`` reads the file with ``onnx`` (an opset below :data:`MIN_OPSET`
+upgraded with ``onnx.version_converter``), refuses operators it cannot convert
+before converting, normalises the graph with onnxslim (NOTE [onnx
+normalisation]), lowers it to a ``torch.fx`` module (NOTE [onnx to fx]), makes
+the floating-point weights trainable parameters, and, with ``verify=True``,
+runs the original file in onnxruntime against the module on the caller's
+inputs and on random ones.
 
 NOTE [onnx converter]
-The converter is onnx2pytorch (PyPI, Apache-2.0). It was chosen over
-onnx2torch on measured coverage: on the 114 graphs of the ONNX wheel's own
-backend test data, the PyTorch exports in it and five third-party files
-(docs/onnx-import.md has the table) onnx2pytorch converted and matched
-onnxruntime on 98, onnx2torch on 75; both give modules that backpropagate.
-onnx2pytorch keeps the graph's structure (one submodule per node, run in
-graph order), so its modules train and export back to ONNX.
+The converter is our own lowering to torch.fx (onnx_convert, onnx_ops): the
+generated forward is the torch code a person would write, so the module runs
+and trains at torch's speed. onnx2pytorch (its previous role: the whole
+converter) ran the graph in Python on every call (1.36x a resnet18's training
+step); onnx2torch, which also produces fx, lacks If, LSTM and newer opsets and
+differed from onnxruntime on PaddleOCR's files (docs/onnx-import.md has the
+measurements). onnx2pytorch still converts single nodes whose operator has no
+lowering.
 
 NOTE [inference graphs]
 An ONNX graph is an inference graph: BatchNormalization uses its running
@@ -158,10 +160,11 @@ class OnnxModule(torch.nn.Module):
     ``forward(input_0, input_1, ...)`` takes the graph's inputs in graph order
     (``input_names`` holds their ONNX names) and returns the one output as a
     tensor, or several as a dict ``{output name: tensor}`` in graph order.
-    ``graph`` is the converted onnx2pytorch module; ``import_report`` says
-    what was imported. Instances are of a subclass per number of inputs
-    (``OnnxModule1``, ``OnnxModule2`` ...), whose ``forward`` names each input,
-    so that ``torch.export`` and :func:`~torchbridge.export_onnx` take it.
+    ``graph`` is the generated ``torch.fx.GraphModule`` (``graph.code`` shows its
+    forward); ``import_report`` says what was imported. Instances are of a
+    subclass per number of inputs (``OnnxModule1``, ``OnnxModule2`` ...), whose
+    ``forward`` names each input, so that ``torch.export`` and
+    :func:`~torchbridge.export_onnx` take it.
 
     BatchNormalization stays in inference mode when the module trains unless
     it was imported with ``batchnorm="train"`` (NOTE [inference graphs]).
@@ -754,7 +757,7 @@ def import_onnx(
     batchnorm: str = "inference",
     max_tensor_bytes: int = MAX_TENSOR_BYTES,
 ) -> OnnxModule:
-    """import_onnx(path, *, verify=True, input_shapes=None, tolerance=1e-4,
+    """import_onnx(path, *, verify=True, inputs=None, input_shapes=None, tolerance=1e-4,
     batchnorm="inference", max_tensor_bytes=MAX_TENSOR_BYTES) -> OnnxModule
 
     Import the ONNX file ``path`` as a trainable torch module.
@@ -762,8 +765,13 @@ def import_onnx(
     Args:
         path: An ``.onnx`` file; external data files are read from its folder.
         verify: Run the file in onnxruntime and the module in torch on the same
-            random inputs (batch sizes 1 and 3 when every input has a free
-            first dimension) and compare every output.
+            inputs and compare every output: the caller's ``inputs``, and random
+            ones (batch sizes 1 and 3 when every input has a free first
+            dimension) unless ``inputs`` is given without ``input_shapes``.
+        inputs: ``{input name: array}``, or a list of them (one per batch), to
+            verify on, e.g. ``{"x": audio, "sr": np.array(16000)}`` for a model
+            whose inputs must hold particular values. Arrays have the graph's
+            dtypes; the first batch also settles which weights are trainable.
         input_shapes: ``{input name: shape}`` for inputs whose non-batch
             dimensions are not fixed in the file, e.g. ``{"x": (3, 48, 192)}``
             (one sample; a leading batch is replaced).
@@ -773,7 +781,8 @@ def import_onnx(
             statistics in training too (as the graph says); ``"train"`` makes it
             behave like ``torch.nn.BatchNorm2d``.
         max_tensor_bytes: The largest tensor the import makes itself: a folded
-            constant (``ConstantOfShape``), or one batch of verification inputs.
+            constant (``ConstantOfShape``, ``Expand``, ``Tile``), or one batch of
+            verification inputs.
             A graph that asks for more is refused before anything is allocated.
 
     Returns:
@@ -783,8 +792,10 @@ def import_onnx(
 
     Raises:
         OnnxImportError: the file is missing, not ONNX, truncated, lacks its
-            external data, or uses an operator the converter lacks (named, with
-            its domain and opset; ``err.operators`` lists them).
+            external data (or keeps it outside its folder), asks for a tensor
+            above ``max_tensor_bytes``, or has a node that cannot be converted:
+            the error names the operator, its domain and opset, the node and
+            its subgraph (``err.operators``, ``err.node``, ``err.subgraph``).
         OnnxVerificationError: an output differs from onnxruntime's
             (``err.output`` names it).
 
