@@ -916,3 +916,16 @@ class TestConverter:
         x = torch.zeros(2, 3)
         assert not torch.equal(module(x), module(x))
         assert module.import_report.fallbacks == {"RandomNormal": 1}
+
+    def test_a_mismatch_names_the_first_differing_node(self, mlp_file, monkeypatch):
+        """A wrong translation (Tanh lowered as sigmoid) is traced to the Tanh node."""
+        from torchbridge import onnx_ops
+
+        monkeypatch.setitem(
+            onnx_ops.LOWERINGS, "Tanh", lambda n: n.call(torch.sigmoid, *n.tensors(0))
+        )
+        with pytest.raises(OnnxVerificationError) as err:
+            import_onnx(mlp_file)
+        text = str(err.value)
+        assert "the first node whose output differs is node" in text
+        assert "operator Tanh (domain ai.onnx" in text

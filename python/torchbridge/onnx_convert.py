@@ -399,6 +399,8 @@ class _Converter:
                         f"max_tensor_bytes={self.max_bytes}",
                     )
                 g.values[name] = value
+                if isinstance(value, Proxy) and g.outer is None:
+                    value.node.meta.setdefault("onnx_output", name)
 
     def fallback(self, ctx):
         """onnx2pytorch's module for one node, its inputs resolved now (NOTE [onnx to fx])."""

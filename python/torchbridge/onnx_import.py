@@ -636,6 +636,7 @@ def _verify(
     max_bytes: int = MAX_TENSOR_BYTES,
     caller_batches: Sequence[Sequence[torch.Tensor]] = (),
     random_too: bool = True,
+    normalised=None,
 ) -> tuple[float, tuple[int, ...], str]:
     import numpy as np
     import onnxruntime as ort
@@ -709,14 +710,66 @@ def _verify(
             limit = tolerance * max(1.0, float(np.max(np.abs(e64[np.isfinite(e64)]), initial=0)))
             worst = max(worst, diff)
             if diff > limit:
+                first = _first_differing_node(module, normalised, feed, xs, tolerance)
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} differs between torch and onnxruntime by up "
-                    f"to {diff:.3g} at {label} (tolerance {limit:.3g}); the converter "
-                    "translates some operator of this graph differently.",
+                    f"to {diff:.3g} at {label} (tolerance {limit:.3g}); "
+                    + (
+                        f"the first node whose output differs is {first}."
+                        if first
+                        else "the converter translates some operator of this graph differently."
+                    ),
                     name,
                 )
     checked = tuple(b for b in batches if isinstance(b, int))
     return worst, checked, f"onnxruntime {ort.__version__}{note}"
+
+
+def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: float) -> str | None:
+    """The first node of the main graph whose output differs from onnxruntime's, or None.
+
+    Runs the normalised graph in onnxruntime with every node output exposed, and the
+    module node by node; best effort (a diagnosis must not hide the mismatch).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch.fx as fx
+
+    if normalised is None or not isinstance(module.graph, fx.GraphModule):
+        return None
+    with contextlib.suppress(Exception):
+        onnx = _require_onnx()
+        probe = onnx.ModelProto()
+        probe.CopyFrom(normalised)
+        names = [o for node in probe.graph.node for o in node.output if o]
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+        session = ort.InferenceSession(
+            probe.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        expected = dict(zip(names, session.run(None, feed)))
+        got: dict[str, tuple[Any, str]] = {}
+
+        class _Recorder(fx.Interpreter):
+            def run_node(self, n):
+                value = super().run_node(n)
+                if "onnx_output" in n.meta and isinstance(value, torch.Tensor):
+                    got[n.meta["onnx_output"]] = (value, n.meta.get("onnx_node", ""))
+                return value
+
+        with torch.no_grad():
+            _Recorder(module.graph).run(*xs)
+        for name in names:
+            if name not in got:
+                continue
+            value, where = got[name]
+            g = value.detach().cpu().numpy().astype(np.float64)
+            e = np.asarray(expected[name]).astype(np.float64)
+            if g.shape != e.shape:
+                return f"{where} (output {name!r}: shape {g.shape} in torch, {e.shape})"
+            if g.size and not np.allclose(g, e, rtol=tolerance, atol=tolerance, equal_nan=True):
+                return f"{where} (output {name!r} by up to {np.nanmax(np.abs(g - e)):.3g})"
+    return None
 
 
 def _failing_node(module: OnnxModule, xs: Sequence[torch.Tensor]) -> str | None:
@@ -839,7 +892,6 @@ def import_onnx(
     module = _module_class(len(inputs))(
         graph.module, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
     )
-    del normalised
     _settle_parameters(
         module, inputs, dict(input_shapes or {}), max_tensor_bytes, promoted, caller_batches
     )
@@ -866,6 +918,7 @@ def import_onnx(
             max_tensor_bytes,
             caller_batches,
             random_too,
+            normalised,
         )
     names = {f"graph.{k}": v for k, v in graph.names.items()}
     module.import_report = OnnxImportReport(

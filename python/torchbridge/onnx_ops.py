@@ -642,7 +642,10 @@ def _slice_lowering(n: Node):
             index: list[Any] = [slice(None)] * rank
             big = 2**62
             for s, e, a, st in zip(starts, ends, axes, steps):
-                index[a] = slice(s, None if e >= big else e, None if st == 1 else st)
+                # exporters write INT64_MIN/MAX for "from the start"/"to the end"
+                start = None if s <= -big or s == 0 else min(s, big)
+                end = None if e >= big else max(e, -big)
+                index[a] = slice(start, end, None if st == 1 else st)
             while index and index[-1] == slice(None):
                 index.pop()
             return n.call(operator.getitem, x, tuple(index))
