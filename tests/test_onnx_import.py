@@ -268,6 +268,22 @@ class TestRoundTrip:
         with torch.no_grad():
             torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
 
+    @pytest.mark.cuda
+    def test_imported_vit_runs_and_trains_on_cuda(self, vit_file):
+        """Run-time shape arithmetic stays on the module's device: CUDA matches CPU."""
+        module = import_onnx(vit_file)
+        x = torch.randn(3, 3, 32, 32)
+        expected = module(x)
+        expected.sum().backward()
+        cpu_grads = [p.grad.clone() for p in module.parameters()]
+        module.zero_grad()
+        module.cuda()
+        out = module(x.cuda())
+        out.sum().backward()
+        torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+        for g, p in zip(cpu_grads, module.parameters()):
+            torch.testing.assert_close(p.grad.cpu(), g, atol=1e-3, rtol=1e-3)
+
 
 class TestThirdParty:
     def test_paddle_export_from_a_wheel_imports_and_trains(self):

@@ -181,12 +181,13 @@ def _tolist(t) -> list[int]:
 
 
 def _shape(x, start: int = 0, end: int | None = None):
-    # _shape_as_tensor: torch's tracing exporter records it as ONNX Shape (a run-time shape)
-    return torch._shape_as_tensor(x)[start:end]
+    # _shape_as_tensor: torch's tracing exporter records it as ONNX Shape (a run-time shape);
+    # it is made on the CPU, and shape arithmetic meets the module's constants on x's device
+    return torch._shape_as_tensor(x).to(x.device)[start:end]
 
 
 def _size(x):
-    return torch.tensor(x.numel(), dtype=torch.int64)
+    return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
 
 
 def _div(a, b):
@@ -227,10 +228,11 @@ def _reshape_to(x, shape, allowzero: int = 0):
     if not torch.jit.is_tracing():
         return _reshape(x, _tolist(shape), allowzero)
     if not allowzero:  # ONNX: a 0 copies the input's dimension
-        dims = torch._shape_as_tensor(x)
+        dims = torch._shape_as_tensor(x).to(shape.device)
         n = shape.shape[0]
         if x.dim() < n:
-            dims = torch.cat([dims, torch.ones(n - x.dim(), dtype=dims.dtype)])
+            ones = torch.ones(n - x.dim(), dtype=dims.dtype, device=shape.device)
+            dims = torch.cat([dims, ones])
         shape = torch.where(shape == 0, dims[:n], shape)
     return torch._reshape_from_tensor(x, shape)
 
@@ -262,11 +264,14 @@ def _slice(x, starts, ends, axes, steps):
 
 
 def _arange(start, limit, delta):
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+    return torch.arange(
+        start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device
+    )
 
 
 def _constant_of_shape(shape, value):
-    return torch.full(tuple(int(d) for d in shape.tolist()), value.item(), dtype=value.dtype)
+    dims = tuple(int(d) for d in shape.tolist())
+    return torch.full(dims, value.item(), dtype=value.dtype, device=value.device)
 
 
 def _split(x, sizes: list[int], axis: int):
