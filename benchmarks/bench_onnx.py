@@ -8,7 +8,9 @@
 - ``onnx_import_forward_over_ort_small``: Silero VAD's 63-node sequence model
   (the silero-vad wheel's ``silero_vad_16k_sequence.onnx``), one forward in
   torch (``no_grad``) against one ``InferenceSession.run``, interleaved.
-  Other third-party files are reported beside it.
+  Other third-party files are reported beside it, and the small graph again
+  with oneDNN off (``torch.backends.mkldnn.flags(enabled=False)``), whose
+  set-up cost dominates tiny convolutions and LSTMs.
 
 Everything runs on one thread (``torch.set_num_threads(1)``, onnxruntime's
 intra- and inter-op threads 1), and each side is scored by its median.
@@ -184,6 +186,10 @@ def _inference(results: dict) -> None:
         results[f"onnx_import_forward_us_{key}"] = t_torch * 1e6
         results[f"ort_forward_us_{key}"] = t_ort * 1e6
         results[f"onnx_nodes_{key}"] = sum(module.import_report.operators.values())
+        if key == "small":  # oneDNN's set-up dominates tiny convolutions and LSTMs
+            with torch.backends.mkldnn.flags(enabled=False):
+                t_plain, t_ort = _interleaved(forward, reference, FORWARDS)
+            results["onnx_import_forward_over_ort_small_onednn_off"] = t_plain / t_ort
 
 
 def run() -> dict:
