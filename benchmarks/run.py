@@ -28,6 +28,7 @@ SUITES = {
     "hf": "bench_hf",
     "distributed": "bench_distributed",
     "bigmodels": "bench_bigmodels",
+    "onnx": "bench_onnx",
 }
 
 # key -> (comparison, target) for the figures the project has targets for
@@ -44,6 +45,8 @@ TARGETS = {
     "hf_ledger_at_baseline": ("==", True),
     "bigmodels_load_rss_over_checkpoint": ("<=", 1.3),
     "bigmodels_weights_file_rss_over_checkpoint": ("<=", 1.3),
+    "onnx_import_step_over_torch_resnet18": ("<=", 1.05),
+    "onnx_import_forward_over_ort_small": ("<=", 2.0),
 }
 
 

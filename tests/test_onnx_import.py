@@ -12,8 +12,16 @@ import torch
 import torchbridge
 from torchbridge import OnnxImportError, OnnxVerificationError, export_onnx, import_onnx
 
-pytest.importorskip("onnx2pytorch")
 onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small graphs run fastest on one thread, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- models the tests export themselves ------------------------------------------------
@@ -96,7 +104,8 @@ class TestImport:
         assert report.batch_sizes_checked == (1, 3)
         assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
         assert report.verified_with.startswith("onnxruntime")
-        assert report.converter.startswith("onnx2pytorch")
+        assert report.converter.startswith("torchbridge.onnx_convert")
+        assert report.normaliser.startswith("onnxslim") and report.fallbacks == {}
         assert json.loads(json.dumps(report.to_dict()))["inputs"][0]["shape"] == ["batch", 5]
 
     def test_module_computes_what_the_original_computes(self, mlp_file):
@@ -247,6 +256,33 @@ class TestRoundTrip:
         with torch.no_grad():
             torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
             assert not torch.allclose(module(x), original(x), atol=1e-4)  # it was finetuned
+
+    def test_vit_with_run_time_shapes_reexports(self, vit_file, tmp_path):
+        """A ViT (Shape -> Gather -> Concat -> Reshape/Expand) re-exports with a dynamic batch."""
+        module = import_onnx(vit_file)
+        assert "_shape" in module.graph.code  # shapes computed at run time
+        report = export_onnx(module, tmp_path / "again.onnx", input_size=(3, 32, 32))
+        assert report.batch_sizes_checked == (1, 3) and report.max_abs_diff <= 1e-4
+        again = import_onnx(tmp_path / "again.onnx")
+        x = torch.randn(5, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), module(x), atol=1e-4, rtol=1e-4)
+
+    @pytest.mark.cuda
+    def test_imported_vit_runs_and_trains_on_cuda(self, vit_file):
+        """Run-time shape arithmetic stays on the module's device: CUDA matches CPU."""
+        module = import_onnx(vit_file)
+        x = torch.randn(3, 3, 32, 32)
+        expected = module(x)
+        expected.sum().backward()
+        cpu_grads = [p.grad.clone() for p in module.parameters()]
+        module.zero_grad()
+        module.cuda()
+        out = module(x.cuda())
+        out.sum().backward()
+        torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+        for g, p in zip(cpu_grads, module.parameters()):
+            torch.testing.assert_close(p.grad.cpu(), g, atol=1e-3, rtol=1e-3)
 
 
 class TestThirdParty:
@@ -462,3 +498,450 @@ class TestRegistry:
         """Without an .onnx file, architecture= is required, as before."""
         with pytest.raises(TypeError, match="architecture"):
             torchbridge.register_local_model("m", _mlp())
+
+
+# -- hardening: paths, sizes, names --------------------------------------------------------
+
+
+def _external_outside(tmp_path: Path) -> tuple[Path, Path]:
+    """An .onnx file in tmp_path/model whose weight lies at ../outside.bin."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    w = numpy_helper.from_array(torch.randn(4, 3).numpy(), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(
+        model,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../outside.bin"
+    (folder / "w.bin").rename(tmp_path / "outside.bin")
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    return folder / "m.onnx", tmp_path / "outside.bin"
+
+
+class TestHardening:
+    def test_external_data_outside_the_folder_is_refused_naming_tensor_and_path(self, tmp_path):
+        """External data at ../outside.bin: OnnxImportError naming 'w' and the location."""
+        path, _ = _external_outside(tmp_path)
+        with pytest.raises(OnnxImportError, match=r"tensor 'w'.*'\.\./outside\.bin'"):
+            import_onnx(path)
+
+    def test_outside_paths_are_not_probed(self, tmp_path, monkeypatch):
+        """The refusal comes from the name alone: the outside file is never stat'ed or opened."""
+        import builtins
+        import os
+
+        path, outside = _external_outside(tmp_path)
+        touched = []
+        real_stat, real_open = os.stat, builtins.open
+
+        def stat(p, *args, **kwargs):
+            touched.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else p)
+            return real_stat(p, *args, **kwargs)
+
+        def opener(p, *args, **kwargs):
+            touched.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else p)
+            return real_open(p, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat)
+        monkeypatch.setattr(builtins, "open", opener)
+        outside.unlink()  # absent: the old check reported it "missing", i.e. looked for it
+        with pytest.raises(OnnxImportError, match="not a file inside"):
+            import_onnx(path)
+        monkeypatch.undo()
+        assert str(outside) not in touched
+
+    def test_register_refuses_external_data_outside_and_writes_nothing(
+        self, tmp_path, isolated_caches
+    ):
+        """register_local_model of such a file: OnnxImportError, no folder created."""
+        path, _ = _external_outside(tmp_path)
+        target = isolated_caches / "torchbridge" / "fresh" / "models"
+        with pytest.raises(OnnxImportError, match="tensor 'w'"):
+            torchbridge.register_local_model("outside", str(path), directory=target)
+        assert not (isolated_caches / "torchbridge" / "fresh").exists()
+
+    def _constant_of_shape(self, tmp_path, shape) -> Path:
+        from onnx import TensorProto, helper, numpy_helper
+
+        graph = helper.make_graph(
+            [
+                helper.make_node("ConstantOfShape", ["s"], ["c"], name="fill"),
+                helper.make_node("Add", ["x", "c"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", shape[-1]])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", shape[-1]])],
+            initializer=[numpy_helper.from_array(torch.tensor(shape).numpy(), "s")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / "fill.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    def test_absurd_constant_is_refused_before_allocating(self, tmp_path):
+        """A ConstantOfShape of 4 TiB: OnnxImportError naming the node, nothing allocated."""
+        import tracemalloc
+
+        path = self._constant_of_shape(tmp_path, [1 << 20, 1 << 20, 1])
+        tracemalloc.start()
+        try:
+            with pytest.raises(
+                OnnxImportError, match=r"ConstantOfShape node 'fill'.*max_tensor_bytes"
+            ):
+                import_onnx(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 2**20
+
+    def test_constant_limit_is_the_keyword(self, tmp_path):
+        """max_tensor_bytes= bounds folded constants: 4 KB refused at 1 KB, accepted at default."""
+        path = self._constant_of_shape(tmp_path, [1, 1024])
+        with pytest.raises(OnnxImportError, match="max_tensor_bytes=1000"):
+            import_onnx(path, max_tensor_bytes=1000)
+        module = import_onnx(path)
+        x = torch.randn(2, 1024)
+        torch.testing.assert_close(module(x), x)
+
+    def test_huge_declared_input_is_refused_before_verifying(self, tmp_path):
+        """An input declared as 37,000 GiB is refused with OnnxImportError, not a RuntimeError."""
+        from onnx import TensorProto, helper
+
+        shape = [100000, 100000, 1000]
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        )
+        path = tmp_path / "big.onnx"
+        path.write_bytes(
+            helper.make_model(
+                graph, opset_imports=[helper.make_opsetid("", 17)]
+            ).SerializeToString()
+        )
+        with pytest.raises(OnnxImportError, match=r"inputs to verify.*x \[100000, 100000, 1000\]"):
+            import_onnx(path)
+        assert import_onnx(path, verify=False).import_report.max_abs_diff is None
+
+    def test_dotted_output_names_reload_strictly(self, tmp_path):
+        """A Conv whose output is 'conv.out': state_dict reloads with strict=True; the map leads back."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(torch.randn(3, 2, 3, 3).numpy(), "/conv.0/weight")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "/conv.0/weight"], ["conv.out"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])],
+            [helper.make_tensor_value_info("conv.out", TensorProto.FLOAT, ["batch", 3, 3, 3])],
+            initializer=[w],
+        )
+        path = tmp_path / "conv.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        module = import_onnx(path)
+        state = {k: v.clone() for k, v in module.state_dict().items()}
+        assert all("conv.out" not in k and "/" not in k for k in state)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        assert module.load_state_dict(state, strict=True) is not None
+        again = import_onnx(path)
+        x = torch.randn(2, 2, 5, 5)
+        torch.testing.assert_close(module(x), again(x))
+        key = next(k for k, v in module.import_report.names.items() if v == "/conv.0/weight")
+        assert key in state
+        torch.testing.assert_close(
+            module.get_parameter(key), torch.from_numpy(numpy_helper.to_array(w))
+        )
+
+
+# -- the converter: graphs as exporters leave them --------------------------------------------
+
+
+def _save(tmp_path, nodes, inputs, outputs, initializers=(), opset=17, name="g.onnx") -> Path:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _ort(path, feed):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+class TestConverter:
+    def _lstm_from_constants(self, tmp_path, w_from_input: bool = False) -> Path:
+        """An LSTM whose W is a Constant reshaped, R a Constant sliced (as Silero's files)."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(0)
+        hidden, features = 4, 3
+        w = rng.standard_normal((4 * hidden * features,)).astype(np.float32)
+        r = rng.standard_normal((1, 8 * hidden, hidden)).astype(np.float32)
+        b = rng.standard_normal((1, 8 * hidden)).astype(np.float32)
+        nodes = [
+            helper.make_node("Constant", [], ["w_flat"], value=numpy_helper.from_array(w)),
+            helper.make_node("Constant", [], ["r_big"], value=numpy_helper.from_array(r)),
+            helper.make_node(
+                "Constant",
+                [],
+                ["shape"],
+                value=numpy_helper.from_array(np.array([1, 4 * hidden, features], np.int64)),
+            ),
+            helper.make_node("Reshape", ["w_flat", "shape"], ["w_const"]),
+            helper.make_node(
+                "Constant", [], ["starts"], value=numpy_helper.from_array(np.array([0], np.int64))
+            ),
+            helper.make_node(
+                "Constant",
+                [],
+                ["ends"],
+                value=numpy_helper.from_array(np.array([4 * hidden], np.int64)),
+            ),
+            helper.make_node(
+                "Constant", [], ["axes"], value=numpy_helper.from_array(np.array([1], np.int64))
+            ),
+            helper.make_node("Slice", ["r_big", "starts", "ends", "axes"], ["r"]),
+            helper.make_node(
+                "LSTM",
+                ["x", "w_in" if w_from_input else "w_const", "r", "b"],
+                ["y", "y_h"],
+                hidden_size=hidden,
+                name="lstm",
+            ),
+        ]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "batch", features])]
+        if w_from_input:
+            inputs.append(
+                helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [1, 4 * hidden, features])
+            )
+        return _save(
+            tmp_path,
+            nodes,
+            inputs,
+            [
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, "batch", hidden]),
+                helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, "batch", hidden]),
+            ],
+            [numpy_helper.from_array(b, "b")],
+        )
+
+    def test_lstm_weights_computed_from_constants_import_and_train(self, tmp_path):
+        """W = Reshape(Constant), R = Slice(Constant): folded, a torch LSTM, verified, trainable."""
+        module = import_onnx(self._lstm_from_constants(tmp_path), input_shapes={"x": (5, 2, 3)})
+        report = module.import_report
+        assert report.max_abs_diff <= 1e-5
+        assert report.folded.get("Reshape") and report.folded.get("Slice")
+        lstm = next(m for m in module.modules() if isinstance(m, torch.nn.LSTM))
+        x = torch.randn(5, 2, 3)
+        out = module(x)
+        (out["y"].sum() + out["y_h"].sum()).backward()
+        assert lstm.weight_ih_l0.grad is not None and lstm.weight_hh_l0.grad is not None
+        trainable = {n for n, p in module.named_parameters()}
+        assert {n.rpartition(".")[2] for n in trainable} == {
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+        }
+
+    def test_lstm_weight_known_only_at_run_time_is_refused_naming_the_node(self, tmp_path):
+        """An LSTM whose W is a graph input: OnnxImportError naming node, operator, domain, opset."""
+        path = self._lstm_from_constants(tmp_path, w_from_input=True)
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(path)
+        text = str(err.value)
+        assert "node 'lstm' in the main graph: operator LSTM (domain ai.onnx, opset 17)" in text
+        assert "W must be known at import time" in text
+        assert err.value.operators == ("LSTM",) and err.value.node == "lstm"
+
+    def _branchy(self, tmp_path, cond_const: bool | None) -> Path:
+        """If(cond) whose then-branch convolves with a weight of the enclosing graph."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(1)
+        w = numpy_helper.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "outer.w")
+        shape = ["batch", 2, 5, 5]
+        out_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        then_g = helper.make_graph(
+            [
+                helper.make_node(
+                    "Constant",
+                    [],
+                    ["pads_bias"],
+                    value=numpy_helper.from_array(np.full((2,), 0.5, np.float32)),
+                ),
+                helper.make_node(
+                    "Conv",
+                    ["x", "outer.w", "pads_bias"],
+                    ["t"],
+                    pads=[1, 1, 1, 1],
+                    name="branch_conv",
+                ),
+                helper.make_node("Relu", ["t"], ["then_y"]),
+            ],
+            "then",
+            [],
+            [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, shape)],
+        )
+        else_g = helper.make_graph(
+            [helper.make_node("Neg", ["x"], ["else_y"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, shape)],
+        )
+        nodes = []
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])]
+        initializers = [w]
+        if cond_const is None:
+            inputs.append(helper.make_tensor_value_info("flag", TensorProto.INT64, []))
+            initializers.append(numpy_helper.from_array(np.array(16000, np.int64), "rate"))
+            nodes.append(helper.make_node("Equal", ["flag", "rate"], ["cond"]))
+        else:
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], ["cond"], value=numpy_helper.from_array(np.array(cond_const))
+                )
+            )
+        nodes.append(
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="pick"
+            )
+        )
+        return _save(tmp_path, nodes, inputs, [out_info], initializers)
+
+    def test_constant_condition_if_is_folded(self, tmp_path):
+        """If on a constant condition: the branch joins the graph; no If at run time."""
+        from torchbridge.onnx_convert import OnnxIf
+
+        module = import_onnx(self._branchy(tmp_path, True))
+        assert module.import_report.folded.get("If") == 1
+        assert not any(isinstance(m, OnnxIf) for m in module.modules())
+        x = torch.randn(2, 2, 5, 5)
+        (expected,) = _ort(module.import_report.path, {"x": x.numpy()})
+        torch.testing.assert_close(module(x), torch.from_numpy(expected))
+        module(x).sum().backward()
+        assert all(p.grad is not None for p in module.parameters())
+
+    def test_run_time_if_reads_a_weight_of_the_enclosing_graph(self, tmp_path):
+        """A Conv in a branch using an outer weight: verified on both branches, and trains."""
+        import numpy as np
+
+        path = self._branchy(tmp_path, None)
+        x = np.random.default_rng(2).standard_normal((2, 2, 5, 5)).astype(np.float32)
+        module = import_onnx(
+            path,
+            inputs=[{"x": x, "flag": np.array(16000)}, {"x": x, "flag": np.array(8000)}],
+        )
+        report = module.import_report
+        assert report.inputs_checked == 2 and report.batch_sizes_checked == ()
+        xt = torch.from_numpy(x)
+        torch.testing.assert_close(module(xt, torch.tensor(8000)), -xt)
+        out = module(xt, torch.tensor(16000))
+        torch.testing.assert_close(
+            out, torch.from_numpy(_ort(path, {"x": x, "flag": np.array(16000)})[0])
+        )
+        out.sum().backward()
+        weight = module.get_parameter(next(k for k, v in report.names.items() if v == "outer.w"))
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+    def test_expand_broadcasts_to_a_larger_rank(self, tmp_path):
+        """Expand of [1, 1, 64] by [2048, 64] is [1, 2048, 64], as in Magika."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        path = _save(
+            tmp_path,
+            [helper.make_node("Expand", ["x", "shape"], ["y"])],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048, 64])],
+            [numpy_helper.from_array(np.array([2048, 64], np.int64), "shape")],
+        )
+        module = import_onnx(path)
+        assert module.import_report.max_abs_diff == 0.0
+        x = torch.randn(1, 1, 64)
+        assert module(x).shape == (1, 2048, 64)
+        torch.testing.assert_close(module(x), x.expand(1, 2048, 64))
+
+    def test_caller_inputs_verify_a_value_constrained_input(self, tmp_path):
+        """inputs= verifies on the caller's values; random ones join only with input_shapes."""
+        import numpy as np
+
+        path = self._branchy(tmp_path, None)
+        x = np.ones((1, 2, 5, 5), np.float32)
+        module = import_onnx(path, inputs={"x": x, "flag": np.array(16000)})
+        assert module.import_report.inputs_checked == 1
+        assert module.import_report.batch_sizes_checked == ()
+        with pytest.raises(OnnxImportError, match=r"inputs= batch 0 .*unknown sr.*missing flag"):
+            import_onnx(path, inputs={"x": x, "sr": np.array(16000)})
+        with pytest.raises(OnnxImportError, match="'flag' has dtype int32"):
+            import_onnx(path, inputs={"x": x, "flag": np.array(16000, np.int32)})
+
+    def test_a_failing_lowering_names_the_node_not_its_exception(self, tmp_path, monkeypatch):
+        """A lowering's own exception becomes an OnnxImportError naming the node and operator."""
+        from torchbridge import onnx_ops
+
+        def broken(n):
+            raise KeyError("kernel_size")
+
+        monkeypatch.setitem(onnx_ops.LOWERINGS, "Conv", broken)
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(self._branchy(tmp_path, None), verify=False)
+        text = str(err.value)
+        assert "node 'branch_conv' in then_branch of If 'pick' in the main graph" in text
+        assert "operator Conv (domain ai.onnx, opset 17)" in text and "KeyError" in text
+        assert err.value.subgraph.startswith("then_branch")
+
+    def test_random_operators_draw_at_run_time(self, tmp_path):
+        """RandomNormal is never folded into a constant (by the normaliser or the converter)."""
+        from onnx import TensorProto, helper
+
+        path = _save(
+            tmp_path,
+            [
+                helper.make_node("RandomNormal", [], ["r"], shape=[2, 3]),
+                helper.make_node("Add", ["x", "r"], ["y"]),
+            ],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        )
+        module = import_onnx(path, verify=False)
+        x = torch.zeros(2, 3)
+        assert not torch.equal(module(x), module(x))
+        assert module.import_report.fallbacks == {"RandomNormal": 1}
+
+    def test_a_mismatch_names_the_first_differing_node(self, mlp_file, monkeypatch):
+        """A wrong translation (Tanh lowered as sigmoid) is traced to the Tanh node."""
+        from torchbridge import onnx_ops
+
+        monkeypatch.setitem(
+            onnx_ops.LOWERINGS, "Tanh", lambda n: n.call(torch.sigmoid, *n.tensors(0))
+        )
+        with pytest.raises(OnnxVerificationError) as err:
+            import_onnx(mlp_file)
+        text = str(err.value)
+        assert "the first node whose output differs is node" in text
+        assert "operator Tanh (domain ai.onnx" in text

@@ -310,12 +310,22 @@ class ExportVerificationError(ExportError):
 class OnnxImportError(TorchBridgeError, ValueError):
     """An ONNX file could not be imported as a torch module.
 
-    ``operators`` lists the operators the converter lacks, when that is the reason.
+    ``operators`` lists the operators concerned, when an operator is the reason;
+    ``node`` and ``subgraph`` name the node that could not be converted and the
+    graph it is in (``"the main graph"``, ``"then_branch of If 'x' in ..."``).
     """
 
-    def __init__(self, msg: str, operators: tuple[str, ...] | list[str] = ()):
+    def __init__(
+        self,
+        msg: str,
+        operators: tuple[str, ...] | list[str] = (),
+        node: str | None = None,
+        subgraph: str | None = None,
+    ):
         super().__init__(msg, tuple(operators))
         self.operators = tuple(operators)
+        self.node = node
+        self.subgraph = subgraph
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -1,20 +1,22 @@
 """ONNX import: an ``.onnx`` file becomes a trainable ``torch.nn.Module``.
 
-``import_onnx`` reads the file with ``onnx``, normalises the graph (constant
-nodes folded into initializers, an opset below :data:`MIN_OPSET` upgraded with
-``onnx.version_converter``), refuses operators the converter does not have
-before converting, converts with onnx2pytorch, makes the floating-point
-weights trainable parameters, and, with ``verify=True``, runs the original
-file in onnxruntime against the module on random inputs.
+``import_onnx`` reads the file with ``onnx`` (an opset below :data:`MIN_OPSET`
+upgraded with ``onnx.version_converter``), refuses operators it cannot convert
+before converting, normalises the graph with onnxslim (NOTE [onnx
+normalisation]), lowers it to a ``torch.fx`` module (NOTE [onnx to fx]), makes
+the floating-point weights trainable parameters, and, with ``verify=True``,
+runs the original file in onnxruntime against the module on the caller's
+inputs and on random ones.
 
 NOTE [onnx converter]
-The converter is onnx2pytorch (PyPI, Apache-2.0). It was chosen over
-onnx2torch on measured coverage: on the 114 graphs of the ONNX wheel's own
-backend test data, the PyTorch exports in it and five third-party files
-(docs/onnx-import.md has the table) onnx2pytorch converted and matched
-onnxruntime on 98, onnx2torch on 75; both give modules that backpropagate.
-onnx2pytorch keeps the graph's structure (one submodule per node, run in
-graph order), so its modules train and export back to ONNX.
+The converter is our own lowering to torch.fx (onnx_convert, onnx_ops): the
+generated forward is the torch code a person would write, so the module runs
+and trains at torch's speed. onnx2pytorch (its previous role: the whole
+converter) ran the graph in Python on every call (1.36x a resnet18's training
+step); onnx2torch, which also produces fx, lacks If, LSTM and newer opsets and
+differed from onnxruntime on PaddleOCR's files (docs/onnx-import.md has the
+measurements). onnx2pytorch still converts single nodes whose operator has no
+lowering.
 
 NOTE [inference graphs]
 An ONNX graph is an inference graph: BatchNormalization uses its running
@@ -44,11 +46,24 @@ import torch
 from .errors import OnnxImportError, OnnxVerificationError
 from .export import TensorInfo
 
-__all__ = ["MIN_OPSET", "OnnxImportReport", "OnnxModule", "import_onnx", "supported_operators"]
+__all__ = [
+    "MAX_TENSOR_BYTES",
+    "MIN_OPSET",
+    "OnnxImportReport",
+    "OnnxModule",
+    "import_onnx",
+    "supported_operators",
+]
 
 #: Graphs whose default-domain opset is below this are upgraded to :data:`UPGRADE_TO`.
 MIN_OPSET = 7
 UPGRADE_TO = 13
+
+#: The default of ``import_onnx(max_tensor_bytes=...)``: the largest tensor the import
+#: makes itself (a folded constant, one batch of verification inputs). 2 GiB is what
+#: protobuf lets one ``.onnx`` file hold; a graph asking for more is refused before
+#: anything is allocated.
+MAX_TENSOR_BYTES = 2 * 1024**3
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _VERIFY_BATCH_SIZES = (1, 3)
@@ -72,10 +87,20 @@ class OnnxImportReport:
         max_abs_diff: The largest |onnxruntime - torch| over every output and
             batch size checked; ``None`` when not verified.
         tolerance: The limit applied (see ``import_onnx``).
-        batch_sizes_checked: e.g. ``(1, 3)``; empty when not verified.
+        batch_sizes_checked: e.g. ``(1, 3)``: the random batches checked; empty when
+            none were.
+        inputs_checked: How many of the caller's batches (``inputs=``) were checked.
         verified_with: ``"onnxruntime <version>"``, or ``None``.
-        converter: ``"onnx2pytorch <version>"``.
+        converter: What lowered the graph (and onnx2pytorch, for the operators
+            listed in ``fallbacks``).
+        normaliser: The tool that normalised the graph (``"onnxslim <version>"``).
+        folded: ``{op: count}`` of nodes computed at import time (constants,
+            ``Identity`` chains, ``If`` with a constant condition, shape arithmetic).
+        fallbacks: ``{op: count}`` of nodes converted by onnx2pytorch's modules.
         seconds: Wall time of the import.
+        names: ``{torch name: ONNX name}`` for each parameter, buffer and submodule
+            made from the graph, e.g. ``{"graph.conv_out": "conv.out"}``: ONNX
+            names may hold characters (``/``, ``:``) that ``state_dict`` keys cannot.
     """
 
     path: Path
@@ -88,9 +113,14 @@ class OnnxImportReport:
     max_abs_diff: float | None = None
     tolerance: float | None = None
     batch_sizes_checked: tuple[int, ...] = ()
+    inputs_checked: int = 0
     verified_with: str | None = None
     converter: str = ""
+    normaliser: str = ""
+    folded: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    names: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,9 +136,14 @@ class OnnxImportReport:
             "max_abs_diff": self.max_abs_diff,
             "tolerance": self.tolerance,
             "batch_sizes_checked": list(self.batch_sizes_checked),
+            "inputs_checked": self.inputs_checked,
             "verified_with": self.verified_with,
             "converter": self.converter,
+            "normaliser": self.normaliser,
+            "folded": dict(self.folded),
+            "fallbacks": dict(self.fallbacks),
             "seconds": self.seconds,
+            "names": dict(self.names),
         }
 
 
@@ -125,21 +160,25 @@ class OnnxModule(torch.nn.Module):
     ``forward(input_0, input_1, ...)`` takes the graph's inputs in graph order
     (``input_names`` holds their ONNX names) and returns the one output as a
     tensor, or several as a dict ``{output name: tensor}`` in graph order.
-    ``graph`` is the converted onnx2pytorch module; ``import_report`` says
-    what was imported. Instances are of a subclass per number of inputs
-    (``OnnxModule1``, ``OnnxModule2`` ...), whose ``forward`` names each input,
-    so that ``torch.export`` and :func:`~torchbridge.export_onnx` take it.
+    ``graph`` is the generated ``torch.fx.GraphModule`` (``graph.code`` shows its
+    forward); ``import_report`` says what was imported. Instances are of a
+    subclass per number of inputs (``OnnxModule1``, ``OnnxModule2`` ...), whose
+    ``forward`` names each input, so that ``torch.export`` and
+    :func:`~torchbridge.export_onnx` take it.
 
     BatchNormalization stays in inference mode when the module trains unless
     it was imported with ``batchnorm="train"`` (NOTE [inference graphs]).
     """
 
     # NOTE [re-exporting imported graphs]
-    # onnx2pytorch reads shapes (Reshape targets, Expand sizes) from tensors with
-    # int(), which torch.export cannot trace: export_onnx exports an OnnxModule with
-    # torch's tracing exporter instead, and verifies the file as for any module.
-    # Graphs that compute shapes at run time (Shape -> Gather -> Reshape, as ViT
-    # exports do) may not re-export.
+    # A graph that computes shapes at run time (Shape -> Gather -> Concat -> Reshape,
+    # as exports of ViTs and detectors do) reads those shapes as numbers, which
+    # torch.export cannot trace. export_onnx exports an OnnxModule with torch's
+    # tracing exporter instead, and verifies the file as for any module; the run-time
+    # Shape and Reshape are written so that tracing records them as ONNX Shape and
+    # Reshape (torch._shape_as_tensor, torch._reshape_from_tensor). Other shape
+    # inputs computed at run time (Expand, ConstantOfShape, Slice bounds) are traced
+    # as constants, which export_onnx's verification at a second batch size catches.
     onnx_export_by_tracing = True
 
     def __init__(
@@ -232,21 +271,28 @@ _SUPPORTED: frozenset[str] | None = None
 
 
 def supported_operators() -> frozenset[str]:
-    """supported_operators() -> frozenset[str]: the ``ai.onnx`` operators the converter has.
+    """supported_operators() -> frozenset[str]: the ``ai.onnx`` operators ``import_onnx`` converts.
 
-    Read from onnx2pytorch's operator table (its ``convert_operations``); an
-    operator outside it would be guessed as ``torch.<name>`` by onnx2pytorch,
+    Those lowered to torch calls (:func:`torchbridge.onnx_convert.lowered_operators`)
+    and those of onnx2pytorch's operator table (its ``convert_operations``),
+    whose module converts the node when no lowering exists. An operator
+    outside both would be guessed as ``torch.<name>`` by onnx2pytorch,
     attributes ignored, so ``import_onnx`` refuses it instead.
     """
     global _SUPPORTED
     if _SUPPORTED is None:
-        _converter()
-        from onnx2pytorch.convert import operations
+        from .onnx_convert import lowered_operators
 
-        source = inspect.getsource(operations.convert_operations)
-        names = set(re.findall(r'node\.op_type == "(\w+)"', source))
-        for group in re.findall(r"node\.op_type in \(([^)]*)\)", source):
-            names.update(re.findall(r'"(\w+)"', group))
+        names = set(lowered_operators())
+        with contextlib.suppress(OnnxImportError):
+            _converter()
+            from onnx2pytorch.convert import operations
+
+            source = inspect.getsource(operations.convert_operations)
+            names.update(re.findall(r'node\.op_type == "(\w+)"', source))
+            for group in re.findall(r"node\.op_type in \(([^)]*)\)", source):
+                names.update(re.findall(r'"(\w+)"', group))
+            names -= {"Loop", "Scan", "SequenceMap"}  # NOTE [onnx to fx]: not converted
         _SUPPORTED = frozenset(names)
     return _SUPPORTED
 
@@ -270,15 +316,8 @@ def _load(path: Path):
             f"import_onnx: {path} is not an ONNX model: it holds no graph. A file of "
             "another format, or an empty or truncated one, gives this."
         )
-    missing = sorted(
-        {
-            entry.value
-            for tensor in _all_tensors(model.graph)
-            if tensor.data_location == onnx.TensorProto.EXTERNAL
-            for entry in tensor.external_data
-            if entry.key == "location" and not (path.parent / entry.value).is_file()
-        }
-    )
+    locations = _external_locations(model, path)
+    missing = sorted({loc for loc in locations.values() if not (path.parent / loc).is_file()})
     if missing:
         raise OnnxImportError(
             f"import_onnx: {path} keeps its weights in external data files that are not "
@@ -287,7 +326,7 @@ def _load(path: Path):
         )
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise OnnxImportError(
             f"import_onnx: the external data of {path} cannot be read: {exc}"
         ) from exc
@@ -299,6 +338,37 @@ def _load(path: Path):
             f"{str(exc).splitlines()[0]}). A truncated file gives this."
         ) from exc
     return model
+
+
+def _external_locations(model, path: Path) -> dict[str, str]:
+    """``{tensor name: location}`` of the external data, each checked to lie in ``path``'s folder.
+
+    Read from the names alone: a location outside the folder is refused without
+    looking at whether it exists (a file must not make the import probe other paths).
+    """
+    onnx = _require_onnx()
+    out: dict[str, str] = {}
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        normal = os.path.normpath(location) if location else ""
+        if (
+            not normal
+            or os.path.isabs(location)
+            or Path(location).drive
+            or normal == ".."
+            or normal.startswith(".." + os.sep)
+            or normal.startswith("../")
+        ):
+            raise OnnxImportError(
+                f"import_onnx: {path} keeps tensor {tensor.name!r} in external data at "
+                f"{location!r}, which is not a file inside {path.parent}. External data must "
+                "lie next to the .onnx file (or in a folder below it), named relative to it; "
+                "move the data there and save the model with that relative location."
+            )
+        out[tensor.name] = location
+    return out
 
 
 def _all_tensors(graph):
@@ -320,6 +390,19 @@ def _nodes(graph):
             for sub in (attr.g, *attr.graphs):
                 if sub.ByteSize():
                     yield from _nodes(sub)
+
+
+def _nodes_where(graph, where: str):
+    """(node, where) for every node of the graph and its subgraphs, ``where`` naming the graph."""
+    for node in graph.node:
+        yield node, where
+        for attr in node.attribute:
+            for sub in (attr.g, *attr.graphs):
+                if sub.ByteSize():
+                    label = node.name or node.output[0]
+                    yield from _nodes_where(
+                        sub, f"{attr.name} of {node.op_type} {label!r} in {where}"
+                    )
 
 
 def _opset(model) -> int:
@@ -353,18 +436,18 @@ def _check_operators(model, path: Path) -> dict[str, int]:
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     counts: collections.Counter[str] = collections.Counter()
     lacking: dict[str, str] = {}
-    for node in _nodes(model.graph):
+    for node, where in _nodes_where(model.graph, "the main graph"):
         domain = node.domain or "ai.onnx"
         key = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
         counts[key] += 1
         if domain != "ai.onnx" or node.op_type not in supported:
             lacking[key] = (
                 f"{node.op_type} (domain {domain}, opset {opsets.get(domain, '?')}, "
-                f"first node {node.name or node.output[0]!r})"
+                f"first node {node.name or node.output[0]!r} in {where})"
             )
     if lacking:
         raise OnnxImportError(
-            f"import_onnx: {path} uses operators that {_converter()[1]} cannot convert: "
+            f"import_onnx: {path} uses operators that import_onnx cannot convert: "
             f"{'; '.join(lacking[k] for k in sorted(lacking))}. Re-export the model without "
             "them (for onnxruntime-specific fused operators: export without optimisation).",
             sorted(lacking),
@@ -372,137 +455,120 @@ def _check_operators(model, path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _fold_constants(model) -> None:
-    """Make Constant nodes (and ConstantOfShape of a constant shape) initializers, in place.
-
-    Exporters (caffe2, PaddlePaddle) store weights as Constant nodes; the
-    converter reads layer weights from initializers only, and initializers
-    are what becomes trainable.
-    """
+def _check_size(shape: Sequence[int], dtype, max_bytes: int, what: str) -> None:
+    """Refuse, before allocating, a tensor of ``shape`` above ``max_bytes`` (or ill-shaped)."""
     import numpy as np
-    from onnx import helper, numpy_helper
 
-    graph = model.graph
-    known = {t.name: t for t in graph.initializer}
-    keep = []
-    for node in graph.node:
-        value = None
-        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                value = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                value = np.array(helper.get_attribute_value(attr), dtype=np.float32)
-                if attr.name == "value_int":
-                    value = value.astype(np.int64)
-            elif attr.name in ("value_floats", "value_ints"):
-                dtype = np.float32 if attr.name == "value_floats" else np.int64
-                value = np.array(helper.get_attribute_value(attr), dtype=dtype)
-        elif (
-            node.op_type == "ConstantOfShape"
-            and node.domain in _DEFAULT_DOMAINS
-            and node.input[0] in known
-        ):
-            shape = numpy_helper.to_array(known[node.input[0]]).astype(np.int64)
-            fill = np.zeros(1, dtype=np.float32)
-            for attr in node.attribute:
-                if attr.name == "value":
-                    fill = numpy_helper.to_array(attr.t).reshape(-1)
-            value = np.full(tuple(shape), fill[0], dtype=fill.dtype)
-        if value is None or len(node.output) != 1:
-            keep.append(node)
-            continue
-        tensor = numpy_helper.from_array(np.asarray(value), node.output[0])
-        graph.initializer.append(tensor)
-        known[tensor.name] = tensor
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
+    if any(d < 0 for d in shape):
+        raise OnnxImportError(f"import_onnx: {what} has a negative dimension: {list(shape)}.")
+    size = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if size > max_bytes:
+        raise OnnxImportError(
+            f"import_onnx: {what} would be a tensor of shape {list(shape)} "
+            f"({_gib(size)}), above max_tensor_bytes={max_bytes} ({_gib(max_bytes)}). "
+            "Nothing was allocated. Raise max_tensor_bytes if the graph really needs it, "
+            "or check the file: a corrupt or hostile shape gives this."
+        )
 
 
-def _make_trainable(graph: torch.nn.Module, initializers: set[str]) -> None:
-    """Floating-point initializers with more than one value become parameters.
-
-    Single values (epsilons, the 6 of hard-swish, exponents) stay buffers.
-    """
-    from onnx2pytorch.convert.operations import get_buffer_name
-
-    names = {get_buffer_name(n) for n in initializers}
-    for name, buffer in list(graph.named_buffers(recurse=False)):
-        if name in names and buffer.is_floating_point() and buffer.numel() > 1:
-            delattr(graph, name)
-            graph.register_parameter(name, torch.nn.Parameter(buffer.detach().clone()))
-    for param in graph.parameters():
-        if not param.requires_grad and param.is_floating_point():
-            param.requires_grad_(True)
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
 
 
 def _settle_parameters(
-    module: OnnxModule, inputs: Sequence[TensorInfo], shapes: Mapping[str, Sequence[int]]
+    module: OnnxModule,
+    inputs: Sequence[TensorInfo],
+    shapes: Mapping[str, Sequence[int]],
+    max_bytes: int,
+    promoted: set[int],
+    caller_batches: Sequence[Sequence[torch.Tensor]] = (),
 ) -> None:
-    """Promoted initializers that no output depends on differentiably go back to buffers.
+    """Weights made parameters that no output depends on differentiably become buffers.
 
-    onnx2pytorch copies the weights of layers it builds (Conv, Gemm, BatchNormalization
-    ...) into torch layers and keeps the initializer as well; shape-like constants
-    (Resize scales) are read as numbers. One forward and backward at batch size 2 tells
-    which initializers are really trainable. Without inputs of known shape, all stay.
+    A floating-point constant the graph reads at run time becomes a parameter
+    (NOTE [onnx to fx]); one used only through a comparison, a cast to integers
+    or a shape read gets no gradient. One forward and backward (the caller's
+    first batch, else random inputs at batch size 2) tells which. Without
+    inputs of known shape, all stay parameters.
     """
-    promoted = [
-        (owner, name, p)
-        for owner in module.modules()
-        for name, p in list(owner.named_parameters(recurse=False))
-        if name.startswith("_initializer_")
+    from .onnx_convert import OnnxIf
+
+    # a branch not taken by this one batch gets no gradient, yet trains on other inputs
+    branch = {id(p) for m in module.modules() if isinstance(m, OnnxIf) for p in m.parameters()}
+    graph = module.graph
+    for node in graph.graph.nodes if hasattr(graph, "graph") else ():
+        if node.op == "get_attr" and any(
+            u.op == "call_module" and isinstance(graph.get_submodule(u.target), OnnxIf)
+            for u in node.users
+        ):
+            branch.add(
+                id(
+                    getattr(
+                        graph.get_submodule(node.target.rpartition(".")[0]),
+                        node.target.rpartition(".")[2],
+                    )
+                )
+            )
+    named = [
+        (name, p)
+        for name, p in module.named_parameters()
+        if id(p) in promoted and id(p) not in branch
     ]
-    if not promoted:
+    if not named:
         return
     try:
-        xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0))
+        if caller_batches:
+            xs = list(caller_batches[0])
+        else:
+            xs = _sample_inputs(inputs, 2, shapes, torch.Generator().manual_seed(0), max_bytes)
         out = module(*xs)
         flat = [out] if isinstance(out, torch.Tensor) else list(out.values())
         total = sum(o.float().sum() for o in flat if o.requires_grad)
         if not isinstance(total, torch.Tensor):
             return
         total.backward()
-        unused = [(owner, name, p) for owner, name, p in promoted if p.grad is None]
+        unused = [name for name, p in named if p.grad is None]
     except Exception:  # the verification (or the caller's first step) reports it
         return
     finally:
         for p in module.parameters():
             p.grad = None
-    for owner, name, p in unused:
-        delattr(owner, name)
-        owner.register_buffer(name, p.detach())
+    for name in unused:  # persistent: state_dict keys do not depend on this pass
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path)
+        p = getattr(owner, leaf)
+        delattr(owner, leaf)
+        owner.register_buffer(leaf, p.detach())
 
 
 # -- verification ----------------------------------------------------------------------------
 
 
 def _sample_inputs(
-    infos: Sequence[TensorInfo], batch: int | None, shapes: Mapping[str, Sequence[int]], gen
+    infos: Sequence[TensorInfo],
+    batch: int | None,
+    shapes: Mapping[str, Sequence[int]],
+    gen,
+    max_bytes: int = MAX_TENSOR_BYTES,
 ) -> list[torch.Tensor]:
     import numpy as np
 
+    planned = [(info, _sample_shape(info, batch, shapes)) for info in infos]
+    total = sum(
+        int(np.prod(dims, dtype=object)) * np.dtype(info.dtype).itemsize
+        for info, dims in planned
+        if _kind(info.dtype) in "fbiu"
+    )
+    if total > max_bytes:
+        shown = ", ".join(f"{info.name} {list(dims)}" for info, dims in planned)
+        label = f"batch size {batch}" if batch is not None else "the declared shapes"
+        raise OnnxImportError(
+            f"import_onnx: the inputs to verify at {label} ({shown}) would take "
+            f"{_gib(total)}, above max_tensor_bytes={max_bytes} ({_gib(max_bytes)}). Nothing "
+            "was allocated. Pass smaller input_shapes=, raise max_tensor_bytes, or verify=False."
+        )
     out = []
-    for info in infos:
-        given = shapes.get(info.name)
-        if given is not None:
-            dims = [int(d) for d in given]
-            if batch is not None and _free(info.shape[0]):
-                dims = [batch, *dims[1:]] if len(dims) == len(info.shape) else [batch, *dims]
-        else:
-            dims = []
-            for i, d in enumerate(info.shape):
-                if isinstance(d, int) and d > 0:
-                    dims.append(d)
-                elif i == 0 and batch is not None:
-                    dims.append(batch)
-                else:
-                    raise OnnxImportError(
-                        f"import_onnx: input {info.name!r} has shape {list(info.shape)}: "
-                        f"dimension {i} is not fixed, so no input can be made to verify it. "
-                        f"Pass input_shapes={{{info.name!r}: (...)}} with the shape of one "
-                        "sample (without the batch), or verify=False."
-                    )
+    for info, dims in planned:
         dtype = np.dtype(info.dtype)
         if dtype.kind == "f":
             tensor = torch.randn(dims, generator=gen, dtype=torch.float64)
@@ -521,6 +587,41 @@ def _sample_inputs(
     return out
 
 
+def _sample_shape(
+    info: TensorInfo, batch: int | None, shapes: Mapping[str, Sequence[int]]
+) -> list[int]:
+    """The shape of the verification input for ``info`` (a free first dimension is ``batch``)."""
+    given = shapes.get(info.name)
+    if given is not None:
+        dims = [int(d) for d in given]
+        if batch is not None and _free(info.shape[0]):
+            dims = [batch, *dims[1:]] if len(dims) == len(info.shape) else [batch, *dims]
+        return dims
+    dims = []
+    for i, d in enumerate(info.shape):
+        if isinstance(d, int) and d > 0:
+            dims.append(d)
+        elif i == 0 and batch is not None:
+            dims.append(batch)
+        else:
+            raise OnnxImportError(
+                f"import_onnx: input {info.name!r} has shape {list(info.shape)}: "
+                f"dimension {i} is not fixed, so no input can be made to verify it. "
+                f"Pass input_shapes={{{info.name!r}: (...)}} with the shape of one "
+                "sample (without the batch), or verify=False."
+            )
+    return dims
+
+
+def _kind(dtype: str) -> str:
+    import numpy as np
+
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:
+        return "O"
+
+
 def _free(dim: int | str) -> bool:
     return not (isinstance(dim, int) and dim > 0)
 
@@ -532,12 +633,18 @@ def _verify(
     shapes: Mapping[str, Sequence[int]],
     tolerance: float,
     upgraded: bytes | None = None,
+    max_bytes: int = MAX_TENSOR_BYTES,
+    caller_batches: Sequence[Sequence[torch.Tensor]] = (),
+    random_too: bool = True,
+    normalised=None,
 ) -> tuple[float, tuple[int, ...], str]:
     import numpy as np
     import onnxruntime as ort
 
     batched = bool(inputs) and all(len(i.shape) > 0 and _free(i.shape[0]) for i in inputs)
-    batches: tuple[int | None, ...] = _VERIFY_BATCH_SIZES if batched else (None,)
+    batches: list[Any] = [("given", i) for i in range(len(caller_batches))]
+    if random_too:
+        batches += list(_VERIFY_BATCH_SIZES if batched else (None,))
     note = ""
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -558,8 +665,12 @@ def _verify(
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in batches:
-        xs = _sample_inputs(inputs, batch, shapes, gen)
-        label = f"batch size {batch}" if batch is not None else "the declared shapes"
+        if isinstance(batch, tuple):
+            xs = list(caller_batches[batch[1]])
+            label = f"the caller's inputs (batch {batch[1]})"
+        else:
+            xs = _sample_inputs(inputs, batch, shapes, gen, max_bytes)
+            label = f"batch size {batch}" if batch is not None else "the declared shapes"
         feed = {info.name: x.numpy() for info, x in zip(inputs, xs)}
         try:
             expected = session.run(None, feed)
@@ -572,8 +683,10 @@ def _verify(
             with torch.no_grad():
                 out = module(*xs)
         except Exception as exc:
+            where = _failing_node(module, xs)
             raise OnnxVerificationError(
-                f"import_onnx: the converted module fails at {label}: {type(exc).__name__}: "
+                f"import_onnx: the converted module fails at {label}"
+                f"{f' in {where}' if where else ''}: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
         got = [out] if isinstance(out, torch.Tensor) else list(out.values())
@@ -597,14 +710,91 @@ def _verify(
             limit = tolerance * max(1.0, float(np.max(np.abs(e64[np.isfinite(e64)]), initial=0)))
             worst = max(worst, diff)
             if diff > limit:
+                first = _first_differing_node(module, normalised, feed, xs, tolerance)
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} differs between torch and onnxruntime by up "
-                    f"to {diff:.3g} at {label} (tolerance {limit:.3g}); the converter "
-                    "translates some operator of this graph differently.",
+                    f"to {diff:.3g} at {label} (tolerance {limit:.3g}); "
+                    + (
+                        f"the first node whose output differs is {first}."
+                        if first
+                        else "the converter translates some operator of this graph differently."
+                    ),
                     name,
                 )
-    checked = tuple(b for b in batches if b is not None)
+    checked = tuple(b for b in batches if isinstance(b, int))
     return worst, checked, f"onnxruntime {ort.__version__}{note}"
+
+
+def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: float) -> str | None:
+    """The first node of the main graph whose output differs from onnxruntime's, or None.
+
+    Runs the normalised graph in onnxruntime with every node output exposed, and the
+    module node by node; best effort (a diagnosis must not hide the mismatch).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch.fx as fx
+
+    if normalised is None or not isinstance(module.graph, fx.GraphModule):
+        return None
+    with contextlib.suppress(Exception):
+        onnx = _require_onnx()
+        probe = onnx.ModelProto()
+        probe.CopyFrom(normalised)
+        names = [o for node in probe.graph.node for o in node.output if o]
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+        session = ort.InferenceSession(
+            probe.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        expected = dict(zip(names, session.run(None, feed)))
+        got: dict[str, tuple[Any, str]] = {}
+
+        class _Recorder(fx.Interpreter):
+            def run_node(self, n):
+                value = super().run_node(n)
+                if "onnx_output" in n.meta and isinstance(value, torch.Tensor):
+                    got[n.meta["onnx_output"]] = (value, n.meta.get("onnx_node", ""))
+                return value
+
+        with torch.no_grad():
+            _Recorder(module.graph).run(*xs)
+        for name in names:
+            if name not in got:
+                continue
+            value, where = got[name]
+            g = value.detach().cpu().numpy().astype(np.float64)
+            e = np.asarray(expected[name]).astype(np.float64)
+            if g.shape != e.shape:
+                return f"{where} (output {name!r}: shape {g.shape} in torch, {e.shape})"
+            if g.size and not np.allclose(g, e, rtol=tolerance, atol=tolerance, equal_nan=True):
+                return f"{where} (output {name!r} by up to {np.nanmax(np.abs(g - e)):.3g})"
+    return None
+
+
+def _failing_node(module: OnnxModule, xs: Sequence[torch.Tensor]) -> str | None:
+    """The ONNX node whose torch code raises on ``xs`` (rerun node by node), or None."""
+    import torch.fx as fx
+
+    failed: list[str] = []
+
+    class _Finder(fx.Interpreter):
+        def run_node(self, n):
+            try:
+                return super().run_node(n)
+            except Exception:
+                sub = self.module.get_submodule(n.target) if n.op == "call_module" else None
+                if isinstance(sub, fx.GraphModule) or hasattr(sub, "then_branch"):
+                    pass
+                failed.append(n.meta.get("onnx_node", n.format_node()))
+                raise
+
+    graph = module.graph
+    if not isinstance(graph, fx.GraphModule):
+        return None
+    with contextlib.suppress(Exception), torch.no_grad():
+        _Finder(graph).run(*xs)
+    return failed[0] if failed else None
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -614,20 +804,27 @@ def import_onnx(
     path: str | os.PathLike[str],
     *,
     verify: bool = True,
+    inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 1e-4,
     batchnorm: str = "inference",
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
 ) -> OnnxModule:
-    """import_onnx(path, *, verify=True, input_shapes=None, tolerance=1e-4,
-    batchnorm="inference") -> OnnxModule
+    """import_onnx(path, *, verify=True, inputs=None, input_shapes=None, tolerance=1e-4,
+    batchnorm="inference", max_tensor_bytes=MAX_TENSOR_BYTES) -> OnnxModule
 
     Import the ONNX file ``path`` as a trainable torch module.
 
     Args:
         path: An ``.onnx`` file; external data files are read from its folder.
         verify: Run the file in onnxruntime and the module in torch on the same
-            random inputs (batch sizes 1 and 3 when every input has a free
-            first dimension) and compare every output.
+            inputs and compare every output: the caller's ``inputs``, and random
+            ones (batch sizes 1 and 3 when every input has a free first
+            dimension) unless ``inputs`` is given without ``input_shapes``.
+        inputs: ``{input name: array}``, or a list of them (one per batch), to
+            verify on, e.g. ``{"x": audio, "sr": np.array(16000)}`` for a model
+            whose inputs must hold particular values. Arrays have the graph's
+            dtypes; the first batch also settles which weights are trainable.
         input_shapes: ``{input name: shape}`` for inputs whose non-batch
             dimensions are not fixed in the file, e.g. ``{"x": (3, 48, 192)}``
             (one sample; a leading batch is replaced).
@@ -636,6 +833,10 @@ def import_onnx(
         batchnorm: ``"inference"`` keeps BatchNormalization on its running
             statistics in training too (as the graph says); ``"train"`` makes it
             behave like ``torch.nn.BatchNorm2d``.
+        max_tensor_bytes: The largest tensor the import makes itself: a folded
+            constant (``ConstantOfShape``, ``Expand``, ``Tile``), or one batch of
+            verification inputs.
+            A graph that asks for more is refused before anything is allocated.
 
     Returns:
         An :class:`OnnxModule` whose floating-point initializers (and constant
@@ -644,47 +845,56 @@ def import_onnx(
 
     Raises:
         OnnxImportError: the file is missing, not ONNX, truncated, lacks its
-            external data, or uses an operator the converter lacks (named, with
-            its domain and opset; ``err.operators`` lists them).
+            external data (or keeps it outside its folder), asks for a tensor
+            above ``max_tensor_bytes``, or has a node that cannot be converted:
+            the error names the operator, its domain and opset, the node and
+            its subgraph (``err.operators``, ``err.node``, ``err.subgraph``).
         OnnxVerificationError: an output differs from onnxruntime's
             (``err.output`` names it).
 
     Nothing is written to disk.
     """
+    verify_inputs = inputs
     started = time.perf_counter()
     if batchnorm not in ("inference", "train"):
         raise ValueError(
             f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
         )
     path = Path(path).expanduser()
-    ConvertModel, converter = _converter()
     model = _load(path)
     from .export import _graph_info
+    from .onnx_convert import convert_graph
+    from .onnx_normalise import guard_sizes, normalise, operator_counts
 
     opset, inputs, outputs = _graph_info(model)
     inputs = tuple(_with_question_marks(i) for i in inputs)
     outputs = tuple(_with_question_marks(o) for o in outputs)
+    caller_batches = _caller_inputs(inputs, verify_inputs, path)
     converted = _upgrade(model, path)
     # onnxruntime runs some old opsets only once upgraded: kept as the file said, unfolded
     upgraded = converted.SerializeToString() if converted is not model and verify else None
     model = converted
-    _fold_constants(model)
     operators = _check_operators(model, path)
-    initializers = {t.name for t in model.graph.initializer}
+    guard_sizes(model, path, max_tensor_bytes)
+    normalised, normaliser, note = normalise(model, max_tensor_bytes)
+    after = operator_counts(normalised)
+    folded = {
+        op: n - after.get(op, 0) for op, n in operator_counts(model).items() if n > after.get(op, 0)
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            graph = ConvertModel(model)
-        except Exception as exc:
-            raise OnnxImportError(
-                f"import_onnx: {converter} could not convert {path}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
-    _make_trainable(graph, initializers)
+        graph = convert_graph(
+            normalised, batchnorm=batchnorm, max_bytes=max_tensor_bytes, path=path
+        )
+    for op, n in graph.folded.items():
+        folded[op] = folded.get(op, 0) + n
+    promoted = {id(p) for p in graph.module.parameters() if id(p) in graph.promoted}
     module = _module_class(len(inputs))(
-        graph, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
+        graph.module, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
     )
-    _settle_parameters(module, inputs, dict(input_shapes or {}))
+    _settle_parameters(
+        module, inputs, dict(input_shapes or {}), max_tensor_bytes, promoted, caller_batches
+    )
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and dtype != torch.float32:
         tolerance = max(tolerance, {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 0))
@@ -697,9 +907,20 @@ def import_onnx(
                 f"import_onnx(verify=True) needs onnxruntime: {_INSTALL_HINT}, or pass "
                 "verify=False."
             ) from exc
+        random_too = input_shapes is not None or not caller_batches
         max_diff, checked, verified_with = _verify(
-            module, path, inputs, dict(input_shapes or {}), tolerance, upgraded
+            module,
+            path,
+            inputs,
+            dict(input_shapes or {}),
+            tolerance,
+            upgraded,
+            max_tensor_bytes,
+            caller_batches,
+            random_too,
+            normalised,
         )
+    names = {f"graph.{k}": v for k, v in graph.names.items()}
     module.import_report = OnnxImportReport(
         path=path,
         opset=opset,
@@ -711,12 +932,72 @@ def import_onnx(
         max_abs_diff=max_diff,
         tolerance=tolerance if verify else None,
         batch_sizes_checked=checked,
+        inputs_checked=len(caller_batches) if verify else 0,
         verified_with=verified_with,
-        converter=converter,
+        converter=_converter_name(graph.fallbacks),
+        normaliser=normaliser,
+        folded=dict(sorted(folded.items())),
+        fallbacks=dict(sorted(graph.fallbacks.items())),
         seconds=time.perf_counter() - started,
-        warnings=tuple(sorted({str(w.message).splitlines()[0] for w in caught})),
+        names=names,
+        warnings=tuple(
+            sorted({str(w.message).splitlines()[0] for w in caught} | ({note} if note else set()))
+        ),
     )
     return module
+
+
+def _converter_name(fallbacks: Mapping[str, int]) -> str:
+    name = "torchbridge.onnx_convert (torch.fx)"
+    if fallbacks:
+        name += f"; {_converter()[1]} for {', '.join(sorted(fallbacks))}"
+    return name
+
+
+def _caller_inputs(infos: Sequence[TensorInfo], given: Any, path: Path) -> list[list[torch.Tensor]]:
+    """The caller's verification batches (``inputs=``) as tensors in graph order, checked."""
+    import numpy as np
+
+    if given is None:
+        return []
+    batches = [given] if isinstance(given, Mapping) else list(given)
+    out = []
+    names = [i.name for i in infos]
+    for k, batch in enumerate(batches):
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"import_onnx: inputs= takes {{input name: array}} or a list of them; "
+                f"batch {k} is a {type(batch).__name__}"
+            )
+        unknown = sorted(set(batch) - set(names))
+        missing = [n for n in names if n not in batch]
+        if unknown or missing:
+            raise OnnxImportError(
+                f"import_onnx: inputs= batch {k} does not match the inputs of {path} "
+                f"({', '.join(names)}): "
+                + "; ".join(
+                    x
+                    for x in (
+                        f"unknown {', '.join(unknown)}" if unknown else "",
+                        f"missing {', '.join(missing)}" if missing else "",
+                    )
+                    if x
+                )
+            )
+        tensors = []
+        for info in infos:
+            value = batch[info.name]
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            array = np.asarray(array)
+            want = np.dtype(info.dtype) if _kind(info.dtype) != "O" else array.dtype
+            if array.dtype != want:
+                raise OnnxImportError(
+                    f"import_onnx: inputs= batch {k}: {info.name!r} has dtype {array.dtype}, "
+                    f"the graph declares {info.dtype}"
+                )
+            tensors.append(torch.from_numpy(np.ascontiguousarray(array).copy()))
+        out.append(tensors)
+    return out
 
 
 def _with_question_marks(info: TensorInfo) -> TensorInfo:
