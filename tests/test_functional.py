@@ -322,3 +322,160 @@ def test_pullback_error_releases(baseline):
         jl.functional_pullback(result.pullback, [torch.zeros(3, 3, dtype=torch.float64)])
     assert not result.pullback.live
     fm.close()
+
+
+def dropout_mlp() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Dropout(0.5), torch.nn.Tanh(), torch.nn.Linear(16, 4)
+    ).double()
+
+
+def test_every_direction_and_recompute_draws_the_same_dropout_mask(baseline):
+    """Forward mode one direction at a time and the second-order recompute differentiate
+    the function the first run computed: equal directions give equal tangents, and the
+    gradients' tangents equal torch.func's jvp of the vjp from the same random state."""
+    module = dropout_mlp().train()
+    fm = FunctionalModel(module)
+    ps = perturbed(fm)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    xt = torch.randn(1, *x.shape, dtype=x.dtype).expand(3, *x.shape).clone()
+    result = fm.apply(ps, None, x, grad=False, tangents=(None, [xt]))
+    t = result.tangents[0]
+    assert torch.equal(t[0], t[1]) and torch.equal(t[1], t[2])
+    ybar = torch.randn(5, 4, dtype=torch.float64)
+    ydot = torch.randn(2, 5, 4, dtype=torch.float64)
+    pt = [torch.randn(2, *p.shape, dtype=p.dtype) for p in ps]
+    state = torch.get_rng_state()
+    result = fm.apply(ps, None, x, tangents=(pt, None))
+    pg, _, pgt, _ = result.pullback([ybar], [ydot])
+    f = reference(module, ps, fm.param_names)
+
+    def vjp_of(p, yb):
+        return vjp(lambda p: f(p, x), p)[1](yb)[0]
+
+    for k in range(2):
+        torch.set_rng_state(state)
+        (ref_p,), (tan_p,) = jvp(
+            lambda p, yb: (vjp_of(p, yb),), (tuple(ps), ybar), (tuple(q[k] for q in pt), ydot[k])
+        )
+        for a, b, c, d in zip(pg, ref_p, pgt, tan_p):
+            torch.testing.assert_close(a, b, **TIGHT)
+            torch.testing.assert_close(c[k], d, **TIGHT)
+    fm.close()
+
+
+def test_the_twin_of_an_autocast_model_computes_its_forward(baseline):
+    """A model bridged with autocast: its twin's outputs (what duals see) are its forward's."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    bm = torchbridge.bridge(module, autocast="bfloat16")
+    x = torch.randn(5, 6)
+    forward, _ = bm.forward(x, grad=False)
+    twin = jl.functional_model(bm)
+    result = twin.apply(None, None, x, grad=False, tangents=(None, [torch.randn(1, 5, 6)]))
+    assert result.outputs[0].dtype == torch.float32
+    torch.testing.assert_close(result.outputs[0], forward[0], rtol=0, atol=0)
+    assert not torch.equal(result.outputs[0], module(x))  # autocast made a difference
+    bm.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "input_grads",
+        "parameter shape",
+        "parameter count",
+        "tangent",
+        "module raises",
+        "module raises in forward mode",
+        "module raises in forward mode, batched",
+        "module raises in forward mode, per direction",
+    ],
+)
+def test_a_refused_call_holds_none_of_its_arrays(bad, baseline):
+    """Whatever refuses the call, every DLPack view it made is released before the error
+    reaches the caller (the producer's deleter ran), while the caller holds the error."""
+    from dlpack_producer import CountingProducer
+
+    module = torch.nn.Sequential(torch.nn.Linear(6, 4)).double()
+    if bad.startswith("module raises"):
+        module = torch.nn.Sequential(torch.nn.Linear(5, 4)).double()  # 6 features do not fit
+    if bad.endswith("per direction"):
+        # dropout has no batching rule, so directions run one at a time, and each fails
+        module = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(5, 4)).double()
+    fm = FunctionalModel(module)
+    x = CountingProducer(np.random.rand(3, 6))
+    linear = module[-1]
+    w = CountingProducer(np.random.rand(4, linear.in_features))
+    params = [w, fm.params[1].clone()]
+    kw = {}
+    if bad == "input_grads":
+        kw["input_grads"] = [True, False]
+    elif bad == "parameter shape":
+        params = [CountingProducer(np.random.rand(6, 6)), fm.params[1].clone()]
+        w = params[0]
+    elif bad == "parameter count":
+        params = [w]
+    elif bad == "tangent":
+        kw["tangents"] = (None, [torch.zeros(2, 3, 5, dtype=torch.float64)])
+    elif bad.startswith("module raises in forward mode"):
+        directions = 1 if bad == "module raises in forward mode" else 3
+        kw["tangents"] = (None, [torch.zeros(directions, 3, 6, dtype=torch.float64)])
+    try:
+        fm.apply(params, None, x, **kw)
+    except torchbridge.TorchBridgeError as exc:
+        error = exc
+    assert isinstance(error, torchbridge.TorchBridgeError)
+    assert x.exported == x.deleted, "the input's view outlived the refused call"
+    assert w.exported == w.deleted, "a parameter's view outlived the refused call"
+    del error
+    fm.close()
+
+
+def test_julia_support_functional_calls_refuse_what_is_not_theirs(baseline):
+    """Anything but a functional model or its pullback is a typed error naming the call."""
+    with pytest.raises(torchbridge.NotAModuleError, match="functional_model"):
+        jl.functional_model("timm/resnet18")
+    for call in (jl.functional_state, lambda m: jl.functional_apply(m, None, None, None, [])):
+        with pytest.raises(torchbridge.NotAModuleError, match="FunctionalModel"):
+            call(torch.nn.Linear(2, 2))
+    bm = torchbridge.bridge(mlp())
+    _, pullback = bm.forward(torch.randn(5, 6, dtype=torch.float64))
+    with pytest.raises(torchbridge.NotAPullbackError, match="functional call"):
+        jl.functional_pullback(pullback, [None])
+    fm = FunctionalModel(mlp())
+    result = fm.apply(None, None, torch.randn(5, 6, dtype=torch.float64))
+    with pytest.raises(torchbridge.NotAPullbackError, match="functional_pullback"):
+        jl.pullback(result.pullback, None)
+    assert result.pullback.live and pullback.live
+    result.pullback.release()
+    pullback.release()
+    fm.close()
+    bm.close()
+
+
+def test_functional_pullbacks_keep_the_pullback_contract(baseline):
+    """A cotangent that does not fit, or accumulate=True, raises CotangentError and leaves
+    the pullback live; a twin closed by hand is made again for its open model."""
+    fm = FunctionalModel(mlp())
+    x = torch.randn(5, 6, dtype=torch.float64)
+    first = fm.apply(None, None, x).pullback
+    with pytest.raises(torchbridge.CotangentError, match="accumulate"):
+        first(torch.ones(5, 4, dtype=torch.float64), accumulate=True)
+    assert first.live
+    first(torch.ones(5, 4, dtype=torch.float64))
+    second = fm.apply(None, None, x, tangents=(None, [torch.randn(1, 5, 6, dtype=torch.float64)]))
+    with pytest.raises(torchbridge.CotangentError):
+        second.pullback([torch.ones(3, 3, dtype=torch.float64)])
+    assert second.pullback.live
+    second.pullback.release()
+    fm.close()
+    bm = torchbridge.bridge(mlp())
+    twin = jl.functional_model(bm)
+    twin.close()
+    again = jl.functional_model(bm)
+    assert again is not twin and not again.closed
+    again.apply(None, None, x, grad=False)
+    bm.close()
+    assert again.closed

@@ -37,6 +37,7 @@ __all__ = [
     "MaskShapeError",
     "ModelClosedError",
     "NotAModuleError",
+    "NotAPullbackError",
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
@@ -112,6 +113,11 @@ class MaskShapeError(InputShapeError):
 
 class TokenIdError(BridgeError, ValueError):
     """Token ids fall outside the model's vocabulary (checked before the embedding runs)."""
+
+
+class NotAPullbackError(BridgeError, TypeError):
+    """A call that runs or releases a pullback got something else, or a pullback of another
+    kind (a functional call's pullback given to the stateful model's call, or the reverse)."""
 
 
 class ParameterMismatchError(BridgeError, ValueError):

@@ -45,25 +45,39 @@ directions (forward over reverse; a Hessian-vector product when the output is
 a scalar loss). It recomputes the forward under dual tensors, one direction at
 a time, and ``torch.autograd.grad`` propagates the tangents through the
 backward pass.
+
+Every run of the forward after the first (the other directions, a
+recompute) differentiates the same function as the first: it replays the
+random generators' states the call started with (dropout draws the same
+mask) and, when the call writes buffers, starts from the buffers as they were
+before the call (NOTE [the same function every run]).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .bridged import BridgedModel, Pullback, _leaves, _per_input, _without_gradient
+from .bridged import (
+    BridgedModel,
+    Pullback,
+    _check_cotangent,
+    _leaves,
+    _per_input,
+    _without_gradient,
+)
 from .errors import (
     CotangentError,
     DeviceMismatchError,
     DTypeMismatchError,
     InputGradsError,
     ParameterMismatchError,
-    PullbackReleasedError,
 )
 from .exchange import describe_array, julia_shape, to_torch
 from .memory import LEDGER
@@ -103,13 +117,14 @@ class FunctionalModel(BridgedModel):
     module's own trainable parameters and buffers (detached aliases): the
     initial values a caller copies, and what a call must match. Nothing is
     shared with the caller; ``grads`` is empty. Calling :meth:`forward` runs
-    the module on its own parameters, as for any bridged model.
+    the module on its own parameters, as for any bridged model. ``autocast``
+    is as for :func:`~torchbridge.bridge`.
     """
 
     _shares_gradients = False
 
-    def __init__(self, module: torch.nn.Module, *, input_shapes=None):
-        super().__init__(module, input_shapes=input_shapes, distributed=False)
+    def __init__(self, module: torch.nn.Module, *, input_shapes=None, autocast=None):
+        super().__init__(module, input_shapes=input_shapes, distributed=False, autocast=autocast)
         self._param_specs = tuple((p.shape, p.dtype, p.device) for p in self.params)
         self._buffer_specs = tuple((b.shape, b.dtype, b.device) for b in self.buffers)
         self._stateful = False  # see twin()
@@ -119,17 +134,18 @@ class FunctionalModel(BridgedModel):
         """twin(model) -> FunctionalModel: functional calls of a stateful model's module.
 
         For forward mode and second order on a :class:`BridgedModel`: the
-        twin shares the model's module and lock, is made once per model and
-        counts as part of it in the ledger. Called with ``params=None`` and
-        ``buffers=None`` it runs on the module's own tensors and, in training
-        mode, updates the module's buffers in place as the model's own
-        forward does.
+        twin shares the model's module, lock and autocast, is made once per
+        model (again if it was closed while the model is open), counts as
+        part of the model in the ledger and is closed with it. Called with
+        ``params=None`` and ``buffers=None`` it runs on the module's own
+        tensors and, in training mode, updates the module's buffers in place
+        as the model's own forward does.
         """
         model._check_open("twin")
         found = getattr(model, "_functional_twin", None)
-        if found is not None:
+        if found is not None and not found.closed:
             return found
-        twin = cls(model.module, input_shapes=model._input_shapes)
+        twin = cls(model.module, input_shapes=model._input_shapes, autocast=model.autocast)
         LEDGER.remove_model(twin)  # counted as the model it belongs to
         twin.lock = model.lock
         twin._stateful = True
@@ -142,7 +158,7 @@ class FunctionalModel(BridgedModel):
     # -- the call ------------------------------------------------------------
     def apply(
         self,
-        params: Sequence[Any],
+        params: Sequence[Any] | None,
         buffers: Sequence[Any] | None,
         *inputs: Any,
         grad: bool = True,
@@ -157,68 +173,84 @@ class FunctionalModel(BridgedModel):
         Run the module on ``params`` (one array per trainable parameter, in
         ``param_names`` order; ``None`` for the module's own) and ``buffers``
         (one per buffer, in ``buffer_names`` order; ``None`` for the module's
-        own), as NOTE
-        [functional calls] says. ``tangents`` is ``(param_tangents,
-        input_tangents)``: per parameter and per input (positional, then
-        keyword), a ``(P, *shape)`` array or ``None`` (NOTE [forward mode and
-        second order]); either sequence may be ``None`` for all zeros.
+        own), as NOTE [functional calls] says. ``tangents`` is
+        ``(param_tangents, input_tangents)``: per parameter and per input
+        (positional, then keyword), a ``(P, *shape)`` array or ``None`` (NOTE
+        [forward mode and second order]); either sequence may be ``None`` for
+        all zeros. ``input_grads`` is as for :meth:`BridgedModel.forward`.
+
+        A refused or failing call holds none of the arrays it viewed once the
+        error reaches the caller.
 
         Raises:
             ParameterMismatchError: a parameter, buffer or tangent does not fit
                 the module's (count, shape), or ``tangents`` disagree on ``P``.
             DTypeMismatchError, DeviceMismatchError: a parameter or buffer has
                 another element type or device than the module's.
+            InputGradsError: ``input_grads`` is not of a form it takes, or names
+                an input that has no gradient.
             and every error of :meth:`BridgedModel.forward` for the inputs.
         """
         self._check_open("apply")
-        values, names = self.checked_inputs(*inputs, **kw_inputs)
-        del kw_inputs
+        # the flags' form is checked before any array is viewed
+        wants, asked = _per_input(input_grads, len(inputs), tuple(kw_inputs))
+        try:
+            return self._apply(
+                params, buffers, inputs, kw_inputs, grad, training, wants, asked, tangents
+            )
+        except BaseException as exc:
+            # the failed call's frames hold the views; they go now, not with the traceback
+            traceback.clear_frames(exc.__traceback__)
+            raise
+
+    def _apply(self, params, buffers, inputs, kw_inputs, grad, training, wants, asked, tangents):
         npos = len(inputs)
+        values, names = self.checked_inputs(*inputs, **kw_inputs)
+        if grad and asked:
+            problem = _without_gradient(values, asked, npos, names)
+            if problem is not None:
+                raise InputGradsError(problem)
         if params is None:
             param_views = list(self.params)
         else:
             param_views = self._views("parameter", self.param_names, self._param_specs, params)
-        writes = self._writes(training)
-        in_place = False
+        # a twin's own buffers are updated in place, as its model's forward does
+        in_place = buffers is None and self._stateful
         if buffers is None:
             buffer_views = list(self.buffers)
-            # a twin's own buffers are updated in place, as its model's forward does
-            in_place = self._stateful
         else:
             buffer_views = self._views("buffer", self.buffer_names, self._buffer_specs, buffers)
+        writes = self._writes(training)
         copies = writes and not in_place  # run on copies, returned as the new state
-        if tangents is not None:
-            directions = self._tangents(param_views, values, tangents)
-            if directions is not None:
-                return self._apply_with_tangents(
-                    param_views,
-                    buffer_views,
-                    values,
-                    npos,
-                    names,
-                    training,
-                    writes,
-                    copies,
-                    grad,
-                    input_grads,
-                    directions,
-                )
-        state = _clones(buffer_views) if copies else buffer_views
-        if not grad:
-            with self.lock, torch.no_grad():
-                self._set_mode(training)
-                out = self._run(values, npos, names, self._functional_call(param_views, state))
-            flat, structure = flatten_outputs(out)
-            self.output_structure = structure
-            return FunctionalResult(tuple(flat), _written(state, copies), None, None)
-        param_leaves = [p.detach().requires_grad_(True) for p in param_views]
-        leaves = _leaves(values, self._wants(input_grads, values, npos, names))
-        del values
-        with self.lock, torch.enable_grad():
+        directions = None if tangents is None else self._tangents(param_views, values, tangents)
+        structure: OutputStructure
+        with self.lock:
             self._set_mode(training)
-            out = self._run(leaves, npos, names, self._functional_call(param_leaves, state))
+            state = _clones(buffer_views) if copies else buffer_views
+            if directions is not None:
+                call = _Call(self, param_views, buffer_views, values, npos, names, writes, copies)
+                outputs, out_tangents, structure = _jvp(call, state, directions)
+                pullback = None
+                if grad:
+                    pullback = SecondOrderPullback(call, wants, directions, structure, outputs)
+                self.output_structure = structure
+                return FunctionalResult(outputs, _written(state, copies), pullback, out_tangents)
+            if not grad:
+                with torch.no_grad():
+                    out = self._run(values, npos, names, self._functional_call(param_views, state))
+                flat, structure = flatten_outputs(out)
+                self.output_structure = structure
+                return FunctionalResult(
+                    tuple(self.returned(flat)), _written(state, copies), None, None
+                )
+            param_leaves = [p.detach().requires_grad_(True) for p in param_views]
+            leaves = _leaves(values, wants)
+            del values
+            with torch.enable_grad():
+                out = self._run(leaves, npos, names, self._functional_call(param_leaves, state))
         flat, structure = flatten_outputs(out)
         del out
+        flat = self.returned(flat)
         self.output_structure = structure
         pullback = FunctionalPullback(
             self, param_leaves, leaves, flat, structure, (*range(npos), *names)
@@ -231,21 +263,7 @@ class FunctionalModel(BridgedModel):
     def _functional_call(self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor]):
         tensors = dict(zip(self.param_names, params))
         tensors.update(zip(self.buffer_names, buffers))
-        module = self.module
-
-        def call(*args, **kwargs):
-            return torch.func.functional_call(module, tensors, args, kwargs, tie_weights=True)
-
-        return call
-
-    def _wants(self, input_grads, values: list, npos: int, names: tuple) -> list[bool]:
-        # which inputs are differentiated, as forward decides it (InputGradsError otherwise)
-        wants, asked = _per_input(input_grads, npos, names)
-        problem = _without_gradient(values, asked, npos, names) if asked else None
-        if problem is not None:
-            values.clear()  # the views go now, not when the traceback dies
-            raise InputGradsError(problem)
-        return wants
+        return _Reparametrized(self.module, tensors)
 
     def _set_mode(self, training: bool | None) -> None:
         if training is not None and self.module.training != training:
@@ -289,7 +307,7 @@ class FunctionalModel(BridgedModel):
                 if t is None:
                     views.append(None)
                     continue
-                if not isinstance(p, torch.Tensor) or not (p.is_floating_point() or p.is_complex()):
+                if not isinstance(p, torch.Tensor) or not _differentiable(p):
                     raise ParameterMismatchError(
                         f"apply: {kind} {name} is not a floating-point array and has no "
                         "tangent; pass None for it."
@@ -318,107 +336,162 @@ class FunctionalModel(BridgedModel):
             )
         return out[0], out[1], count.pop()
 
-    def _apply_with_tangents(
-        self,
-        params,
-        buffers,
-        values,
-        npos,
-        names,
-        training,
-        writes,
-        copies,
-        grad,
-        input_grads,
-        directions,
-    ) -> FunctionalResult:
-        ptan, itan, ndir = directions
-        wants = self._wants(input_grads, values, npos, names) if grad else None
-        with self.lock:
-            self._set_mode(training)
-            state = _clones(buffers) if copies else buffers
-            outputs, tangents, structure = _jvp(
-                self, params, state, values, npos, names, ptan, itan, ndir, writes
-            )
-        self.output_structure = structure
-        pullback = None
-        if grad:
-            pullback = SecondOrderPullback(
-                self,
-                params,
-                buffers,
-                values,
-                npos,
-                names,
-                wants,
-                ptan,
-                itan,
-                ndir,
-                structure,
-                outputs,
-                training,
-                writes,
-            )
-        return FunctionalResult(outputs, _written(state, copies), pullback, tangents)
+
+# -- runs of the same function ----------------------------------------------------
 
 
-# -- forward mode ---------------------------------------------------------------
+class _Call:
+    """One call with tangents, as every later run of its forward needs it.
+
+    NOTE [the same function every run]
+    Forward mode one direction at a time and a second-order pullback run the
+    forward more than once. Each run must differentiate the function the
+    first run computed, so each starts from the random generators' states the
+    call started with (:meth:`replay`: dropout draws the same mask; the
+    generators are restored afterwards, so the caller's stream of random
+    numbers advances only by the first run) and, when the call writes buffers,
+    from copies of the buffers as they were before it (:meth:`buffers`),
+    never from what an earlier run wrote.
+    """
+
+    def __init__(self, model, params, buffers, values, npos, names, writes, copies):
+        self.model = model
+        self.params = list(params)
+        self.values = list(values)
+        self.npos, self.names = npos, names
+        self.writes = writes
+        # the buffers before the call: the caller's arrays (the call runs on copies of
+        # them), or copies of the module's own when the first run updates them in place
+        self.before = list(buffers) if copies or not writes else _clones(buffers)
+        device = model.device
+        self._cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+        self._cpu_rng = torch.get_rng_state()
+        self._cuda_rng = [torch.cuda.get_rng_state(d) for d in self._cuda]
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The buffers a later run starts from (copies, when runs write them)."""
+        return _clones(self.before) if self.writes else self.before
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run a later forward with the random states the call started with."""
+        with torch.random.fork_rng(devices=self._cuda):
+            torch.set_rng_state(self._cpu_rng)
+            for d, state in zip(self._cuda, self._cuda_rng):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+    def restart(self) -> None:
+        """Set the random generators back to the call's start (a first run begun again)."""
+        torch.set_rng_state(self._cpu_rng)
+        for d, state in zip(self._cuda, self._cuda_rng):
+            torch.cuda.set_rng_state(state, d)
+
+    def run(self, params: list, values: list, buffers: list) -> tuple[list, OutputStructure]:
+        """The flat outputs (as the caller receives them) and their structure."""
+        model = self.model
+        call = model._functional_call(params, buffers)
+        flat, structure = flatten_outputs(model._run(values, self.npos, self.names, call))
+        return model.returned(flat), structure
+
+    def held(self) -> list[torch.Tensor]:
+        return [
+            t for t in (*self.params, *self.values, *self.before) if isinstance(t, torch.Tensor)
+        ]
 
 
-def _jvp(model, params, state, values, npos, names, ptan, itan, ndir, writes):
-    """The outputs and their tangents ``(P, *shape)`` for ``ndir`` directions."""
-    pidx = [i for i, t in enumerate(ptan) if t is not None]
-    iidx = [i for i, t in enumerate(itan) if t is not None]
-    structures: list[OutputStructure] = []
+class _Reparametrized:
+    """The module called on ``tensors`` (``torch.func.functional_call``).
 
-    def f(pt, it):
-        ps = list(params)
-        for i, p in zip(pidx, pt):
+    NOTE [no view outlives a failed call]
+    A failed call's traceback keeps its frames, and a frame keeps its
+    function, closures included, until the traceback dies; clearing the
+    frames (``traceback.clear_frames``, which :meth:`FunctionalModel.apply`
+    does) drops their locals only. So what a run needs is held by plain
+    objects, never by closures of ours, and where torch's own closures keep an
+    object of ours (``vmap``'s function), that object holds the arrays in a
+    list that a failure empties (:func:`_jvp`): the caller's arrays are
+    released before the error reaches it.
+    """
+
+    __slots__ = ("module", "tensors")
+
+    def __init__(self, module: torch.nn.Module, tensors: dict):
+        self.module, self.tensors = module, tensors
+
+    def __call__(self, *args, **kwargs):
+        return torch.func.functional_call(self.module, self.tensors, args, kwargs, tie_weights=True)
+
+
+class _Directional:
+    """The outputs as a function of the tensors that carry tangents (for torch.func)."""
+
+    def __init__(self, call: _Call, state: list, pidx: list, iidx: list):
+        self.call, self.state, self.pidx, self.iidx = call, state, pidx, iidx
+        self.structure: OutputStructure | None = None
+
+    def __call__(self, pt, it):
+        call = self.call
+        ps = list(call.params)
+        for i, p in zip(self.pidx, pt):
             ps[i] = p
-        vs = list(values)
-        for i, v in zip(iidx, it):
+        vs = list(call.values)
+        for i, v in zip(self.iidx, it):
             vs[i] = v
-        flat, structure = flatten_outputs(
-            model._run(vs, npos, names, model._functional_call(ps, st))
-        )
-        structures[:] = [structure]
+        flat, self.structure = call.run(ps, vs, self.state)
         return tuple(flat)
 
-    primals = (tuple(params[i] for i in pidx), tuple(values[i] for i in iidx))
+
+def _jvp_of(held: list, a, b):
+    # torch.func.jvp of the function `held` holds at its primals (a list, so a failure can
+    # empty it: NOTE [no view outlives a failed call])
+    f, primals = held
+    return torch.func.jvp(f, primals, (a, b))
+
+
+def _jvp(call: _Call, state: list, directions) -> tuple:
+    """The outputs and their tangents ``(P, *shape)`` for each direction."""
+    ptan, itan, ndir = directions
+    pidx = [i for i, t in enumerate(ptan) if t is not None]
+    iidx = [i for i, t in enumerate(itan) if t is not None]
+    f = _Directional(call, state, pidx, iidx)
+    primals = (tuple(call.params[i] for i in pidx), tuple(call.values[i] for i in iidx))
 
     def direction(k):
         return (tuple(ptan[i][k] for i in pidx), tuple(itan[i][k] for i in iidx))
 
-    st = state
-    if not writes:
+    held: list = []
+    if not call.writes:
         try:
             with torch.no_grad():
                 if ndir == 1:
                     outputs, tangents = torch.func.jvp(f, primals, direction(0))
-                    return outputs, tuple(t.unsqueeze(0) for t in tangents), structures[0]
-                batched = (
-                    tuple(ptan[i] for i in pidx),
-                    tuple(itan[i] for i in iidx),
-                )
+                    return outputs, tuple(t.unsqueeze(0) for t in tangents), f.structure
+                batched = (tuple(ptan[i] for i in pidx), tuple(itan[i] for i in iidx))
+                held = [f, primals]
                 outputs, tangents = torch.func.vmap(
-                    lambda a, b: torch.func.jvp(f, primals, (a, b)),
-                    in_dims=(0, 0),
-                    out_dims=(None, 0),
+                    functools.partial(_jvp_of, held), in_dims=(0, 0), out_dims=(None, 0)
                 )(*batched)
-                return outputs, tangents, structures[0]
+                return outputs, tangents, f.structure
         except Exception as exc:
             traceback.clear_frames(exc.__traceback__)
+            held.clear()
             if ndir == 1 or not _no_batching_rule(exc):
                 raise
-    # one direction at a time under dual tensors: writes buffers, or no batching rule
+            call.restart()  # vmap may have drawn random numbers before it gave up
+    # one direction at a time under dual tensors: the call writes buffers, or an
+    # operator has no batching rule (random ones among them)
     outputs = None
     per_direction = []
-    original = state
     for k in range(ndir):
-        # the first direction's run updates the returned state; later ones run on copies
-        st = original if k == 0 else _clones(original)
+        # the first run updates the returned state; later ones replay it on copies
+        f.state = state if k == 0 else call.buffers()
         pt, it = direction(k)
-        with fwAD.dual_level(), torch.no_grad():
+        with contextlib.ExitStack() as stack:
+            if k > 0:
+                stack.enter_context(call.replay())
+            stack.enter_context(fwAD.dual_level())
+            stack.enter_context(torch.no_grad())
             duals = (
                 tuple(fwAD.make_dual(p, t) for p, t in zip(primals[0], pt)),
                 tuple(fwAD.make_dual(v, t) for v, t in zip(primals[1], it)),
@@ -434,7 +507,7 @@ def _jvp(model, params, state, values, npos, names, ptan, itan, ndir, writes):
                 )
             )
     tangents = tuple(torch.stack(ts) for ts in zip(*per_direction))
-    return outputs, tangents, structures[0]
+    return outputs, tangents, f.structure
 
 
 def _no_batching_rule(exc: BaseException) -> bool:
@@ -451,7 +524,9 @@ class FunctionalPullback(Pullback):
     ``pullback(*cotangents) -> (param_grads, input_grads)``: new tensors, one
     per parameter (``param_names`` order) and one per input, ``None`` where no
     output reached it or the input is not differentiated. Nothing is written
-    into the module. One-shot, released, scoped and counted like every
+    into the module, and there is nothing to accumulate into (``accumulate``
+    is a :class:`~torchbridge.errors.CotangentError`, raised before anything
+    runs). One-shot, released, scoped and counted like every
     :class:`~torchbridge.Pullback`.
     """
 
@@ -461,15 +536,18 @@ class FunctionalPullback(Pullback):
         self._params = params
         super().__init__(model, inputs, outputs, structure, names)
 
+    def __call__(self, *cotangents, **named):
+        if named.pop("accumulate", False):
+            raise CotangentError(
+                "pullback: a functional pullback returns new gradients and holds no buffers to "
+                "accumulate into; add the results yourself. The pullback is still live."
+            )
+        return super().__call__(*cotangents, **named)
+
     def held_tensors(self) -> tuple[torch.Tensor, ...]:
         return (*self._params, *super().held_tensors())
 
     def _backward(self, pairs, accumulate: bool, *, retain: bool):
-        if accumulate:
-            raise TypeError(
-                "pullback: a functional pullback returns new gradients and has no buffers to "
-                "accumulate into; add the results instead of passing accumulate=True."
-            )
         params = self._params
         inputs = self._inputs
         diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -495,7 +573,7 @@ class FunctionalPullback(Pullback):
         super()._free(state, by_gc=by_gc)
 
 
-class SecondOrderPullback:
+class SecondOrderPullback(Pullback):
     """SecondOrderPullback: the reverse pass of a functional call with tangents.
 
     ``pullback(cotangents, cotangent_tangents=None) -> (param_grads,
@@ -504,62 +582,41 @@ class SecondOrderPullback:
     *shape)`` along the call's directions and the cotangents' own tangents
     (one ``(P, *output.shape)`` array or ``None`` per output), NOTE [forward
     mode and second order]. It holds the call's inputs, parameters and
-    tangents, not a graph: the forward runs again inside the call. One-shot
-    unless created in a reusable scope; counted by the ledger.
+    tangents, not a graph: the forward runs again inside the call (NOTE [the
+    same function every run]). Cotangents that do not fit raise
+    :class:`~torchbridge.errors.CotangentError` and leave it live; otherwise
+    one-shot unless created in a reusable scope, and counted like every
+    :class:`~torchbridge.Pullback`.
     """
 
-    def __init__(
-        self,
-        model,
-        params,
-        buffers,
-        values,
-        npos,
-        names,
-        wants,
-        ptan,
-        itan,
-        ndir,
-        structure,
-        outputs,
-        training,
-        writes,
-    ):
-        self._model = model
-        self._params = list(params)
-        self._buffers = list(buffers)
-        self._values = list(values)
-        self._npos, self._names, self._wants = npos, names, wants
-        self._ptan, self._itan, self._ndir = list(ptan), list(itan), ndir
-        self.output_structure = structure
-        self._outputs = list(outputs)
-        self._training, self._writes = training, writes
-        self._state = "live"
-        self.reusable: bool = LEDGER.add_pullback(self)
+    __slots__ = ("_call", "_wants", "_ptan", "_itan", "_ndir")
 
-    @property
-    def model(self) -> FunctionalModel:
-        return self._model
-
-    @property
-    def live(self) -> bool:
-        return self._state == "live"
+    def __init__(self, call: _Call, wants, directions, structure, outputs):
+        self._call = call
+        self._wants = wants
+        self._ptan, self._itan, self._ndir = list(directions[0]), list(directions[1]), directions[2]
+        super().__init__(call.model, call.values, list(outputs), structure)
 
     def held_tensors(self) -> tuple[torch.Tensor, ...]:
-        held = [*self._params, *self._buffers, *self._outputs]
-        held += [t for t in (*self._values, *self._ptan, *self._itan) if t is not None]
-        return tuple(t for t in held if isinstance(t, torch.Tensor))
+        call = self._call
+        held = [] if call is None else call.held()
+        held += [t for t in (*self._ptan, *self._itan, *self._outputs) if t is not None]
+        return tuple(held)
 
     def __call__(self, cotangents: Sequence[Any], cotangent_tangents: Sequence[Any] | None = None):
         with self._model.lock:
             self._check_live()
+            cots, ctans = self._checked(cotangents, cotangent_tangents)
             try:
-                return self._compute(cotangents, cotangent_tangents)
+                return self._compute(cots, ctans)
+            except BaseException as exc:
+                traceback.clear_frames(exc.__traceback__)
+                raise
             finally:
                 if not self.reusable:
                     self._free("called")
 
-    def _compute(self, cotangents, cotangent_tangents):
+    def _checked(self, cotangents, cotangent_tangents) -> tuple[list, list]:
         outputs = self._outputs
         cots = list(cotangents)
         ctans = [None] * len(outputs) if cotangent_tangents is None else list(cotangent_tangents)
@@ -568,8 +625,6 @@ class SecondOrderPullback:
                 f"pullback: expected {len(outputs)} cotangent(s) and as many cotangent tangents, "
                 f"one per output ({self.output_structure}), got {len(cots)} and {len(ctans)}."
             )
-        from .bridged import _check_cotangent
-
         cots = [
             None if c is None else _check_cotangent(i, o, c)
             for i, (o, c) in enumerate(zip(outputs, cots))
@@ -578,8 +633,11 @@ class SecondOrderPullback:
             None if t is None else _check_tangent(i, o, to_torch(t), self._ndir)
             for i, (o, t) in enumerate(zip(outputs, ctans))
         ]
-        model, npos, names = self._model, self._npos, self._names
-        params, values = self._params, self._values
+        return cots, ctans
+
+    def _compute(self, cots: list, ctans: list):
+        call = self._call
+        params, values = call.params, call.values
         wanted = [
             i
             for i, v in enumerate(values)
@@ -588,8 +646,7 @@ class SecondOrderPullback:
         primal_grads = None
         tangent_grads: list[list] = []
         for k in range(self._ndir):
-            state = _clones(self._buffers) if self._writes else self._buffers
-            with fwAD.dual_level(), torch.enable_grad():
+            with call.replay(), fwAD.dual_level(), torch.enable_grad():
                 pl = [
                     _dual_leaf(p, None if t is None else t[k]) for p, t in zip(params, self._ptan)
                 ]
@@ -597,10 +654,7 @@ class SecondOrderPullback:
                 for i in wanted:
                     t = self._itan[i]
                     vs[i] = _dual_leaf(values[i], None if t is None else t[k])
-                model._set_mode(self._training)
-                flat, _ = flatten_outputs(
-                    model._run(vs, npos, names, model._functional_call(pl, state))
-                )
+                flat, _ = call.run(pl, vs, call.buffers())
                 pairs = [
                     (o, c if t is None else fwAD.make_dual(c, t[k]))
                     for o, c, t in zip(flat, cots, ctans)
@@ -630,43 +684,23 @@ class SecondOrderPullback:
                 continue
             ref = g if g is not None else next(t for t in per if t is not None)
             stacked.append(torch.stack([torch.zeros_like(ref) if t is None else t for t in per]))
-        np_ = len(params)
+        n = len(params)
         input_grads: list = [None] * len(values)
         input_tangents: list = [None] * len(values)
         for slot, i in enumerate(wanted):
-            input_grads[i] = primal_grads[np_ + slot]
-            input_tangents[i] = stacked[np_ + slot]
+            input_grads[i] = primal_grads[n + slot]
+            input_tangents[i] = stacked[n + slot]
         return (
-            tuple(primal_grads[:np_]),
+            tuple(primal_grads[:n]),
             tuple(input_grads),
-            tuple(stacked[:np_]),
+            tuple(stacked[:n]),
             tuple(input_tangents),
         )
 
-    def release(self) -> bool:
-        """release() -> bool: drop what the pullback holds; idempotent."""
-        with self._model.lock:
-            if self._state != "live":
-                return False
-            self._free("released")
-            return True
-
     def _free(self, state: str, *, by_gc: bool = False) -> None:
-        self._state = state
-        self._params = self._buffers = self._values = self._outputs = []
+        self._call = None
         self._ptan = self._itan = []
-        LEDGER.remove_pullback(self, by_gc=by_gc)
-
-    def _check_live(self) -> None:
-        if self._state != "live":
-            raise PullbackReleasedError(
-                f"pullback: this second-order pullback was {self._state}; run the model again "
-                "for another one, or create it inside a reusable scope to call it several times."
-            )
-
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) == "live":
-            self._free("released", by_gc=True)
+        super()._free(state, by_gc=by_gc)
 
     def __repr__(self) -> str:
         return f"SecondOrderPullback({self._state}, {self._ndir} direction(s))"

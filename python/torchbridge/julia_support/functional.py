@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from ..bridged import BridgedModel
-from ..errors import ParameterMismatchError
+from ..bridged import BridgedModel, not_a_module_message
+from ..errors import NotAModuleError, NotAPullbackError, ParameterMismatchError
 from ..exchange import to_torch
-from ..functional import FunctionalModel, SecondOrderPullback
+from ..functional import FunctionalModel, FunctionalPullback, SecondOrderPullback
 from .step import Layout, addresses, layouts, receivable, settle
 
 __all__ = [
@@ -51,7 +51,20 @@ def functional_model(model: Any) -> FunctionalModel:
         return model
     if isinstance(model, BridgedModel):
         return FunctionalModel.twin(model)
-    return FunctionalModel(model)
+    if isinstance(model, torch.nn.Module):
+        return FunctionalModel(model)
+    raise NotAModuleError(not_a_module_message("functional_model", model))
+
+
+def _functional(value: Any, what: str) -> FunctionalModel:
+    # NotAModuleError unless `value` is what functional_model made
+    if isinstance(value, FunctionalModel):
+        return value
+    raise NotAModuleError(
+        not_a_module_message(
+            what, value, "a FunctionalModel (julia_support.functional_model(module))"
+        )
+    )
 
 
 def functional_state(model: FunctionalModel) -> dict[str, Any]:
@@ -62,6 +75,7 @@ def functional_state(model: FunctionalModel) -> dict[str, Any]:
     and the same four for ``buffer``; each tensor C-contiguous on the CPU (a
     copy where the module's is not) so Julia copies it from its address.
     """
+    model = _functional(model, "functional_state")
     params = [_plain(t) for t in model.params]
     buffers = [_plain(t) for t in model.buffers]
     settle(model)
@@ -102,6 +116,7 @@ def functional_apply(
     new state (``None`` in evaluation mode), its layouts and addresses with
     it. If anything fails after the module ran, the pullback is released.
     """
+    model = _functional(model, "functional_apply")
     kw_inputs = dict(kw_inputs or {})
     tangents = None
     if packed is not None:
@@ -150,6 +165,11 @@ def functional_pullback(
     gradient crosses packed with its tangents (NOTE [dual numbers cross
     packed]). On any error the pullback is released first.
     """
+    if not isinstance(pullback, (FunctionalPullback, SecondOrderPullback)):
+        raise NotAPullbackError(
+            "functional_pullback: expected the pullback of a functional call "
+            f"(functional_apply), got {type(pullback).__name__}."
+        )
     try:
         if isinstance(pullback, SecondOrderPullback):
             cots, ctans = [], []

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..bridged import BridgedModel, Pullback, bridged_model
-from ..errors import UnsupportedArrayError
+from ..errors import NotAPullbackError, UnsupportedArrayError
 from ..exchange import copy_into, julia_layout, julia_shape
 
 __all__ = [
@@ -238,6 +238,7 @@ def pullback(
     returning: Julia reads the gradient buffers next, on its own stream, even
     when no input gradient is copied out.
     """
+    _check_pullback(pullback, "pullback", stateful=True)
     try:
         grads = pullback(*cotangents, accumulate=accumulate)
     except BaseException:
@@ -249,7 +250,28 @@ def pullback(
 
 def release(pullback: Pullback | None) -> bool:
     """release(pullback) -> bool: free the pullback's graph without computing; idempotent."""
-    return False if pullback is None else pullback.release()
+    if pullback is None:
+        return False
+    _check_pullback(pullback, "release")
+    return pullback.release()
+
+
+def _check_pullback(value: Any, what: str, *, stateful: bool = False) -> None:
+    # NotAPullbackError unless `value` is a pullback (of a stateful model's forward, when
+    # `stateful`; a functional call's goes to julia_support.functional_pullback)
+    from ..functional import FunctionalPullback, SecondOrderPullback
+
+    functional = isinstance(value, (FunctionalPullback, SecondOrderPullback))
+    if isinstance(value, Pullback) and not (stateful and functional):
+        return
+    if functional:
+        raise NotAPullbackError(
+            f"{what}: this is a functional call's pullback; run it with "
+            "julia_support.functional_pullback."
+        )
+    raise NotAPullbackError(
+        f"{what}: expected a pullback (what forward returns), got {type(value).__name__}."
+    )
 
 
 def copy_out(destinations: Sequence[Any], tensors: Sequence[torch.Tensor | None]) -> None:
