@@ -39,8 +39,9 @@ FIGURES: dict[str, tuple[str, float]] = {
     "registry_search_ms": ("lower", 0.50),
     "onnx_import_step_over_torch_resnet18": ("lower", 0.08),
     "onnx_import_forward_over_ort_small": ("lower", 0.30),
-    "lora_step_over_full_step": ("lower", 0.15),
-    "load_peak_rss_over_checkpoint": ("lower", 0.10),
+    "bigmodels_lora_step_over_full_step": ("lower", 0.15),
+    "bigmodels_load_rss_over_checkpoint": ("lower", 0.10),
+    "bigmodels_weights_file_rss_over_checkpoint": ("lower", 0.10),
     # Julia (benchmarks/julia/run.jl)
     "julia:bridge_over_torch_resnet18": ("lower", 0.08),
     "julia:bridge_over_torch_cnn": ("lower", 0.08),

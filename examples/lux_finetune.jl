@@ -53,14 +53,22 @@ println("sizes without running: ", Lux.outputsize(model, batch(1)[1], Random.Xos
 
 # Lux.Training: Zygote differentiates the whole chain; the backbone's gradients
 # are torch autograd's, and its BatchNorm statistics come back in the state.
-ts = Lux.Training.TrainState(model, ps, st, Optimisers.Adam(1.0f-3))
 lossfn = Lux.CrossEntropyLoss(; logits = Val(true))
-baseline = memory_stats()
-for step in 1:STEPS
-    x, y = batch(16)
-    _, loss, _, ts = Lux.Training.single_train_step!(Lux.AutoZygote(), lossfn, (x, y), ts)
-    step % 10 == 0 && println("step $step: loss $(round(loss; digits = 4))")
+function train(ts, steps)
+    for step in 1:steps
+        x, y = batch(16)
+        _, loss, _, ts = Lux.Training.single_train_step!(
+            Lux.AutoZygote(),
+            lossfn,
+            (x, y),
+            ts,
+        )
+        step % 10 == 0 && println("step $step: loss $(round(loss; digits = 4))")
+    end
+    return ts
 end
+baseline = memory_stats()
+ts = train(Lux.Training.TrainState(model, ps, st, Optimisers.Adam(1.0f-3)), STEPS)
 @assert memory_stats() == baseline # no graph, share or pullback outlives a step
 
 # Evaluation: running statistics instead of batch ones.

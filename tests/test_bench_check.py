@@ -44,3 +44,16 @@ def test_results_files_flatten_by_suite():
     """Suites nest figures; the machine block and booleans are not figures."""
     flat = check.flatten({"machine": {"cpus": 2}, "bridge": {"x": 1.5, "ok": True}})
     assert flat == {"x": 1.5}
+
+
+def test_every_figure_checked_is_one_a_benchmark_writes():
+    """Each figure the check compares is a key some benchmark writes (a renamed figure
+    would otherwise go unchecked without a word)."""
+    root = Path(__file__).parent.parent / "benchmarks"
+    python = "".join(p.read_text() for p in root.glob("*.py") if p.name != "check.py")
+    julia = (root / "julia" / "run.jl").read_text()
+    for name in check.FIGURES:
+        source, key = (
+            (julia, name.removeprefix("julia:")) if name.startswith("julia:") else (python, name)
+        )
+        assert f'"{key}"' in source, f"no benchmark writes {name}"

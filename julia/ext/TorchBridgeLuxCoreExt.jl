@@ -81,9 +81,11 @@ LuxCore.parameterlength(l::TorchLayer) = l.param_length
 LuxCore.statelength(l::TorchLayer) = l.state_length + 1
 
 function (l::TorchLayer)(x, ps, st::NamedTuple)
+    xs, kw = _inputs(x)
+    i = findfirst(TorchBridge._sizes_only, xs)
+    i === nothing || return _sizes_only(l, xs, xs[i]), st
     params = TorchBridge._leaves(l.param_paths, ps)
     buffers = _buffers(l, st)
-    xs, kw = _inputs(x)
     y, state = TorchBridge.functional_call(l.model, params, buffers, _training(st), xs, kw)
     return y, _new_state(l, st, state)
 end
@@ -111,6 +113,14 @@ function _new_state(l::TorchLayer, st, state::Tuple)
     return CRC.ignore_derivatives() do
         merge(st, (buffers = TorchBridge._nest(l.buffer_paths, collect(state)),))
     end
+end
+
+# Arrays without values (`Lux.outputsize` of a model holding the layer): arrays
+# without values of the output's sizes, from torch's fake tensors.
+function _sizes_only(l::TorchLayer, xs::Tuple, template)
+    sizes, names = TorchBridge._output_sizes(l.model, map(size, xs))
+    ys = [TorchBridge._nil_array(template, s) for s in sizes]
+    return TorchBridge._select_functional(l.model, TorchBridge._outputs(ys, names))
 end
 
 # Sizes without running the model: torch runs it on fake tensors. Like Lux's

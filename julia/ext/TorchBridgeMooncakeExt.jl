@@ -18,7 +18,6 @@ using Mooncake:
     NoFData,
     NoRData,
     NoTangent,
-    ReverseMode,
     primal,
     tangent,
     zero_fcodual
@@ -31,8 +30,24 @@ Mooncake.tangent_type(::Type{FunctionalModel}) = NoTangent
 # building the state's tree after a call is bookkeeping, not arithmetic
 Mooncake.@zero_adjoint DefaultCtx Tuple{typeof(TorchBridge._nest), Vararg}
 
-Mooncake.@is_primitive DefaultCtx ReverseMode Tuple{TorchModel, Vararg{Array}}
-Mooncake.@is_primitive DefaultCtx ReverseMode Tuple{TorchModel, NamedTuple}
+# The calls Mooncake takes as they are, in reverse mode (Mooncake 0.5 names the mode;
+# 0.4 has reverse mode alone).
+@static if isdefined(Mooncake, :ReverseMode)
+    Mooncake.@is_primitive DefaultCtx Mooncake.ReverseMode Tuple{TorchModel, Vararg{Array}}
+    Mooncake.@is_primitive DefaultCtx Mooncake.ReverseMode Tuple{TorchModel, NamedTuple}
+    Mooncake.@is_primitive(
+        DefaultCtx,
+        Mooncake.ReverseMode,
+        Tuple{typeof(TorchBridge.functional_call), FunctionalModel, Vararg},
+    )
+else
+    Mooncake.@is_primitive DefaultCtx Tuple{TorchModel, Vararg{Array}}
+    Mooncake.@is_primitive DefaultCtx Tuple{TorchModel, NamedTuple}
+    Mooncake.@is_primitive(
+        DefaultCtx,
+        Tuple{typeof(TorchBridge.functional_call), FunctionalModel, Vararg},
+    )
+end
 
 function Mooncake.rrule!!(m::CoDual{<:TorchModel}, xs::CoDual{<:Array}...)
     model = primal(m)
@@ -41,7 +56,7 @@ function Mooncake.rrule!!(m::CoDual{<:TorchModel}, xs::CoDual{<:Array}...)
     ydual = zero_fcodual(y)
     function torchmodel_pullback!!(dy::NoRData)
         _, dinputs = back(_cotangent(ydual))
-        foreach(_accumulate!, map(tangent, xs), dinputs)
+        foreach(_accumulate!, map(tangent, xs), map(primal, xs), dinputs)
         return NoRData(), map(_ -> NoRData(), xs)...
     end
     return ydual, torchmodel_pullback!!
@@ -52,17 +67,11 @@ function Mooncake.rrule!!(m::CoDual{<:TorchModel}, inputs::CoDual{<:NamedTuple})
     ydual = zero_fcodual(y)
     function torchmodel_namedtuple_pullback!!(dy::NoRData)
         _, dinputs = back(_cotangent(ydual))
-        _accumulate!(tangent(inputs), Tuple(dinputs))
+        _accumulate!(tangent(inputs), primal(inputs), Tuple(dinputs))
         return NoRData(), Mooncake.zero_rdata(primal(inputs))
     end
     return ydual, torchmodel_namedtuple_pullback!!
 end
-
-Mooncake.@is_primitive(
-    DefaultCtx,
-    ReverseMode,
-    Tuple{typeof(TorchBridge.functional_call), FunctionalModel, Vararg},
-)
 
 function Mooncake.rrule!!(
     ::CoDual{typeof(TorchBridge.functional_call)},
@@ -85,9 +94,11 @@ function Mooncake.rrule!!(
     nxs = length(primal(xs))
     function functional_call_pullback!!(::NoRData)
         dparams, dinputs = back(_cotangent(out)[1])
-        primal(params) === nothing || _accumulate!(tangent(params), Tuple(dparams))
-        _accumulate!(tangent(xs), Tuple(dinputs[1:nxs]))
-        _accumulate!(tangent(kw), Tuple(dinputs[(nxs + 1):end]))
+        if primal(params) !== nothing
+            _accumulate!(tangent(params), primal(params), Tuple(dparams))
+        end
+        _accumulate!(tangent(xs), primal(xs), Tuple(dinputs[1:nxs]))
+        _accumulate!(tangent(kw), primal(kw), Tuple(dinputs[(nxs + 1):end]))
         rdata(x) = Mooncake.zero_rdata(primal(x))
         return NoRData(),
             NoRData(),
@@ -107,14 +118,36 @@ _as_cotangent(t::Union{Tuple, NamedTuple}) = map(_as_cotangent, t)
 _as_cotangent(::Union{NoFData, NoTangent, Nothing}) = CRC.ZeroTangent()
 _as_cotangent(t) = t
 
-# Add a gradient into an argument's fdata, in place: an array's is an array of
-# the same size; a Tuple's or NamedTuple's holds its elements'.
-_accumulate!(fdata::Array, g::AbstractArray) = (fdata .+= g; fdata)
-_accumulate!(fdata, ::Union{Nothing, CRC.AbstractZero}) = fdata
-_accumulate!(fdata::NoFData, g) = fdata
-function _accumulate!(fdata::Union{Tuple, NamedTuple}, gs::Tuple)
-    foreach(_accumulate!, Tuple(fdata), gs)
-    return fdata
+# Add a gradient into an argument's fdata, in place. An `Array`'s fdata is an
+# array of its size; a view's (a `ComponentArray`'s blocks, `ps.layer.weight`)
+# is its parent's, so the gradient goes into the same view of the parent's
+# fdata; a `Tuple`'s or `NamedTuple`'s holds its elements'.
+_accumulate!(fdata, primal, ::Union{Nothing, CRC.AbstractZero}) = nothing
+_accumulate!(::NoFData, primal, g) = nothing
+_accumulate!(::NoFData, primal, ::Union{Nothing, CRC.AbstractZero}) = nothing
+function _accumulate!(fdata, primal::AbstractArray, g::AbstractArray)
+    _tangent_view(primal, fdata) .+= g
+    return nothing
+end
+function _accumulate!(fdata::Union{Tuple, NamedTuple}, primal, gs::Tuple)
+    foreach(_accumulate!, Tuple(fdata), Tuple(primal), gs)
+    return nothing
+end
+
+_tangent_view(::Array, fdata::Array) = fdata
+_tangent_view(p::SubArray, f::Mooncake.FData) = view(
+    _tangent_view(parent(p), f.data.parent),
+    p.indices...,
+)
+_tangent_view(p::Base.ReshapedArray, f::Mooncake.FData) = reshape(
+    _tangent_view(parent(p), f.data.parent),
+    size(p),
+)
+function _tangent_view(p, fdata)
+    msg = "Mooncake: TorchBridge cannot add a gradient to an argument of type " *
+        "$(typeof(p)) (its tangent is a $(typeof(fdata))); pass an Array, a view of " *
+        "one, or a ComponentArray."
+    throw(ArgumentError(msg))
 end
 
 end # module TorchBridgeMooncakeExt

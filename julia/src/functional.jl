@@ -205,6 +205,13 @@ _unpacked(template, packed) = packed
 
 _same_duals(template, x) = true
 
+# Arrays without values (Lux's `Nil`, the Lux extension): a call on them gives
+# sizes only, as arrays of the same kind (`_nil_array(template, dims)`).
+_sizes_only(x) = false
+_nil_array(template, dims) = throw(ArgumentError(
+    "no array without values like $(typeof(template))",
+))
+
 # The first array of duals among `values`, or nothing. Every other one must
 # carry the same tag and number of partials: duals of two nested ForwardDiff
 # calls cannot cross in one call without mixing their partials.

@@ -116,7 +116,8 @@ class FunctionalModel(BridgedModel):
     ``param_names``/``params`` and ``buffer_names``/``buffers`` are the
     module's own trainable parameters and buffers (detached aliases): the
     initial values a caller copies, and what a call must match. Nothing is
-    shared with the caller; ``grads`` is empty. Calling :meth:`forward` runs
+    shared with the caller (``grads`` is empty) and the ledger does not count it
+    as an open model; its pullbacks it counts. Calling :meth:`forward` runs
     the module on its own parameters, as for any bridged model. ``autocast``
     is as for :func:`~torchbridge.bridge`.
     """
@@ -125,6 +126,8 @@ class FunctionalModel(BridgedModel):
 
     def __init__(self, module: torch.nn.Module, *, input_shapes=None, autocast=None):
         super().__init__(module, input_shapes=input_shapes, distributed=False, autocast=autocast)
+        # it shares nothing to count (its pullbacks are counted): not an open model
+        LEDGER.remove_model(self)
         self._param_specs = tuple((p.shape, p.dtype, p.device) for p in self.params)
         self._buffer_specs = tuple((b.shape, b.dtype, b.device) for b in self.buffers)
         self._stateful = False  # see twin()
@@ -135,8 +138,8 @@ class FunctionalModel(BridgedModel):
 
         For forward mode and second order on a :class:`BridgedModel`: the
         twin shares the model's module, lock and autocast, is made once per
-        model (again if it was closed while the model is open), counts as
-        part of the model in the ledger and is closed with it. Called with
+        model (again if it was closed while the model is open) and is closed
+        with it. Called with
         ``params=None`` and ``buffers=None`` it runs on the module's own
         tensors and, in training mode, updates the module's buffers in place
         as the model's own forward does.
@@ -146,7 +149,6 @@ class FunctionalModel(BridgedModel):
         if found is not None and not found.closed:
             return found
         twin = cls(model.module, input_shapes=model._input_shapes, autocast=model.autocast)
-        LEDGER.remove_model(twin)  # counted as the model it belongs to
         twin.lock = model.lock
         twin._stateful = True
         model._functional_twin = twin
