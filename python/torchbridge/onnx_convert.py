@@ -39,10 +39,9 @@ import torch.fx as fx
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
 from .errors import OnnxImportError
+from .onnx_normalise import RANDOM_OPERATORS
 
 __all__ = ["ConvertedGraph", "OnnxIf", "convert_graph", "identifier", "lowered_operators"]
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def identifier(name: str) -> str:
@@ -93,16 +92,6 @@ class ConvertedGraph:
 # -- the builder ----------------------------------------------------------------------------------
 
 
-_RANDOM = frozenset(
-    {
-        "Bernoulli",
-        "Multinomial",
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-    }
-)
 _RESERVED = frozenset(dir(fx.GraphModule)) | {"graph", "code", "meta", "_graph", "_code"}
 
 
@@ -459,8 +448,8 @@ class _Converter:
             for p in op.parameters():
                 p.requires_grad_(p.is_floating_point())
             # random operators draw at run time even without run-time inputs
-            out = ctx.g.call_module(op, ctx.name(), args, node.op_type in _RANDOM)
-        elif node.op_type in _RANDOM:
+            out = ctx.g.call_module(op, ctx.name(), args, node.op_type in RANDOM_OPERATORS)
+        elif node.op_type in RANDOM_OPERATORS:
             raise onnx_ops.Unsupported("a random operator without a module to run it")
         elif getattr(op, "func", None) is torch.cat:
             out = ctx.g.call(op, list(args))

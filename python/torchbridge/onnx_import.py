@@ -45,6 +45,7 @@ import torch
 
 from .errors import OnnxImportError, OnnxVerificationError
 from .export import TensorInfo
+from .onnx_normalise import DEFAULT_DOMAINS
 
 __all__ = [
     "MAX_TENSOR_BYTES",
@@ -65,7 +66,6 @@ UPGRADE_TO = 13
 #: anything is allocated.
 MAX_TENSOR_BYTES = 2 * 1024**3
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _VERIFY_BATCH_SIZES = (1, 3)
 _INSTALL_HINT = "pip install 'torchbridge[onnx]'"
 
@@ -406,7 +406,7 @@ def _nodes_where(graph, where: str):
 
 
 def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
 
 
 def _upgrade(model, path: Path):
