@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import torchbridge
-from torchbridge import OnnxImportError, OnnxVerificationError, export_onnx, import_onnx
+from torchbridge import (
+    OnnxArgumentError,
+    OnnxImportError,
+    OnnxVerificationError,
+    export_onnx,
+    import_onnx,
+)
 
 onnx = pytest.importorskip("onnx")
 
@@ -401,6 +407,25 @@ class TestBadInput:
             import_onnx(path)
         assert _listing(tmp_path) == ["ext.onnx"]
 
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"batchnorm": "eval"}, "batchnorm must be"),
+            ({"inputs": 5}, "inputs= takes .* got a int"),
+            ({"inputs": "x"}, "inputs= takes .* got a str"),
+            ({"inputs": [5]}, "batch 0 is a int"),
+            ({"input_shapes": [3, 8, 8]}, "input_shapes= takes"),
+            ({"input_shapes": {"input": "abc"}}, r"input_shapes\['input'\] must be"),
+            ({"tolerance": "1e-4"}, "tolerance must be"),
+            ({"max_tensor_bytes": 1.5}, "max_tensor_bytes must be"),
+        ],
+    )
+    def test_bad_keywords_are_typed_errors(self, mlp_file, kwargs, match):
+        """A keyword of a wrong kind is an OnnxArgumentError: an OnnxImportError and a TypeError."""
+        with pytest.raises(OnnxArgumentError, match=match) as err:
+            import_onnx(mlp_file, **kwargs)
+        assert isinstance(err.value, OnnxImportError) and isinstance(err.value, TypeError)
+
     def test_verification_failure_names_the_output(self, vit_file):
         """An output beyond the tolerance is an OnnxVerificationError naming it."""
         with pytest.raises(OnnxVerificationError, match="output 'output'") as err:
@@ -660,7 +685,10 @@ class TestHardening:
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(1.0)
-        assert module.load_state_dict(state, strict=True) is not None
+        result = module.load_state_dict(state, strict=True)
+        assert result.missing_keys == [] and result.unexpected_keys == []
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[key]), key  # the +1 is undone
         again = import_onnx(path)
         x = torch.randn(2, 2, 5, 5)
         torch.testing.assert_close(module(x), again(x))

@@ -37,6 +37,7 @@ __all__ = [
     "MaskShapeError",
     "ModelClosedError",
     "NotAModuleError",
+    "OnnxArgumentError",
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
@@ -329,6 +330,11 @@ class OnnxImportError(TorchBridgeError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class OnnxArgumentError(OnnxImportError, TypeError):
+    """An argument of :func:`~torchbridge.import_onnx` has a wrong kind or value
+    (``batchnorm``, ``inputs``, ``trainable``); the message says what it takes."""
 
 
 class OnnxVerificationError(OnnxImportError):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import inspect
+import numbers
 import os
 import re
 import time
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .errors import OnnxImportError, OnnxVerificationError
+from .errors import OnnxArgumentError, OnnxImportError, OnnxVerificationError
 from .export import TensorInfo
 from .onnx_normalise import DEFAULT_DOMAINS
 
@@ -851,15 +852,14 @@ def import_onnx(
             its subgraph (``err.operators``, ``err.node``, ``err.subgraph``).
         OnnxVerificationError: an output differs from onnxruntime's
             (``err.output`` names it).
+        OnnxArgumentError: a keyword has a wrong kind or value (also a
+            ``TypeError``); raised before anything is converted.
 
     Nothing is written to disk.
     """
     verify_inputs = inputs
     started = time.perf_counter()
-    if batchnorm not in ("inference", "train"):
-        raise ValueError(
-            f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
-        )
+    _check_arguments(batchnorm, input_shapes, tolerance, max_tensor_bytes)
     path = Path(path).expanduser()
     model = _load(path)
     from .export import _graph_info
@@ -947,6 +947,41 @@ def import_onnx(
     return module
 
 
+def _check_arguments(batchnorm: Any, input_shapes: Any, tolerance: Any, max_bytes: Any) -> None:
+    """Refuse, before reading the file, keywords of a wrong kind (OnnxArgumentError)."""
+    if batchnorm not in ("inference", "train"):
+        raise OnnxArgumentError(
+            f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
+        )
+    if input_shapes is not None:
+        if not isinstance(input_shapes, Mapping):
+            raise OnnxArgumentError(
+                "import_onnx: input_shapes= takes {input name: shape of one sample}, got a "
+                f"{type(input_shapes).__name__}"
+            )
+        for name, shape in input_shapes.items():
+            if not (
+                isinstance(shape, Sequence)
+                and not isinstance(shape, (str, bytes))
+                and all(
+                    isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
+                    for d in shape
+                )
+            ):
+                raise OnnxArgumentError(
+                    f"import_onnx: input_shapes[{name!r}] must be a sequence of sizes "
+                    f"(non-negative ints), got {shape!r}"
+                )
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
+        raise OnnxArgumentError(
+            f"import_onnx: tolerance must be a non-negative number, got {tolerance!r}"
+        )
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
+        raise OnnxArgumentError(
+            f"import_onnx: max_tensor_bytes must be a positive int, got {max_bytes!r}"
+        )
+
+
 def _converter_name(fallbacks: Mapping[str, int]) -> str:
     name = "torchbridge.onnx_convert (torch.fx)"
     if fallbacks:
@@ -960,12 +995,20 @@ def _caller_inputs(infos: Sequence[TensorInfo], given: Any, path: Path) -> list[
 
     if given is None:
         return []
-    batches = [given] if isinstance(given, Mapping) else list(given)
+    if isinstance(given, Mapping):
+        batches = [given]
+    elif isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
+        batches = list(given)
+    else:
+        raise OnnxArgumentError(
+            "import_onnx: inputs= takes {input name: array} or a list of them; got a "
+            f"{type(given).__name__}"
+        )
     out = []
     names = [i.name for i in infos]
     for k, batch in enumerate(batches):
         if not isinstance(batch, Mapping):
-            raise TypeError(
+            raise OnnxArgumentError(
                 f"import_onnx: inputs= takes {{input name: array}} or a list of them; "
                 f"batch {k} is a {type(batch).__name__}"
             )
