@@ -149,6 +149,12 @@ class Node:
     def call(self, fn: Callable, *args, **kwargs):
         return self.g.call(fn, *args, **kwargs)
 
+    def refuse(self, reason: str):
+        """Refuse this node outright (an OnnxImportError naming it): unlike
+        :class:`Unsupported`, no onnx2pytorch module is tried, since it would
+        convert the node just as wrongly."""
+        self.conv.refuse(self.node, self.index, self.g.where, reason)
+
     def module(self, module: torch.nn.Module, *args):
         return self.g.call_module(module, self.name(), args)
 
@@ -238,24 +244,32 @@ def _reshape_to(x, shape, allowzero: int = 0):
 
 
 def _gather(x, idx, axis: int):
+    axis %= x.dim()  # the shape below is sliced around it
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
     return out.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1 :])
 
 
+_INT_MAX = (2**31 - 1, 2**63 - 1)
+
+
 def _slice(x, starts, ends, axes, steps):
+    """ONNX Slice: a negative start or end counts from the end; then, for a positive
+    step, both are clamped to [0, n]; for a negative step, the start to [0, n-1] and the
+    end to [-1, n-1] (-1: up to and including the first element)."""
     index = [slice(None)] * x.dim()
     flips = []
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = a + x.dim() if a < 0 else a
         n = x.shape[a]
+        s = s + n if s < 0 else s
         if st > 0:
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            index[a] = slice(s, e, st)
+            e = e + n if e < 0 else e
+            index[a] = slice(max(0, min(n, s)), max(0, min(n, e)), st)
         else:  # a negative step: walk the flipped axis
-            s = max(-1, min(n - 1, s + n if s < 0 else s))
-            e = max(-1, min(n - 1, e + n if e < 0 else e))
+            # onnxruntime reads an INT_MAX end as numpy's None: to the first element
+            e = -1 if e in _INT_MAX else (e + n if e < 0 else e)
+            s, e = max(0, min(n - 1, s)), max(-1, min(n - 1, e))
             index[a] = slice(n - 1 - s, n - 1 - e, -st)
             flips.append(a)
     if flips:
@@ -747,11 +761,8 @@ def _split_lowering(n: Node):
     else:
         sizes = n.ints(1) if n.has(1) else None
     if sizes is None:
-        length = (
-            (n.g.shape(n.node.input[0]) or [None] * (axis + 1))[axis]
-            if not isinstance(x, torch.Tensor)
-            else x.shape[axis]
-        )
+        shape = x.shape if isinstance(x, torch.Tensor) else n.g.shape(n.node.input[0])
+        length = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
         if not isinstance(length, int) or length <= 0:
             out = n.call(torch.chunk, x, parts, axis)
             return [out[i] for i in range(parts)]
@@ -1096,9 +1107,14 @@ def _reduce(n: Node, fn_name: str):
         return n.call(torch.amax, x, dims, keepdim=keep)
     if fn_name == "min":
         return n.call(torch.amin, x, dims, keepdim=keep)
-    if fn_name == "prod":
+    if fn_name == "prod":  # one axis at a time: later axes first, so earlier ones keep their index
+        rank = n.rank(0)
+        if rank is not None:
+            dims = tuple(sorted({d % rank for d in dims}))
+        elif any(d < 0 for d in dims) and any(d >= 0 for d in dims):
+            raise Unsupported("ReduceProd over negative and non-negative axes of unknown rank")
         out = x
-        for d in sorted(dims, reverse=True):
+        for d in sorted(dims, reverse=all(d >= 0 for d in dims)):
             out = n.call(torch.prod, out, d, keepdim=keep)
         return out
     if fn_name == "l2":
@@ -1292,8 +1308,8 @@ def _recurrent(n: Node, kind: str):
             f"{kind} {', '.join(which)} must be known at import time (a weight computed from "
             "the inputs cannot become a torch recurrent layer)"
         )
-    if n.has(4) and n.const(4) is None:
-        raise Unsupported(f"{kind} sequence_lens given at run time (padded batches)")
+    if n.has(4):
+        _check_full_lengths(n, kind)
     if kind == "LSTM" and n.has(7) and n.const(7) is not None and bool(n.const(7).any()):
         raise Unsupported("LSTM peepholes (torch's LSTM has none)")
     if n.attr("clip") is not None or n.attr("input_forget", 0):
@@ -1344,6 +1360,35 @@ def _recurrent(n: Node, kind: str):
     out = n.module(module, x, h0, c0)
     results = [n.call(operator.getitem, out, i) for i in range(3 if kind == "LSTM" else 2)]
     return results[: len(n.node.output)]
+
+
+def _check_full_lengths(n: Node, kind: str) -> None:
+    """``sequence_lens`` is taken only when every sequence runs the whole input: torch's
+    layers (and onnx2pytorch's) run every batch element to the end, so shorter lengths
+    (a padded batch) would silently give other outputs."""
+    lens = n.const(4)
+    if lens is None:
+        n.refuse(
+            f"{kind} sequence_lens given at run time (padded batches): torch's {kind} runs "
+            "every sequence to the end; re-export without sequence_lens, or pack the "
+            "padded batch in torch"
+        )
+    x = n.inputs[0]
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else n.g.shape(n.node.input[0])
+    axis = 1 if n.attr("layout", 0) else 0
+    length = shape[axis] if shape is not None and len(shape) == 3 else None
+    if not isinstance(length, int) or length <= 0:
+        n.refuse(
+            f"{kind} sequence_lens {lens.reshape(-1).tolist()} on an input whose sequence "
+            "length is not fixed in the graph: whether every sequence runs to the end cannot "
+            "be known at import. Re-export without sequence_lens, or with a fixed length"
+        )
+    if bool((lens.reshape(-1) != length).any()):
+        n.refuse(
+            f"{kind} sequence_lens {lens.reshape(-1).tolist()} shorter than the sequence "
+            f"length {length} (a padded batch): torch's {kind} runs every sequence to the "
+            "end; re-export without sequence_lens, or pack the padded batch in torch"
+        )
 
 
 class _Recurrent(torch.nn.Module):
