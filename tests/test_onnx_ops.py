@@ -205,3 +205,77 @@ class TestRecurrentSequenceLengths:
         with pytest.raises(OnnxImportError, match=match) as err:
             import_onnx(path, verify=False)
         assert err.value.node == "rnn" and err.value.operators == (kind,)
+
+
+class TestResizeNearest:
+    COORDINATES = [
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "tf_half_pixel_for_nn",
+        "half_pixel_symmetric",
+    ]
+    ROUNDINGS = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+    SCALES = [(0.5, 2.0), (2.0, 0.25), (0.6, 1.5), (1 / 3, 1.75), (3.0, 0.8)]
+    SIZES = [(3, 5), (1, 11), (16, 13), (4, 14)]
+
+    def test_every_coordinate_mode_and_rounding_up_and_down(self, tmp_path):
+        """Every (coordinate_transformation_mode, nearest_mode) pair, by scales and by sizes,
+        enlarging and shrinking: the same pixels as onnxruntime."""
+        nodes, outputs, inits = [], [], []
+        for k, (ctm, rounding) in enumerate(itertools.product(self.COORDINATES, self.ROUNDINGS)):
+            for j, target in enumerate(self.SCALES + self.SIZES):
+                name = f"t{k}_{j}"
+                if j < len(self.SCALES):
+                    inits.append(
+                        numpy_helper.from_array(np.array([1, 1, *target], np.float32), name)
+                    )
+                    args = ["x", "", name]
+                else:
+                    inits.append(_ints(name, [1, 2, *target]))
+                    args = ["x", "", "", name]
+                out = f"y_{ctm}_{rounding}_{'x'.join(f'{t:.3g}' for t in target)}"
+                nodes.append(
+                    helper.make_node(
+                        "Resize",
+                        args,
+                        [out],
+                        mode="nearest",
+                        coordinate_transformation_mode=ctm,
+                        nearest_mode=rounding,
+                    )
+                )
+                outputs.append(_out(out))
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 7])
+        path = _save(tmp_path, nodes, [x], outputs, inits, opset=19)
+        feed = {"x": np.arange(112, dtype=np.float32).reshape(1, 2, 8, 7)}
+        assert _mismatches(path, feed) == []
+
+    def test_the_default_rounding_shrinking_by_two_verifies(self, tmp_path):
+        """half_pixel with the default round_prefer_floor, halving: the reported case, verified."""
+        scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+        node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])
+        path = _save(tmp_path, [node], [x], [_out("y")], [scales], opset=13)
+        module = import_onnx(path)
+        assert module.import_report.max_abs_diff == 0.0
+        feed = {"x": np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)}
+        assert _mismatches(path, feed) == []
+        image = torch.arange(64.0).reshape(1, 1, 8, 8).requires_grad_(True)
+        module(image).sum().backward()  # differentiable in the input: each picked pixel once
+        assert image.grad.sum() == 16 and set(image.grad.unique().tolist()) == {0.0, 1.0}
+
+    @pytest.mark.parametrize("op, opset", [("Upsample", 9), ("Resize", 10)])
+    def test_upsample_and_resize_10(self, tmp_path, op, opset):
+        """Upsample and Resize-10 (no nearest_mode): floor when enlarging, as onnxruntime;
+        Resize-10 rounds up when shrinking."""
+        cases = [(2.0, 3.0), (1.5, 2.0)] + ([(0.5, 0.6)] if op == "Resize" else [])
+        nodes, outputs, inits = [], [], []
+        for k, (sh, sw) in enumerate(cases):
+            inits.append(numpy_helper.from_array(np.array([1, 1, sh, sw], np.float32), f"s{k}"))
+            nodes.append(helper.make_node(op, ["x", f"s{k}"], [f"y{k}"], mode="nearest"))
+            outputs.append(_out(f"y{k}"))
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6])
+        path = _save(tmp_path, nodes, [x], outputs, inits, opset=opset)
+        assert _mismatches(path, {"x": np.arange(30, dtype=np.float32).reshape(1, 1, 5, 6)}) == []

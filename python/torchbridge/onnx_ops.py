@@ -1188,6 +1188,90 @@ def _fallback(n: Node):
     return n.conv.fallback(n)
 
 
+# NOTE [nearest resize]
+# ONNX's nearest Resize maps each output position to an input coordinate (the
+# coordinate_transformation_mode) and rounds it (the nearest_mode); onnxruntime computes
+# both in float32. torch's "nearest" is asymmetric coordinates rounded down and
+# "nearest-exact" is half-pixel rounded half up (= tf_half_pixel_for_nn rounded down);
+# torch multiplies by 1/scale where onnxruntime divides by the scale, which picks the
+# same pixels for every input size only when the scale is a power of two. Every other
+# pair, or scale, runs _resize_nearest: the indices computed as onnxruntime does, then
+# index_select (differentiable in the input like any gather).
+_COORDINATES = (
+    "half_pixel",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_half_pixel_for_nn",
+    "half_pixel_symmetric",
+)
+_ROUNDINGS = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
+_NEAREST_IN_TORCH = {
+    ("asymmetric", "floor"): "nearest",
+    ("half_pixel", "round_prefer_ceil"): "nearest-exact",
+    ("tf_half_pixel_for_nn", "floor"): "nearest-exact",
+}
+
+
+def _exact_in_torch(scales, sizes) -> bool:
+    """Whether torch's kernel picks onnxruntime's pixels for every input size (NOTE [nearest
+    resize]): scales given, each a power of two."""
+    if sizes is not None or not scales:
+        return False
+    return all(s > 0 and math.frexp(s)[0] == 0.5 for s in scales[2:])
+
+
+def _nearest_index(n_in: int, n_out: int, scale, ctm: str, rounding: str, device):
+    """The input index each output position reads along one axis (ONNX Resize, nearest)."""
+    import numpy as np
+
+    f32 = np.float32
+    x = torch.arange(n_out, dtype=torch.float32, device=device)
+    if ctm == "asymmetric":
+        coord = x / scale
+    elif ctm == "tf_half_pixel_for_nn":
+        coord = (x + 0.5) / scale
+    elif ctm == "align_corners":
+        coord = x * f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else torch.zeros_like(x)
+    elif ctm == "pytorch_half_pixel" and n_out <= 1:
+        coord = torch.zeros_like(x)
+    elif ctm == "half_pixel_symmetric":  # the offset in float32, the sum in float64
+        adjustment = f32(n_out) / (scale * f32(n_in))
+        offset = f32(n_in) / f32(2) * (f32(1) - adjustment)
+        coord = (float(offset) + (x.double() + 0.5) / float(scale) - 0.5).float()
+    else:  # half_pixel, pytorch_half_pixel
+        coord = (x + 0.5) / scale - 0.5
+    if rounding == "simple":
+        rounding = "ceil" if scale < 1 else "floor"
+    if rounding == "floor":
+        index = torch.floor(coord)
+    elif rounding == "ceil":
+        index = torch.ceil(coord)
+    else:
+        tie = coord == torch.floor(coord) + 0.5
+        pick = torch.floor(coord) if rounding == "round_prefer_floor" else torch.ceil(coord)
+        index = torch.where(tie, pick, torch.round(coord))
+    return index.clamp(0, n_in - 1).long()
+
+
+def _resize_nearest(x, scales, sizes, ctm: str, rounding: str):
+    """ONNX nearest Resize over the axes after the first two (NOTE [nearest resize])."""
+    import numpy as np
+
+    f32 = np.float32
+    for i in range(x.dim() - 2):
+        n_in = x.shape[2 + i]
+        if sizes is not None:
+            n_out = int(sizes[i])
+            scale = f32(n_out) / f32(n_in)
+        else:
+            scale = f32(scales[i])
+            n_out = int(scale * f32(n_in))
+        index = _nearest_index(n_in, n_out, scale, ctm, rounding, x.device)
+        x = x.index_select(2 + i, index)
+    return x
+
+
 @lowering("Resize", "Upsample")
 def _resize(n: Node):
     (x,) = n.tensors(0)
@@ -1219,18 +1303,26 @@ def _resize(n: Node):
         raise Unsupported("Resize over the batch or channel axis")
     spatial = rank - 2
     if mode == "nearest":
-        nearest = n.attr("nearest_mode", "round_prefer_floor")
-        if ctm == "asymmetric" and (
-            nearest == "floor" or n.node.op_type == "Upsample" or n.opset < 11
-        ):
-            torch_mode, align = "nearest", None
-        elif ctm in ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn") and nearest in (
-            "round_prefer_ceil",
-            "round_prefer_floor",
-        ):
-            torch_mode, align = "nearest-exact", None
-        else:
+        # onnxruntime's Upsample and Resize-10 round down when enlarging, up when shrinking
+        old = n.node.op_type == "Upsample" or n.opset < 11
+        nearest = "simple" if old else n.attr("nearest_mode", "round_prefer_floor")
+        if ctm not in _COORDINATES or nearest not in _ROUNDINGS:
             raise Unsupported(f"nearest Resize with {ctm} coordinates and {nearest} rounding")
+        torch_mode = _NEAREST_IN_TORCH.get((ctm, nearest))
+        if old and scales and all(s >= 1 for s in scales):
+            torch_mode = "nearest"
+        if torch_mode is None or not _exact_in_torch(scales, sizes):
+            if sizes is not None:
+                spatial_sizes = (
+                    sizes[2:]
+                    if isinstance(sizes, list)
+                    else n.call(operator.getitem, sizes, slice(2, None))
+                )
+                return n.call(_resize_nearest, x, None, spatial_sizes, ctm, nearest)
+            if not scales:
+                raise Unsupported("Resize without scales or sizes")
+            return n.call(_resize_nearest, x, list(scales[2:]), None, ctm, nearest)
+        align = None
     elif mode in ("linear", "bilinear", "trilinear"):
         torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial]
         if ctm in ("half_pixel", "pytorch_half_pixel"):
