@@ -973,3 +973,39 @@ class TestConverter:
         text = str(err.value)
         assert "the first node whose output differs is node" in text
         assert "operator Tanh (domain ai.onnx" in text
+
+    def _int_clip(self, tmp_path) -> Path:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        return _save(
+            tmp_path,
+            [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+            [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", 3])],
+            [
+                numpy_helper.from_array(np.array(0, np.int64), "lo"),
+                numpy_helper.from_array(np.array(5, np.int64), "hi"),
+            ],
+            opset=13,
+        )
+
+    def test_integer_clip_keeps_its_dtype(self, tmp_path):
+        """Clip of int64 with int64 bounds is int64, as in onnxruntime (not float32)."""
+        module = import_onnx(self._int_clip(tmp_path))
+        out = module(torch.tensor([[-3, 2, 9]]))
+        assert out.dtype == torch.int64 and out.tolist() == [[0, 2, 5]]
+
+    def test_an_output_of_another_dtype_fails_verification(self, tmp_path, monkeypatch):
+        """Equal values of another dtype are a mismatch, naming the output and the node."""
+        from torchbridge import onnx_ops
+
+        monkeypatch.setitem(  # what Clip lowered to when it read its bounds as floats
+            onnx_ops.LOWERINGS, "Clip", lambda n: n.call(torch.clamp, *n.tensors(0), 0.0, 5.0)
+        )
+        with pytest.raises(OnnxVerificationError) as err:
+            import_onnx(self._int_clip(tmp_path))
+        text = str(err.value)
+        assert "output 'y' has dtype float32 in torch and int64 in onnxruntime" in text
+        assert "node 'clip' in the main graph: operator Clip" in text
+        assert err.value.output == "y"

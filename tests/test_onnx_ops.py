@@ -279,3 +279,72 @@ class TestResizeNearest:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6])
         path = _save(tmp_path, nodes, [x], outputs, inits, opset=opset)
         assert _mismatches(path, {"x": np.arange(30, dtype=np.float32).reshape(1, 1, 5, 6)}) == []
+
+
+class TestIntegerTypes:
+    @pytest.mark.parametrize(
+        "elem, dtype", [(TensorProto.INT32, np.int32), (TensorProto.INT64, np.int64)]
+    )
+    def test_integer_operators_keep_their_type(self, tmp_path, elem, dtype):
+        """Clip with integer bounds, Min/Max, Pow, Div, reductions, CumSum ... on int32 and
+        int64: the values and the dtype of onnxruntime (torch would widen or make floats)."""
+
+        def const(name, value):
+            return numpy_helper.from_array(np.array(value, dtype), name)
+
+        nodes = [
+            helper.make_node("Clip", ["x", "lo", "hi"], ["clip"]),
+            helper.make_node("Clip", ["x", "lo"], ["clip_lo"]),
+            helper.make_node("Clip", ["x", "", "hi"], ["clip_hi"]),
+            helper.make_node("Clip", ["x", "zero", "six"], ["clip_0_6"]),
+            helper.make_node("Min", ["x", "y"], ["min"]),
+            helper.make_node("Max", ["x", "y", "row"], ["max"]),
+            helper.make_node("Pow", ["x", "two"], ["pow"]),
+            helper.make_node("Div", ["x", "y"], ["div"]),
+            helper.make_node("Div", ["x", "two"], ["div_const"]),
+            helper.make_node("Mod", ["x", "y"], ["mod"]),
+            helper.make_node("Mul", ["x", "two"], ["mul"]),
+            helper.make_node("Sub", ["two", "x"], ["sub"]),
+            helper.make_node("CumSum", ["x", "axis"], ["cumsum"]),
+            helper.make_node("Abs", ["x"], ["abs"]),
+            helper.make_node("Neg", ["x"], ["neg"]),
+            helper.make_node("Sign", ["x"], ["sign"]),
+            helper.make_node("Relu", ["x"], ["relu"]),
+            helper.make_node("Where", ["b", "x", "y"], ["where"]),
+            helper.make_node("Range", ["lo", "hi", "two"], ["range"]),
+            helper.make_node("TopK", ["x", "k"], ["topk", "topk_indices"]),
+            helper.make_node("Tile", ["x", "reps"], ["tile"]),
+        ]
+        for op in ("Sum", "Prod", "Max", "Min", "SumSquare", "L1", "L2", "Mean", "LogSumExp"):
+            nodes.append(
+                helper.make_node(f"Reduce{op}", ["x", "axes"], [f"reduce_{op}"], keepdims=0)
+            )
+        inits = [
+            const("lo", -1),
+            const("hi", 5),
+            const("zero", 0),
+            const("six", 6),
+            const("two", 2),
+            const("row", [3, 1, 2]),
+            _ints("axes", [1]),
+            _ints("axis", 1),
+            _ints("k", [2]),
+            _ints("reps", [1, 2]),
+        ]
+        inputs = [
+            helper.make_tensor_value_info("x", elem, [2, 3]),
+            helper.make_tensor_value_info("y", elem, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.BOOL, [2, 3]),
+        ]
+        outputs = [
+            _out(o, TensorProto.INT64 if o == "topk_indices" else elem)
+            for node in nodes
+            for o in node.output
+        ]
+        path = _save(tmp_path, nodes, inputs, outputs, inits)
+        feed = {
+            "x": np.array([[-3, 2, 9], [4, -1, 7]], dtype),
+            "y": np.array([[2, -3, 4], [1, 5, -2]], dtype),
+            "b": np.array([[True, False, True], [False, True, False]]),
+        }
+        assert _mismatches(path, feed) == []

@@ -693,6 +693,18 @@ def _verify(
         got = [out] if isinstance(out, torch.Tensor) else list(out.values())
         for name, g, e in zip(module.output_names, got, expected):
             g = g.detach().cpu().numpy()
+            if not _same_dtype(g.dtype, e.dtype):
+                first = _first_differing_node(module, normalised, feed, xs, tolerance)
+                raise OnnxVerificationError(
+                    f"import_onnx: output {name!r} has dtype {g.dtype} in torch and {e.dtype} "
+                    f"in onnxruntime at {label}; "
+                    + (
+                        f"the first node whose output differs is {first}."
+                        if first
+                        else "the converter translates some operator of this graph differently."
+                    ),
+                    name,
+                )
             if g.shape != e.shape:
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} has shape {tuple(g.shape)} in torch and "
@@ -724,6 +736,16 @@ def _verify(
                 )
     checked = tuple(b for b in batches if isinstance(b, int))
     return worst, checked, f"onnxruntime {ort.__version__}{note}"
+
+
+#: The element types torch holds in a wider type (onnx_ops.DTYPES: torch has no arithmetic
+#: on unsigned integers wider than 8 bits); every other output keeps onnxruntime's dtype.
+WIDENED_DTYPES = {"uint16": ("int32", "int64"), "uint32": ("int64",), "uint64": ("int64",)}
+
+
+def _same_dtype(got, expected) -> bool:
+    """Whether torch's output dtype is onnxruntime's, or its documented widening."""
+    return got == expected or got.name in WIDENED_DTYPES.get(expected.name, ())
 
 
 def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: float) -> str | None:
@@ -764,8 +786,10 @@ def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: f
             if name not in got:
                 continue
             value, where = got[name]
-            g = value.detach().cpu().numpy().astype(np.float64)
-            e = np.asarray(expected[name]).astype(np.float64)
+            g, e = value.detach().cpu().numpy(), np.asarray(expected[name])
+            if not _same_dtype(g.dtype, e.dtype):
+                return f"{where} (output {name!r}: {g.dtype} in torch, {e.dtype})"
+            g, e = g.astype(np.float64), e.astype(np.float64)
             if g.shape != e.shape:
                 return f"{where} (output {name!r}: shape {g.shape} in torch, {e.shape})"
             if g.size and not np.allclose(g, e, rtol=tolerance, atol=tolerance, equal_nan=True):

@@ -813,16 +813,25 @@ def _pad(n: Node):
 @lowering("Clip")
 def _clip(n: Node):
     (x,) = n.tensors(0)
-    if n.opset < 11:
-        lo, hi = n.attr("min"), n.attr("max")
-    else:
-        lo = n.floats(1)[0] if n.has(1) else None
-        hi = n.floats(2)[0] if n.has(2) else None
-    if lo == 0.0 and hi == 6.0:
+    if n.opset < 11:  # attributes, floating-point inputs only
+        lo, hi, floating = n.attr("min"), n.attr("max"), True
+    else:  # the bounds have the input's type: integers stay ints (clamp keeps the dtype)
+        lo, hi = _clip_bound(n, 1), _clip_bound(n, 2)
+        floating = n.elem_type(0) in _FLOATS or isinstance(lo if lo is not None else hi, float)
+    if floating and lo == 0.0 and hi == 6.0:
         return n.call(F.relu6, x)
-    if lo is not None and hi is not None and n.elem_type(0) in _FLOATS:
+    if floating and lo is not None and hi is not None:
         return n.call(F.hardtanh, x, lo, hi)
     return n.call(torch.clamp, x, lo, hi)
+
+
+def _clip_bound(n: Node, i: int) -> int | float | None:
+    if not n.has(i):
+        return None
+    v = n.const(i)
+    if v is None:
+        raise Unsupported(f"input {i} ({n.node.input[i]!r}) must be a constant")
+    return v.reshape(-1)[0].item()
 
 
 @lowering("LeakyRelu")
@@ -1082,6 +1091,14 @@ def _layer_norm(n: Node):
     return n.call(F.layer_norm, x, normalized, scale, bias, n.attr("epsilon", 1e-5))
 
 
+def _integer_dtype(n: Node, i: int) -> torch.dtype | None:
+    """The torch dtype of input ``i`` when it is known to be an integer type."""
+    elem = n.elem_type(i)
+    if elem is None or elem in _FLOATS or elem == 9 or elem not in DTYPES:
+        return None
+    return DTYPES[elem]
+
+
 def _reduce(n: Node, fn_name: str):
     (x,) = n.tensors(0)
     keep = _keep(n)
@@ -1099,32 +1116,47 @@ def _reduce(n: Node, fn_name: str):
     if not isinstance(axes, list):
         raise Unsupported("reduction axes computed at run time")
     dims = tuple(axes)
-    if fn_name == "mean":
-        return n.call(torch.mean, x, dims, keepdim=keep)
-    if fn_name == "sum":
-        return n.call(torch.sum, x, dims, keepdim=keep)
-    if fn_name == "max":
-        return n.call(torch.amax, x, dims, keepdim=keep)
-    if fn_name == "min":
-        return n.call(torch.amin, x, dims, keepdim=keep)
     if fn_name == "prod":  # one axis at a time: later axes first, so earlier ones keep their index
         rank = n.rank(0)
         if rank is not None:
             dims = tuple(sorted({d % rank for d in dims}))
         elif any(d < 0 for d in dims) and any(d >= 0 for d in dims):
             raise Unsupported("ReduceProd over negative and non-negative axes of unknown rank")
+        dims = tuple(sorted(dims, reverse=all(d >= 0 for d in dims)))
+    integer = _integer_dtype(n, 0)
+    if integer is not None and fn_name in ("mean", "l2", "logsumexp", "logsum"):
+        # torch computes these in floating point only: in float64, back to the input's type
+        out = _reduction(n, fn_name, n.call(torch.Tensor.double, x), dims, keep, None)
+        return n.call(torch.Tensor.to, out, integer)
+    return _reduction(n, fn_name, x, dims, keep, integer)
+
+
+def _reduction(n: Node, fn_name: str, x, dims: tuple, keep: bool, integer):
+    # torch.sum and torch.prod widen integers to int64; ONNX keeps the input's type
+    dtype = {"dtype": integer} if integer not in (None, torch.int64) else {}
+    if fn_name == "mean":
+        return n.call(torch.mean, x, dims, keepdim=keep)
+    if fn_name == "sum":
+        return n.call(torch.sum, x, dims, keepdim=keep, **dtype)
+    if fn_name == "max":
+        return n.call(torch.amax, x, dims, keepdim=keep)
+    if fn_name == "min":
+        return n.call(torch.amin, x, dims, keepdim=keep)
+    if fn_name == "prod":
         out = x
-        for d in sorted(dims, reverse=all(d >= 0 for d in dims)):
-            out = n.call(torch.prod, out, d, keepdim=keep)
+        for d in dims:
+            out = n.call(torch.prod, out, d, keepdim=keep, **dtype)
         return out
     if fn_name == "l2":
         return n.call(torch.linalg.vector_norm, x, 2, dims, keep)
     if fn_name == "l1":
+        if integer is not None:  # vector_norm takes floating point only
+            return n.call(torch.sum, n.call(torch.abs, x), dims, keepdim=keep, **dtype)
         return n.call(torch.linalg.vector_norm, x, 1, dims, keep)
     if fn_name == "logsumexp":
         return n.call(torch.logsumexp, x, dims, keep)
     if fn_name == "sumsquare":
-        return n.call(torch.sum, n.call(torch.square, x), dims, keepdim=keep)
+        return n.call(torch.sum, n.call(torch.square, x), dims, keepdim=keep, **dtype)
     if fn_name == "logsum":
         return n.call(torch.log, n.call(torch.sum, x, dims, keepdim=keep))
     raise Unsupported(fn_name)
@@ -1162,6 +1194,9 @@ def _cumsum(n: Node):
     axis = n.ints(1)
     if not isinstance(axis, list):
         raise Unsupported("a CumSum axis computed at run time")
+    integer = _integer_dtype(n, 0)  # torch.cumsum widens integers to int64
+    if integer not in (None, torch.int64):
+        return n.call(torch.cumsum, x, axis[0], dtype=integer)
     return n.call(torch.cumsum, x, axis[0])
 
 
