@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx.proxy import Proxy
 
-__all__ = ["LOWERINGS", "Node", "Unsupported"]
+__all__ = ["BIAS_AFTER", "LOWERINGS", "WEIGHT_SLOTS", "Node", "Unsupported"]
 
 
 class Unsupported(Exception):
@@ -43,6 +43,28 @@ DTYPES = {
     16: torch.bfloat16,
 }
 _FLOATS = {1, 10, 11, 16}
+
+#: The inputs of each operator that hold its weights (NOTE [trainable weights] in
+#: onnx_convert); only constants there become parameters by default. None: every input.
+WEIGHT_SLOTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (0, 1, 2),  # the constant one of A and B, and C
+    "MatMul": (0, 1),  # the constant operand
+    "Einsum": None,  # its constant operands
+    "BatchNormalization": (1, 2),  # scale and bias (mean and variance are statistics)
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "RMSNormalization": (1,),
+    "LSTM": (1, 2, 3),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+    "Gather": (0,),  # an embedding table
+    "PRelu": (1,),
+}
+#: A constant an Add adds to the output of these is a bias (a linear layer as MatMul + Add).
+BIAS_AFTER = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 
 
 class Node:
@@ -98,6 +120,8 @@ class Node:
         if not (self.runtime_node and isinstance(v, torch.Tensor) and v.numel() == 1):
             return self.runtime(i)
         if v.dtype == torch.bool or v.is_complex():
+            return self.runtime(i)
+        if self.conv.trainable(self.node.input[i], v):  # a parameter, even of one value
             return self.runtime(i)
         rank = self.rank(other)
         if v.dim() > 0 and (rank is None or rank < v.dim()):
@@ -1059,6 +1083,15 @@ def _batch_norm(n: Node):
         bn.running_mean.copy_(mean.reshape(-1))
         bn.running_var.copy_(var.reshape(-1))
     bn.train(False)
+    frozen = {
+        leaf
+        for i, leaf in ((1, "weight"), (2, "bias"))
+        if not n.conv.trainable(n.node.input[i], n.inputs[i])
+    }
+    if frozen:  # NOTE [trainable weights]
+        from .onnx_convert import freeze
+
+        freeze(bn, frozen)
     (x,) = n.tensors(0)
     out = n.module(bn, x)
     return [out] + [None] * (len(n.node.output) - 1)
@@ -1455,8 +1488,6 @@ def _recurrent(n: Node, kind: str):
         raise Unsupported(f"{kind} with direction=reverse")
     hidden = n.attr("hidden_size") or R.shape[-1]
     dirs, gates = W.shape[0], W.shape[1] // hidden
-    if B is None:
-        B = torch.zeros(dirs, 2 * gates * hidden, dtype=W.dtype)
     # ONNX gate order -> torch's: LSTM iofc -> ifco (i, f, g, o); GRU zrh -> rzh
     order = [0, 2, 3, 1] if kind == "LSTM" else [1, 0, 2]
 
@@ -1465,18 +1496,31 @@ def _recurrent(n: Node, kind: str):
         return chunks[:, order].reshape(t.shape)
 
     cls = torch.nn.LSTM if kind == "LSTM" else torch.nn.GRU
-    layer = cls(
-        W.shape[2], hidden, batch_first=bool(layout), bidirectional=dirs == 2, dtype=W.dtype
+    layer = cls(  # no B in the file: no bias (not a zero bias that would train)
+        W.shape[2],
+        hidden,
+        bias=B is not None,
+        batch_first=bool(layout),
+        bidirectional=dirs == 2,
+        dtype=W.dtype,
     )
     Wr, Rr = reorder(W), reorder(R)
-    Bw, Bh = reorder(B[:, : gates * hidden]), reorder(B[:, gates * hidden :])
+    frozen: set[str] = set()
     with torch.no_grad():
         for d in range(dirs):
             sfx = "_l0" + ("_reverse" if d == 1 else "")
             getattr(layer, "weight_ih" + sfx).copy_(Wr[d])
             getattr(layer, "weight_hh" + sfx).copy_(Rr[d])
-            getattr(layer, "bias_ih" + sfx).copy_(Bw[d])
-            getattr(layer, "bias_hh" + sfx).copy_(Bh[d])
+            if B is not None:
+                getattr(layer, "bias_ih" + sfx).copy_(reorder(B[:, : gates * hidden])[d])
+                getattr(layer, "bias_hh" + sfx).copy_(reorder(B[:, gates * hidden :])[d])
+            for i, kinds in ((1, ("weight_ih",)), (2, ("weight_hh",)), (3, ("bias_ih", "bias_hh"))):
+                if n.has(i) and not n.conv.trainable(n.node.input[i], n.inputs[i]):
+                    frozen.update(kind + sfx for kind in kinds)
+    if frozen:  # NOTE [trainable weights]
+        from .onnx_convert import freeze
+
+        freeze(layer, frozen)
     (x,) = n.tensors(0)
     h0 = n.runtime(5) if n.has(5) else None
     c0 = n.runtime(6) if kind == "LSTM" and n.has(6) else None
