@@ -121,11 +121,14 @@ class Trainable:
     """
 
     def __init__(
-        self, rule: Any = "weights", slots: tuple[frozenset[str], frozenset[str]] = (set(), set())
+        self,
+        rule: Any = "weights",
+        slots: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset()),
     ):
         self.rule = rule
         self.weights, self.biases = slots
         self.seen: set[str] = set()
+        self._chosen: dict[str, bool] = {}  # the callable's answers, asked once per name
 
     def is_weight(self, name: str, value: torch.Tensor) -> bool:
         """Whether ``value`` is in a weight slot, or a bias of one value per feature."""
@@ -155,6 +158,8 @@ class Trainable:
         if rule == "none":
             return False
         if callable(rule):
+            if name in self._chosen:
+                return self._chosen[name]
             try:
                 chosen = rule(name)
             except Exception as exc:
@@ -166,6 +171,7 @@ class Trainable:
                     f"import_onnx: trainable= must return True or False, got {chosen!r} "
                     f"for {name!r}"
                 )
+            self._chosen[name] = chosen
             return chosen
         return name in rule
 
