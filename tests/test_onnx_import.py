@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import torchbridge
-from torchbridge import OnnxImportError, OnnxVerificationError, export_onnx, import_onnx
+from torchbridge import (
+    OnnxArgumentError,
+    OnnxImportError,
+    OnnxVerificationError,
+    export_onnx,
+    import_onnx,
+)
 
 onnx = pytest.importorskip("onnx")
 
@@ -285,6 +291,151 @@ class TestRoundTrip:
             torch.testing.assert_close(p.grad.cpu(), g, atol=1e-3, rtol=1e-3)
 
 
+class _Normalised(torch.nn.Module):
+    """A normalisation mean and a positional table (buffers in torch) around a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("pos", torch.randn(1, 4, 4))
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x - self.mean).flatten(2)[..., :4] + self.pos
+
+
+@pytest.fixture(scope="module")
+def normalised_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("normalised") / "normalised.onnx"
+    export_onnx(_Normalised().eval(), path, input_size=(3, 4, 4))
+    return path
+
+
+def _onnx_name(module, torch_name: str) -> str:
+    return module.import_report.names[torch_name]
+
+
+class TestTrainable:
+    def test_only_weights_are_parameters_by_default(self, normalised_file):
+        """The convolution's weight and bias train; the mean and the table are buffers,
+        in state_dict, and the report lists both kinds."""
+        module = import_onnx(normalised_file)
+        report = module.import_report
+        params = dict(module.named_parameters())
+        assert sorted(p.shape for p in params.values()) == [(4,), (4, 3, 1, 1)]
+        assert report.trainable == "weights"
+        assert report.parameter_names == tuple(params)
+        assert report.parameters == 16
+        buffers = {_onnx_name(module, k): module.get_buffer(k) for k in report.buffer_names}
+        assert {name.split(".")[-1] for name in buffers} >= {"mean", "pos"}
+        assert not any(b.requires_grad for b in buffers.values())
+        assert set(report.buffer_names) | set(params) == set(module.state_dict())
+        assert json.loads(json.dumps(report.to_dict()))["buffer_names"] == list(report.buffer_names)
+
+    def test_weight_decay_changes_the_weights_only(self, normalised_file):
+        """AdamW with weight decay over parameters() leaves the mean and the table as they were."""
+        module = import_onnx(normalised_file)
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.5)
+        module.train()
+        for _ in range(3):
+            loss = module(torch.randn(2, 3, 4, 4)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = module.state_dict()
+        for key in module.import_report.buffer_names:
+            assert torch.equal(after[key], before[key]), key
+        for key in module.import_report.parameter_names:
+            assert not torch.equal(after[key], before[key]), key
+
+    def test_all_none_names_and_a_callable(self, normalised_file):
+        """trainable="all" / "none" / {names} / callable choose the parameters; the
+        state_dict keys stay the same, so weights reload strictly across the choices."""
+        weights = import_onnx(normalised_file)
+        every = import_onnx(normalised_file, trainable="all")
+        assert len(every.import_report.parameter_names) == 4
+        assert every.import_report.trainable == "all"
+        none = import_onnx(normalised_file, trainable="none")
+        assert list(none.parameters()) == [] and none.import_report.parameters == 0
+        pos = next(
+            _onnx_name(every, k) for k in every.import_report.parameter_names if k.endswith("pos")
+        )
+        only = import_onnx(normalised_file, trainable={pos})
+        assert [_onnx_name(only, k) for k in only.import_report.parameter_names] == [pos]
+        assert only.import_report.trainable == "names"
+        chosen = import_onnx(normalised_file, trainable=lambda name: name.startswith("conv"))
+        assert sorted(p.numel() for p in chosen.parameters()) == [4, 12]
+        assert chosen.import_report.trainable == "callable"
+        x = torch.randn(3, 3, 4, 4)
+        reference = {k: v.clone() for k, v in weights.state_dict().items()}
+        with torch.no_grad():
+            expected = _Normalised()(x)
+            for module in (weights, every, none, only, chosen):
+                assert set(module.state_dict()) == set(reference)
+                torch.testing.assert_close(module(x), expected)
+                for p in module.parameters():
+                    p.add_(1.0)
+                result = module.load_state_dict(reference, strict=True)
+                assert result.missing_keys == [] and result.unexpected_keys == []
+                torch.testing.assert_close(module(x), expected)
+
+    @pytest.mark.parametrize(
+        "trainable, match",
+        [
+            ({"no_such_constant"}, r"names 'no_such_constant', which is not a floating-point"),
+            ("weight", r"got 'weight' \(for one name, pass \{'weight'\}\)"),
+            (5, "got a int"),
+            (lambda name: "yes", "must return True or False, got 'yes'"),
+            (lambda name: 1 / 0, "trainable= raised ZeroDivisionError"),
+        ],
+    )
+    def test_bad_rules_are_argument_errors(self, normalised_file, trainable, match):
+        """An unknown name, an unknown rule or a callable that fails is an OnnxArgumentError."""
+        with pytest.raises(OnnxArgumentError, match=match):
+            import_onnx(normalised_file, verify=False, trainable=trainable)
+
+    def test_a_vit_keeps_its_tables_as_buffers(self, vit_file):
+        """A ViT's linear layers and layer norms are parameters; its class token and position
+        table, which no operator reads as a weight, are buffers (trainable="all" trains them)."""
+        weights = import_onnx(vit_file, verify=False).import_report
+        every = import_onnx(vit_file, verify=False, trainable="all").import_report
+        extra = set(every.parameter_names) - set(weights.parameter_names)
+        assert {every.names[k] for k in extra} == {"cls_token", "pos_embed"}
+        assert set(weights.parameter_names) < set(every.parameter_names)
+
+    def test_modules_of_batchnorm_and_lstm_follow_the_rule(self, cnn_file, tmp_path):
+        """BatchNormalization's scale and bias, and an LSTM's W/R/B, are parameters by
+        default and buffers with trainable="none" (the LSTM still runs on them, in float64 too)."""
+        bn = import_onnx(cnn_file)
+        frozen = import_onnx(cnn_file, trainable="none")
+        assert any(
+            k.endswith(".weight") and "bn" not in k for k in bn.import_report.parameter_names
+        )
+        assert list(frozen.parameters()) == []
+        x = torch.randn(2, 3, 8, 8)
+        torch.testing.assert_close(frozen(x), bn(x))
+        assert set(frozen.state_dict()) == set(bn.state_dict())
+
+        lstm_path = TestConverter()._lstm_from_constants(tmp_path)
+        shapes = {"x": (5, 2, 3)}
+        trained = import_onnx(lstm_path, input_shapes=shapes)
+        layer = next(m for m in trained.modules() if isinstance(m, torch.nn.LSTM))
+        assert {n for n, _ in layer.named_parameters()} == {
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+        }
+        still = import_onnx(lstm_path, input_shapes=shapes, trainable="none")
+        assert list(still.parameters()) == []
+        seq = torch.randn(5, 2, 3)
+        torch.testing.assert_close(still(seq)["y"], trained(seq)["y"])
+        still.double()  # the layer reads its weights again after a conversion
+        torch.testing.assert_close(still(seq.double())["y"].float(), trained(seq)["y"])
+
+
 class TestThirdParty:
     def test_paddle_export_from_a_wheel_imports_and_trains(self):
         """rapidocr's PaddlePaddle classifier (constant-node weights) imports and trains."""
@@ -401,6 +552,25 @@ class TestBadInput:
             import_onnx(path)
         assert _listing(tmp_path) == ["ext.onnx"]
 
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"batchnorm": "eval"}, "batchnorm must be"),
+            ({"inputs": 5}, "inputs= takes .* got a int"),
+            ({"inputs": "x"}, "inputs= takes .* got a str"),
+            ({"inputs": [5]}, "batch 0 is a int"),
+            ({"input_shapes": [3, 8, 8]}, "input_shapes= takes"),
+            ({"input_shapes": {"input": "abc"}}, r"input_shapes\['input'\] must be"),
+            ({"tolerance": "1e-4"}, "tolerance must be"),
+            ({"max_tensor_bytes": 1.5}, "max_tensor_bytes must be"),
+        ],
+    )
+    def test_bad_keywords_are_typed_errors(self, mlp_file, kwargs, match):
+        """A keyword of a wrong kind is an OnnxArgumentError: an OnnxImportError and a TypeError."""
+        with pytest.raises(OnnxArgumentError, match=match) as err:
+            import_onnx(mlp_file, **kwargs)
+        assert isinstance(err.value, OnnxImportError) and isinstance(err.value, TypeError)
+
     def test_verification_failure_names_the_output(self, vit_file):
         """An output beyond the tolerance is an OnnxVerificationError naming it."""
         with pytest.raises(OnnxVerificationError, match="output 'output'") as err:
@@ -468,6 +638,8 @@ class TestRegistry:
         assert module.import_report.batch_sizes_checked == (1, 3)
         x = torch.randn(3, 5)
         torch.testing.assert_close(module(x), _mlp()(x), atol=1e-5, rtol=1e-5)
+        frozen = torchbridge.load_model("local/tiny-mlp", verify=False, trainable="none")
+        assert list(frozen.parameters()) == [] and frozen.import_report.trainable == "none"
 
     def test_register_local_model_copies_an_onnx_file(self, cnn_file, isolated_caches):
         """register_local_model(name, "file.onnx") writes the file and a sidecar; it loads."""
@@ -660,7 +832,10 @@ class TestHardening:
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(1.0)
-        assert module.load_state_dict(state, strict=True) is not None
+        result = module.load_state_dict(state, strict=True)
+        assert result.missing_keys == [] and result.unexpected_keys == []
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[key]), key  # the +1 is undone
         again = import_onnx(path)
         x = torch.randn(2, 2, 5, 5)
         torch.testing.assert_close(module(x), again(x))
@@ -945,3 +1120,39 @@ class TestConverter:
         text = str(err.value)
         assert "the first node whose output differs is node" in text
         assert "operator Tanh (domain ai.onnx" in text
+
+    def _int_clip(self, tmp_path) -> Path:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        return _save(
+            tmp_path,
+            [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+            [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", 3])],
+            [
+                numpy_helper.from_array(np.array(0, np.int64), "lo"),
+                numpy_helper.from_array(np.array(5, np.int64), "hi"),
+            ],
+            opset=13,
+        )
+
+    def test_integer_clip_keeps_its_dtype(self, tmp_path):
+        """Clip of int64 with int64 bounds is int64, as in onnxruntime (not float32)."""
+        module = import_onnx(self._int_clip(tmp_path))
+        out = module(torch.tensor([[-3, 2, 9]]))
+        assert out.dtype == torch.int64 and out.tolist() == [[0, 2, 5]]
+
+    def test_an_output_of_another_dtype_fails_verification(self, tmp_path, monkeypatch):
+        """Equal values of another dtype are a mismatch, naming the output and the node."""
+        from torchbridge import onnx_ops
+
+        monkeypatch.setitem(  # what Clip lowered to when it read its bounds as floats
+            onnx_ops.LOWERINGS, "Clip", lambda n: n.call(torch.clamp, *n.tensors(0), 0.0, 5.0)
+        )
+        with pytest.raises(OnnxVerificationError) as err:
+            import_onnx(self._int_clip(tmp_path))
+        text = str(err.value)
+        assert "output 'y' has dtype float32 in torch and int64 in onnxruntime" in text
+        assert "node 'clip' in the main graph: operator Clip" in text
+        assert err.value.output == "y"

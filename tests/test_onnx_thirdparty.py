@@ -11,7 +11,8 @@
 
 Each file imports, verifies against onnxruntime (on the inputs its package
 feeds it where random ones are not valid), trains (every parameter gets a
-gradient, one step changes the output) and reloads its state_dict strictly.
+gradient, one step changes the output), has as parameters every constant
+``trainable="all"`` would make one, and reloads its state_dict strictly.
 """
 
 from __future__ import annotations
@@ -233,7 +234,10 @@ def test_imports_verifies_trains_and_reloads(case):
     assert after != before
 
     state = module.state_dict()
-    again = import_onnx(path, verify=False, **{k: v for k, v in keywords.items() if k != "inputs"})
+    keywords = {k: v for k, v in keywords.items() if k != "inputs"}
+    again = import_onnx(path, verify=False, trainable="all", **keywords)
+    # every weight these files hold is read in a weight slot (NOTE [trainable weights])
+    assert again.import_report.parameter_names == report.parameter_names
     again.load_state_dict(state, strict=True)
     again.train()
     with torch.no_grad():

@@ -38,6 +38,7 @@ __all__ = [
     "ModelClosedError",
     "NotAModuleError",
     "NotAPullbackError",
+    "OnnxArgumentError",
     "OnnxImportError",
     "OnnxVerificationError",
     "OutputSizeUnknownError",
@@ -335,6 +336,11 @@ class OnnxImportError(TorchBridgeError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class OnnxArgumentError(OnnxImportError, TypeError):
+    """An argument of :func:`~torchbridge.import_onnx` has a wrong kind or value
+    (``batchnorm``, ``inputs``, ``trainable``); the message says what it takes."""
 
 
 class OnnxVerificationError(OnnxImportError):

@@ -13,10 +13,34 @@ operator reads as numbers (a ``Reshape`` target, ``Slice`` bounds, ``Resize``
 scales) become Python constants in the generated code when they are known.
 
 A constant that reaches a run-time operator becomes an attribute of the
-module: a floating-point tensor with more than one value is an
-``nn.Parameter`` (a weight), anything else a non-persistent buffer. Names
-follow the ONNX names (``layer1.0.conv1.weight`` stays a path; characters a
+module: an ``nn.Parameter`` when the :class:`Trainable` rule says so (NOTE
+[trainable weights]), else a buffer, persistent (in ``state_dict``) when it
+is a floating-point tensor with more than one value or in a weight slot,
+non-persistent otherwise (integer constants, epsilons). Names follow the
+ONNX names (``layer1.0.conv1.weight`` stays a path; characters a
 ``state_dict`` key cannot hold become ``_``); ``names`` maps back.
+
+NOTE [trainable weights]
+An ONNX file does not say which constants were trained. Declared here instead
+of guessed from sizes: a floating-point constant is a weight when an operator
+reads it in a weight or bias slot (``onnx_ops.WEIGHT_SLOTS``: Conv and
+ConvTranspose W and B, Gemm's constant operand and C, MatMul's and Einsum's
+constant operand, the scale and bias of BatchNormalization,
+InstanceNormalization, LayerNormalization and GroupNormalization, LSTM/GRU/RNN
+W, R and B, Gather's data (an embedding table), PRelu's slope), or in the
+same slots written out as separate operators: the constant an ``Add`` adds to
+the output of Conv, ConvTranspose, Gemm, MatMul or Einsum (a bias, also past
+Reshape/Squeeze/Unsqueeze/Transpose/Flatten/Slice, which only move values)
+when it holds one value per feature (at most one dimension above 1: a table
+added there, such as positional embeddings, is not a bias), and the constants
+a ``Mul`` or ``Add`` applies to a value divided by a ``Sqrt`` (a
+normalisation's scale and shift: LayerNorm below opset 17, PaddlePaddle's and
+tf2onnx's layer norms). ``import_onnx(...,
+trainable="weights")`` makes exactly those parameters; normalisation means,
+positional tables and masks stay buffers.
+``trainable="all"`` makes every floating-point constant of more than one
+value (and every weight) a parameter, ``"none"`` none, and a set of ONNX
+names or a callable ``name -> bool`` exactly those named.
 
 An operator without a lowering here falls back to onnx2pytorch's module for
 that one node, called from the fx graph with its inputs resolved at import
@@ -38,11 +62,19 @@ import torch
 import torch.fx as fx
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
-from .errors import OnnxImportError
+from .errors import OnnxArgumentError, OnnxImportError
+from .onnx_normalise import RANDOM_OPERATORS
 
-__all__ = ["ConvertedGraph", "OnnxIf", "convert_graph", "identifier", "lowered_operators"]
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
+__all__ = [
+    "ConvertedGraph",
+    "OnnxIf",
+    "Trainable",
+    "convert_graph",
+    "freeze",
+    "identifier",
+    "lowered_operators",
+    "weight_inputs",
+]
 
 
 def identifier(name: str) -> str:
@@ -79,6 +111,137 @@ class OnnxIf(torch.nn.Module):
         return self.else_branch(*[captured[i] for i in self.else_args])
 
 
+class Trainable:
+    """Which floating-point constants become parameters (NOTE [trainable weights]).
+
+    ``rule`` is ``"weights"``, ``"all"``, ``"none"``, a frozenset of ONNX names or a
+    callable ``name -> bool``; ``slots`` what :func:`weight_inputs` found: the names
+    read in a weight slot, and those added as a bias. Calling it decides for one
+    constant, and records the name in ``seen`` (the names a set must come from).
+    """
+
+    def __init__(
+        self,
+        rule: Any = "weights",
+        slots: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset()),
+    ):
+        self.rule = rule
+        self.weights, self.biases = slots
+        self.seen: set[str] = set()
+        self._chosen: dict[str, bool] = {}  # the callable's answers, asked once per name
+
+    def is_weight(self, name: str, value: torch.Tensor) -> bool:
+        """Whether ``value`` is in a weight slot, or a bias of one value per feature."""
+        if name in self.weights:
+            return True
+        return name in self.biases and sum(d > 1 for d in value.shape) <= 1
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the caller named the parameters (a set or a callable)."""
+        return not isinstance(self.rule, str)
+
+    def persistent(self, name: str, value: torch.Tensor) -> bool:
+        """Whether ``value`` belongs in ``state_dict`` (parameter or not): a weight, or a
+        floating-point tensor of more than one value, whatever the rule."""
+        return value.is_floating_point() and (value.numel() > 1 or self.is_weight(name, value))
+
+    def __call__(self, name: str, value: torch.Tensor) -> bool:
+        if not value.is_floating_point():
+            return False
+        self.seen.add(name)
+        rule = self.rule
+        if rule == "weights":
+            return self.is_weight(name, value)
+        if rule == "all":
+            return self.persistent(name, value)
+        if rule == "none":
+            return False
+        if callable(rule):
+            if name in self._chosen:
+                return self._chosen[name]
+            try:
+                chosen = rule(name)
+            except Exception as exc:
+                raise OnnxArgumentError(
+                    f"import_onnx: trainable= raised {type(exc).__name__} on {name!r}: {exc}"
+                ) from exc
+            if not isinstance(chosen, bool):
+                raise OnnxArgumentError(
+                    f"import_onnx: trainable= must return True or False, got {chosen!r} "
+                    f"for {name!r}"
+                )
+            self._chosen[name] = chosen
+            return chosen
+        return name in rule
+
+
+# operators that move or select values without computing new ones
+_MOVES = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Slice"})
+
+
+def weight_inputs(model) -> tuple[frozenset[str], frozenset[str]]:
+    """weight_inputs(model) -> (weights, biases): the names of the values read in a weight
+    slot, and of those added as a bias, in every (sub)graph (NOTE [trainable weights])."""
+    from .onnx_normalise import DEFAULT_DOMAINS
+    from .onnx_ops import BIAS_AFTER, WEIGHT_SLOTS
+
+    out: set[str] = set()
+    biases: set[str] = set()
+
+    def visit(graph):
+        producer = {o: node for node in graph.node for o in node.output}
+
+        def op(name: str) -> str | None:
+            """The operator that computed ``name``'s values, past ops that only move them."""
+            node = producer.get(name)
+            while node is not None and node.op_type in _MOVES and node.input:
+                node = producer.get(node.input[0])
+            return node.op_type if node is not None else None
+
+        normalised: set[str] = set()  # values scaled by 1/sigma: a normalisation written out
+        for node in graph.node:
+            if node.domain in DEFAULT_DOMAINS and (
+                (node.op_type == "Div" and len(node.input) > 1 and op(node.input[1]) == "Sqrt")
+                or (node.op_type == "Reciprocal" and op(node.input[0]) == "Sqrt")
+                or (node.op_type == "Mul" and any(i in normalised for i in node.input))
+            ):
+                normalised.update(node.output)
+        for node in graph.node:
+            if node.domain in DEFAULT_DOMAINS:
+                slots = WEIGHT_SLOTS.get(node.op_type, ())
+                if slots is None:  # every input
+                    slots = range(len(node.input))
+                out.update(node.input[i] for i in slots if i < len(node.input))
+                if node.op_type == "Add" and any(op(i) in BIAS_AFTER for i in node.input):
+                    biases.update(node.input)  # a bias, if it has one value per feature
+                if node.op_type in ("Mul", "Add") and any(i in normalised for i in node.input):
+                    out.update(node.input)  # the scale and shift of a normalisation
+            for attr in node.attribute:
+                for sub in (attr.g, *attr.graphs):
+                    if sub.ByteSize():
+                        visit(sub)
+
+    visit(model.graph)
+    return frozenset(out - {""}), frozenset(biases - {""})
+
+
+def freeze(module: torch.nn.Module, names: set[str] | None = None) -> None:
+    """Make the parameters of ``module`` (all, or those ``names``) persistent buffers:
+    same ``state_dict`` keys and values, no gradient, not in ``parameters()``."""
+    for prefix, sub in list(module.named_modules()):
+        changed = False
+        for leaf, p in list(sub._parameters.items()):
+            full = f"{prefix}.{leaf}" if prefix else leaf
+            if p is None or (names is not None and full not in names):
+                continue
+            del sub._parameters[leaf]
+            sub.register_buffer(leaf, p.detach(), persistent=True)
+            changed = True
+        if changed and isinstance(sub, torch.nn.RNNBase):
+            sub._init_flat_weights()  # the layer runs on the tensors it listed
+
+
 @dataclass
 class ConvertedGraph:
     """What :func:`convert_graph` made: the module, and the names it gave."""
@@ -88,31 +251,23 @@ class ConvertedGraph:
     fallbacks: dict[str, int] = field(default_factory=dict)  # op -> count, via onnx2pytorch
     folded: dict[str, int] = field(default_factory=dict)  # op -> nodes computed at import
     promoted: set[int] = field(default_factory=set)  # id() of the weights made parameters
+    trainable: Trainable = field(default_factory=Trainable)  # the rule, and the names it saw
 
 
 # -- the builder ----------------------------------------------------------------------------------
 
 
-_RANDOM = frozenset(
-    {
-        "Bernoulli",
-        "Multinomial",
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-    }
-)
 _RESERVED = frozenset(dir(fx.GraphModule)) | {"graph", "code", "meta", "_graph", "_code"}
 
 
 class _Root:
     """Attribute owner of one GraphModule: parameters, buffers and submodules by ONNX name."""
 
-    def __init__(self, names: dict[str, str], promoted: set[int]):
+    def __init__(self, names: dict[str, str], promoted: set[int], trainable: Trainable):
         self.module = torch.nn.Module()
         self.names = names
         self.promoted = promoted
+        self.trainable = trainable
         self.by_onnx: dict[tuple[str, int], str] = {}
 
     def _free_path(self, wanted: str) -> str:
@@ -147,21 +302,20 @@ class _Root:
             owner = owner._modules[part]
         return owner, leaf
 
-    def tensor(self, value: torch.Tensor, onnx_name: str, trainable: bool | None = None) -> str:
+    def tensor(self, value: torch.Tensor, onnx_name: str) -> str:
         """The attribute path of ``value`` (registered once per ONNX name and tensor)."""
         key = (onnx_name, id(value))
         if key in self.by_onnx:
             return self.by_onnx[key]
         path = self._free_path(onnx_name)
         owner, leaf = self._owner(path)
-        if trainable is None:
-            trainable = value.is_floating_point() and value.numel() > 1
-        if trainable:
+        if self.trainable(onnx_name, value):
             param = torch.nn.Parameter(value.detach().clone())
             owner.register_parameter(leaf, param)
             self.promoted.add(id(param))
         else:
-            owner.register_buffer(leaf, value.detach().clone(), persistent=False)
+            persistent = self.trainable.persistent(onnx_name, value)
+            owner.register_buffer(leaf, value.detach().clone(), persistent=persistent)
         self.by_onnx[key] = path
         self.names[path] = onnx_name
         return path
@@ -289,8 +443,18 @@ def _flat(obj):
 
 
 class _Converter:
-    def __init__(self, model, *, opsets: dict[str, int], batchnorm: str, max_bytes: int, path):
+    def __init__(
+        self,
+        model,
+        *,
+        opsets: dict[str, int],
+        batchnorm: str,
+        max_bytes: int,
+        path,
+        trainable: Trainable,
+    ):
         self.model = model
+        self.trainable = trainable
         self.opsets = opsets
         self.opset = opsets.get("ai.onnx", opsets.get("", 0))
         self.batchnorm = batchnorm
@@ -456,11 +620,15 @@ class _Converter:
         )
         self.fallbacks[node.op_type] = self.fallbacks.get(node.op_type, 0) + 1
         if isinstance(op, torch.nn.Module):
-            for p in op.parameters():
-                p.requires_grad_(p.is_floating_point())
+            # one module per node: its weights train when any constant it took is trainable
+            if any(self.trainable(name, v) for name, v in known):
+                for p in op.parameters():
+                    p.requires_grad_(p.is_floating_point())
+            else:
+                freeze(op)
             # random operators draw at run time even without run-time inputs
-            out = ctx.g.call_module(op, ctx.name(), args, node.op_type in _RANDOM)
-        elif node.op_type in _RANDOM:
+            out = ctx.g.call_module(op, ctx.name(), args, node.op_type in RANDOM_OPERATORS)
+        elif node.op_type in RANDOM_OPERATORS:
             raise onnx_ops.Unsupported("a random operator without a module to run it")
         elif getattr(op, "func", None) is torch.cat:
             out = ctx.g.call(op, list(args))
@@ -487,17 +655,24 @@ def convert_graph(
     batchnorm: str = "inference",
     max_bytes: int,
     path,
+    trainable: Any = "weights",
 ) -> ConvertedGraph:
-    """convert_graph(model, ...) -> ConvertedGraph: lower a (normalised) ModelProto to fx."""
+    """convert_graph(model, ...) -> ConvertedGraph: lower a (normalised) ModelProto to fx.
+
+    ``trainable`` is the rule of :class:`Trainable` (NOTE [trainable weights]).
+    """
     opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
-    conv = _Converter(model, opsets=opsets, batchnorm=batchnorm, max_bytes=max_bytes, path=path)
-    root = _Root(conv.names, conv.promoted)
+    rule = Trainable(trainable, weight_inputs(model))
+    conv = _Converter(
+        model, opsets=opsets, batchnorm=batchnorm, max_bytes=max_bytes, path=path, trainable=rule
+    )
+    root = _Root(conv.names, conv.promoted, rule)
     g = _Graph(conv, "the main graph", None, root)
     initializer_names = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializer_names]
     outputs = conv.build(model.graph, g, inputs)
     module = _finish(g, outputs, "OnnxGraph")
-    return ConvertedGraph(module, conv.names, conv.fallbacks, conv.folded, conv.promoted)
+    return ConvertedGraph(module, conv.names, conv.fallbacks, conv.folded, conv.promoted, rule)
 
 
 def _finish(
@@ -526,7 +701,7 @@ def convert_branch(ctx, branch, where: str) -> tuple[fx.GraphModule, list[str], 
     """One ``If`` branch as its own GraphModule, the enclosing names it takes, its names."""
     conv = ctx.conv
     names: dict[str, str] = {}
-    g = _Graph(conv, where, ctx.g, _Root(names, conv.promoted))
+    g = _Graph(conv, where, ctx.g, _Root(names, conv.promoted, conv.trainable))
     outputs = conv.build(branch, g, [])
     module = _finish(g, outputs, "OnnxBranch", as_tuple=True)
     return module, list(g.captured), names

@@ -4,7 +4,8 @@
 upgraded with ``onnx.version_converter``), refuses operators it cannot convert
 before converting, normalises the graph with onnxslim (NOTE [onnx
 normalisation]), lowers it to a ``torch.fx`` module (NOTE [onnx to fx]), makes
-the floating-point weights trainable parameters, and, with ``verify=True``,
+the constants in weight slots trainable parameters (NOTE [trainable weights]
+in onnx_convert), and, with ``verify=True``,
 runs the original file in onnxruntime against the module on the caller's
 inputs and on random ones.
 
@@ -32,19 +33,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import inspect
+import numbers
 import os
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import OnnxImportError, OnnxVerificationError
+from .errors import OnnxArgumentError, OnnxImportError, OnnxVerificationError
 from .export import TensorInfo
+from .onnx_normalise import DEFAULT_DOMAINS
 
 __all__ = [
     "MAX_TENSOR_BYTES",
@@ -65,7 +68,6 @@ UPGRADE_TO = 13
 #: anything is allocated.
 MAX_TENSOR_BYTES = 2 * 1024**3
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _VERIFY_BATCH_SIZES = (1, 3)
 _INSTALL_HINT = "pip install 'torchbridge[onnx]'"
 
@@ -83,7 +85,12 @@ class OnnxImportReport:
             included) and how often each occurs.
         inputs, outputs: ``TensorInfo(name, shape, dtype)``; a dynamic dimension
             is its symbol (``"batch"``), or ``"?"`` when it has none.
-        parameters: Number of trainable values (the floating-point weights).
+        parameters: Number of trainable values.
+        trainable: The rule that chose the parameters: ``"weights"``, ``"all"``,
+            ``"none"``, ``"names"`` (a set) or ``"callable"``.
+        parameter_names: The torch names of the parameters (``module.named_parameters()``).
+        buffer_names: The torch names of the other ``state_dict`` entries: constants kept
+            as buffers (a normalisation's mean, a positional table) and statistics.
         max_abs_diff: The largest |onnxruntime - torch| over every output and
             batch size checked; ``None`` when not verified.
         tolerance: The limit applied (see ``import_onnx``).
@@ -110,6 +117,9 @@ class OnnxImportReport:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     parameters: int = 0
+    trainable: str = "weights"
+    parameter_names: tuple[str, ...] = ()
+    buffer_names: tuple[str, ...] = ()
     max_abs_diff: float | None = None
     tolerance: float | None = None
     batch_sizes_checked: tuple[int, ...] = ()
@@ -133,6 +143,9 @@ class OnnxImportReport:
             "inputs": [_info_dict(i) for i in self.inputs],
             "outputs": [_info_dict(o) for o in self.outputs],
             "parameters": self.parameters,
+            "trainable": self.trainable,
+            "parameter_names": list(self.parameter_names),
+            "buffer_names": list(self.buffer_names),
             "max_abs_diff": self.max_abs_diff,
             "tolerance": self.tolerance,
             "batch_sizes_checked": list(self.batch_sizes_checked),
@@ -406,7 +419,7 @@ def _nodes_where(graph, where: str):
 
 
 def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
 
 
 def _upgrade(model, path: Path):
@@ -692,6 +705,18 @@ def _verify(
         got = [out] if isinstance(out, torch.Tensor) else list(out.values())
         for name, g, e in zip(module.output_names, got, expected):
             g = g.detach().cpu().numpy()
+            if not _same_dtype(g.dtype, e.dtype):
+                first = _first_differing_node(module, normalised, feed, xs, tolerance)
+                raise OnnxVerificationError(
+                    f"import_onnx: output {name!r} has dtype {g.dtype} in torch and {e.dtype} "
+                    f"in onnxruntime at {label}; "
+                    + (
+                        f"the first node whose output differs is {first}."
+                        if first
+                        else "the converter translates some operator of this graph differently."
+                    ),
+                    name,
+                )
             if g.shape != e.shape:
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} has shape {tuple(g.shape)} in torch and "
@@ -723,6 +748,16 @@ def _verify(
                 )
     checked = tuple(b for b in batches if isinstance(b, int))
     return worst, checked, f"onnxruntime {ort.__version__}{note}"
+
+
+#: The element types torch holds in a wider type (onnx_ops.DTYPES: torch has no arithmetic
+#: on unsigned integers wider than 8 bits); every other output keeps onnxruntime's dtype.
+WIDENED_DTYPES = {"uint16": ("int32", "int64"), "uint32": ("int64",), "uint64": ("int64",)}
+
+
+def _same_dtype(got, expected) -> bool:
+    """Whether torch's output dtype is onnxruntime's, or its documented widening."""
+    return got == expected or got.name in WIDENED_DTYPES.get(expected.name, ())
 
 
 def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: float) -> str | None:
@@ -763,8 +798,10 @@ def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: f
             if name not in got:
                 continue
             value, where = got[name]
-            g = value.detach().cpu().numpy().astype(np.float64)
-            e = np.asarray(expected[name]).astype(np.float64)
+            g, e = value.detach().cpu().numpy(), np.asarray(expected[name])
+            if not _same_dtype(g.dtype, e.dtype):
+                return f"{where} (output {name!r}: {g.dtype} in torch, {e.dtype})"
+            g, e = g.astype(np.float64), e.astype(np.float64)
             if g.shape != e.shape:
                 return f"{where} (output {name!r}: shape {g.shape} in torch, {e.shape})"
             if g.size and not np.allclose(g, e, rtol=tolerance, atol=tolerance, equal_nan=True):
@@ -809,9 +846,10 @@ def import_onnx(
     tolerance: float = 1e-4,
     batchnorm: str = "inference",
     max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    trainable: str | Collection[str] | Callable[[str], bool] = "weights",
 ) -> OnnxModule:
     """import_onnx(path, *, verify=True, inputs=None, input_shapes=None, tolerance=1e-4,
-    batchnorm="inference", max_tensor_bytes=MAX_TENSOR_BYTES) -> OnnxModule
+    batchnorm="inference", max_tensor_bytes=MAX_TENSOR_BYTES, trainable="weights") -> OnnxModule
 
     Import the ONNX file ``path`` as a trainable torch module.
 
@@ -837,11 +875,18 @@ def import_onnx(
             constant (``ConstantOfShape``, ``Expand``, ``Tile``), or one batch of
             verification inputs.
             A graph that asks for more is refused before anything is allocated.
+        trainable: Which floating-point constants become parameters (NOTE
+            [trainable weights] in onnx_convert). ``"weights"``: those an operator
+            reads as a weight or bias (Conv, Gemm, MatMul's constant operand,
+            normalisation scale and bias, LSTM/GRU weights, embeddings, PRelu);
+            ``"all"``: every floating-point constant of more than one value;
+            ``"none"``: none; a set of ONNX names, or a callable ``name -> bool``:
+            those. The others are buffers, in ``state_dict`` all the same.
 
     Returns:
-        An :class:`OnnxModule` whose floating-point initializers (and constant
-        weights) are parameters, with ``module.import_report``
-        (:class:`OnnxImportReport`).
+        An :class:`OnnxModule` whose weights (as ``trainable`` says) are
+        parameters, with ``module.import_report`` (:class:`OnnxImportReport`,
+        which lists the parameters and the buffers).
 
     Raises:
         OnnxImportError: the file is missing, not ONNX, truncated, lacks its
@@ -851,15 +896,15 @@ def import_onnx(
             its subgraph (``err.operators``, ``err.node``, ``err.subgraph``).
         OnnxVerificationError: an output differs from onnxruntime's
             (``err.output`` names it).
+        OnnxArgumentError: a keyword has a wrong kind or value (also a
+            ``TypeError``); raised before anything is converted.
 
     Nothing is written to disk.
     """
     verify_inputs = inputs
     started = time.perf_counter()
-    if batchnorm not in ("inference", "train"):
-        raise ValueError(
-            f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
-        )
+    _check_arguments(batchnorm, input_shapes, tolerance, max_tensor_bytes)
+    rule = _trainable_rule(trainable)
     path = Path(path).expanduser()
     model = _load(path)
     from .export import _graph_info
@@ -884,17 +929,19 @@ def import_onnx(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = convert_graph(
-            normalised, batchnorm=batchnorm, max_bytes=max_tensor_bytes, path=path
+            normalised, batchnorm=batchnorm, max_bytes=max_tensor_bytes, path=path, trainable=rule
         )
+    _check_named(graph.trainable, path)
     for op, n in graph.folded.items():
         folded[op] = folded.get(op, 0) + n
     promoted = {id(p) for p in graph.module.parameters() if id(p) in graph.promoted}
     module = _module_class(len(inputs))(
         graph.module, [i.name for i in inputs], [o.name for o in outputs], batchnorm=batchnorm
     )
-    _settle_parameters(
-        module, inputs, dict(input_shapes or {}), max_tensor_bytes, promoted, caller_batches
-    )
+    if not graph.trainable.explicit:  # parameters the caller named stay parameters
+        _settle_parameters(
+            module, inputs, dict(input_shapes or {}), max_tensor_bytes, promoted, caller_batches
+        )
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and dtype != torch.float32:
         tolerance = max(tolerance, {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 0))
@@ -929,6 +976,11 @@ def import_onnx(
         inputs=inputs,
         outputs=outputs,
         parameters=sum(p.numel() for p in module.parameters()),
+        trainable=rule if isinstance(rule, str) else ("callable" if callable(rule) else "names"),
+        parameter_names=tuple(name for name, _ in module.named_parameters()),
+        buffer_names=tuple(
+            k for k in module.state_dict() if k not in dict(module.named_parameters())
+        ),
         max_abs_diff=max_diff,
         tolerance=tolerance if verify else None,
         batch_sizes_checked=checked,
@@ -947,6 +999,77 @@ def import_onnx(
     return module
 
 
+def _trainable_rule(trainable: Any) -> Any:
+    """``trainable=`` checked: a rule name, a callable, or a frozenset of ONNX names."""
+    if isinstance(trainable, str):
+        if trainable not in ("weights", "all", "none"):
+            raise OnnxArgumentError(
+                "import_onnx: trainable must be 'weights', 'all', 'none', a set of ONNX "
+                f"names or a callable name -> bool, got {trainable!r} (for one name, "
+                f"pass {{{trainable!r}}})"
+            )
+        return trainable
+    if callable(trainable):
+        return trainable
+    if isinstance(trainable, Collection) and all(isinstance(t, str) for t in trainable):
+        return frozenset(trainable)
+    raise OnnxArgumentError(
+        "import_onnx: trainable must be 'weights', 'all', 'none', a set of ONNX names or a "
+        f"callable name -> bool, got a {type(trainable).__name__}"
+    )
+
+
+def _check_named(rule, path: Path) -> None:
+    """Refuse a set of names that are not floating-point constants the module keeps."""
+    if not isinstance(rule.rule, frozenset):
+        return
+    unknown = sorted(rule.rule - rule.seen)
+    if unknown:
+        known = sorted(rule.seen)
+        raise OnnxArgumentError(
+            f"import_onnx: trainable= names {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not a floating-point constant that the "
+            f"module of {path} reads (a constant folded at import has the name of the node "
+            f"that made it). Its constants: {', '.join(map(repr, known[:20]))}"
+            + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+        )
+
+
+def _check_arguments(batchnorm: Any, input_shapes: Any, tolerance: Any, max_bytes: Any) -> None:
+    """Refuse, before reading the file, keywords of a wrong kind (OnnxArgumentError)."""
+    if batchnorm not in ("inference", "train"):
+        raise OnnxArgumentError(
+            f"import_onnx: batchnorm must be 'inference' or 'train', got {batchnorm!r}"
+        )
+    if input_shapes is not None:
+        if not isinstance(input_shapes, Mapping):
+            raise OnnxArgumentError(
+                "import_onnx: input_shapes= takes {input name: shape of one sample}, got a "
+                f"{type(input_shapes).__name__}"
+            )
+        for name, shape in input_shapes.items():
+            if not (
+                isinstance(shape, Sequence)
+                and not isinstance(shape, (str, bytes))
+                and all(
+                    isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
+                    for d in shape
+                )
+            ):
+                raise OnnxArgumentError(
+                    f"import_onnx: input_shapes[{name!r}] must be a sequence of sizes "
+                    f"(non-negative ints), got {shape!r}"
+                )
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
+        raise OnnxArgumentError(
+            f"import_onnx: tolerance must be a non-negative number, got {tolerance!r}"
+        )
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
+        raise OnnxArgumentError(
+            f"import_onnx: max_tensor_bytes must be a positive int, got {max_bytes!r}"
+        )
+
+
 def _converter_name(fallbacks: Mapping[str, int]) -> str:
     name = "torchbridge.onnx_convert (torch.fx)"
     if fallbacks:
@@ -960,12 +1083,20 @@ def _caller_inputs(infos: Sequence[TensorInfo], given: Any, path: Path) -> list[
 
     if given is None:
         return []
-    batches = [given] if isinstance(given, Mapping) else list(given)
+    if isinstance(given, Mapping):
+        batches = [given]
+    elif isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
+        batches = list(given)
+    else:
+        raise OnnxArgumentError(
+            "import_onnx: inputs= takes {input name: array} or a list of them; got a "
+            f"{type(given).__name__}"
+        )
     out = []
     names = [i.name for i in infos]
     for k, batch in enumerate(batches):
         if not isinstance(batch, Mapping):
-            raise TypeError(
+            raise OnnxArgumentError(
                 f"import_onnx: inputs= takes {{input name: array}} or a list of them; "
                 f"batch {k} is a {type(batch).__name__}"
             )

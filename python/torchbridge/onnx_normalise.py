@@ -29,10 +29,12 @@ from pathlib import Path
 
 from .errors import OnnxImportError
 
-__all__ = ["guard_sizes", "normalise", "operator_counts"]
+__all__ = ["DEFAULT_DOMAINS", "RANDOM_OPERATORS", "guard_sizes", "normalise", "operator_counts"]
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
-_RANDOM = frozenset(
+#: How a node or opset names the default (``ai.onnx``) domain.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+#: Operators that draw at run time: never folded, never computed at import.
+RANDOM_OPERATORS = frozenset(
     {
         "Bernoulli",
         "Multinomial",
@@ -75,7 +77,7 @@ def guard_sizes(model, path: Path, max_bytes: int) -> None:
     for graph in _graphs(model.graph):
         known = {t.name: t for t in graph.initializer}
         for index, node in enumerate(graph.node):
-            if node.domain not in _DEFAULT_DOMAINS:
+            if node.domain not in DEFAULT_DOMAINS:
                 continue
             if node.op_type == "Constant":
                 for attr in node.attribute:
@@ -127,7 +129,7 @@ def normalise(model, max_bytes: int) -> tuple[object, str, str | None]:
 
     if model.ByteSize() > 2**31 - 2**20:
         return model, "none", "the model is too large for onnxslim to normalise in memory"
-    randoms = sorted(set(operator_counts(model)) & _RANDOM)
+    randoms = sorted(set(operator_counts(model)) & RANDOM_OPERATORS)
     if randoms:  # onnxslim's folding would draw them once, at import
         return model, "none", f"not normalised: onnxslim would fold {', '.join(randoms)}"
     try:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx.proxy import Proxy
 
-__all__ = ["LOWERINGS", "Node", "Unsupported"]
+__all__ = ["BIAS_AFTER", "LOWERINGS", "WEIGHT_SLOTS", "Node", "Unsupported"]
 
 
 class Unsupported(Exception):
@@ -43,6 +43,28 @@ DTYPES = {
     16: torch.bfloat16,
 }
 _FLOATS = {1, 10, 11, 16}
+
+#: The inputs of each operator that hold its weights (NOTE [trainable weights] in
+#: onnx_convert); only constants there become parameters by default. None: every input.
+WEIGHT_SLOTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (0, 1, 2),  # the constant one of A and B, and C
+    "MatMul": (0, 1),  # the constant operand
+    "Einsum": None,  # its constant operands
+    "BatchNormalization": (1, 2),  # scale and bias (mean and variance are statistics)
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "RMSNormalization": (1,),
+    "LSTM": (1, 2, 3),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+    "Gather": (0,),  # an embedding table
+    "PRelu": (1,),
+}
+#: A constant an Add adds to the output of these is a bias (a linear layer as MatMul + Add).
+BIAS_AFTER = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 
 
 class Node:
@@ -99,6 +121,8 @@ class Node:
             return self.runtime(i)
         if v.dtype == torch.bool or v.is_complex():
             return self.runtime(i)
+        if self.conv.trainable(self.node.input[i], v):  # a parameter, even of one value
+            return self.runtime(i)
         rank = self.rank(other)
         if v.dim() > 0 and (rank is None or rank < v.dim()):
             return self.runtime(i)  # the constant's shape would widen the result
@@ -148,6 +172,12 @@ class Node:
 
     def call(self, fn: Callable, *args, **kwargs):
         return self.g.call(fn, *args, **kwargs)
+
+    def refuse(self, reason: str):
+        """Refuse this node outright (an OnnxImportError naming it): unlike
+        :class:`Unsupported`, no onnx2pytorch module is tried, since it would
+        convert the node just as wrongly."""
+        self.conv.refuse(self.node, self.index, self.g.where, reason)
 
     def module(self, module: torch.nn.Module, *args):
         return self.g.call_module(module, self.name(), args)
@@ -238,24 +268,32 @@ def _reshape_to(x, shape, allowzero: int = 0):
 
 
 def _gather(x, idx, axis: int):
+    axis %= x.dim()  # the shape below is sliced around it
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
     return out.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1 :])
 
 
+_INT_MAX = (2**31 - 1, 2**63 - 1)
+
+
 def _slice(x, starts, ends, axes, steps):
+    """ONNX Slice: a negative start or end counts from the end; then, for a positive
+    step, both are clamped to [0, n]; for a negative step, the start to [0, n-1] and the
+    end to [-1, n-1] (-1: up to and including the first element)."""
     index = [slice(None)] * x.dim()
     flips = []
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = a + x.dim() if a < 0 else a
         n = x.shape[a]
+        s = s + n if s < 0 else s
         if st > 0:
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            index[a] = slice(s, e, st)
+            e = e + n if e < 0 else e
+            index[a] = slice(max(0, min(n, s)), max(0, min(n, e)), st)
         else:  # a negative step: walk the flipped axis
-            s = max(-1, min(n - 1, s + n if s < 0 else s))
-            e = max(-1, min(n - 1, e + n if e < 0 else e))
+            # onnxruntime reads an INT_MAX end as numpy's None: to the first element
+            e = -1 if e in _INT_MAX else (e + n if e < 0 else e)
+            s, e = max(0, min(n - 1, s)), max(-1, min(n - 1, e))
             index[a] = slice(n - 1 - s, n - 1 - e, -st)
             flips.append(a)
     if flips:
@@ -747,11 +785,8 @@ def _split_lowering(n: Node):
     else:
         sizes = n.ints(1) if n.has(1) else None
     if sizes is None:
-        length = (
-            (n.g.shape(n.node.input[0]) or [None] * (axis + 1))[axis]
-            if not isinstance(x, torch.Tensor)
-            else x.shape[axis]
-        )
+        shape = x.shape if isinstance(x, torch.Tensor) else n.g.shape(n.node.input[0])
+        length = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
         if not isinstance(length, int) or length <= 0:
             out = n.call(torch.chunk, x, parts, axis)
             return [out[i] for i in range(parts)]
@@ -802,16 +837,25 @@ def _pad(n: Node):
 @lowering("Clip")
 def _clip(n: Node):
     (x,) = n.tensors(0)
-    if n.opset < 11:
-        lo, hi = n.attr("min"), n.attr("max")
-    else:
-        lo = n.floats(1)[0] if n.has(1) else None
-        hi = n.floats(2)[0] if n.has(2) else None
-    if lo == 0.0 and hi == 6.0:
+    if n.opset < 11:  # attributes, floating-point inputs only
+        lo, hi, floating = n.attr("min"), n.attr("max"), True
+    else:  # the bounds have the input's type: integers stay ints (clamp keeps the dtype)
+        lo, hi = _clip_bound(n, 1), _clip_bound(n, 2)
+        floating = n.elem_type(0) in _FLOATS or isinstance(lo if lo is not None else hi, float)
+    if floating and lo == 0.0 and hi == 6.0:
         return n.call(F.relu6, x)
-    if lo is not None and hi is not None and n.elem_type(0) in _FLOATS:
+    if floating and lo is not None and hi is not None:
         return n.call(F.hardtanh, x, lo, hi)
     return n.call(torch.clamp, x, lo, hi)
+
+
+def _clip_bound(n: Node, i: int) -> int | float | None:
+    if not n.has(i):
+        return None
+    v = n.const(i)
+    if v is None:
+        raise Unsupported(f"input {i} ({n.node.input[i]!r}) must be a constant")
+    return v.reshape(-1)[0].item()
 
 
 @lowering("LeakyRelu")
@@ -1039,6 +1083,15 @@ def _batch_norm(n: Node):
         bn.running_mean.copy_(mean.reshape(-1))
         bn.running_var.copy_(var.reshape(-1))
     bn.train(False)
+    frozen = {
+        leaf
+        for i, leaf in ((1, "weight"), (2, "bias"))
+        if not n.conv.trainable(n.node.input[i], n.inputs[i])
+    }
+    if frozen:  # NOTE [trainable weights]
+        from .onnx_convert import freeze
+
+        freeze(bn, frozen)
     (x,) = n.tensors(0)
     out = n.module(bn, x)
     return [out] + [None] * (len(n.node.output) - 1)
@@ -1071,6 +1124,14 @@ def _layer_norm(n: Node):
     return n.call(F.layer_norm, x, normalized, scale, bias, n.attr("epsilon", 1e-5))
 
 
+def _integer_dtype(n: Node, i: int) -> torch.dtype | None:
+    """The torch dtype of input ``i`` when it is known to be an integer type."""
+    elem = n.elem_type(i)
+    if elem is None or elem in _FLOATS or elem == 9 or elem not in DTYPES:
+        return None
+    return DTYPES[elem]
+
+
 def _reduce(n: Node, fn_name: str):
     (x,) = n.tensors(0)
     keep = _keep(n)
@@ -1088,27 +1149,47 @@ def _reduce(n: Node, fn_name: str):
     if not isinstance(axes, list):
         raise Unsupported("reduction axes computed at run time")
     dims = tuple(axes)
+    if fn_name == "prod":  # one axis at a time: later axes first, so earlier ones keep their index
+        rank = n.rank(0)
+        if rank is not None:
+            dims = tuple(sorted({d % rank for d in dims}))
+        elif any(d < 0 for d in dims) and any(d >= 0 for d in dims):
+            raise Unsupported("ReduceProd over negative and non-negative axes of unknown rank")
+        dims = tuple(sorted(dims, reverse=all(d >= 0 for d in dims)))
+    integer = _integer_dtype(n, 0)
+    if integer is not None and fn_name in ("mean", "l2", "logsumexp", "logsum"):
+        # torch computes these in floating point only: in float64, back to the input's type
+        out = _reduction(n, fn_name, n.call(torch.Tensor.double, x), dims, keep, None)
+        return n.call(torch.Tensor.to, out, integer)
+    return _reduction(n, fn_name, x, dims, keep, integer)
+
+
+def _reduction(n: Node, fn_name: str, x, dims: tuple, keep: bool, integer):
+    # torch.sum and torch.prod widen integers to int64; ONNX keeps the input's type
+    dtype = {"dtype": integer} if integer not in (None, torch.int64) else {}
     if fn_name == "mean":
         return n.call(torch.mean, x, dims, keepdim=keep)
     if fn_name == "sum":
-        return n.call(torch.sum, x, dims, keepdim=keep)
+        return n.call(torch.sum, x, dims, keepdim=keep, **dtype)
     if fn_name == "max":
         return n.call(torch.amax, x, dims, keepdim=keep)
     if fn_name == "min":
         return n.call(torch.amin, x, dims, keepdim=keep)
     if fn_name == "prod":
         out = x
-        for d in sorted(dims, reverse=True):
-            out = n.call(torch.prod, out, d, keepdim=keep)
+        for d in dims:
+            out = n.call(torch.prod, out, d, keepdim=keep, **dtype)
         return out
     if fn_name == "l2":
         return n.call(torch.linalg.vector_norm, x, 2, dims, keep)
     if fn_name == "l1":
+        if integer is not None:  # vector_norm takes floating point only
+            return n.call(torch.sum, n.call(torch.abs, x), dims, keepdim=keep, **dtype)
         return n.call(torch.linalg.vector_norm, x, 1, dims, keep)
     if fn_name == "logsumexp":
         return n.call(torch.logsumexp, x, dims, keep)
     if fn_name == "sumsquare":
-        return n.call(torch.sum, n.call(torch.square, x), dims, keepdim=keep)
+        return n.call(torch.sum, n.call(torch.square, x), dims, keepdim=keep, **dtype)
     if fn_name == "logsum":
         return n.call(torch.log, n.call(torch.sum, x, dims, keepdim=keep))
     raise Unsupported(fn_name)
@@ -1146,6 +1227,9 @@ def _cumsum(n: Node):
     axis = n.ints(1)
     if not isinstance(axis, list):
         raise Unsupported("a CumSum axis computed at run time")
+    integer = _integer_dtype(n, 0)  # torch.cumsum widens integers to int64
+    if integer not in (None, torch.int64):
+        return n.call(torch.cumsum, x, axis[0], dtype=integer)
     return n.call(torch.cumsum, x, axis[0])
 
 
@@ -1170,6 +1254,90 @@ def _depth_to_space(n: Node):
 def _fallback(n: Node):
     """This node through onnx2pytorch's module (NOTE [onnx to fx])."""
     return n.conv.fallback(n)
+
+
+# NOTE [nearest resize]
+# ONNX's nearest Resize maps each output position to an input coordinate (the
+# coordinate_transformation_mode) and rounds it (the nearest_mode); onnxruntime computes
+# both in float32. torch's "nearest" is asymmetric coordinates rounded down and
+# "nearest-exact" is half-pixel rounded half up (= tf_half_pixel_for_nn rounded down);
+# torch multiplies by 1/scale where onnxruntime divides by the scale, which picks the
+# same pixels for every input size only when the scale is a power of two. Every other
+# pair, or scale, runs _resize_nearest: the indices computed as onnxruntime does, then
+# index_select (differentiable in the input like any gather).
+_COORDINATES = (
+    "half_pixel",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_half_pixel_for_nn",
+    "half_pixel_symmetric",
+)
+_ROUNDINGS = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
+_NEAREST_IN_TORCH = {
+    ("asymmetric", "floor"): "nearest",
+    ("half_pixel", "round_prefer_ceil"): "nearest-exact",
+    ("tf_half_pixel_for_nn", "floor"): "nearest-exact",
+}
+
+
+def _exact_in_torch(scales, sizes) -> bool:
+    """Whether torch's kernel picks onnxruntime's pixels for every input size (NOTE [nearest
+    resize]): scales given, each a power of two."""
+    if sizes is not None or not scales:
+        return False
+    return all(s > 0 and math.frexp(s)[0] == 0.5 for s in scales[2:])
+
+
+def _nearest_index(n_in: int, n_out: int, scale, ctm: str, rounding: str, device):
+    """The input index each output position reads along one axis (ONNX Resize, nearest)."""
+    import numpy as np
+
+    f32 = np.float32
+    x = torch.arange(n_out, dtype=torch.float32, device=device)
+    if ctm == "asymmetric":
+        coord = x / scale
+    elif ctm == "tf_half_pixel_for_nn":
+        coord = (x + 0.5) / scale
+    elif ctm == "align_corners":
+        coord = x * f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else torch.zeros_like(x)
+    elif ctm == "pytorch_half_pixel" and n_out <= 1:
+        coord = torch.zeros_like(x)
+    elif ctm == "half_pixel_symmetric":  # the offset in float32, the sum in float64
+        adjustment = f32(n_out) / (scale * f32(n_in))
+        offset = f32(n_in) / f32(2) * (f32(1) - adjustment)
+        coord = (float(offset) + (x.double() + 0.5) / float(scale) - 0.5).float()
+    else:  # half_pixel, pytorch_half_pixel
+        coord = (x + 0.5) / scale - 0.5
+    if rounding == "simple":
+        rounding = "ceil" if scale < 1 else "floor"
+    if rounding == "floor":
+        index = torch.floor(coord)
+    elif rounding == "ceil":
+        index = torch.ceil(coord)
+    else:
+        tie = coord == torch.floor(coord) + 0.5
+        pick = torch.floor(coord) if rounding == "round_prefer_floor" else torch.ceil(coord)
+        index = torch.where(tie, pick, torch.round(coord))
+    return index.clamp(0, n_in - 1).long()
+
+
+def _resize_nearest(x, scales, sizes, ctm: str, rounding: str):
+    """ONNX nearest Resize over the axes after the first two (NOTE [nearest resize])."""
+    import numpy as np
+
+    f32 = np.float32
+    for i in range(x.dim() - 2):
+        n_in = x.shape[2 + i]
+        if sizes is not None:
+            n_out = int(sizes[i])
+            scale = f32(n_out) / f32(n_in)
+        else:
+            scale = f32(scales[i])
+            n_out = int(scale * f32(n_in))
+        index = _nearest_index(n_in, n_out, scale, ctm, rounding, x.device)
+        x = x.index_select(2 + i, index)
+    return x
 
 
 @lowering("Resize", "Upsample")
@@ -1203,18 +1371,26 @@ def _resize(n: Node):
         raise Unsupported("Resize over the batch or channel axis")
     spatial = rank - 2
     if mode == "nearest":
-        nearest = n.attr("nearest_mode", "round_prefer_floor")
-        if ctm == "asymmetric" and (
-            nearest == "floor" or n.node.op_type == "Upsample" or n.opset < 11
-        ):
-            torch_mode, align = "nearest", None
-        elif ctm in ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn") and nearest in (
-            "round_prefer_ceil",
-            "round_prefer_floor",
-        ):
-            torch_mode, align = "nearest-exact", None
-        else:
+        # onnxruntime's Upsample and Resize-10 round down when enlarging, up when shrinking
+        old = n.node.op_type == "Upsample" or n.opset < 11
+        nearest = "simple" if old else n.attr("nearest_mode", "round_prefer_floor")
+        if ctm not in _COORDINATES or nearest not in _ROUNDINGS:
             raise Unsupported(f"nearest Resize with {ctm} coordinates and {nearest} rounding")
+        torch_mode = _NEAREST_IN_TORCH.get((ctm, nearest))
+        if old and scales and all(s >= 1 for s in scales):
+            torch_mode = "nearest"
+        if torch_mode is None or not _exact_in_torch(scales, sizes):
+            if sizes is not None:
+                spatial_sizes = (
+                    sizes[2:]
+                    if isinstance(sizes, list)
+                    else n.call(operator.getitem, sizes, slice(2, None))
+                )
+                return n.call(_resize_nearest, x, None, spatial_sizes, ctm, nearest)
+            if not scales:
+                raise Unsupported("Resize without scales or sizes")
+            return n.call(_resize_nearest, x, list(scales[2:]), None, ctm, nearest)
+        align = None
     elif mode in ("linear", "bilinear", "trilinear"):
         torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial]
         if ctm in ("half_pixel", "pytorch_half_pixel"):
@@ -1292,8 +1468,8 @@ def _recurrent(n: Node, kind: str):
             f"{kind} {', '.join(which)} must be known at import time (a weight computed from "
             "the inputs cannot become a torch recurrent layer)"
         )
-    if n.has(4) and n.const(4) is None:
-        raise Unsupported(f"{kind} sequence_lens given at run time (padded batches)")
+    if n.has(4):
+        _check_full_lengths(n, kind)
     if kind == "LSTM" and n.has(7) and n.const(7) is not None and bool(n.const(7).any()):
         raise Unsupported("LSTM peepholes (torch's LSTM has none)")
     if n.attr("clip") is not None or n.attr("input_forget", 0):
@@ -1312,8 +1488,6 @@ def _recurrent(n: Node, kind: str):
         raise Unsupported(f"{kind} with direction=reverse")
     hidden = n.attr("hidden_size") or R.shape[-1]
     dirs, gates = W.shape[0], W.shape[1] // hidden
-    if B is None:
-        B = torch.zeros(dirs, 2 * gates * hidden, dtype=W.dtype)
     # ONNX gate order -> torch's: LSTM iofc -> ifco (i, f, g, o); GRU zrh -> rzh
     order = [0, 2, 3, 1] if kind == "LSTM" else [1, 0, 2]
 
@@ -1322,18 +1496,31 @@ def _recurrent(n: Node, kind: str):
         return chunks[:, order].reshape(t.shape)
 
     cls = torch.nn.LSTM if kind == "LSTM" else torch.nn.GRU
-    layer = cls(
-        W.shape[2], hidden, batch_first=bool(layout), bidirectional=dirs == 2, dtype=W.dtype
+    layer = cls(  # no B in the file: no bias (not a zero bias that would train)
+        W.shape[2],
+        hidden,
+        bias=B is not None,
+        batch_first=bool(layout),
+        bidirectional=dirs == 2,
+        dtype=W.dtype,
     )
     Wr, Rr = reorder(W), reorder(R)
-    Bw, Bh = reorder(B[:, : gates * hidden]), reorder(B[:, gates * hidden :])
+    frozen: set[str] = set()
     with torch.no_grad():
         for d in range(dirs):
             sfx = "_l0" + ("_reverse" if d == 1 else "")
             getattr(layer, "weight_ih" + sfx).copy_(Wr[d])
             getattr(layer, "weight_hh" + sfx).copy_(Rr[d])
-            getattr(layer, "bias_ih" + sfx).copy_(Bw[d])
-            getattr(layer, "bias_hh" + sfx).copy_(Bh[d])
+            if B is not None:
+                getattr(layer, "bias_ih" + sfx).copy_(reorder(B[:, : gates * hidden])[d])
+                getattr(layer, "bias_hh" + sfx).copy_(reorder(B[:, gates * hidden :])[d])
+            for i, kinds in ((1, ("weight_ih",)), (2, ("weight_hh",)), (3, ("bias_ih", "bias_hh"))):
+                if n.has(i) and not n.conv.trainable(n.node.input[i], n.inputs[i]):
+                    frozen.update(kind + sfx for kind in kinds)
+    if frozen:  # NOTE [trainable weights]
+        from .onnx_convert import freeze
+
+        freeze(layer, frozen)
     (x,) = n.tensors(0)
     h0 = n.runtime(5) if n.has(5) else None
     c0 = n.runtime(6) if kind == "LSTM" and n.has(6) else None
@@ -1344,6 +1531,35 @@ def _recurrent(n: Node, kind: str):
     out = n.module(module, x, h0, c0)
     results = [n.call(operator.getitem, out, i) for i in range(3 if kind == "LSTM" else 2)]
     return results[: len(n.node.output)]
+
+
+def _check_full_lengths(n: Node, kind: str) -> None:
+    """``sequence_lens`` is taken only when every sequence runs the whole input: torch's
+    layers (and onnx2pytorch's) run every batch element to the end, so shorter lengths
+    (a padded batch) would silently give other outputs."""
+    lens = n.const(4)
+    if lens is None:
+        n.refuse(
+            f"{kind} sequence_lens given at run time (padded batches): torch's {kind} runs "
+            "every sequence to the end; re-export without sequence_lens, or pack the "
+            "padded batch in torch"
+        )
+    x = n.inputs[0]
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else n.g.shape(n.node.input[0])
+    axis = 1 if n.attr("layout", 0) else 0
+    length = shape[axis] if shape is not None and len(shape) == 3 else None
+    if not isinstance(length, int) or length <= 0:
+        n.refuse(
+            f"{kind} sequence_lens {lens.reshape(-1).tolist()} on an input whose sequence "
+            "length is not fixed in the graph: whether every sequence runs to the end cannot "
+            "be known at import. Re-export without sequence_lens, or with a fixed length"
+        )
+    if bool((lens.reshape(-1) != length).any()):
+        n.refuse(
+            f"{kind} sequence_lens {lens.reshape(-1).tolist()} shorter than the sequence "
+            f"length {length} (a padded batch): torch's {kind} runs every sequence to the "
+            "end; re-export without sequence_lens, or pack the padded batch in torch"
+        )
 
 
 class _Recurrent(torch.nn.Module):

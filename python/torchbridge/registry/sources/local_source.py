@@ -835,8 +835,8 @@ def save_local_adapter(
 # "file.onnx")`` with a sidecar ``<name>.json`` holding ``"onnx": "<name>.onnx"``, its
 # sha256 and the caller's description. Its task is ``onnx``, its input size is the
 # first graph input's without the batch (when fixed), and it loads through
-# :func:`torchbridge.import_onnx` (``verify``, ``input_shapes``, ``batchnorm`` pass
-# through ``load_model``).
+# :func:`torchbridge.import_onnx` (``verify``, ``inputs``, ``input_shapes``, ``batchnorm``,
+# ``trainable`` pass through ``load_model``).
 
 
 def _entry_from_onnx(
