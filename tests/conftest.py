@@ -36,3 +36,22 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("TORCHBRIDGE_HOME", str(tmp_path / "torchbridge"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def finetune_models(tmp_path_factory):
+    """tests/hf_models.py's finetune_cache (test/tiny-llama, test/tiny-gpt2, test/tiny-bert) in a
+    Hugging Face cache of the test module's own, an empty torchbridge home, no
+    TORCHBRIDGE_HF_DIRS; yields what finetune_cache made."""
+    from hf_models import finetune_cache
+    from torchbridge.registry.core import get_registry
+
+    root = tmp_path_factory.mktemp("finetune")
+    made = finetune_cache(root / "hub", root / "work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
+        mp.setenv("TORCHBRIDGE_HOME", str(root / "home"))
+        mp.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
+        get_registry().refresh()
+        yield made
+    get_registry().refresh()

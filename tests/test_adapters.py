@@ -16,7 +16,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import torchbridge  # noqa: E402
-from hf_models import finetune_cache  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.adapters import BaseModel, base_of, is_adapter_model  # noqa: E402
 from torchbridge.errors import AdapterError, ChecksumError  # noqa: E402
@@ -26,20 +25,6 @@ from torchbridge.train import fit  # noqa: E402
 
 LLAMA, GPT2, BERT = "hf/test/tiny-llama", "hf/test/tiny-gpt2", "hf/test/tiny-bert"
 SPEC = {"r": 4, "alpha": 8, "dropout": 0.0, "target": ["q_proj", "v_proj"]}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The tiny models in a Hugging Face cache, and an empty torchbridge home."""
-    root = tmp_path_factory.mktemp("lora")
-    made = finetune_cache(root / "hub", root / "work")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
-        mp.setenv("TORCHBRIDGE_HOME", str(root / "home"))
-        mp.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
-        get_registry().refresh()
-        yield made
-    get_registry().refresh()
 
 
 def token_ids(batch: int = 3, seq: int = 9, seed: int = 0) -> torch.Tensor:
@@ -55,7 +40,7 @@ def perturb_adapter(model) -> None:
 
 
 class TestTheAdapterAlone:
-    def test_only_the_adapter_is_shared(self, cache):
+    def test_only_the_adapter_is_shared(self, finetune_models):
         """The bridge shares the adapter's parameters alone: names, gradient buffers, ledger bytes."""
         baseline = memory.snapshot()
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
@@ -75,7 +60,7 @@ class TestTheAdapterAlone:
         bm.close()
         memory.assert_baseline(baseline)
 
-    def test_gradients_equal_torch_autograd(self, cache):
+    def test_gradients_equal_torch_autograd(self, finetune_models):
         """The adapter's gradients through the bridge equal torch autograd on the same model."""
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
         perturb_adapter(model)
@@ -92,7 +77,7 @@ class TestTheAdapterAlone:
         bm.close()
 
     @pytest.mark.parametrize("model_id", [LLAMA, GPT2, BERT])
-    def test_fit_trains_the_adapter_and_no_base_weight(self, cache, model_id):
+    def test_fit_trains_the_adapter_and_no_base_weight(self, finetune_models, model_id):
         """fit lowers the loss, changes every adapter tensor (and a new head) and no base weight."""
         classifier = model_id == BERT
         model = torchbridge.load_model(
@@ -124,7 +109,7 @@ class TestTheAdapterAlone:
         assert all(torch.equal(params[n], before) for n, before in frozen.items())
         assert all(not torch.equal(params[n], before) for n, before in trained.items())
 
-    def test_a_classifier_head_trains_unless_train_says_otherwise(self, cache):
+    def test_a_classifier_head_trains_unless_train_says_otherwise(self, finetune_models):
         """A classifier's head is trained by default; train=[] keeps it frozen."""
         model = torchbridge.load_model(BERT, pretrained=True, num_labels=2, lora=True)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -151,7 +136,7 @@ class TestTheAdapterAlone:
 
 
 class TestSavingAndMerging:
-    def test_round_trip_through_register_local_model(self, cache, tmp_path):
+    def test_round_trip_through_register_local_model(self, finetune_models, tmp_path):
         """The adapter alone is saved, in PEFT's format, beside its base's id; local/ restores it."""
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC, dtype="bfloat16")
         perturb_adapter(model)
@@ -189,7 +174,7 @@ class TestSavingAndMerging:
         with pytest.raises(ChecksumError, match="changed since it was saved"):
             torchbridge.load_model("local/tiny-llama-lora")
 
-    def test_merged_model_computes_what_the_adapter_did(self, cache):
+    def test_merged_model_computes_what_the_adapter_did(self, finetune_models):
         """merge_adapter folds the adapter in: a plain model, the same outputs."""
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
         perturb_adapter(model)
@@ -205,7 +190,7 @@ class TestSavingAndMerging:
         with pytest.raises(AdapterError, match="no LoRA adapter"):
             torchbridge.merge_adapter(merged)
 
-    def test_an_unmerged_adapter_is_not_exported(self, cache, tmp_path):
+    def test_an_unmerged_adapter_is_not_exported(self, finetune_models, tmp_path):
         """export_onnx refuses a model whose adapter is not merged, saying how, and writes nothing."""
         pytest.importorskip("onnx")
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
@@ -226,7 +211,7 @@ class TestErrors:
             ("r=8", "as a dict"),
         ],
     )
-    def test_bad_settings(self, cache, spec, message):
+    def test_bad_settings(self, finetune_models, spec, message):
         """A bad LoRA setting is an AdapterError that says what is accepted."""
         with pytest.raises(AdapterError, match=message):
             torchbridge.load_model(LLAMA, pretrained=True, lora=spec)
@@ -237,7 +222,7 @@ class TestErrors:
         with pytest.raises(AdapterError, match=r"target=\[\.\.\.\].*called: 0, 2"):
             torchbridge.add_lora(module)
 
-    def test_an_adapter_needs_a_base_with_weights(self, cache, tmp_path):
+    def test_an_adapter_needs_a_base_with_weights(self, finetune_models, tmp_path):
         """Registering refuses an adapter on random weights, or on a base it cannot name."""
         random_base = torchbridge.load_model(LLAMA, lora=SPEC)
         with pytest.raises(AdapterError, match="without weights"):
