@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 import torchbridge  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.adapters import BaseModel, base_of, is_adapter_model  # noqa: E402
-from torchbridge.errors import AdapterError, ChecksumError  # noqa: E402
+from torchbridge.errors import AdapterError, ChecksumError, SidecarValueError  # noqa: E402
 from torchbridge.registry.core import get_registry  # noqa: E402
 from torchbridge.registry.sizes import model_size  # noqa: E402
 from torchbridge.train import fit  # noqa: E402
@@ -232,3 +232,18 @@ class TestErrors:
         with pytest.raises(AdapterError, match="architecture="):
             torchbridge.register_local_model("y", unnamed, directory=tmp_path)
         assert not list(tmp_path.iterdir())  # nothing written
+
+    def test_base_arguments_that_are_not_json_write_nothing(self, finetune_models, tmp_path):
+        """The base's arguments go to the sidecar: a value JSON cannot hold is a
+        SidecarValueError (a TypeError), before any file is written."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        with pytest.raises(SidecarValueError, match="JSON values") as info:
+            torchbridge.register_local_model(
+                "z",
+                model,
+                architecture=LLAMA,
+                kwargs={"pretrained": True, "when": object()},
+                directory=tmp_path,
+            )
+        assert isinstance(info.value, TypeError)
+        assert not list(tmp_path.iterdir())

@@ -71,7 +71,7 @@ class TestBfloat16Weights:
         assert {p.dtype for p in model.parameters()} == {torch.float16}
         with pytest.raises(PrecisionError, match="not a floating-point type"):
             torchbridge.load_model(LLAMA, dtype="int8")
-        with pytest.raises(ValueError, match="both given"):
+        with pytest.raises(PrecisionError, match="both given"):
             torchbridge.load_model(LLAMA, dtype="bfloat16", torch_dtype="float16")
 
     def test_other_sources_convert_after_loading(self, finetune_models, tmp_path):

@@ -47,6 +47,7 @@ __all__ = [
     "ReadOnlyArrayError",
     "RegistryError",
     "RemoteCodeError",
+    "SidecarValueError",
     "TokenIdError",
     "TokenizerNotFoundError",
     "TorchBridgeError",
@@ -239,6 +240,12 @@ class InputSpecError(RegistryError, ValueError):
     """A model's input size or normalisation (mean, std) is not valid."""
 
 
+class SidecarValueError(RegistryError, TypeError):
+    """A value ``register_local_model`` would record in a local model's sidecar (its
+    ``metadata``, ``kwargs``, or the arguments an adapter's base model was loaded with) is
+    not a JSON value; nothing was written."""
+
+
 class UnknownArchitectureError(RegistryError, LookupError):
     """A Hugging Face config names an architecture the installed transformers does not have."""
 
@@ -273,7 +280,8 @@ class AdapterError(RegistryError, ValueError):
 
 
 class PrecisionError(TorchBridgeError, ValueError):
-    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run."""
+    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run, or
+    ``dtype`` is given twice (as ``dtype`` and as ``torch_dtype``)."""
 
 
 class GradientCheckpointingError(RegistryError, ValueError):

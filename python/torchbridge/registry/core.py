@@ -342,7 +342,12 @@ class ModelRegistry:
 
         if "torch_dtype" in kwargs:  # transformers' older name
             if dtype is not None:
-                raise ValueError(f"{model_id}: dtype and torch_dtype both given; pass dtype")
+                from ..errors import PrecisionError
+
+                raise PrecisionError(
+                    f"{model_id}: dtype={dtype!r} and torch_dtype={kwargs['torch_dtype']!r} both "
+                    "given; they are one setting: pass dtype alone."
+                )
             dtype = kwargs.pop("torch_dtype")
         dtype = resolve_dtype(dtype, what=f"{model_id}: dtype")
         entry = self.model_info(model_id)

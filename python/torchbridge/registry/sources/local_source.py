@@ -67,6 +67,7 @@ from ...errors import (
     InputSpecError,
     InvalidModelIdError,
     RegistryError,
+    SidecarValueError,
 )
 from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import held_classes
@@ -88,6 +89,8 @@ __all__ = [
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# what a sidecar can hold, as the errors say it
+_JSON_VALUES = "JSON values (strings, numbers, booleans, None, and lists and dicts of them)"
 #: The longest local name: ``.<name>.safetensors.partial`` still fits a file name.
 MAX_NAME_LENGTH = 200
 
@@ -624,8 +627,9 @@ def save_local_model(
     try:  # before any file is written: a refused sidecar leaves nothing behind
         json.dumps(data)
     except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"register_local_model: metadata and kwargs must be JSON values ({err})"
+        raise SidecarValueError(
+            "register_local_model: metadata and kwargs are stored in the sidecar, so they must "
+            f"be {_JSON_VALUES}: {err}"
         ) from err
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -802,9 +806,10 @@ def save_local_adapter(
     try:  # before any file is written
         json.dumps(data)
     except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"register_local_model: the base model's arguments and metadata must be JSON "
-            f"values ({err})"
+        raise SidecarValueError(
+            "register_local_model: the arguments the adapter's base model was loaded with, and "
+            f"metadata, are stored in the sidecar, so they must be {_JSON_VALUES}: {err}. "
+            "Name the base with architecture= and kwargs= of JSON values."
         ) from err
     directory.mkdir(parents=True, exist_ok=True)
     folder = directory / name
@@ -956,7 +961,10 @@ def save_local_onnx(
     try:
         json.dumps(data)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"register_local_model: metadata must be JSON values ({err})") from err
+        raise SidecarValueError(
+            "register_local_model: metadata is stored in the sidecar, so it must be "
+            f"{_JSON_VALUES}: {err}"
+        ) from err
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     moves = [(source, target), *((source.parent / d, directory / d) for d in data_files)]
