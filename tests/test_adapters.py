@@ -18,9 +18,15 @@ pytest.importorskip("peft")
 import torchbridge  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.adapters import BaseModel, base_of, is_adapter_model  # noqa: E402
-from torchbridge.errors import AdapterError, ChecksumError, SidecarValueError  # noqa: E402
+from torchbridge.errors import (  # noqa: E402
+    AdapterError,
+    ChecksumError,
+    InvalidModelIdError,
+    SidecarValueError,
+)
 from torchbridge.registry.core import get_registry  # noqa: E402
 from torchbridge.registry.sizes import model_size  # noqa: E402
+from torchbridge.registry.sources.local_source import save_local_adapter  # noqa: E402
 from torchbridge.train import fit  # noqa: E402
 
 LLAMA, GPT2, BERT = "hf/test/tiny-llama", "hf/test/tiny-gpt2", "hf/test/tiny-bert"
@@ -174,6 +180,26 @@ class TestSavingAndMerging:
         with pytest.raises(ChecksumError, match="changed since it was saved"):
             torchbridge.load_model("local/tiny-llama-lora")
 
+    def test_a_failed_overwrite_keeps_the_earlier_adapter(self, finetune_models, tmp_path):
+        """An overwrite that fails while writing (a model holding two adapters) leaves the
+        earlier adapter's folder and sidecar as they were, and nothing else."""
+        import peft
+
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        perturb_adapter(model)
+        torchbridge.register_local_model("kept", model, directory=tmp_path)
+        before = {
+            p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+        }
+        model.add_adapter("second", peft.LoraConfig(r=2, target_modules=["q_proj"]))
+        with pytest.raises(AdapterError, match="2 adapters"):
+            torchbridge.register_local_model("kept", model, directory=tmp_path, overwrite=True)
+        after = {
+            p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+        }
+        assert after == before
+        assert is_adapter_model(torchbridge.load_model("local/kept"))
+
     def test_merged_model_computes_what_the_adapter_did(self, finetune_models):
         """merge_adapter folds the adapter in: a plain model, the same outputs."""
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
@@ -232,6 +258,15 @@ class TestErrors:
         with pytest.raises(AdapterError, match="architecture="):
             torchbridge.register_local_model("y", unnamed, directory=tmp_path)
         assert not list(tmp_path.iterdir())  # nothing written
+
+    @pytest.mark.parametrize("name", ["../escape", "a" * 201, "-dash"])
+    def test_save_local_adapter_checks_its_name(self, finetune_models, tmp_path, name):
+        """save_local_adapter refuses what is not a local model's name as register_local_model
+        does (InvalidModelIdError, at most 200 characters), writing nothing."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        with pytest.raises(InvalidModelIdError, match="not a local model name"):
+            save_local_adapter(name, model, base=base_of(model), directory=tmp_path / "models")
+        assert not list(tmp_path.iterdir())
 
     def test_base_arguments_that_are_not_json_write_nothing(self, finetune_models, tmp_path):
         """The base's arguments go to the sidecar: a value JSON cannot hold is a

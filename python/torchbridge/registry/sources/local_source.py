@@ -57,7 +57,7 @@ import numbers
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -624,21 +624,12 @@ def save_local_model(
         "kwargs": dict(kwargs or {}),
         "metadata": dict(metadata or {}),
     }
-    try:  # before any file is written: a refused sidecar leaves nothing behind
-        json.dumps(data)
-    except (TypeError, ValueError) as err:
-        raise SidecarValueError(
-            "register_local_model: metadata and kwargs are stored in the sidecar, so they must "
-            f"be {_JSON_VALUES}: {err}"
-        ) from err
+    _check_json(data, "metadata and kwargs are")  # before any file is written
 
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / f"{name}.safetensors"
     sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or weights_path.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
+    _refuse_taken(name, directory, weights_path, overwrite=overwrite)
 
     # safetensors refuses tensors that share memory (tied weights): give each its own copy
     seen: set[tuple[int, int]] = set()
@@ -694,8 +685,6 @@ def save_local_hf_model(
     sidecar ``<name>.json`` beside it records the weights' sha256. Returns the
     sidecar's path.
     """
-    import shutil
-
     check_local_name(name, what="register_local_model")
     config = module.config
     labels = getattr(config, "num_labels", None)
@@ -711,49 +700,37 @@ def save_local_hf_model(
             f"register_local_model: num_classes={num_classes}, but the model's head has "
             f"{labels} labels; pass num_classes={labels}, or none."
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    folder = directory / name
-    sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or folder.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
-    partial = directory / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        module.save_pretrained(str(partial), safe_serialization=True)
-        if tokenizer is None and architecture.source == "hf":
-            from ...text import load_tokenizer
+    if tokenizer is None and architecture.source == "hf":
+        from ...text import load_tokenizer
 
-            try:
-                tokenizer = load_tokenizer(architecture.id)
-            except Exception:  # a model without a tokenizer (images) saves none
-                tokenizer = None
+        try:
+            tokenizer = load_tokenizer(architecture.id)
+        except Exception:  # a model without a tokenizer (images) saves none
+            tokenizer = None
+
+    data = {
+        "format": SIDECAR_FORMAT,
+        "architecture": architecture.id,
+        "hf_folder": name,
+        "weights": f"{name}/model.safetensors",
+        "sha256": None,  # filled in once the weights are written
+        "num_classes": labels if own_task in LABEL_TASKS else None,
+        "task": task or (own_task if own_task != "unknown" else architecture.task),
+        "description": description or f"{name}: {arch_name} saved from {architecture.id}",
+        "tags": list(dict.fromkeys(["transformers", *tags])),
+        "license": (metadata or {}).get("license"),
+        "kwargs": {},
+        "metadata": dict(metadata or {}),
+    }
+    _check_json(data, "metadata is")
+
+    def write(partial: Path) -> dict[str, Any]:
+        module.save_pretrained(str(partial), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
-        weights = partial / "model.safetensors"
-        data = {
-            "format": SIDECAR_FORMAT,
-            "architecture": architecture.id,
-            "hf_folder": name,
-            "weights": f"{name}/model.safetensors",
-            "sha256": sha256_file(weights),
-            "num_classes": labels if own_task in LABEL_TASKS else None,
-            "task": task or (own_task if own_task != "unknown" else architecture.task),
-            "description": description or f"{name}: {arch_name} saved from {architecture.id}",
-            "tags": list(dict.fromkeys(["transformers", *tags])),
-            "license": (metadata or {}).get("license"),
-            "kwargs": {},
-            "metadata": dict(metadata or {}),
-        }
-        json.dumps(data)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(partial, folder)
-        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return sidecar
+        return {**data, "sha256": sha256_file(partial / "model.safetensors")}
+
+    return _save_model_folder(name, directory, write, overwrite=overwrite)
 
 
 def save_local_adapter(
@@ -775,16 +752,10 @@ def save_local_adapter(
     :class:`~torchbridge.adapters.BaseModel`). Returns the sidecar's path; a
     failure leaves nothing behind.
     """
-    import shutil
-
     from ...adapters import save_adapter
     from .hf_source import LABEL_TASKS, task_of_architecture
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"local model name {name!r} must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'"
-        )
+    check_local_name(name, what="register_local_model")
     module = model.get_base_model()
     config = getattr(module, "config", None)
     own_task = task_of_architecture(type(module).__name__) if config is not None else "unknown"
@@ -803,33 +774,71 @@ def save_local_adapter(
         "kwargs": dict(base.kwargs),
         "metadata": dict(metadata or {}),
     }
-    try:  # before any file is written
+    _check_json(  # before any file is written
+        data,
+        "the arguments the adapter's base model was loaded with, and metadata, are",
+        " Name the base with architecture= and kwargs= of JSON values.",
+    )
+
+    def write(partial: Path) -> dict[str, Any]:
+        return {**data, "sha256": sha256_file(save_adapter(model, partial))}
+
+    return _save_model_folder(name, directory, write, overwrite=overwrite)
+
+
+def _check_json(data: Mapping[str, Any], what: str, hint: str = "") -> None:
+    """SidecarValueError unless the sidecar ``data`` is JSON; ``what`` names the caller's values
+    in it ("metadata is"), ``hint`` ends the message."""
+    try:
         json.dumps(data)
     except (TypeError, ValueError) as err:
         raise SidecarValueError(
-            "register_local_model: the arguments the adapter's base model was loaded with, and "
-            f"metadata, are stored in the sidecar, so they must be {_JSON_VALUES}: {err}. "
-            "Name the base with architecture= and kwargs= of JSON values."
+            f"register_local_model: {what} stored in the sidecar, so must be {_JSON_VALUES}: "
+            f"{err}.{hint}"
         ) from err
-    directory.mkdir(parents=True, exist_ok=True)
-    folder = directory / name
-    sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or folder.exists()):
+
+
+def _refuse_taken(name: str, directory: Path, *files: Path, overwrite: bool) -> None:
+    """DuplicateModelError unless ``overwrite``, when ``directory`` holds ``local/<name>``'s
+    sidecar or one of its ``files``."""
+    if overwrite:
+        return
+    if any(p.exists() for p in (directory / f"{name}.json", *files)):
         raise DuplicateModelError(
             f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
         )
+
+
+def _save_model_folder(
+    name: str, directory: Path, write: Callable[[Path], dict[str, Any]], *, overwrite: bool
+) -> Path:
+    """A local model that is a folder: ``<directory>/<name>/``, filled by ``write(folder)``,
+    and the sidecar ``<name>.json`` holding the dict ``write`` returns; returns the sidecar.
+
+    ``write`` fills a temporary folder, moved in place with the sidecar once both are
+    complete: a failure leaves nothing new behind (and an earlier model of that name, when
+    ``overwrite`` is false, as it was). A model of that name there already is a
+    DuplicateModelError unless ``overwrite``.
+    """
+    import shutil
+
+    folder = directory / name
+    _refuse_taken(name, directory, folder, overwrite=overwrite)
+    directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{name}.partial"
+    partial_sidecar = directory / f".{name}.json.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        weights = save_adapter(model, partial)
-        data["sha256"] = sha256_file(weights)
+        data = write(partial)
+        partial_sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)
-        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial_sidecar, directory / f"{name}.json")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return sidecar
+        partial_sidecar.unlink(missing_ok=True)
+    return directory / f"{name}.json"
 
 
 # -- ONNX files ------------------------------------------------------------------------
@@ -941,10 +950,7 @@ def save_local_onnx(
     size, mean_, std_ = resolve_input_spec(onnx_entry, input_size, mean, std)
     target = directory / f"{name}.onnx"
     sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or target.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
+    _refuse_taken(name, directory, target, overwrite=overwrite)
     data = {
         "format": SIDECAR_FORMAT,
         "onnx": target.name,
@@ -958,13 +964,7 @@ def save_local_onnx(
         "license": (metadata or {}).get("license"),
         "metadata": dict(metadata or {}),
     }
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError) as err:
-        raise SidecarValueError(
-            "register_local_model: metadata is stored in the sidecar, so it must be "
-            f"{_JSON_VALUES}: {err}"
-        ) from err
+    _check_json(data, "metadata is")
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     moves = [(source, target), *((source.parent / d, directory / d) for d in data_files)]
