@@ -126,6 +126,36 @@ class TestTheAdapterAlone:
         names = [n for n, p in frozen_head.named_parameters() if p.requires_grad]
         assert names and all(".lora_" in n for n in names)
 
+    @pytest.mark.parametrize("num_labels", [None, 5])
+    def test_the_head_of_a_custom_code_classifier_trains(self, custom_classifier, num_labels):
+        """A classifier whose class is its repository's own code (trust_remote_code=True) gets
+        its head trained beside the adapter, as any classifier: its published head, or a new one."""
+        get_registry().refresh()  # nothing known of it before this load
+        model = torchbridge.load_model(
+            "hf/test/custom-classifier",
+            pretrained=True,
+            trust_remote_code=True,
+            lora={"r": 2, "target": ["body"]},
+            **({} if num_labels is None else {"num_labels": num_labels}),
+        )
+        trained = {
+            n.removeprefix("base_model.model.")
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+        assert trained == {
+            "body.lora_A.default.weight",
+            "body.lora_B.default.weight",
+            "classifier.modules_to_save.default.weight",
+            "classifier.modules_to_save.default.bias",
+        }
+        head = model.get_submodule("base_model.model.classifier.modules_to_save.default")
+        assert head.out_features == (num_labels or 3)
+        if num_labels is None:  # the published head, as the file holds it
+            assert torch.equal(head.weight, custom_classifier["classifier.weight"])
+        model(torch.randn(2, 4)).square().sum().backward()
+        assert head.weight.grad.abs().sum() > 0
+
     def test_add_lora_on_a_module_built_in_torch(self):
         """add_lora adapts the named layers of any module; the bridge shares those alone."""
         torch.manual_seed(0)
@@ -187,18 +217,18 @@ class TestSavingAndMerging:
 
         model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
         perturb_adapter(model)
-        torchbridge.register_local_model("kept", model, directory=tmp_path)
+        torchbridge.register_local_model("lora-kept", model, directory=tmp_path)
         before = {
             p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
         }
         model.add_adapter("second", peft.LoraConfig(r=2, target_modules=["q_proj"]))
         with pytest.raises(AdapterError, match="2 adapters"):
-            torchbridge.register_local_model("kept", model, directory=tmp_path, overwrite=True)
+            torchbridge.register_local_model("lora-kept", model, directory=tmp_path, overwrite=True)
         after = {
             p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
         }
         assert after == before
-        assert is_adapter_model(torchbridge.load_model("local/kept"))
+        assert is_adapter_model(torchbridge.load_model("local/lora-kept"))
 
     def test_merged_model_computes_what_the_adapter_did(self, finetune_models):
         """merge_adapter folds the adapter in: a plain model, the same outputs."""

@@ -93,6 +93,31 @@ class TestHubRepositories:
         with pytest.raises(UntrustedRepoError):
             torchbridge.load_model("hub/marked/conv_net")
 
+    def test_lora_trains_the_new_head_of_a_trusted_load(self, hub):
+        """A LoRA adapter on a hub model loaded with trust_repo=True trains its classifier
+        beside the adapter (NOTE [adapters]): the new random 4-class head gets gradients."""
+        pytest.importorskip("peft")
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
+        model = torchbridge.load_model(
+            "hub/marked/conv_net", num_classes=4, trust_repo=True, lora={"r": 2, "target": ["0"]}
+        )
+        trained = {
+            n.removeprefix("base_model.model.")
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+        assert trained == {
+            "0.lora_A.default.weight",
+            "0.lora_B.default.weight",
+            "4.modules_to_save.default.weight",
+            "4.modules_to_save.default.bias",
+        }
+        model(torch.randn(2, 3, 8, 8)).square().sum().backward()
+        head = model.get_submodule("base_model.model.4.modules_to_save.default")
+        assert head.out_features == 4 and head.weight.grad.abs().sum() > 0
+
     def test_add_hub_repo_with_trust(self, hub):
         """add_hub_repo(..., trust_repo=True) trusts that folder for this process; adding it
         again without the flag takes the trust back."""

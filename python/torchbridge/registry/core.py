@@ -405,21 +405,31 @@ class ModelRegistry:
             **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
         }
         base = BaseModel(entry.id, {k: v for k, v in record.items() if v is not None})
-        head = () if features else self._trained_head(entry, model, kwargs)
+        head = () if features else self._trained_head(entry, model, kwargs, trust_repo)
         return attach(model, lora, base=base, classifier=head)
 
-    def _trained_head(self, entry: ModelEntry, model: Any, kwargs: dict) -> tuple[str, ...]:
-        """The classifier a LoRA adapter trains beside it by default (NOTE [adapters])."""
+    def _trained_head(
+        self, entry: ModelEntry, model: Any, kwargs: dict, trust_repo: bool
+    ) -> tuple[str, ...]:
+        """The classifier a LoRA adapter trains beside it by default (NOTE [adapters]): the
+        layers of the loaded ``model`` that hold its classifier's weights.
+
+        A transformers model's head is read from the model itself, when its task has one
+        (no repository code runs again); any other is the one its source names, asked with
+        the load's trust (a ``hub/`` source builds the model to name it).
+        """
         from .heads import classifier_names
         from .sources.hf_source import LABEL_TASKS
+        from .sources.local_source import is_transformers_model
 
-        task = kwargs.get("task")
-        if task is not None and task != entry.task:  # another head on the body
-            return classifier_names(model) if task in LABEL_TASKS else ()
-        try:
-            return self.classifier(entry.id)
-        except Exception:  # noqa: BLE001 - a head the registry cannot name is not trained
-            return ()
+        if is_transformers_model(model):
+            task = kwargs.get("task") or entry.task
+            names = classifier_names(model) if task in LABEL_TASKS else ()
+        else:
+            with trusting_repos(bool(trust_repo)):  # NOTE [trust]: as the load itself
+                names = self.classifier(entry.id)
+        # a removed classifier (num_classes=0) holds no weights: nothing to train
+        return tuple(n for n in names if _holds_parameters(model, n))
 
     def register_local_model(
         self,
@@ -612,6 +622,13 @@ class ModelRegistry:
                 "is found first; pick another name"
             )
         return entry
+
+
+def _holds_parameters(model: Any, name: str) -> bool:
+    try:
+        return next(model.get_submodule(name).parameters(), None) is not None
+    except AttributeError:
+        return False
 
 
 def _is_onnx_file(value: Any) -> bool:
