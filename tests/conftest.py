@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # Before anything imports timm or huggingface_hub: never wait on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +67,9 @@ def hf_modules(tmp_path, monkeypatch):
     from transformers import dynamic_module_utils
 
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    monkeypatch.setattr(sys, "path", [*sys.path])
+    # another modules folder on the path would give transformers_modules its own contents
+    others = [p for p in sys.path if Path(p or ".", "transformers_modules").is_dir()]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in others])
     for name in [n for n in sys.modules if n.startswith("transformers_modules")]:
         monkeypatch.delitem(sys.modules, name)
     yield tmp_path / "modules"

@@ -455,11 +455,13 @@ class CustomForSequenceClassification(PreTrainedModel):
 
 def make_custom_classifier(folder: Path, *, hidden: int = 4, num_labels: int = 3, seed: int = 0):
     """A sequence classifier whose classes are its repository's own code (an ``auto_map`` in
-    its config): ``classifier(tanh(body(x)))``, two Linear layers. Writes the code, config and
-    weights to ``folder``; returns the weights, from which tests compute its outputs."""
+    its config): ``classifier(tanh(body(x)))``, two Linear layers. Writes the code, config,
+    weights and a WordPiece tokenizer (a standard one: the repository is custom through its
+    config alone) to ``folder``; returns the weights, from which tests compute its outputs."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    bert_tokenizer(folder).save_pretrained(folder)
     (folder / "configuration_custom.py").write_text(textwrap.dedent(CUSTOM_CONFIGURATION))
     (folder / "modeling_custom.py").write_text(textwrap.dedent(CUSTOM_MODELING))
     config = {

@@ -449,6 +449,7 @@ class ModelRegistry:
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         tokenizer: Any = None,
+        trust_remote_code: bool = False,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
         from .sources.local_source import check_local_name
@@ -517,6 +518,7 @@ class ModelRegistry:
                 tags=tuple(tags),
                 metadata=metadata,
                 overwrite=overwrite,
+                trust_remote_code=trust_remote_code,
             )
             return self._registered(local, folder, name)
         classifier: tuple[str, ...] = ()
@@ -828,10 +830,11 @@ def register_local_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     tokenizer: Any = None,
+    trust_remote_code: bool = False,
 ) -> ModelEntry:
     """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ...,
-    directory=None, overwrite=False, input_size=None, mean=None, std=None, tokenizer=None)
-    -> ModelEntry
+    directory=None, overwrite=False, input_size=None, mean=None, std=None, tokenizer=None,
+    trust_remote_code=False) -> ModelEntry
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
@@ -849,6 +852,9 @@ def register_local_model(
     layout instead: ``<directory>/<name>/`` with its config, ``model.safetensors``
     and tokenizer (``tokenizer``, else the architecture's), and the sidecar
     ``<name>.json``; it loads back as ``local/<name>`` with every tensor equal.
+    The architecture's tokenizer is read as :func:`~torchbridge.load_tokenizer`
+    reads it: for a repository with its own code (an ``auto_map``), only with
+    ``trust_remote_code=True`` (NOTE [trust]); without it, pass ``tokenizer=``.
 
     A model with a LoRA adapter (``load_model(id, lora=...)``) is saved as its
     adapter alone, in PEFT's format, beside a reference to the base model it
@@ -866,6 +872,8 @@ def register_local_model(
         InputSpecError: ``input_size`` is not a tuple of positive ints, ``mean`` or
             ``std`` not one finite float per channel, or an entry of ``std`` is not > 0.
         AdapterError: an adapter whose base model is unknown or has no weights.
+        RemoteCodeError: the architecture's tokenizer needs its repository's code, and
+            neither ``tokenizer`` nor ``trust_remote_code=True`` is given; nothing is written.
     """
     return get_registry().register_local_model(
         name,
@@ -883,4 +891,5 @@ def register_local_model(
         mean=mean,
         std=std,
         tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
     )

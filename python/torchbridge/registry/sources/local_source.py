@@ -68,6 +68,7 @@ from ...errors import (
     InvalidModelIdError,
     RegistryError,
     SidecarValueError,
+    TokenizerNotFoundError,
 )
 from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import held_classes
@@ -676,14 +677,19 @@ def save_local_hf_model(
     tags: tuple[str, ...] = (),
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """save_local_hf_model(name, module, *, architecture, num_classes, directory, ...) -> Path
+    """save_local_hf_model(name, module, *, architecture, num_classes, directory, ...,
+    trust_remote_code=False) -> Path
 
     A transformers model in ``save_pretrained``'s layout: ``<directory>/<name>/``
     holds ``config.json``, ``model.safetensors`` and the tokenizer's files (the
     ``tokenizer`` given, else the architecture's own, when it has one); the
     sidecar ``<name>.json`` beside it records the weights' sha256. Returns the
-    sidecar's path.
+    sidecar's path. The architecture's tokenizer is read as
+    :func:`~torchbridge.load_tokenizer` reads it: for a repository with its own
+    code, only with ``trust_remote_code`` (else a RemoteCodeError, before
+    anything is written).
     """
     check_local_name(name, what="register_local_model")
     config = module.config
@@ -701,11 +707,13 @@ def save_local_hf_model(
             f"{labels} labels; pass num_classes={labels}, or none."
         )
     if tokenizer is None and architecture.source == "hf":
-        from ...text import load_tokenizer
+        from ...text import read_tokenizer
 
-        try:
-            tokenizer = load_tokenizer(architecture.id)
-        except Exception:  # a model without a tokenizer (images) saves none
+        try:  # a repository's own code: refused unless trusted (NOTE [trust])
+            tokenizer = read_tokenizer(
+                architecture.id, trust_remote_code=trust_remote_code, call="register_local_model"
+            )
+        except TokenizerNotFoundError:  # a model without a tokenizer (images) saves none
             tokenizer = None
 
     data = {
