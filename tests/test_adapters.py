@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +18,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import torchbridge  # noqa: E402
+from hf_models import REVISION  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.adapters import BaseModel, base_of, is_adapter_model  # noqa: E402
 from torchbridge.errors import (  # noqa: E402
+    AdapterBaseChangedError,
     AdapterError,
     ChecksumError,
     InvalidModelIdError,
@@ -27,6 +31,7 @@ from torchbridge.errors import (  # noqa: E402
 from torchbridge.registry.core import get_registry  # noqa: E402
 from torchbridge.registry.sizes import model_size  # noqa: E402
 from torchbridge.registry.sources.local_source import save_local_adapter  # noqa: E402
+from torchbridge.registry.weights import sha256_file  # noqa: E402
 from torchbridge.train import fit  # noqa: E402
 
 LLAMA, GPT2, BERT = "hf/test/tiny-llama", "hf/test/tiny-gpt2", "hf/test/tiny-bert"
@@ -188,13 +193,17 @@ class TestSavingAndMerging:
         sidecar = json.loads((tmp_path / "tiny-llama-lora.json").read_text())
         assert sidecar["architecture"] == LLAMA and sidecar["adapter"] == "tiny-llama-lora"
         assert sidecar["kwargs"] == {"pretrained": True, "dtype": "bfloat16"}
+        assert sidecar["base_weights"] == {"revision": REVISION}  # the snapshot trained on
+        assert sidecar["adapter_config_sha256"] == sha256_file(folder / "adapter_config.json")
         adapter_values = sum(p.numel() for p in model.parameters() if p.requires_grad)
         size = model_size("local/tiny-llama-lora")
         assert size.parameters == adapter_values and size.counted_from == "weights file"
         assert size.bytes == {"float32": 4 * adapter_values}  # PEFT keeps the adapter float32
 
         again = torchbridge.load_model("local/tiny-llama-lora")
-        assert base_of(again) == BaseModel(LLAMA, {"pretrained": True, "dtype": "bfloat16"})
+        assert base_of(again) == BaseModel(
+            LLAMA, {"pretrained": True, "dtype": "bfloat16"}, {"revision": REVISION}
+        )
         saved = {n: p for n, p in model.named_parameters() if p.requires_grad}
         restored = {n: p for n, p in again.named_parameters() if p.requires_grad}
         assert saved.keys() == restored.keys()
@@ -253,6 +262,104 @@ class TestSavingAndMerging:
         with pytest.raises(torchbridge.ExportError, match="merge_adapter"):
             torchbridge.export_onnx(model, tmp_path / "m.onnx")
         assert not list(tmp_path.iterdir())
+
+
+class TestTheBaseItWasTrainedOn:
+    """NOTE [adapter files]: an adapter is restored onto the weights it was trained on, or not."""
+
+    RESNET_SPEC = {"r": 2, "target": r"layer1\.0\.conv1"}
+
+    def resnet_file(self, path, seed):
+        from safetensors.torch import save_file
+
+        torch.manual_seed(seed)
+        model = torchbridge.load_model("timm/test_resnet", num_classes=3)
+        save_file(model.state_dict(), str(path))
+        return model.state_dict()
+
+    def test_a_weights_file_is_recorded_by_its_path_and_sha256(self, tmp_path, monkeypatch):
+        """weights= is recorded resolved and hashed: the adapter restores onto that file from
+        any folder, and a changed or missing file is an AdapterBaseChangedError."""
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        monkeypatch.chdir(tmp_path / "a")
+        trained_on = self.resnet_file(tmp_path / "a" / "w.safetensors", seed=0)
+        model = torchbridge.load_model(
+            "timm/test_resnet", weights="w.safetensors", lora=self.RESNET_SPEC
+        )
+        assert base_of(model).kwargs["weights"] == str(tmp_path / "a" / "w.safetensors")
+        torchbridge.register_local_model("resnet-lora-file", model, directory=tmp_path / "m")
+        sidecar = json.loads((tmp_path / "m" / "resnet-lora-file.json").read_text())
+        assert sidecar["base_weights"] == {"sha256": sha256_file(tmp_path / "a" / "w.safetensors")}
+
+        monkeypatch.chdir(tmp_path / "b")  # another w.safetensors here
+        self.resnet_file(tmp_path / "b" / "w.safetensors", seed=1)
+        again = torchbridge.load_model("local/resnet-lora-file")
+        base = again.get_base_model().state_dict()
+        assert all(torch.equal(base[k], v) for k, v in trained_on.items() if k.startswith("conv"))
+
+        self.resnet_file(tmp_path / "a" / "w.safetensors", seed=2)  # the file changed
+        with pytest.raises(AdapterBaseChangedError, match="changed since the adapter was saved"):
+            torchbridge.load_model("local/resnet-lora-file")
+        (tmp_path / "a" / "w.safetensors").unlink()
+        with pytest.raises(AdapterBaseChangedError, match="not there any more") as info:
+            torchbridge.load_model("local/resnet-lora-file")
+        assert isinstance(info.value, ChecksumError) and isinstance(info.value, AdapterError)
+
+    def test_a_local_base_registered_again_is_refused(self, tmp_path):
+        """An adapter on local/<name> is not restored onto another model saved under that name."""
+        folder = tmp_path / "m"
+        net = torchbridge.load_model("timm/test_resnet", num_classes=3)
+        torchbridge.register_local_model(
+            "resnet-base", net, architecture="timm/test_resnet", directory=folder
+        )
+        model = torchbridge.load_model("local/resnet-base", lora=self.RESNET_SPEC)
+        torchbridge.register_local_model("resnet-base-lora", model, directory=folder)
+        assert is_adapter_model(torchbridge.load_model("local/resnet-base-lora"))
+        torch.manual_seed(5)
+        other = torchbridge.load_model("timm/test_resnet", num_classes=3)
+        torchbridge.register_local_model(
+            "resnet-base", other, architecture="timm/test_resnet", directory=folder, overwrite=True
+        )
+        with pytest.raises(AdapterBaseChangedError, match="local/resnet-base"):
+            torchbridge.load_model("local/resnet-base-lora")
+
+    def test_a_hugging_face_base_is_recorded_by_its_revision(self, finetune_models, tmp_path):
+        """A cached hf/ base is its snapshot's revision: another snapshot under refs/main is
+        refused, naming both revisions; the one trained on restores again."""
+        model = torchbridge.load_model(BERT, pretrained=True, lora={"r": 2})
+        torchbridge.register_local_model("bert-lora-revision", model, directory=tmp_path)
+        sidecar = json.loads((tmp_path / "bert-lora-revision.json").read_text())
+        assert sidecar["base_weights"] == {"revision": REVISION}
+        repo = _cache_dir("test/tiny-bert")
+        newer = "f" * 40
+        (repo / "snapshots" / REVISION).rename(repo / "snapshots" / newer)
+        (repo / "refs" / "main").write_text(newer)
+        get_registry().refresh()
+        try:
+            with pytest.raises(AdapterBaseChangedError, match=f"revision {REVISION}.*{newer}"):
+                torchbridge.load_model("local/bert-lora-revision")
+        finally:
+            (repo / "snapshots" / newer).rename(repo / "snapshots" / REVISION)
+            (repo / "refs" / "main").write_text(REVISION)
+            get_registry().refresh()
+        assert is_adapter_model(torchbridge.load_model("local/bert-lora-revision"))
+
+    def test_a_changed_adapter_config_is_refused(self, finetune_models, tmp_path):
+        """adapter_config.json is hashed with the adapter: a changed lora_alpha is a
+        ChecksumError, not an adapter silently scaled otherwise."""
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        torchbridge.register_local_model("llama-lora-config", model, directory=tmp_path)
+        config = tmp_path / "llama-lora-config" / "adapter_config.json"
+        data = json.loads(config.read_text())
+        config.write_text(json.dumps({**data, "lora_alpha": 2 * data["lora_alpha"]}))
+        with pytest.raises(ChecksumError, match="adapter_config.json.*changed since it was saved"):
+            torchbridge.load_model("local/llama-lora-config")
+
+
+def _cache_dir(repo: str) -> Path:
+    """The folder of ``repo`` in the Hugging Face cache the tests point at."""
+    return Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
 
 
 class TestErrors:

@@ -17,7 +17,13 @@ import torchbridge
 from torchbridge.errors import CorruptWeightsError
 from torchbridge.registry.core import get_registry
 from torchbridge.registry.sizes import model_size
-from torchbridge.registry.weights import build_for_loading, load_into_model, load_state_dict
+from torchbridge.registry.weights import (
+    build_for_loading,
+    checkpoint_sha256,
+    load_into_model,
+    load_state_dict,
+    sha256_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,6 +177,16 @@ class TestShards:
         (tmp_path / "model-00002-of-00002.safetensors").unlink()
         with pytest.raises(CorruptWeightsError, match="names shards that are not in its folder"):
             torchbridge.load_model("timm/test_resnet", weights=index)
+
+    def test_a_sharded_checkpoint_is_hashed_with_its_shards(self, tmp_path):
+        """checkpoint_sha256 of an index changes when a shard does; of a file, it is its sha256."""
+        torch.manual_seed(0)
+        index = self.write_shards(torch.nn.Linear(4, 3).state_dict(), tmp_path)
+        before = checkpoint_sha256(index)
+        shard = tmp_path / "model-00002-of-00002.safetensors"
+        assert checkpoint_sha256(shard) == sha256_file(shard)
+        save_file({"bias": torch.ones(3)}, str(shard))
+        assert checkpoint_sha256(index) != before
 
     def test_a_sharded_transformers_folder_loads(self, tmp_path, monkeypatch):
         """A Hugging Face repo saved in shards loads every tensor; info reads every shard."""

@@ -98,11 +98,16 @@ class BaseModel:
 
     ``load_model(id, **kwargs)`` builds it again, with its weights: ``kwargs``
     are the arguments it was loaded with (``pretrained``, ``num_labels``,
-    ``dtype`` as a name ...), JSON values.
+    ``dtype`` as a name, ``weights`` as an absolute path ...), JSON values.
+    ``identity`` says which weights those were (its source's
+    ``weights_identity``: a file's ``sha256``, a Hugging Face snapshot's
+    ``revision``; empty when the source cannot tell), so that the adapter is
+    restored onto those only (NOTE [adapter files]).
     """
 
     id: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def has_weights(self) -> bool:

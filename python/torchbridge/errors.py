@@ -14,6 +14,7 @@ like the rest.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterBaseChangedError",
     "AdapterError",
     "BridgeError",
     "BrokenEntryError",
@@ -277,6 +278,12 @@ class TokenizerNotFoundError(RegistryError, LookupError):
 class AdapterError(RegistryError, ValueError):
     """A LoRA adapter could not be made, saved, restored or merged (its spec, its target
     layers, or its base model)."""
+
+
+class AdapterBaseChangedError(AdapterError, ChecksumError):
+    """A saved LoRA adapter's base model is no longer the one it was trained on: the weights
+    file it was loaded from changed or is gone, a local model of that name holds other
+    weights, or the Hugging Face cache holds another revision (NOTE [adapter files])."""
 
 
 class PrecisionError(TorchBridgeError, ValueError):

@@ -398,15 +398,25 @@ class ModelRegistry:
         # trust (trust_remote_code) is given at each load, never recorded
         record = {
             "pretrained": bool(pretrained or weights_path is not None),
-            "weights": None if weights_path is None else str(weights_path),
+            "weights": None if weights_path is None else str(weights_path.resolve()),
             "num_classes": num_classes,
             "features": features or None,
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
             **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
         }
-        base = BaseModel(entry.id, {k: v for k, v in record.items() if v is not None})
+        base = BaseModel(
+            entry.id,
+            {k: v for k, v in record.items() if v is not None},
+            # NOTE [adapter files]: which weights these are, checked when the adapter is restored
+            self._weights_identity(entry, weights_path) if record["pretrained"] else {},
+        )
         head = () if features else self._trained_head(entry, model, kwargs, trust_repo)
         return attach(model, lora, base=base, classifier=head)
+
+    def _weights_identity(self, entry: ModelEntry, weights: Path | None) -> dict[str, str]:
+        """What identifies the weights a load of ``entry`` with ``weights`` reads (its
+        source's ``weights_identity``)."""
+        return self.source(entry.source).weights_identity(entry, weights=weights)
 
     def _trained_head(
         self, entry: ModelEntry, model: Any, kwargs: dict, trust_repo: bool
@@ -564,7 +574,10 @@ class ModelRegistry:
 
         base = base_of(model)
         if architecture is not None:
-            base = BaseModel(architecture, dict(kwargs) if kwargs else {"pretrained": True})
+            stored = dict(kwargs) if kwargs else {"pretrained": True}
+            if isinstance(stored.get("weights"), (str, os.PathLike)):
+                stored["weights"] = str(Path(stored["weights"]).expanduser().resolve())
+            base = BaseModel(architecture, stored)
         elif kwargs:
             raise AdapterError(
                 "register_local_model: kwargs= describes the base model named by architecture=; "
@@ -577,13 +590,20 @@ class ModelRegistry:
                 "architecture='hf/org/name' (and kwargs= the arguments that load it, "
                 "pretrained=True by default)."
             )
-        self.model_info(base.id)  # an unknown base is an UnknownModelError now, not at load
+        base_entry = self.model_info(base.id)  # an unknown base: an UnknownModelError now
         if not base.has_weights:
             raise AdapterError(
                 f"register_local_model: the adapter's base {base.id} was loaded without weights "
                 "(a random initialisation), which an adapter cannot be restored onto. Load the "
                 "base with pretrained=True (or weights=...), or save the whole model: "
                 "register_local_model(name, torchbridge.merge_adapter(model), architecture=...)."
+            )
+        if not base.identity:  # a base named here: its weights as they are now
+            weights = base.kwargs.get("weights")
+            base = BaseModel(
+                base.id,
+                base.kwargs,
+                self._weights_identity(base_entry, None if weights is None else Path(weights)),
             )
         local = self.source("local")
         if directory:
@@ -771,6 +791,8 @@ def load_model(
         PrecisionError: ``dtype`` names no floating-point type.
         GradientCheckpointingError: the model has no gradient checkpointing.
         AdapterError: a bad ``lora`` setting, or layers PEFT cannot adapt.
+        AdapterBaseChangedError: a saved adapter (``local/<name>``) whose base would
+            load other weights than those it was trained on (NOTE [adapter files]).
     """
     return get_registry().load_model(
         model_id,

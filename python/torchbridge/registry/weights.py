@@ -60,6 +60,7 @@ __all__ = [
     "ResolvedWeights",
     "build_for_loading",
     "check_sha256",
+    "checkpoint_sha256",
     "download_from_hf",
     "download_url",
     "find_in_hf_cache",
@@ -111,6 +112,20 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """checkpoint_sha256(path) -> str: what identifies the tensors a weight file holds.
+
+    The file's sha256; for a sharded checkpoint's index (``*.index.json``), the
+    sha256 of the lines ``"<file name> <its sha256>"`` of the index and of every
+    shard it names, in order, so that a changed shard changes it too.
+    """
+    path = Path(path)
+    if not path.name.endswith(_INDEX_SUFFIX):
+        return sha256_file(path)
+    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in (path, *shard_files(path)))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def hash_prefix_from_filename(filename: str) -> str | None:

@@ -68,6 +68,7 @@ from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import classifier_names, settle_head
 from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
 from ..trust import check_remote_code
+from ..weights import checkpoint_sha256
 from ._hf_tasks import AUTO_CLASSES, custom_code_auto_class, task_of_architecture, task_of_config
 from .base import ModelSource
 
@@ -383,6 +384,18 @@ class HFSource(ModelSource):
             ) from exc
         self.refresh()
         return Path(path)
+
+    def weights_identity(self, entry: ModelEntry, *, weights: Path | None) -> dict[str, str]:
+        """A ``weights`` file's sha256; else the revision of the cached snapshot that loads
+        (``{"revision": <commit>}``), or, for a ``save_pretrained`` folder, the sha256 of its
+        weights (every shard)."""
+        if weights is not None:
+            return super().weights_identity(entry, weights=weights)
+        folder = self.folder(entry)
+        if folder.parent.name == "snapshots":  # the Hub cache: snapshots/<commit>/
+            return {"revision": folder.name}
+        file = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
+        return {} if file is None else {"sha256": checkpoint_sha256(file)}
 
     def config(self, entry: ModelEntry, *, trust_remote_code: bool = False, **overrides: Any):
         """config(entry, *, trust_remote_code=False, **overrides) -> PretrainedConfig"""

@@ -42,10 +42,17 @@ without its base model's weights: ``<name>/`` holds PEFT's
 ``adapter_config.json`` and ``adapter_model.safetensors``, and the sidecar
 ``<name>.json`` holds ``"adapter": "<name>"``, the base model as
 ``"architecture"`` (a registry id) with the arguments that load it as
-``"kwargs"`` (``pretrained``, ``num_labels``, ``dtype`` ...), and the adapter
-file's sha256. ``load_model("local/<name>")`` loads the base through the
+``"kwargs"`` (``pretrained``, ``num_labels``, ``dtype``, ``weights`` as an
+absolute path ...), which weights those were as ``"base_weights"`` (the
+source's ``weights_identity``: the sha256 of a ``weights=`` file or of a
+local model's file, the revision of a Hugging Face snapshot, the sha256 of a
+``save_pretrained`` folder's weights; none for published timm, torchvision
+and torch.hub weights, named by their tag), and the sha256 of both adapter
+files. ``load_model("local/<name>")`` checks both files (ChecksumError), checks
+that the base would load the weights it was trained on before loading it
+(AdapterBaseChangedError, saying what changed), loads the base through the
 registry (the caller's ``dtype=`` and other arguments override the stored
-ones), checks the file, and restores the adapter, trainable.
+ones), and restores the adapter, trainable.
 """
 
 from __future__ import annotations
@@ -240,6 +247,15 @@ class LocalSource(ModelSource):
             )
         return registry, registry.model_info(entry.metadata["architecture"])
 
+    def weights_identity(self, entry: ModelEntry, *, weights: Path | None) -> dict[str, str]:
+        """A ``weights`` file's sha256; else that of the model's own file (the one its
+        sidecar records: loading checks the file against it)."""
+        if weights is not None:
+            return super().weights_identity(entry, weights=weights)
+        recorded = entry.metadata.get("sha256")
+        file = entry.metadata.get("onnx_path") or entry.metadata["weights_path"]
+        return {"sha256": recorded or sha256_file(file)}
+
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
         if entry.metadata.get("onnx_path"):
             return ()
@@ -288,7 +304,7 @@ class LocalSource(ModelSource):
     ):
         """NOTE [adapter files]: the base model through the registry, then its adapter."""
         from ...adapters import BaseModel, restore_adapter
-        from ...errors import AdapterError, ChecksumError
+        from ...errors import AdapterError, ChecksumError, WeightsNotFoundError
 
         if weights is not None:
             raise AdapterError(
@@ -302,22 +318,36 @@ class LocalSource(ModelSource):
             )
         registry, architecture = self._architecture(entry)
         adapter = Path(entry.metadata["weights_path"])
-        expected = entry.metadata.get("sha256")
-        if expected:
-            got = sha256_file(adapter)
+        for file, key in (
+            (adapter, "sha256"),
+            (adapter.parent / "adapter_config.json", "adapter_config_sha256"),
+        ):
+            expected = entry.metadata.get(key)
+            if not expected:
+                continue
+            if not file.is_file():
+                raise WeightsNotFoundError(
+                    f"{entry.id}: {file} is not there; an adapter's folder holds the "
+                    "adapter_config.json and adapter_model.safetensors register_local_model wrote."
+                )
+            got = sha256_file(file)
             if got != expected:
                 raise ChecksumError(
-                    f"{entry.id}: {adapter} has sha256 {got}, but its sidecar records "
+                    f"{entry.id}: {file} has sha256 {got}, but its sidecar records "
                     f"{expected}; the file changed since it was saved."
                 )
         stored = dict(entry.metadata.get("kwargs") or {})
+        identity = dict(entry.metadata.get("base_weights") or {})
+        if identity:  # before the base loads: the weights it would load are those trained on
+            _check_base(entry, registry.source(architecture.source), architecture, stored, identity)
         dtype = kwargs.get("dtype")
         if dtype is not None:  # the record keeps the name, as register_local_model wrote it
             stored["dtype"] = str(dtype).removeprefix("torch.")
         module = registry.load_model(
             architecture.id, trust_pickle=trust_pickle, **{**stored, **kwargs}
         )
-        return restore_adapter(module, adapter.parent, BaseModel(architecture.id, stored))
+        base = BaseModel(architecture.id, stored, identity)
+        return restore_adapter(module, adapter.parent, base)
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
@@ -334,6 +364,46 @@ class LocalSource(ModelSource):
         expected = entry.metadata.get("sha256") if weights is None else None
         state = load_state_dict(file, trust_pickle=trust_pickle, sha256=expected)
         return self.build_holding(entry, state, source=str(file), **kwargs)
+
+
+def _check_base(
+    entry: ModelEntry,
+    source: ModelSource,
+    architecture: ModelEntry,
+    stored: Mapping[str, Any],
+    recorded: Mapping[str, str],
+) -> None:
+    """NOTE [adapter files]: AdapterBaseChangedError unless the weights the adapter's base
+    would load now are those ``recorded`` when it was saved, saying what changed and what to do.
+    """
+    from ...errors import AdapterBaseChangedError
+
+    weights = stored.get("weights")
+    trained_on = f"{entry.id} was trained on {architecture.id}"
+    if weights is not None and not Path(weights).is_file():
+        raise AdapterBaseChangedError(
+            f"{trained_on} loaded from the weights {weights}, which are not there any more. "
+            f"Put that file back (sha256 {recorded.get('sha256', '?')}) to restore the adapter."
+        )
+    now = source.weights_identity(architecture, weights=None if weights is None else Path(weights))
+    for key, was in recorded.items():
+        if now.get(key) == was:
+            continue
+        if key == "revision":
+            repo = architecture.metadata.get("repo") or architecture.name
+            raise AdapterBaseChangedError(
+                f"{trained_on} at revision {was}, but the Hugging Face cache now holds revision "
+                f"{now.get(key)}. Restore that revision (huggingface-cli download {repo} "
+                f"--revision {was}, with refs/main naming it), or train a new adapter on this one."
+            )
+        where = (
+            f"the weights {weights}" if weights is not None else f"the weights of {architecture.id}"
+        )
+        raise AdapterBaseChangedError(
+            f"{trained_on} with {where} of {key} {was}, but they now have {key} "
+            f"{now.get(key)}: they changed since the adapter was saved. Put the weights it was "
+            "trained on back, or train a new adapter on these."
+        )
 
 
 def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
@@ -377,6 +447,16 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
         metadata["hf_folder"] = str(_inside(sidecar, "hf_folder", data["hf_folder"]))
     if data.get("adapter"):  # NOTE [adapter files]
         metadata["adapter_folder"] = str(_inside(sidecar, "adapter", data["adapter"]))
+        config_sha = data.get("adapter_config_sha256")
+        if config_sha is not None and not isinstance(config_sha, str):
+            raise TypeError(f"adapter_config_sha256 must be a hex string, got {config_sha!r}")
+        base_weights = data.get("base_weights")
+        if base_weights is not None and not (
+            isinstance(base_weights, dict)
+            and all(isinstance(v, str) for v in base_weights.values())
+        ):
+            raise TypeError(f"base_weights must be a JSON object of strings, got {base_weights!r}")
+        metadata.update(adapter_config_sha256=config_sha, base_weights=base_weights)
     tags = ("local", "lora") if data.get("adapter") else ("local",)
     return _local_entry(
         name,
@@ -780,6 +860,7 @@ def save_local_adapter(
         "tags": list(dict.fromkeys(["lora", *tags])),
         "license": (metadata or {}).get("license"),
         "kwargs": dict(base.kwargs),
+        "base_weights": dict(base.identity) or None,
         "metadata": dict(metadata or {}),
     }
     _check_json(  # before any file is written
@@ -789,7 +870,12 @@ def save_local_adapter(
     )
 
     def write(partial: Path) -> dict[str, Any]:
-        return {**data, "sha256": sha256_file(save_adapter(model, partial))}
+        weights = save_adapter(model, partial)
+        return {
+            **data,
+            "sha256": sha256_file(weights),
+            "adapter_config_sha256": sha256_file(partial / "adapter_config.json"),
+        }
 
     return _save_model_folder(name, directory, write, overwrite=overwrite)
 
