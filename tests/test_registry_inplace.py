@@ -46,6 +46,16 @@ class WithAttribute(torch.nn.Module):
         self.mask = torch.ones(4)
 
 
+class Tied(torch.nn.Module):
+    """An embedding whose matrix is also the output layer's (one parameter, two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.emb.weight
+
+
 class TestInPlace:
     def test_parameters_are_the_files_mapped_tensors(self, tmp_path):
         """The loaded model's parameters are the tensors read from the file, not copies of
@@ -89,7 +99,8 @@ class TestInPlace:
         assert len(calls) == 2
 
     def test_tied_weights_stay_one_parameter(self, tmp_path, monkeypatch):
-        """GPT-2's head is its embedding: stored once, loaded once, still one parameter."""
+        """GPT-2's head is its embedding: stored once, loaded by transformers (NOTE [hf weights
+        files]), still one parameter."""
         pytest.importorskip("transformers")
         from hf_models import cache_repo, make_gpt2
 
@@ -104,6 +115,31 @@ class TestInPlace:
         for name, value in reference.state_dict().items():
             assert torch.equal(model.state_dict()[name], value), name
         get_registry().refresh()
+
+    @pytest.mark.parametrize(
+        "given", [("emb.weight",), ("head.weight",), ("emb.weight", "head.weight")]
+    )
+    def test_a_tied_weight_loads_once_under_any_of_its_names(self, given):
+        """load_into_model ties the weight again whichever of its names the file holds it under
+        (both, with the same values, too): one parameter holding the file's values."""
+        value = torch.randn(5, 3)
+        model = build_for_loading(Tied)
+        load_into_model(model, {name: value.clone() for name in given}, source="memory")
+        assert model.head.weight is model.emb.weight
+        assert [n for n, _ in model.named_parameters()] == ["emb.weight"]
+        assert torch.equal(model.emb.weight, value)
+        ids = torch.tensor([0, 4])
+        torch.testing.assert_close(model.head(model.emb(ids)), value[ids] @ value.T)
+
+    def test_tied_names_with_different_values_are_refused(self):
+        """A file holding the two names of one tied weight with different values is a
+        CorruptWeightsError naming both keys, and nothing is loaded."""
+        model = build_for_loading(Tied)
+        state = {"emb.weight": torch.randn(5, 3), "head.weight": torch.randn(5, 3)}
+        with pytest.raises(CorruptWeightsError, match="emb.weight and head.weight") as info:
+            load_into_model(model, state, source="tied.safetensors")
+        assert info.value.tied_keys == ("emb.weight", "head.weight")
+        assert model.emb.weight.is_meta and model.head.weight is model.emb.weight
 
     def test_a_checkpoint_in_another_dtype_is_converted(self, tmp_path):
         """bfloat16 tensors loaded into a float32 model become float32, value for value."""
