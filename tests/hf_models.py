@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import torch
@@ -415,3 +416,78 @@ def finetune_cache(hub: Path, work: Path) -> dict:
         cache_repo(hub, repo, folder)
         made[repo] = (model, tok)
     return made
+
+
+# -- a repository with its own code ------------------------------------------------
+
+CUSTOM_CONFIGURATION = """
+from transformers import PretrainedConfig
+
+
+class CustomConfig(PretrainedConfig):
+    model_type = "tb-custom-classifier"
+
+    def __init__(self, hidden=4, **kwargs):
+        self.hidden = hidden
+        super().__init__(**kwargs)
+"""
+
+CUSTOM_MODELING = """
+import torch
+from transformers import PreTrainedModel
+
+from .configuration_custom import CustomConfig
+
+
+class CustomForSequenceClassification(PreTrainedModel):
+    config_class = CustomConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.body = torch.nn.Linear(config.hidden, config.hidden)
+        self.classifier = torch.nn.Linear(config.hidden, config.num_labels)
+        self.post_init()
+
+    def forward(self, x):
+        return self.classifier(torch.tanh(self.body(x)))
+"""
+
+
+def make_custom_classifier(folder: Path, *, hidden: int = 4, num_labels: int = 3, seed: int = 0):
+    """A sequence classifier whose classes are its repository's own code (an ``auto_map`` in
+    its config): ``classifier(tanh(body(x)))``, two Linear layers. Writes the code, config,
+    weights and a WordPiece tokenizer (a standard one: the repository is custom through its
+    config alone) to ``folder``; returns the weights, from which tests compute its outputs."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bert_tokenizer(folder).save_pretrained(folder)
+    (folder / "configuration_custom.py").write_text(textwrap.dedent(CUSTOM_CONFIGURATION))
+    (folder / "modeling_custom.py").write_text(textwrap.dedent(CUSTOM_MODELING))
+    config = {
+        "model_type": "tb-custom-classifier",
+        "architectures": ["CustomForSequenceClassification"],
+        "hidden": hidden,
+        "id2label": {str(i): f"L{i}" for i in range(num_labels)},
+        "label2id": {f"L{i}": i for i in range(num_labels)},
+        "auto_map": {
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForSequenceClassification": "modeling_custom.CustomForSequenceClassification",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    generator = torch.Generator().manual_seed(seed)
+    weights = {
+        "body.weight": torch.randn(hidden, hidden, generator=generator),
+        "body.bias": torch.randn(hidden, generator=generator),
+        "classifier.weight": torch.randn(num_labels, hidden, generator=generator),
+        "classifier.bias": torch.randn(num_labels, generator=generator),
+    }
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return weights
+
+
+def custom_classifier_output(weights: dict, x: torch.Tensor) -> torch.Tensor:
+    """What make_custom_classifier's model computes for ``x`` with ``weights``."""
+    hidden = torch.tanh(x @ weights["body.weight"].T + weights["body.bias"])
+    return hidden @ weights["classifier.weight"].T + weights["classifier.bias"]

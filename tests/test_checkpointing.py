@@ -10,24 +10,10 @@ import torch
 pytest.importorskip("transformers")
 
 import torchbridge  # noqa: E402
-from hf_models import finetune_cache  # noqa: E402
 from torchbridge import memory  # noqa: E402
 from torchbridge.errors import GradientCheckpointingError  # noqa: E402
-from torchbridge.registry.core import get_registry  # noqa: E402
 
 LLAMA, GPT2, BERT = "hf/test/tiny-llama", "hf/test/tiny-gpt2", "hf/test/tiny-bert"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpointing")
-    made = finetune_cache(root / "hub", root / "work")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
-        mp.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
-        get_registry().refresh()
-        yield made
-    get_registry().refresh()
 
 
 def step(module, *inputs, **kw_inputs) -> tuple[int, dict[str, torch.Tensor]]:
@@ -55,7 +41,7 @@ def token_ids(batch: int = 3, seq: int = 9) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_id", [LLAMA, GPT2, BERT])
-def test_checkpointed_gradients_equal_plain_ones(cache, model_id):
+def test_checkpointed_gradients_equal_plain_ones(finetune_models, model_id):
     """gradient_checkpointing=True keeps fewer tensors for the backward pass, and every
     parameter's gradient equals the plain one."""
     baseline = memory.snapshot()
@@ -71,7 +57,7 @@ def test_checkpointed_gradients_equal_plain_ones(cache, model_id):
     memory.assert_baseline(baseline)
 
 
-def test_with_a_lora_adapter(cache):
+def test_with_a_lora_adapter(finetune_models):
     """Checkpointing reaches the base model under a LoRA adapter; the adapter's gradients
     equal the plain ones."""
     spec = {"r": 4, "target": ["q_proj", "v_proj"]}

@@ -22,7 +22,14 @@ import torch
 pytest.importorskip("transformers")
 
 import torchbridge  # noqa: E402
-from hf_models import TINY_CONFIGS, cache_repo, make_bert, make_tiny, tiny_cache  # noqa: E402
+from hf_models import (  # noqa: E402
+    TINY_CONFIGS,
+    cache_repo,
+    custom_classifier_output,
+    make_bert,
+    make_tiny,
+    tiny_cache,
+)
 from julia_arrays import ArrayValue  # noqa: E402
 from torchbridge import julia_support as jl  # noqa: E402
 from torchbridge import memory  # noqa: E402
@@ -232,19 +239,12 @@ class TestBadInput:
         with memory.expect_baseline(), pytest.raises(RemoteCodeError, match="modeling_custom.py"):
             torchbridge.load_model(repo, pretrained=True)
 
-    def test_custom_code_loads_when_trusted(self, hf_cache, tmp_path, monkeypatch):
+    def test_custom_code_loads_when_trusted(self, hf_cache, tmp_path, hf_modules):
         """With trust_remote_code=True a repository's own model class runs, offline, from the cache."""
-        import sys
         import textwrap
 
         from safetensors.torch import save_file
-        from transformers import dynamic_module_utils
 
-        # transformers copies the repository's code into its modules folder: keep it here
-        monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-        monkeypatch.setattr(sys, "path", [*sys.path])
-        for name in [n for n in sys.modules if n.startswith("transformers_modules")]:
-            monkeypatch.delitem(sys.modules, name)
         folder = tmp_path / "custom"
         folder.mkdir()
         (folder / "configuration_custom.py").write_text(
@@ -300,7 +300,35 @@ class TestBadInput:
         x = torch.randn(3, 4)
         want = (x @ weights["linear.weight"].T + weights["linear.bias"]) * 2
         torch.testing.assert_close(model(x), want)
-        assert (tmp_path / "modules").is_dir()
+        assert hf_modules.is_dir()  # the repository's code was copied there
+
+    def test_custom_code_classifier_with_weights_or_num_labels(self, custom_classifier, tmp_path):
+        """trust_remote_code=True reaches every step of a custom-code classifier's load: a
+        weights= file is read into it (the head size the file holds), and num_labels gives it
+        a new head on the published body."""
+        from safetensors.torch import save_file
+
+        torch.manual_seed(1)
+        mine = {k: torch.randn_like(v) for k, v in custom_classifier.items()}
+        mine["classifier.weight"], mine["classifier.bias"] = torch.randn(2, 4), torch.randn(2)
+        save_file(mine, str(tmp_path / "mine.safetensors"))
+        model = torchbridge.load_model(
+            "hf/test/custom-classifier",
+            weights=tmp_path / "mine.safetensors",
+            trust_remote_code=True,
+        )
+        x = torch.randn(3, 4)
+        torch.testing.assert_close(model(x), custom_classifier_output(mine, x))
+        assert model.config.num_labels == 2
+        model = torchbridge.load_model(
+            "hf/test/custom-classifier", pretrained=True, trust_remote_code=True, num_labels=5
+        )
+        assert model.classifier.out_features == 5 and model.config.num_labels == 5
+        assert torch.equal(model.body.weight, custom_classifier["body.weight"])
+        with pytest.raises(RemoteCodeError, match="trust_remote_code=True"):
+            torchbridge.load_model(
+                "hf/test/custom-classifier", weights=tmp_path / "mine.safetensors"
+            )
 
     def test_token_ids_and_masks(self, hf_cache):
         """Ids outside the vocabulary and masks of another shape fail before the model runs."""

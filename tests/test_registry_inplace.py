@@ -17,7 +17,13 @@ import torchbridge
 from torchbridge.errors import CorruptWeightsError
 from torchbridge.registry.core import get_registry
 from torchbridge.registry.sizes import model_size
-from torchbridge.registry.weights import build_for_loading, load_into_model, load_state_dict
+from torchbridge.registry.weights import (
+    build_for_loading,
+    checkpoint_sha256,
+    load_into_model,
+    load_state_dict,
+    sha256_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +44,16 @@ class WithAttribute(torch.nn.Module):
         super().__init__()
         self.linear = torch.nn.Linear(4, 4)
         self.mask = torch.ones(4)
+
+
+class Tied(torch.nn.Module):
+    """An embedding whose matrix is also the output layer's (one parameter, two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.emb.weight
 
 
 class TestInPlace:
@@ -83,7 +99,8 @@ class TestInPlace:
         assert len(calls) == 2
 
     def test_tied_weights_stay_one_parameter(self, tmp_path, monkeypatch):
-        """GPT-2's head is its embedding: stored once, loaded once, still one parameter."""
+        """GPT-2's head is its embedding: stored once, loaded by transformers (NOTE [hf weights
+        files]), still one parameter."""
         pytest.importorskip("transformers")
         from hf_models import cache_repo, make_gpt2
 
@@ -98,6 +115,31 @@ class TestInPlace:
         for name, value in reference.state_dict().items():
             assert torch.equal(model.state_dict()[name], value), name
         get_registry().refresh()
+
+    @pytest.mark.parametrize(
+        "given", [("emb.weight",), ("head.weight",), ("emb.weight", "head.weight")]
+    )
+    def test_a_tied_weight_loads_once_under_any_of_its_names(self, given):
+        """load_into_model ties the weight again whichever of its names the file holds it under
+        (both, with the same values, too): one parameter holding the file's values."""
+        value = torch.randn(5, 3)
+        model = build_for_loading(Tied)
+        load_into_model(model, {name: value.clone() for name in given}, source="memory")
+        assert model.head.weight is model.emb.weight
+        assert [n for n, _ in model.named_parameters()] == ["emb.weight"]
+        assert torch.equal(model.emb.weight, value)
+        ids = torch.tensor([0, 4])
+        torch.testing.assert_close(model.head(model.emb(ids)), value[ids] @ value.T)
+
+    def test_tied_names_with_different_values_are_refused(self):
+        """A file holding the two names of one tied weight with different values is a
+        CorruptWeightsError naming both keys, and nothing is loaded."""
+        model = build_for_loading(Tied)
+        state = {"emb.weight": torch.randn(5, 3), "head.weight": torch.randn(5, 3)}
+        with pytest.raises(CorruptWeightsError, match="emb.weight and head.weight") as info:
+            load_into_model(model, state, source="tied.safetensors")
+        assert info.value.tied_keys == ("emb.weight", "head.weight")
+        assert model.emb.weight.is_meta and model.head.weight is model.emb.weight
 
     def test_a_checkpoint_in_another_dtype_is_converted(self, tmp_path):
         """bfloat16 tensors loaded into a float32 model become float32, value for value."""
@@ -171,6 +213,16 @@ class TestShards:
         (tmp_path / "model-00002-of-00002.safetensors").unlink()
         with pytest.raises(CorruptWeightsError, match="names shards that are not in its folder"):
             torchbridge.load_model("timm/test_resnet", weights=index)
+
+    def test_a_sharded_checkpoint_is_hashed_with_its_shards(self, tmp_path):
+        """checkpoint_sha256 of an index changes when a shard does; of a file, it is its sha256."""
+        torch.manual_seed(0)
+        index = self.write_shards(torch.nn.Linear(4, 3).state_dict(), tmp_path)
+        before = checkpoint_sha256(index)
+        shard = tmp_path / "model-00002-of-00002.safetensors"
+        assert checkpoint_sha256(shard) == sha256_file(shard)
+        save_file({"bias": torch.ones(3)}, str(shard))
+        assert checkpoint_sha256(index) != before
 
     def test_a_sharded_transformers_folder_loads(self, tmp_path, monkeypatch):
         """A Hugging Face repo saved in shards loads every tensor; info reads every shard."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchbridge
-from torchbridge.errors import InputSpecError, RegistryError
+from torchbridge.errors import InputSpecError, RegistryError, SidecarValueError
 from torchbridge.registry import ModelEntry, core
 from torchbridge.registry.sources.local_source import resolve_input_spec
 
@@ -244,7 +244,7 @@ class TestFailedRegistration:
         """Metadata that cannot be stored as JSON is refused before any file is written, so the
         same name can be registered right after."""
         folder = _models_dir(isolated_caches)
-        with pytest.raises(TypeError, match="JSON values"):
+        with pytest.raises(SidecarValueError, match="JSON values"):
             torchbridge.register_local_model(
                 "unstored", net, architecture=ARCH, metadata={"when": object()}
             )
@@ -261,7 +261,7 @@ class TestFailedRegistration:
         folder = _models_dir(isolated_caches)
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
         other = timm.create_model("test_resnet", num_classes=5)
-        with pytest.raises(TypeError, match="JSON values"):
+        with pytest.raises(SidecarValueError, match="JSON values"):
             torchbridge.register_local_model(
                 "kept", other, architecture=ARCH, overwrite=True, kwargs={"bad": {1, 2}}
             )

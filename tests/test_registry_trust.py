@@ -93,6 +93,31 @@ class TestHubRepositories:
         with pytest.raises(UntrustedRepoError):
             torchbridge.load_model("hub/marked/conv_net")
 
+    def test_lora_trains_the_new_head_of_a_trusted_load(self, hub):
+        """A LoRA adapter on a hub model loaded with trust_repo=True trains its classifier
+        beside the adapter (NOTE [adapters]): the new random 4-class head gets gradients."""
+        pytest.importorskip("peft")
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
+        model = torchbridge.load_model(
+            "hub/marked/conv_net", num_classes=4, trust_repo=True, lora={"r": 2, "target": ["0"]}
+        )
+        trained = {
+            n.removeprefix("base_model.model.")
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+        assert trained == {
+            "0.lora_A.default.weight",
+            "0.lora_B.default.weight",
+            "4.modules_to_save.default.weight",
+            "4.modules_to_save.default.bias",
+        }
+        model(torch.randn(2, 3, 8, 8)).square().sum().backward()
+        head = model.get_submodule("base_model.model.4.modules_to_save.default")
+        assert head.out_features == 4 and head.weight.grad.abs().sum() > 0
+
     def test_add_hub_repo_with_trust(self, hub):
         """add_hub_repo(..., trust_repo=True) trusts that folder for this process; adding it
         again without the flag takes the trust back."""
@@ -244,12 +269,9 @@ class CustomTokenizerFast(PreTrainedTokenizerFast):
 
 
 @pytest.fixture
-def custom_repo(tmp_path, monkeypatch):
+def custom_repo(tmp_path, monkeypatch, hf_modules):
     """A cached repo test/custom (a tiny GPT-2 with its tokenizer) carrying a module of its
     own, custom_code.py, that leaves a marker when it is imported."""
-    pytest.importorskip("transformers")
-    import transformers.dynamic_module_utils as dynamic
-
     from hf_models import cache_repo, make_gpt2
 
     make_gpt2(tmp_path / "work" / "gpt2")
@@ -258,8 +280,6 @@ def custom_repo(tmp_path, monkeypatch):
     (snap / "custom_code.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("TORCHBRIDGE_HF_DIRS", raising=False)
-    # transformers copies trusted modules here: keep them out of the user's cache
-    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     get_registry().refresh()
     yield {"snap": snap, "marker": marker}
     get_registry().refresh()
@@ -344,6 +364,36 @@ class TestTokenizers:
         with pytest.raises(RemoteCodeError, match="malformed"):
             torchbridge.load_tokenizer("hf/test/custom", trust_remote_code=trust)
         assert not custom_repo["marker"].exists()
+
+    def test_register_local_model_reads_the_tokenizer_only_when_trusted(
+        self, custom_classifier, tmp_path
+    ):
+        """Saving a model whose architecture has its own code saves the architecture's tokenizer
+        with trust_remote_code=True; without it the refusal names register_local_model and
+        nothing is written (no model saved without its tokenizer)."""
+        from hf_models import bert_tokenizer, custom_classifier_output
+
+        model = torchbridge.load_model(
+            "hf/test/custom-classifier", pretrained=True, trust_remote_code=True
+        )
+        folder = tmp_path / "models"
+        with pytest.raises(RemoteCodeError, match="trust_remote_code=True to register_local_model"):
+            torchbridge.register_local_model(
+                "custom-saved", model, architecture="hf/test/custom-classifier", directory=folder
+            )
+        assert not folder.exists() or not list(folder.iterdir())
+        torchbridge.register_local_model(
+            "custom-saved",
+            model,
+            architecture="hf/test/custom-classifier",
+            directory=folder,
+            trust_remote_code=True,
+        )
+        tok = torchbridge.load_tokenizer("local/custom-saved", trust_remote_code=True)
+        assert tok.get_vocab() == bert_tokenizer(tmp_path / "vocab").get_vocab()
+        again = torchbridge.load_model("local/custom-saved", trust_remote_code=True)
+        x = torch.randn(2, 4)
+        torch.testing.assert_close(again(x), custom_classifier_output(custom_classifier, x))
 
     def test_model_refusal_names_the_file(self, custom_repo):
         """load_model of a model with custom code names the module and the switch."""

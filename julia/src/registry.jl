@@ -278,7 +278,7 @@ function merge_adapter(m::TorchModel)
 end
 
 """
-    register_local_model(name, m::TorchModel; architecture = nothing, directory = nothing, overwrite = false, description = nothing) -> ModelRow
+    register_local_model(name, m::TorchModel; architecture = nothing, directory = nothing, overwrite = false, description = nothing, trust_remote_code = false) -> ModelRow
 
 Save the torch module of `m` as the registry model `"local/\$name"`, so that
 `load_model("local/\$name")` loads it back. A model loaded with `lora = ...`
@@ -288,7 +288,9 @@ trainable. Any other model is saved whole, as torchbridge's
 `register_local_model` does, and needs `architecture`, the registry id that
 builds it (`"timm/resnet18"`, `"hf/org/name"`). The files go to `directory`,
 else torchbridge's models folder; an existing `"local/\$name"` is replaced only
-with `overwrite = true`.
+with `overwrite = true`. A transformers model is saved with its architecture's
+tokenizer, which a repository with its own code gives only with
+`trust_remote_code = true` (else `:RemoteCodeError`, nothing written).
 """
 function register_local_model(
     name::AbstractString,
@@ -297,6 +299,7 @@ function register_local_model(
     directory = nothing,
     overwrite::Bool = false,
     description = nothing,
+    trust_remote_code::Bool = false,
 )
     _module = m.py.module
     entry = nothing
@@ -309,6 +312,7 @@ function register_local_model(
                 directory = directory === nothing ? nothing : String(directory),
                 overwrite = overwrite,
                 description = description,
+                trust_remote_code = trust_remote_code,
             ),
         )
         row = _guard(() -> _tbjl.entry_row(entry))

@@ -21,8 +21,11 @@ The settings (a dict; every key optional):
   GPT-2, ``query``, ``value`` for BERT); other models must name theirs;
 * ``train`` — whole modules trained beside the adapter, PEFT's
   ``modules_to_save``. Default: the classifier head of a classifier (NOTE
-  [head rule]), which would otherwise stay as loaded (a new head: random).
-  ``train=[]`` keeps it frozen;
+  [head rule]), which would otherwise stay as loaded (a new head: random):
+  for a transformers model, the head of the loaded model when its task has
+  one; for any other, the one its source names, asked with the load's trust
+  (``trust_repo``: a ``hub/`` source builds the model to name it); none for a
+  removed head (``num_classes=0``). ``train=[]`` keeps it frozen;
 * any other field of ``peft.LoraConfig`` under its own name (``use_rslora``,
   ``bias``, ``layers_to_transform`` ...).
 
@@ -95,11 +98,16 @@ class BaseModel:
 
     ``load_model(id, **kwargs)`` builds it again, with its weights: ``kwargs``
     are the arguments it was loaded with (``pretrained``, ``num_labels``,
-    ``dtype`` as a name ...), JSON values.
+    ``dtype`` as a name, ``weights`` as an absolute path ...), JSON values.
+    ``identity`` says which weights those were (its source's
+    ``weights_identity``: a file's ``sha256``, a Hugging Face snapshot's
+    ``revision``; empty when the source cannot tell), so that the adapter is
+    restored onto those only (NOTE [adapter files]).
     """
 
     id: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def has_weights(self) -> bool:

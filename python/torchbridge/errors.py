@@ -14,6 +14,7 @@ like the rest.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterBaseChangedError",
     "AdapterError",
     "BridgeError",
     "BrokenEntryError",
@@ -49,6 +50,7 @@ __all__ = [
     "ReadOnlyArrayError",
     "RegistryError",
     "RemoteCodeError",
+    "SidecarValueError",
     "TokenIdError",
     "TokenizerNotFoundError",
     "TorchBridgeError",
@@ -246,6 +248,12 @@ class InputSpecError(RegistryError, ValueError):
     """A model's input size or normalisation (mean, std) is not valid."""
 
 
+class SidecarValueError(RegistryError, TypeError):
+    """A value ``register_local_model`` would record in a local model's sidecar (its
+    ``metadata``, ``kwargs``, or the arguments an adapter's base model was loaded with) is
+    not a JSON value; nothing was written."""
+
+
 class UnknownArchitectureError(RegistryError, LookupError):
     """A Hugging Face config names an architecture the installed transformers does not have."""
 
@@ -279,8 +287,15 @@ class AdapterError(RegistryError, ValueError):
     layers, or its base model)."""
 
 
+class AdapterBaseChangedError(AdapterError, ChecksumError):
+    """A saved LoRA adapter's base model is no longer the one it was trained on: the weights
+    file it was loaded from changed or is gone, a local model of that name holds other
+    weights, or the Hugging Face cache holds another revision (NOTE [adapter files])."""
+
+
 class PrecisionError(TorchBridgeError, ValueError):
-    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run."""
+    """A ``dtype`` or ``autocast`` setting names no floating-point type torch can run, or
+    ``dtype`` is given twice (as ``dtype`` and as ``torch_dtype``)."""
 
 
 class GradientCheckpointingError(RegistryError, ValueError):

@@ -71,11 +71,22 @@ def load_tokenizer(model_id: str, *, trust_remote_code: bool = False, **kwargs: 
             only a slow (Python) tokenizer.
         WeightsNotFoundError: the model is not on this machine and offline.
     """
+    return read_tokenizer(model_id, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def read_tokenizer(
+    model_id: str, *, trust_remote_code: bool = False, call: str = "load_tokenizer", **kwargs: Any
+):
+    """read_tokenizer(model_id, *, trust_remote_code=False, call="load_tokenizer", **kwargs)
+
+    :func:`load_tokenizer` as a step of the public function ``call``, which a
+    refusal tells the caller to pass ``trust_remote_code=True`` to.
+    """
     from .registry.trust import check_remote_code
 
     folder = model_folder(model_id)
     trust = bool(trust_remote_code)
-    check_remote_code(model_id, _configs(folder), trust, call="load_tokenizer")
+    check_remote_code(model_id, _configs(folder), trust, call=call)
     if kwargs:
         return _load(model_id, folder, trust, tuple(sorted(kwargs.items())))
     return _cached(model_id, folder, trust)

@@ -342,7 +342,12 @@ class ModelRegistry:
 
         if "torch_dtype" in kwargs:  # transformers' older name
             if dtype is not None:
-                raise ValueError(f"{model_id}: dtype and torch_dtype both given; pass dtype")
+                from ..errors import PrecisionError
+
+                raise PrecisionError(
+                    f"{model_id}: dtype={dtype!r} and torch_dtype={kwargs['torch_dtype']!r} both "
+                    "given; they are one setting: pass dtype alone."
+                )
             dtype = kwargs.pop("torch_dtype")
         dtype = resolve_dtype(dtype, what=f"{model_id}: dtype")
         entry = self.model_info(model_id)
@@ -393,28 +398,48 @@ class ModelRegistry:
         # trust (trust_remote_code) is given at each load, never recorded
         record = {
             "pretrained": bool(pretrained or weights_path is not None),
-            "weights": None if weights_path is None else str(weights_path),
+            "weights": None if weights_path is None else str(weights_path.resolve()),
             "num_classes": num_classes,
             "features": features or None,
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
             **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
         }
-        base = BaseModel(entry.id, {k: v for k, v in record.items() if v is not None})
-        head = () if features else self._trained_head(entry, model, kwargs)
+        base = BaseModel(
+            entry.id,
+            {k: v for k, v in record.items() if v is not None},
+            # NOTE [adapter files]: which weights these are, checked when the adapter is restored
+            self._weights_identity(entry, weights_path) if record["pretrained"] else {},
+        )
+        head = () if features else self._trained_head(entry, model, kwargs, trust_repo)
         return attach(model, lora, base=base, classifier=head)
 
-    def _trained_head(self, entry: ModelEntry, model: Any, kwargs: dict) -> tuple[str, ...]:
-        """The classifier a LoRA adapter trains beside it by default (NOTE [adapters])."""
+    def _weights_identity(self, entry: ModelEntry, weights: Path | None) -> dict[str, str]:
+        """What identifies the weights a load of ``entry`` with ``weights`` reads (its
+        source's ``weights_identity``)."""
+        return self.source(entry.source).weights_identity(entry, weights=weights)
+
+    def _trained_head(
+        self, entry: ModelEntry, model: Any, kwargs: dict, trust_repo: bool
+    ) -> tuple[str, ...]:
+        """The classifier a LoRA adapter trains beside it by default (NOTE [adapters]): the
+        layers of the loaded ``model`` that hold its classifier's weights.
+
+        A transformers model's head is read from the model itself, when its task has one
+        (no repository code runs again); any other is the one its source names, asked with
+        the load's trust (a ``hub/`` source builds the model to name it).
+        """
         from .heads import classifier_names
         from .sources.hf_source import LABEL_TASKS
+        from .sources.local_source import is_transformers_model
 
-        task = kwargs.get("task")
-        if task is not None and task != entry.task:  # another head on the body
-            return classifier_names(model) if task in LABEL_TASKS else ()
-        try:
-            return self.classifier(entry.id)
-        except Exception:  # noqa: BLE001 - a head the registry cannot name is not trained
-            return ()
+        if is_transformers_model(model):
+            task = kwargs.get("task") or entry.task
+            names = classifier_names(model) if task in LABEL_TASKS else ()
+        else:
+            with trusting_repos(bool(trust_repo)):  # NOTE [trust]: as the load itself
+                names = self.classifier(entry.id)
+        # a removed classifier (num_classes=0) holds no weights: nothing to train
+        return tuple(n for n in names if _holds_parameters(model, n))
 
     def register_local_model(
         self,
@@ -434,6 +459,7 @@ class ModelRegistry:
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         tokenizer: Any = None,
+        trust_remote_code: bool = False,
     ) -> ModelEntry:
         """See :func:`register_local_model`."""
         from .sources.local_source import check_local_name
@@ -502,6 +528,7 @@ class ModelRegistry:
                 tags=tuple(tags),
                 metadata=metadata,
                 overwrite=overwrite,
+                trust_remote_code=trust_remote_code,
             )
             return self._registered(local, folder, name)
         classifier: tuple[str, ...] = ()
@@ -547,7 +574,10 @@ class ModelRegistry:
 
         base = base_of(model)
         if architecture is not None:
-            base = BaseModel(architecture, dict(kwargs) if kwargs else {"pretrained": True})
+            stored = dict(kwargs) if kwargs else {"pretrained": True}
+            if isinstance(stored.get("weights"), (str, os.PathLike)):
+                stored["weights"] = str(Path(stored["weights"]).expanduser().resolve())
+            base = BaseModel(architecture, stored)
         elif kwargs:
             raise AdapterError(
                 "register_local_model: kwargs= describes the base model named by architecture=; "
@@ -560,13 +590,20 @@ class ModelRegistry:
                 "architecture='hf/org/name' (and kwargs= the arguments that load it, "
                 "pretrained=True by default)."
             )
-        self.model_info(base.id)  # an unknown base is an UnknownModelError now, not at load
+        base_entry = self.model_info(base.id)  # an unknown base: an UnknownModelError now
         if not base.has_weights:
             raise AdapterError(
                 f"register_local_model: the adapter's base {base.id} was loaded without weights "
                 "(a random initialisation), which an adapter cannot be restored onto. Load the "
                 "base with pretrained=True (or weights=...), or save the whole model: "
                 "register_local_model(name, torchbridge.merge_adapter(model), architecture=...)."
+            )
+        if not base.identity:  # a base named here: its weights as they are now
+            weights = base.kwargs.get("weights")
+            base = BaseModel(
+                base.id,
+                base.kwargs,
+                self._weights_identity(base_entry, None if weights is None else Path(weights)),
             )
         local = self.source("local")
         if directory:
@@ -607,6 +644,13 @@ class ModelRegistry:
                 "is found first; pick another name"
             )
         return entry
+
+
+def _holds_parameters(model: Any, name: str) -> bool:
+    try:
+        return next(model.get_submodule(name).parameters(), None) is not None
+    except AttributeError:
+        return False
 
 
 def _is_onnx_file(value: Any) -> bool:
@@ -747,6 +791,8 @@ def load_model(
         PrecisionError: ``dtype`` names no floating-point type.
         GradientCheckpointingError: the model has no gradient checkpointing.
         AdapterError: a bad ``lora`` setting, or layers PEFT cannot adapt.
+        AdapterBaseChangedError: a saved adapter (``local/<name>``) whose base would
+            load other weights than those it was trained on (NOTE [adapter files]).
     """
     return get_registry().load_model(
         model_id,
@@ -806,10 +852,11 @@ def register_local_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     tokenizer: Any = None,
+    trust_remote_code: bool = False,
 ) -> ModelEntry:
     """register_local_model(name, module_or_state_dict, *, architecture, num_classes=None, ...,
-    directory=None, overwrite=False, input_size=None, mean=None, std=None, tokenizer=None)
-    -> ModelEntry
+    directory=None, overwrite=False, input_size=None, mean=None, std=None, tokenizer=None,
+    trust_remote_code=False) -> ModelEntry
 
     Save a model's weights as safetensors, with a JSON sidecar, so that
     ``load_model(f"local/{name}")`` builds ``architecture`` (a registry id such
@@ -827,6 +874,9 @@ def register_local_model(
     layout instead: ``<directory>/<name>/`` with its config, ``model.safetensors``
     and tokenizer (``tokenizer``, else the architecture's), and the sidecar
     ``<name>.json``; it loads back as ``local/<name>`` with every tensor equal.
+    The architecture's tokenizer is read as :func:`~torchbridge.load_tokenizer`
+    reads it: for a repository with its own code (an ``auto_map``), only with
+    ``trust_remote_code=True`` (NOTE [trust]); without it, pass ``tokenizer=``.
 
     A model with a LoRA adapter (``load_model(id, lora=...)``) is saved as its
     adapter alone, in PEFT's format, beside a reference to the base model it
@@ -844,6 +894,8 @@ def register_local_model(
         InputSpecError: ``input_size`` is not a tuple of positive ints, ``mean`` or
             ``std`` not one finite float per channel, or an entry of ``std`` is not > 0.
         AdapterError: an adapter whose base model is unknown or has no weights.
+        RemoteCodeError: the architecture's tokenizer needs its repository's code, and
+            neither ``tokenizer`` nor ``trust_remote_code=True`` is given; nothing is written.
     """
     return get_registry().register_local_model(
         name,
@@ -861,4 +913,5 @@ def register_local_model(
         mean=mean,
         std=std,
         tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
     )

@@ -60,6 +60,7 @@ __all__ = [
     "ResolvedWeights",
     "build_for_loading",
     "check_sha256",
+    "checkpoint_sha256",
     "download_from_hf",
     "download_url",
     "find_in_hf_cache",
@@ -111,6 +112,20 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """checkpoint_sha256(path) -> str: what identifies the tensors a weight file holds.
+
+    The file's sha256; for a sharded checkpoint's index (``*.index.json``), the
+    sha256 of the lines ``"<file name> <its sha256>"`` of the index and of every
+    shard it names, in order, so that a changed shard changes it too.
+    """
+    path = Path(path)
+    if not path.name.endswith(_INDEX_SUFFIX):
+        return sha256_file(path)
+    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in (path, *shard_files(path)))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def hash_prefix_from_filename(filename: str) -> str | None:
@@ -439,7 +454,9 @@ def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -
     Missing keys, unexpected keys and shape mismatches are all reported, in one
     :class:`CorruptWeightsError`, before anything is loaded. A tied weight
     (one parameter under several names) needs to be in ``state_dict`` under
-    one of them. The tensors of ``state_dict`` become the model's own, without
+    one of them; under several, with the same values (else a
+    :class:`CorruptWeightsError` naming the keys: one parameter cannot hold
+    both). The tensors of ``state_dict`` become the model's own, without
     a copy (NOTE [loading in place]), except those whose floating-point dtype
     or whose device differs from the model's, which are converted; ties are
     kept. ``model`` may be on the ``meta`` device (:func:`build_for_loading`).
@@ -465,6 +482,7 @@ def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -
     err = fit_error(missing, unexpected, mismatched, source=source)
     if err is not None:
         raise err
+    _check_ties(ties, state_dict, source=source)
     places = {k: (t.device, t.dtype) for k, t in own.items()}
     del own  # the model's own weights are freed as they are replaced
     full = {k: _placed(state_dict[aliases.get(k, k)], *place) for k, place in places.items()}
@@ -477,6 +495,31 @@ def load_into_model(model: Any, state_dict: Mapping[str, Any], *, source: str) -
             if name != primary:
                 owner, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(owner), leaf, param)
+
+
+def _check_ties(ties: list[list[str]], state_dict: Mapping[str, Any], *, source: str) -> None:
+    """CorruptWeightsError when a file holds one tied parameter under several of its names with
+    different values: loading would keep one of them and silently drop the others."""
+    import torch
+
+    for names in ties:
+        given = [n for n in names if n in state_dict]
+        first = state_dict[given[0]] if given else None
+        for name in given[1:]:
+            other = state_dict[name]
+            if isinstance(first, torch.Tensor) and isinstance(other, torch.Tensor):
+                if torch.equal(first, other.to(first.dtype)):
+                    continue
+            elif first is other:
+                continue
+            err = CorruptWeightsError(
+                f"the weights from {source} hold {given[0]} and {name} with different values, "
+                "but the model ties them (one parameter under both names), which cannot hold "
+                "both. Save the tied weight once (drop one of the keys), or untie the model's "
+                "weights before loading."
+            )
+            err.tied_keys = (given[0], name)  # type: ignore[attr-defined]
+            raise err
 
 
 def fit_error(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import BrokenEntryError
 from ..entry import ModelEntry
 from ..heads import classifier_names, held_classes, settle_head
-from ..weights import build_for_loading, load_into_model
+from ..weights import build_for_loading, checkpoint_sha256, load_into_model
 from .presence import CachePresence, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,6 +162,28 @@ class ModelSource(abc.ABC):
         model = build_for_loading(lambda: self.build(entry, num_classes=held, **kwargs))
         load_into_model(model, state, source=source)
         return model
+
+    def weights_identity(self, entry: ModelEntry, *, weights: Path | None) -> dict[str, str]:
+        """weights_identity(entry, *, weights) -> dict[str, str]
+
+        What identifies the weights ``load(entry, pretrained=True, weights=weights)``
+        reads here, so that an adapter trained on them is restored onto the same
+        ones only (NOTE [adapter files]): ``{"sha256": ...}`` of a ``weights``
+        file (of every shard, for a sharded checkpoint's index). Empty when the
+        source cannot tell, as for published weights named by their tag (the
+        default without ``weights``).
+
+        Raises:
+            WeightsNotFoundError: ``weights`` is not a file.
+            CorruptWeightsError: ``weights`` is an index that names missing shards.
+        """
+        if weights is None:
+            return {}
+        if not Path(weights).is_file():
+            from ...errors import WeightsNotFoundError
+
+            raise WeightsNotFoundError(f"{entry.id}: the weight file {weights} is not there")
+        return {"sha256": checkpoint_sha256(weights)}
 
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
         """classifier(entry) -> tuple[str, ...]: the module names of the entry's classifier.

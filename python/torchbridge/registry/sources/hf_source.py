@@ -65,9 +65,10 @@ from ...errors import (
     WeightsNotFoundError,
 )
 from ..entry import ModelEntry, WeightsInfo, read_guarded
-from ..heads import classifier_names
+from ..heads import classifier_names, settle_head
 from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
 from ..trust import check_remote_code
+from ..weights import checkpoint_sha256
 from ._hf_tasks import AUTO_CLASSES, custom_code_auto_class, task_of_architecture, task_of_config
 from .base import ModelSource
 
@@ -384,6 +385,18 @@ class HFSource(ModelSource):
         self.refresh()
         return Path(path)
 
+    def weights_identity(self, entry: ModelEntry, *, weights: Path | None) -> dict[str, str]:
+        """A ``weights`` file's sha256; else the revision of the cached snapshot that loads
+        (``{"revision": <commit>}``), or, for a ``save_pretrained`` folder, the sha256 of its
+        weights (every shard)."""
+        if weights is not None:
+            return super().weights_identity(entry, weights=weights)
+        folder = self.folder(entry)
+        if folder.parent.name == "snapshots":  # the Hub cache: snapshots/<commit>/
+            return {"revision": folder.name}
+        file = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
+        return {} if file is None else {"sha256": checkpoint_sha256(file)}
+
     def config(self, entry: ModelEntry, *, trust_remote_code: bool = False, **overrides: Any):
         """config(entry, *, trust_remote_code=False, **overrides) -> PretrainedConfig"""
         folder = self.folder(entry)
@@ -439,7 +452,13 @@ class HFSource(ModelSource):
         dtype = kwargs.pop("dtype", None)  # the registry resolved it (NOTE [precision])
         return task, trust, ({} if dtype is None else {"dtype": dtype}), kwargs
 
-    def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
+    def classifier(self, entry: ModelEntry, *, trust_remote_code: bool = False) -> tuple[str, ...]:
+        """classifier(entry, *, trust_remote_code=False) -> tuple[str, ...]
+
+        The classifier of a classifier (a task of :data:`LABEL_TASKS`), read from the
+        model built on the ``meta`` device: for a repository with its own code, that
+        code builds it, so it needs ``trust_remote_code`` as loading does (NOTE [trust]).
+        """
         task = entry.task
         if task not in LABEL_TASKS:
             return ()
@@ -447,10 +466,10 @@ class HFSource(ModelSource):
         if entry.id not in cache:
             import torch
 
-            config = self.config(entry)
+            config = self.config(entry, trust_remote_code=trust_remote_code)
             cls = self.model_class(entry, config, None)
             with torch.device("meta"):
-                model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+                model = _from_config(cls, config, trust_remote_code)
             cache[entry.id] = classifier_names(model)
         return cache[entry.id]
 
@@ -484,14 +503,26 @@ class HFSource(ModelSource):
         if task is not None and task != entry.task and pretrained:
             # another head on the same body: transformers loads the body, a new head
             return self._from_pretrained(entry, weights, trust_pickle, num_classes, **kwargs)
+        with_weights = pretrained or weights is not None
         model = super().load(
             entry,
             pretrained=pretrained,
             weights=weights,
-            num_classes=num_classes,
+            num_classes=None if with_weights else num_classes,
             trust_pickle=trust_pickle,
             **kwargs,
         )
+        if with_weights and num_classes is not None:
+            # NOTE [head rule] as ModelSource.load applies it, the head named with the
+            # caller's trust: a repository's own code builds it
+            trust = bool(kwargs.get("trust_remote_code", False))
+            model = settle_head(
+                model,
+                num_classes,
+                names=self.classifier(entry, trust_remote_code=trust),
+                model_id=entry.id,
+                yours=weights is not None,
+            )
         if num_classes is not None and getattr(model.config, "num_labels", None) != num_classes:
             model.config.num_labels = num_classes  # the config follows the head (and its labels)
         return model
@@ -501,10 +532,7 @@ class HFSource(ModelSource):
         if num_classes is not None:
             overrides["num_labels"] = num_classes
         config = self.config(entry, trust_remote_code=trust, **overrides)
-        cls = self.model_class(entry, config, task)
-        if hasattr(cls, "from_config"):
-            return cls.from_config(config, trust_remote_code=trust, **build)
-        return cls._from_config(config, **build)
+        return _from_config(self.model_class(entry, config, task), config, trust, **build)
 
     def build_pretrained(
         self, entry: ModelEntry, *, weights: Path | None, trust_pickle: bool, **kwargs: Any
@@ -564,14 +592,14 @@ class HFSource(ModelSource):
         from ..weights import fit_error
 
         task, trust, build, overrides = self._split(dict(kwargs))
-        held = held_classes(state, self.classifier(entry))
+        held = held_classes(state, self.classifier(entry, trust_remote_code=trust))
         if held:
             overrides["num_labels"] = held
         config = self.config(entry, trust_remote_code=trust, **overrides)
         cls = self.model_class(entry, config, task)
         if not issubclass(cls, PreTrainedModel):  # an Auto class: the class it builds here
             with torch.device("meta"):
-                cls = type(cls.from_config(config, trust_remote_code=trust))
+                cls = type(_from_config(cls, config, trust))
         try:
             model, info = cls.from_pretrained(
                 None,
@@ -599,6 +627,14 @@ class HFSource(ModelSource):
         if err is not None:
             raise err
         return model
+
+
+def _from_config(cls: Any, config: Any, trust_remote_code: bool, **build: Any) -> Any:
+    """An untrained model of ``cls`` from ``config``: a model class, or an Auto class that
+    resolves the class (a repository's own, with ``trust_remote_code``)."""
+    if hasattr(cls, "from_config"):  # an Auto class
+        return cls.from_config(config, trust_remote_code=trust_remote_code, **build)
+    return cls._from_config(config, **build)
 
 
 def _refused_pickle(entry: ModelEntry, folder: Path, err: BaseException) -> Exception:

@@ -42,10 +42,17 @@ without its base model's weights: ``<name>/`` holds PEFT's
 ``adapter_config.json`` and ``adapter_model.safetensors``, and the sidecar
 ``<name>.json`` holds ``"adapter": "<name>"``, the base model as
 ``"architecture"`` (a registry id) with the arguments that load it as
-``"kwargs"`` (``pretrained``, ``num_labels``, ``dtype`` ...), and the adapter
-file's sha256. ``load_model("local/<name>")`` loads the base through the
+``"kwargs"`` (``pretrained``, ``num_labels``, ``dtype``, ``weights`` as an
+absolute path ...), which weights those were as ``"base_weights"`` (the
+source's ``weights_identity``: the sha256 of a ``weights=`` file or of a
+local model's file, the revision of a Hugging Face snapshot, the sha256 of a
+``save_pretrained`` folder's weights; none for published timm, torchvision
+and torch.hub weights, named by their tag), and the sha256 of both adapter
+files. ``load_model("local/<name>")`` checks both files (ChecksumError), checks
+that the base would load the weights it was trained on before loading it
+(AdapterBaseChangedError, saying what changed), loads the base through the
 registry (the caller's ``dtype=`` and other arguments override the stored
-ones), checks the file, and restores the adapter, trainable.
+ones), and restores the adapter, trainable.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import numbers
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +74,8 @@ from ...errors import (
     InputSpecError,
     InvalidModelIdError,
     RegistryError,
+    SidecarValueError,
+    TokenizerNotFoundError,
 )
 from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import held_classes
@@ -88,6 +97,8 @@ __all__ = [
 SIDECAR_FORMAT = "torchbridge.local/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# what a sidecar can hold, as the errors say it
+_JSON_VALUES = "JSON values (strings, numbers, booleans, None, and lists and dicts of them)"
 #: The longest local name: ``.<name>.safetensors.partial`` still fits a file name.
 MAX_NAME_LENGTH = 200
 
@@ -236,6 +247,15 @@ class LocalSource(ModelSource):
             )
         return registry, registry.model_info(entry.metadata["architecture"])
 
+    def weights_identity(self, entry: ModelEntry, *, weights: Path | None) -> dict[str, str]:
+        """A ``weights`` file's sha256; else that of the model's own file (the one its
+        sidecar records: loading checks the file against it)."""
+        if weights is not None:
+            return super().weights_identity(entry, weights=weights)
+        recorded = entry.metadata.get("sha256")
+        file = entry.metadata.get("onnx_path") or entry.metadata["weights_path"]
+        return {"sha256": recorded or sha256_file(file)}
+
     def classifier(self, entry: ModelEntry) -> tuple[str, ...]:
         if entry.metadata.get("onnx_path"):
             return ()
@@ -284,7 +304,7 @@ class LocalSource(ModelSource):
     ):
         """NOTE [adapter files]: the base model through the registry, then its adapter."""
         from ...adapters import BaseModel, restore_adapter
-        from ...errors import AdapterError, ChecksumError
+        from ...errors import AdapterError, ChecksumError, WeightsNotFoundError
 
         if weights is not None:
             raise AdapterError(
@@ -298,22 +318,36 @@ class LocalSource(ModelSource):
             )
         registry, architecture = self._architecture(entry)
         adapter = Path(entry.metadata["weights_path"])
-        expected = entry.metadata.get("sha256")
-        if expected:
-            got = sha256_file(adapter)
+        for file, key in (
+            (adapter, "sha256"),
+            (adapter.parent / "adapter_config.json", "adapter_config_sha256"),
+        ):
+            expected = entry.metadata.get(key)
+            if not expected:
+                continue
+            if not file.is_file():
+                raise WeightsNotFoundError(
+                    f"{entry.id}: {file} is not there; an adapter's folder holds the "
+                    "adapter_config.json and adapter_model.safetensors register_local_model wrote."
+                )
+            got = sha256_file(file)
             if got != expected:
                 raise ChecksumError(
-                    f"{entry.id}: {adapter} has sha256 {got}, but its sidecar records "
+                    f"{entry.id}: {file} has sha256 {got}, but its sidecar records "
                     f"{expected}; the file changed since it was saved."
                 )
         stored = dict(entry.metadata.get("kwargs") or {})
+        identity = dict(entry.metadata.get("base_weights") or {})
+        if identity:  # before the base loads: the weights it would load are those trained on
+            _check_base(entry, registry.source(architecture.source), architecture, stored, identity)
         dtype = kwargs.get("dtype")
         if dtype is not None:  # the record keeps the name, as register_local_model wrote it
             stored["dtype"] = str(dtype).removeprefix("torch.")
         module = registry.load_model(
             architecture.id, trust_pickle=trust_pickle, **{**stored, **kwargs}
         )
-        return restore_adapter(module, adapter.parent, BaseModel(architecture.id, stored))
+        base = BaseModel(architecture.id, stored, identity)
+        return restore_adapter(module, adapter.parent, base)
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
@@ -330,6 +364,46 @@ class LocalSource(ModelSource):
         expected = entry.metadata.get("sha256") if weights is None else None
         state = load_state_dict(file, trust_pickle=trust_pickle, sha256=expected)
         return self.build_holding(entry, state, source=str(file), **kwargs)
+
+
+def _check_base(
+    entry: ModelEntry,
+    source: ModelSource,
+    architecture: ModelEntry,
+    stored: Mapping[str, Any],
+    recorded: Mapping[str, str],
+) -> None:
+    """NOTE [adapter files]: AdapterBaseChangedError unless the weights the adapter's base
+    would load now are those ``recorded`` when it was saved, saying what changed and what to do.
+    """
+    from ...errors import AdapterBaseChangedError
+
+    weights = stored.get("weights")
+    trained_on = f"{entry.id} was trained on {architecture.id}"
+    if weights is not None and not Path(weights).is_file():
+        raise AdapterBaseChangedError(
+            f"{trained_on} loaded from the weights {weights}, which are not there any more. "
+            f"Put that file back (sha256 {recorded.get('sha256', '?')}) to restore the adapter."
+        )
+    now = source.weights_identity(architecture, weights=None if weights is None else Path(weights))
+    for key, was in recorded.items():
+        if now.get(key) == was:
+            continue
+        if key == "revision":
+            repo = architecture.metadata.get("repo") or architecture.name
+            raise AdapterBaseChangedError(
+                f"{trained_on} at revision {was}, but the Hugging Face cache now holds revision "
+                f"{now.get(key)}. Restore that revision (huggingface-cli download {repo} "
+                f"--revision {was}, with refs/main naming it), or train a new adapter on this one."
+            )
+        where = (
+            f"the weights {weights}" if weights is not None else f"the weights of {architecture.id}"
+        )
+        raise AdapterBaseChangedError(
+            f"{trained_on} with {where} of {key} {was}, but they now have {key} "
+            f"{now.get(key)}: they changed since the adapter was saved. Put the weights it was "
+            "trained on back, or train a new adapter on these."
+        )
 
 
 def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
@@ -373,6 +447,16 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
         metadata["hf_folder"] = str(_inside(sidecar, "hf_folder", data["hf_folder"]))
     if data.get("adapter"):  # NOTE [adapter files]
         metadata["adapter_folder"] = str(_inside(sidecar, "adapter", data["adapter"]))
+        config_sha = data.get("adapter_config_sha256")
+        if config_sha is not None and not isinstance(config_sha, str):
+            raise TypeError(f"adapter_config_sha256 must be a hex string, got {config_sha!r}")
+        base_weights = data.get("base_weights")
+        if base_weights is not None and not (
+            isinstance(base_weights, dict)
+            and all(isinstance(v, str) for v in base_weights.values())
+        ):
+            raise TypeError(f"base_weights must be a JSON object of strings, got {base_weights!r}")
+        metadata.update(adapter_config_sha256=config_sha, base_weights=base_weights)
     tags = ("local", "lora") if data.get("adapter") else ("local",)
     return _local_entry(
         name,
@@ -621,20 +705,12 @@ def save_local_model(
         "kwargs": dict(kwargs or {}),
         "metadata": dict(metadata or {}),
     }
-    try:  # before any file is written: a refused sidecar leaves nothing behind
-        json.dumps(data)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"register_local_model: metadata and kwargs must be JSON values ({err})"
-        ) from err
+    _check_json(data, "metadata and kwargs are")  # before any file is written
 
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / f"{name}.safetensors"
     sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or weights_path.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
+    _refuse_taken(name, directory, weights_path, overwrite=overwrite)
 
     # safetensors refuses tensors that share memory (tied weights): give each its own copy
     seen: set[tuple[int, int]] = set()
@@ -681,17 +757,20 @@ def save_local_hf_model(
     tags: tuple[str, ...] = (),
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """save_local_hf_model(name, module, *, architecture, num_classes, directory, ...) -> Path
+    """save_local_hf_model(name, module, *, architecture, num_classes, directory, ...,
+    trust_remote_code=False) -> Path
 
     A transformers model in ``save_pretrained``'s layout: ``<directory>/<name>/``
     holds ``config.json``, ``model.safetensors`` and the tokenizer's files (the
     ``tokenizer`` given, else the architecture's own, when it has one); the
     sidecar ``<name>.json`` beside it records the weights' sha256. Returns the
-    sidecar's path.
+    sidecar's path. The architecture's tokenizer is read as
+    :func:`~torchbridge.load_tokenizer` reads it: for a repository with its own
+    code, only with ``trust_remote_code`` (else a RemoteCodeError, before
+    anything is written).
     """
-    import shutil
-
     check_local_name(name, what="register_local_model")
     config = module.config
     labels = getattr(config, "num_labels", None)
@@ -707,49 +786,39 @@ def save_local_hf_model(
             f"register_local_model: num_classes={num_classes}, but the model's head has "
             f"{labels} labels; pass num_classes={labels}, or none."
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    folder = directory / name
-    sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or folder.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
-    partial = directory / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        module.save_pretrained(str(partial), safe_serialization=True)
-        if tokenizer is None and architecture.source == "hf":
-            from ...text import load_tokenizer
+    if tokenizer is None and architecture.source == "hf":
+        from ...text import read_tokenizer
 
-            try:
-                tokenizer = load_tokenizer(architecture.id)
-            except Exception:  # a model without a tokenizer (images) saves none
-                tokenizer = None
+        try:  # a repository's own code: refused unless trusted (NOTE [trust])
+            tokenizer = read_tokenizer(
+                architecture.id, trust_remote_code=trust_remote_code, call="register_local_model"
+            )
+        except TokenizerNotFoundError:  # a model without a tokenizer (images) saves none
+            tokenizer = None
+
+    data = {
+        "format": SIDECAR_FORMAT,
+        "architecture": architecture.id,
+        "hf_folder": name,
+        "weights": f"{name}/model.safetensors",
+        "sha256": None,  # filled in once the weights are written
+        "num_classes": labels if own_task in LABEL_TASKS else None,
+        "task": task or (own_task if own_task != "unknown" else architecture.task),
+        "description": description or f"{name}: {arch_name} saved from {architecture.id}",
+        "tags": list(dict.fromkeys(["transformers", *tags])),
+        "license": (metadata or {}).get("license"),
+        "kwargs": {},
+        "metadata": dict(metadata or {}),
+    }
+    _check_json(data, "metadata is")
+
+    def write(partial: Path) -> dict[str, Any]:
+        module.save_pretrained(str(partial), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
-        weights = partial / "model.safetensors"
-        data = {
-            "format": SIDECAR_FORMAT,
-            "architecture": architecture.id,
-            "hf_folder": name,
-            "weights": f"{name}/model.safetensors",
-            "sha256": sha256_file(weights),
-            "num_classes": labels if own_task in LABEL_TASKS else None,
-            "task": task or (own_task if own_task != "unknown" else architecture.task),
-            "description": description or f"{name}: {arch_name} saved from {architecture.id}",
-            "tags": list(dict.fromkeys(["transformers", *tags])),
-            "license": (metadata or {}).get("license"),
-            "kwargs": {},
-            "metadata": dict(metadata or {}),
-        }
-        json.dumps(data)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(partial, folder)
-        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return sidecar
+        return {**data, "sha256": sha256_file(partial / "model.safetensors")}
+
+    return _save_model_folder(name, directory, write, overwrite=overwrite)
 
 
 def save_local_adapter(
@@ -771,16 +840,10 @@ def save_local_adapter(
     :class:`~torchbridge.adapters.BaseModel`). Returns the sidecar's path; a
     failure leaves nothing behind.
     """
-    import shutil
-
     from ...adapters import save_adapter
     from .hf_source import LABEL_TASKS, task_of_architecture
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"local model name {name!r} must start with a letter or digit and contain only "
-            "letters, digits, '.', '_' and '-'"
-        )
+    check_local_name(name, what="register_local_model")
     module = model.get_base_model()
     config = getattr(module, "config", None)
     own_task = task_of_architecture(type(module).__name__) if config is not None else "unknown"
@@ -797,34 +860,79 @@ def save_local_adapter(
         "tags": list(dict.fromkeys(["lora", *tags])),
         "license": (metadata or {}).get("license"),
         "kwargs": dict(base.kwargs),
+        "base_weights": dict(base.identity) or None,
         "metadata": dict(metadata or {}),
     }
-    try:  # before any file is written
+    _check_json(  # before any file is written
+        data,
+        "the arguments the adapter's base model was loaded with, and metadata, are",
+        " Name the base with architecture= and kwargs= of JSON values.",
+    )
+
+    def write(partial: Path) -> dict[str, Any]:
+        weights = save_adapter(model, partial)
+        return {
+            **data,
+            "sha256": sha256_file(weights),
+            "adapter_config_sha256": sha256_file(partial / "adapter_config.json"),
+        }
+
+    return _save_model_folder(name, directory, write, overwrite=overwrite)
+
+
+def _check_json(data: Mapping[str, Any], what: str, hint: str = "") -> None:
+    """SidecarValueError unless the sidecar ``data`` is JSON; ``what`` names the caller's values
+    in it ("metadata is"), ``hint`` ends the message."""
+    try:
         json.dumps(data)
     except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"register_local_model: the base model's arguments and metadata must be JSON "
-            f"values ({err})"
+        raise SidecarValueError(
+            f"register_local_model: {what} stored in the sidecar, so must be {_JSON_VALUES}: "
+            f"{err}.{hint}"
         ) from err
-    directory.mkdir(parents=True, exist_ok=True)
-    folder = directory / name
-    sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or folder.exists()):
+
+
+def _refuse_taken(name: str, directory: Path, *files: Path, overwrite: bool) -> None:
+    """DuplicateModelError unless ``overwrite``, when ``directory`` holds ``local/<name>``'s
+    sidecar or one of its ``files``."""
+    if overwrite:
+        return
+    if any(p.exists() for p in (directory / f"{name}.json", *files)):
         raise DuplicateModelError(
             f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
         )
+
+
+def _save_model_folder(
+    name: str, directory: Path, write: Callable[[Path], dict[str, Any]], *, overwrite: bool
+) -> Path:
+    """A local model that is a folder: ``<directory>/<name>/``, filled by ``write(folder)``,
+    and the sidecar ``<name>.json`` holding the dict ``write`` returns; returns the sidecar.
+
+    ``write`` fills a temporary folder, moved in place with the sidecar once both are
+    complete: a failure leaves nothing new behind (and an earlier model of that name, when
+    ``overwrite`` is false, as it was). A model of that name there already is a
+    DuplicateModelError unless ``overwrite``.
+    """
+    import shutil
+
+    folder = directory / name
+    _refuse_taken(name, directory, folder, overwrite=overwrite)
+    directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{name}.partial"
+    partial_sidecar = directory / f".{name}.json.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        weights = save_adapter(model, partial)
-        data["sha256"] = sha256_file(weights)
+        data = write(partial)
+        partial_sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)
-        sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial_sidecar, directory / f"{name}.json")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return sidecar
+        partial_sidecar.unlink(missing_ok=True)
+    return directory / f"{name}.json"
 
 
 # -- ONNX files ------------------------------------------------------------------------
@@ -936,10 +1044,7 @@ def save_local_onnx(
     size, mean_, std_ = resolve_input_spec(onnx_entry, input_size, mean, std)
     target = directory / f"{name}.onnx"
     sidecar = directory / f"{name}.json"
-    if not overwrite and (sidecar.exists() or target.exists()):
-        raise DuplicateModelError(
-            f"local/{name} already exists in {directory}. Pick another name or pass overwrite=True."
-        )
+    _refuse_taken(name, directory, target, overwrite=overwrite)
     data = {
         "format": SIDECAR_FORMAT,
         "onnx": target.name,
@@ -953,10 +1058,7 @@ def save_local_onnx(
         "license": (metadata or {}).get("license"),
         "metadata": dict(metadata or {}),
     }
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"register_local_model: metadata must be JSON values ({err})") from err
+    _check_json(data, "metadata is")
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     moves = [(source, target), *((source.parent / d, directory / d) for d in data_files)]
