@@ -443,3 +443,24 @@ end
     end
     @test memory_stats().live_pullbacks == baseline.live_pullbacks
 end
+
+@testset "docs/julia.md: the Flux, Lux and AD examples run" begin
+    doc = read(joinpath(@__DIR__, "..", "..", "docs", "julia.md"), String)
+    section(from, to) = doc[first(findfirst(from, doc)):(first(findfirst(to, doc)) - 1)]
+    blocks(text) = [m.captures[1] for m in eachmatch(r"```julia\n(.*?)```"s, text)]
+    flux = first(blocks(section(
+        "## Training with Zygote and Optimisers.jl",
+        "## Training with FluxTraining",
+    )))
+    lux = only(blocks(section("## Lux: explicit parameters and state", "## Every AD")))
+    ad = blocks(section("## Every AD", "## Speed"))
+    @test length(ad) == 3
+    baseline = memory_stats()
+    # a module per framework (Flux and Lux export the same names); the AD
+    # examples build on each other
+    include_string(Module(:FluxExample), flux)
+    include_string(Module(:LuxExample), lux)
+    examples = Module(:ADExamples)
+    foreach(block -> include_string(examples, block), ad)
+    @test memory_stats().live_pullbacks == baseline.live_pullbacks
+end
