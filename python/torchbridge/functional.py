@@ -70,6 +70,7 @@ from .bridged import (
     _check_cotangent,
     _leaves,
     _per_input,
+    _run_backward,
     _without_gradient,
 )
 from .errors import (
@@ -554,15 +555,16 @@ class FunctionalPullback(Pullback):
         inputs = self._inputs
         diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
         leaves = [*params, *diff]
-        grads: Sequence[torch.Tensor | None] = (None,) * len(leaves)
+        # The leaves are this call's own (views made for it), so the engine may
+        # accumulate into their .grad unrestricted, as a plain backward does:
+        # naming the leaves to torch.autograd.grad costs a few percent of a step.
+        for t in leaves:
+            t.grad = None
         if pairs and leaves:
-            grads = torch.autograd.grad(
-                [o for o, _ in pairs],
-                leaves,
-                [c for _, c in pairs],
-                retain_graph=retain,
-                allow_unused=True,
-            )
+            _run_backward([o for o, _ in pairs], [c for _, c in pairs], retain)
+        grads = [t.grad for t in leaves]
+        for t in leaves:
+            t.grad = None
         param_grads = tuple(grads[: len(params)])
         found = iter(grads[len(params) :])
         input_grads = tuple(
