@@ -7,15 +7,15 @@
 #     grads = Zygote.gradient(m -> loss(m(x), y), model)[1]
 #     state, model = Optimisers.update!(state, model, grads)
 #
-# `update!` copies the gradient into torch's gradient buffers (the tangent the
-# rrule returns is a copy of them, see `rrules.jl`, so this is one copy per
-# parameter) and runs one torch optimiser step (and one schedule step).
+# `update!` runs one torch optimiser step (and one schedule step) on the
+# gradients it is given, viewed where they are: the tangent the rrule returns
+# (copies of the gradient buffers, see `rrules.jl`) is not copied back.
 # `setup` takes the TorchModel itself: inside a `Chain`, use an Optimisers.jl
 # rule, or set up the TorchModel's part with its own state.
 module TorchBridgeOptimisersExt
 
 using Optimisers: Optimisers
-using PythonCall: Py
+using PythonCall: PythonCall, Py
 using TorchBridge: TorchBridge, TorchModel, TorchOptimiser
 
 const CRC = TorchBridge.ChainRulesCore
@@ -37,16 +37,35 @@ end
 
 function Optimisers.update!(state::TorchOptimiserState, m::TorchModel, grads)
     dparams = _params_tangent(grads)
-    if dparams !== nothing
-        for (buffer, g) in zip(m.grads, dparams)
-            if g === nothing || g isa CRC.AbstractZero
-                fill!(buffer, 0)
-            elseif buffer !== g
-                copyto!(buffer, g)
-            end
+    dparams === nothing && return state, m
+    # Each gradient is applied where it is when torch can view it as its
+    # parameter's (the tangent the rrule returned: no copy back); any other
+    # (a zero, another element type or array type) is written into the
+    # parameter's buffer first, and the buffer applied.
+    given = map(m.grads, dparams) do buffer, g
+        if g === nothing || g isa CRC.AbstractZero
+            fill!(buffer, 0)
+            return nothing
+        elseif g === buffer
+            return nothing
+        elseif g isa Array && typeof(g) === typeof(buffer) && size(g) == size(buffer)
+            return g
+        else
+            copyto!(buffer, g)
+            return nothing
         end
-        TorchBridge._before_torch(m) # Julia's copies into the buffers land first
-        TorchBridge._guard(() -> TorchBridge._tbjl.optimizer_step(state.py))
+    end
+    TorchBridge._before_torch(m) # Julia's writes land before torch reads
+    shares = TorchBridge._share_all(given)
+    try
+        arrays = PythonCall.pytuple(shares)
+        try
+            TorchBridge._guard(() -> TorchBridge._tbjl.optimizer_step(state.py, arrays))
+        finally
+            PythonCall.pydel!(arrays)
+        end
+    finally
+        TorchBridge._release_shares(shares)
     end
     return state, m
 end

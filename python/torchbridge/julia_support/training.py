@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..bridged import BridgedModel, bridged_model
-from ..errors import TrainingError, UnsupportedArrayError
-from ..exchange import to_torch
+from ..errors import CotangentError, TrainingError, UnsupportedArrayError
+from ..exchange import describe_array, to_torch
 from ..outputs import flatten_outputs
 from ..precision import float32_loss
 from .step import Layout, receivable, settle
@@ -45,12 +45,27 @@ class TorchOptimizer:
         )
         self.steps = 0
 
-    def step(self) -> None:
-        """Apply the gradients in the model's buffers, then advance the schedule."""
+    def step(self, grads: Sequence[Any] | None = None) -> None:
+        """Apply the gradients in the model's buffers, or ``grads`` (one array per
+        parameter, ``None`` for one whose gradient is in its buffer), then advance
+        the schedule.
+
+        Raises:
+            CotangentError: a gradient is not an array of its parameter's shape,
+                element type and device (nothing is applied).
+        """
         model = self.model
         with model.lock:
             model.attach_grads()
-            self.optimizer.step()
+            if grads is not None:
+                views = _gradient_views(model, grads)
+                for p, g in zip(model.parameters, views):
+                    if g is not None:
+                        p.grad = g
+            try:
+                self.optimizer.step()
+            finally:
+                model.attach_grads()  # .grad is each parameter's buffer again
             if self.scheduler is not None:
                 self.scheduler.step()
             settle(model)  # Julia reads the parameters next, on its own stream
@@ -73,10 +88,17 @@ def optimizer(
     return TorchOptimizer(model, spec, schedule)
 
 
-def optimizer_step(opt: TorchOptimizer) -> float:
-    """optimizer_step(opt) -> learning rate used: one step from the model's gradient buffers."""
+def optimizer_step(opt: TorchOptimizer, grads: Sequence[Any] | None = None) -> float:
+    """optimizer_step(opt, grads=None) -> learning rate used: one optimiser step.
+
+    Without ``grads``, from the model's gradient buffers. With ``grads`` (one
+    array per parameter, in ``param_names`` order, viewed without a copy;
+    ``None`` for one whose gradient is in its buffer), from those arrays: what
+    ``Optimisers.update!`` with a ``TorchOptimiser`` passes, so the tangent a
+    Julia AD returned is applied as it is, without being copied back.
+    """
     lr = opt.learning_rate
-    opt.step()
+    opt.step(grads)
     return lr
 
 
@@ -184,3 +206,24 @@ def train_step(
     """
     loss, output = trainer.step(x, y)
     return (loss, *receivable(trainer.opt.model, (output,)))
+
+
+def _gradient_views(model: BridgedModel, grads: Sequence[Any]) -> list:
+    # a view of each gradient given, checked against its parameter before any is applied
+    if len(grads) != len(model.parameters):
+        raise CotangentError(
+            f"optimizer_step: {len(grads)} gradient(s) for {len(model.parameters)} parameters."
+        )
+    views = []
+    for name, p, g in zip(model.param_names, model.parameters, grads):
+        if g is None:
+            views.append(None)
+            continue
+        t = to_torch(g)
+        if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+            raise CotangentError(
+                f"optimizer_step: the gradient of {name!r} is a {describe_array(t)}; its "
+                f"parameter is {p.dtype} of torch shape {tuple(p.shape)} on {p.device}."
+            )
+        views.append(t)
+    return views
