@@ -473,8 +473,10 @@ class BridgedModel:
         values: list = []
         npos = len(inputs)
         try:
-            values.extend(to_torch(x) for x in inputs)
-            values.extend(_keyword_value(n, v) for n, v in kw_inputs.items())
+            for x in inputs:
+                values.append(to_torch(x))
+            for n, v in kw_inputs.items():
+                values.append(_keyword_value(n, v))
             self._check_inputs(values, npos, names)
             if self._text is not None:
                 self._text.check(values, npos, names)
@@ -494,7 +496,7 @@ class BridgedModel:
         bridge]); otherwise they are returned as they are.
         """
         if self.autocast is None or self._float_dtype is None:
-            return list(outputs)
+            return outputs if isinstance(outputs, list) else list(outputs)
         want = self._float_dtype
         return [o.to(want) if o.is_floating_point() and o.dtype != want else o for o in outputs]
 
@@ -560,10 +562,13 @@ class BridgedModel:
 
     def _check_inputs(self, values: list, npos: int | None = None, names: tuple = ()) -> None:
         npos = len(values) if npos is None else npos
+        device = self._device
+        on_cpu = device is not None and device.type == "cpu"
         for i, t in enumerate(values):
             if not isinstance(t, torch.Tensor):
                 continue
-            if self._device is not None and t.device != self._device:
+            # t.is_cpu first: t.device builds a new torch.device on every read
+            if device is not None and not (on_cpu and t.is_cpu) and t.device != device:
                 raise DeviceMismatchError(
                     f"forward: input {_input_label(i, npos, names)} is a {describe_array(t)}, "
                     f"but the model is on "

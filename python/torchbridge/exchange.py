@@ -278,11 +278,33 @@ def _view(obj: Any, *, destination: bool = False) -> tuple[torch.Tensor, str]:
 
 
 def _from_numpy(a: np.ndarray, *, destination: bool = False) -> tuple[torch.Tensor, str]:
+    # The common case costs one flag read and torch's own view: whatever torch
+    # refuses (another dtype, byte order, negative strides) is sorted out after.
+    if not a.flags.writeable:
+        # A view torch believes writable; the caller copies or refuses it at once
+        # (NOTE [read-only memory]), so torch's warning about it says nothing here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return torch.from_numpy(a), _READ_ONLY
+            except (TypeError, ValueError, RuntimeError) as exc:
+                return _refused_numpy(a, destination, exc)
+    try:
+        return torch.from_numpy(a), _VIEWED
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return _refused_numpy(a, destination, exc)
+
+
+def _refused_numpy(
+    a: np.ndarray, destination: bool, exc: BaseException
+) -> tuple[torch.Tensor, str]:
+    """What a numpy array torch refused to view becomes: a copy (negative strides, as an
+    input: NOTE [negative strides]) or a typed error saying why and what to do."""
     if a.dtype.kind not in "biufc":
         raise UnsupportedDTypeError(
             f"to_torch: arrays of numpy dtype {a.dtype} cannot cross the bridge; "
             "pass a numeric array (Float32 is what most models expect)."
-        )
+        ) from exc
     if not a.dtype.isnative:
         native = a.dtype.newbyteorder("=")
         order = "big" if a.dtype.byteorder == ">" else "little"
@@ -294,30 +316,21 @@ def _from_numpy(a: np.ndarray, *, destination: bool = False) -> tuple[torch.Tens
         raise UnsupportedDTypeError(
             f"to_torch: the numpy array has dtype '{a.dtype.str}' ({order}-endian), and torch "
             f"reads native byte order only ('{native.str}' here); {fix}."
-        )
-    if any(s < 0 for s in a.strides):
+        ) from exc
+    if a.strides and min(a.strides) < 0:
         if destination:
             raise UnsupportedArrayError(
                 f"copy_into: the destination (numpy shape {a.shape}, strides {a.strides}) has "
                 "negative strides, which torch cannot view, so nothing was written: writing "
                 "into a copy would leave your array as it was. Pass an array with positive "
                 "strides (e.g. write into the array it is a reversed view of, and reverse after)."
-            )
+            ) from exc
         # NOTE [negative strides]: one copy, counted by the caller; an input is only read
         return torch.from_numpy(np.ascontiguousarray(a)), _COPIED
-    try:
-        if not a.flags.writeable:
-            # A view torch believes writable; the caller copies or refuses it at once
-            # (NOTE [read-only memory]), so torch's warning about it says nothing here.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                return torch.from_numpy(a), _READ_ONLY
-        return torch.from_numpy(a), _VIEWED
-    except (TypeError, RuntimeError) as exc:
-        raise UnsupportedDTypeError(
-            f"to_torch: a numpy array of dtype {a.dtype} cannot cross the bridge ({exc}). "
-            "Convert it first, e.g. to float32 (Float32 in Julia)."
-        ) from exc
+    raise UnsupportedDTypeError(
+        f"to_torch: a numpy array of dtype {a.dtype} cannot cross the bridge ({exc}). "
+        "Convert it first, e.g. to float32 (Float32 in Julia)."
+    ) from exc
 
 
 # -- DLPack capsules -----------------------------------------------------------
