@@ -44,6 +44,7 @@ FIGURES: dict[str, tuple[str, float]] = {
     "bigmodels_weights_file_rss_over_checkpoint": ("lower", 0.10),
     # Julia (benchmarks/julia/run.jl)
     "julia:bridge_over_torch_resnet18": ("lower", 0.08),
+    "julia:bridge_over_torch_resnet18_1thread": ("lower", 0.08),
     "julia:bridge_over_torch_cnn": ("lower", 0.08),
     "julia:bridge_over_torch_cnn_1thread": ("lower", 0.08),
     "julia:overhead_us_tiny_mlp": ("lower", 0.30),
