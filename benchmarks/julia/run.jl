@@ -258,7 +258,10 @@ function lux_and_forward_mode(; reps = 20)
     labels = rand(1:10, 32)
     onehot = Float32.(Flux.onehotbatch(labels, 1:10))
     torch.manual_seed(0)
-    layer = TorchLayer(torch_cnn().train(); input_grads = false) # data in, as the TorchModel
+    layer = TorchLayer(
+        torch_cnn().train();
+        input_grads = false,
+    ) # data in, as the TorchModel
     model = Lux.Chain(layer)
     ps, st = Lux.setup(Random.Xoshiro(0), model)
     ts = Lux.Training.TrainState(model, ps, st, Optimisers.Adam(1.0f-3))
