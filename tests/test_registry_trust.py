@@ -200,6 +200,70 @@ class TestHubRepositories:
         x = torch.randn(2, 3, 8, 8)
         assert torch.equal(model.eval()(x), tuned.eval()(x))
 
+    def test_export_takes_the_same_switch(self, hub, capsys):
+        """export_onnx and `torchbridge export` of a hub model import its repository only with
+        trust_repo (--trust-repo), and then export the weights given with their head; the
+        refusal names the switch and runs nothing."""
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+        from torchbridge.cli import main
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
+        tuned = torchbridge.load_model("hub/marked/conv_net", num_classes=5, trust_repo=True)
+        weights = hub["tmp"] / "tuned.pth"
+        torch.save(tuned.state_dict(), weights)
+        hub["marker"].unlink()
+        out = hub["tmp"] / "conv.onnx"
+        export = dict(input_size=(3, 8, 8), weights=str(weights), num_classes=5)
+        with memory.expect_baseline():
+            with pytest.raises(UntrustedRepoError, match="export_onnx"):
+                torchbridge.export_onnx("hub/marked/conv_net", out, **export)
+        assert not _ran(hub["marker"]) and not out.exists()
+        args = ["export", "hub/marked/conv_net", "-o", str(out), "--input-size", "3,8,8"]
+        args += ["--weights", str(weights), "--num-classes", "5"]
+        assert main(args) == 1
+        assert "--trust-repo" in capsys.readouterr().err
+        assert not _ran(hub["marker"]) and not out.exists()
+        report = torchbridge.export_onnx("hub/marked/conv_net", out, trust_repo=True, **export)
+        assert report.max_abs_diff is not None and report.outputs[0].shape[-1] == 5
+        assert main([*args, "--trust-repo", "-o", str(hub["tmp"] / "cli.onnx")]) == 0
+
+    def test_fit_checkpoint_of_a_hub_model_imports_nothing_more(self, hub):
+        """fit with a Checkpoint naming a hub architecture and its num_classes checks the head
+        on the model it trains (the trusted load built it), not by importing the repository
+        again, and a wrong num_classes is still refused before training."""
+        from torchbridge.errors import TrainingError
+        from torchbridge.registry import add_hub_repo
+        from torchbridge.train import Checkpoint, fit
+
+        add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
+        model = torchbridge.load_model("hub/marked/conv_net", num_classes=5, trust_repo=True)
+        batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,)))]
+        common = dict(epochs=1, optimizer={"rule": "Adam"}, loss="logitcrossentropy")
+        arch = "hub/marked/conv_net"
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(TrainingError, match="has 5 outputs"):
+            fit(
+                model,
+                batches,
+                checkpoint=Checkpoint("bad", architecture=arch, num_classes=3),
+                progress=False,
+                **common,
+            )
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        history = fit(
+            model,
+            batches,
+            checkpoint=Checkpoint("tuned", architecture=arch, num_classes=5, save="last"),
+            progress=False,
+            **common,
+        )
+        assert history.checkpoint.num_classes == 5
+        x = torch.randn(2, 3, 8, 8)
+        again = torchbridge.load_model("local/tuned", trust_repo=True)
+        assert torch.equal(again.eval()(x), model.eval()(x))
+
     @pytest.mark.parametrize("trust", ["none", "added", "listed"])
     def test_information_never_imports_a_repository(self, hub, monkeypatch, capsys, trust):
         """list, search, model_info, feature_channels, `torchbridge info` and the Julia rows of

@@ -111,12 +111,17 @@ def _info_dict(info: TensorInfo) -> dict[str, Any]:
 # -- resolving the model and its input ------------------------------------------
 
 
-def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> torch.nn.Module:
+def _resolve_model(
+    model: Any,
+    weights: str | None,
+    num_classes: int | None,
+    trust: dict[str, bool],
+) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
-        if weights is not None or num_classes is not None:
+        if weights is not None or num_classes is not None or any(trust.values()):
             raise ExportError(
-                "export_onnx: weights= and num_classes= apply to a registry id; load the "
-                "module with them first, or pass its id."
+                "export_onnx: weights=, num_classes=, trust_repo= and trust_remote_code= apply "
+                "to a registry id; load the module with them first, or pass its id."
             )
         return model
     if not isinstance(model, str):
@@ -144,10 +149,15 @@ def _resolve_model(model: Any, weights: str | None, num_classes: int | None) -> 
                 "new, untrained head. Pass the weight file that head was trained in "
                 "(--weights FILE), or export the finetuned model by its local/<name> id."
             )
-    module = registry.load_model(model, pretrained=True, weights=weights)
+    # trust_repo is every load's switch; trust_remote_code one of transformers models'
+    # (hf/, and local/ ones saved from them): other sources take no such keyword
+    loading = {k: v for k, v in trust.items() if v}
+    if entry.source not in ("hf", "local"):
+        loading.pop("trust_remote_code", None)
+    module = registry.load_model(model, pretrained=True, weights=weights, **loading)
     if num_classes is None:
         return module
-    names = get_registry().classifier(model)
+    names = get_registry().classifier(model, **trust)
     held = model_classes(module, names)
     if num_classes not in (0, held):
         holds = f"a {held}-class head" if held is not None else "a head of unknown size"
@@ -464,6 +474,8 @@ def export_onnx(
     tolerance: float | None = None,
     weights: str | None = None,
     num_classes: int | None = None,
+    trust_repo: bool = False,
+    trust_remote_code: bool = False,
 ) -> ExportReport:
     """export_onnx(model, path, *, input_size, dynamic_batch=True, opset=None, verify=True)
     -> ExportReport
@@ -495,6 +507,11 @@ def export_onnx(
             :func:`torchbridge.load_model` reads it: the weights keep their own
             head, so a size they do not hold, which would export a new and
             untrained head, is refused.
+        trust_repo: Import the torch.hub repository that builds a ``hub/`` id
+            (or a ``local/`` one made from it), as :func:`torchbridge.load_model`'s
+            switch (``--trust-repo``; docs/registry.md, "Trust").
+        trust_remote_code: Run the code of a Hugging Face repository that ships
+            its own (``--trust-remote-code``), as ``load_model`` does.
 
     The model is exported in eval mode; the mode of each submodule is restored afterwards.
 
@@ -522,7 +539,12 @@ def export_onnx(
             "export_onnx needs the onnx package: pip install 'torchbridge[onnx]'"
         ) from exc
     _check_output_path(Path(path))  # before the model is built: a wrong path fails at once
-    module = _resolve_model(model, weights, num_classes)
+    module = _resolve_model(
+        model,
+        weights,
+        num_classes,
+        {"trust_repo": trust_repo, "trust_remote_code": trust_remote_code},
+    )
     from .adapters import is_adapter_model
 
     if is_adapter_model(module):

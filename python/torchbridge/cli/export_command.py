@@ -67,6 +67,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fixed-batch", action="store_true", help="export for batches of one, not a dynamic batch"
     )
+    p.add_argument(
+        "--trust-repo",
+        action="store_true",
+        help="import the torch.hub repository that builds a hub/ model (it runs its code)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the code a Hugging Face repository ships with its model",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_export)
@@ -87,6 +97,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             weights=args.weights,
             num_classes=args.num_classes,
+            trust_repo=args.trust_repo,
+            trust_remote_code=args.trust_remote_code,
         )
     except (TorchBridgeError, OSError) as err:  # an OS error (a folder not writable ...) too
         payload: dict[str, Any] = {"error": type(err).__name__, "message": str(err)}

@@ -280,14 +280,26 @@ class ModelRegistry:
             raise self._unknown(model_id, f"no model {model_id!r} in the {source_name} source")
         return entry
 
-    def classifier(self, model_id: str) -> tuple[str, ...]:
-        """classifier(model_id) -> tuple[str, ...]: the module names of a model's classifier
-        head (``("fc",)``, ``("head.fc",)`` ...); empty when it has none the registry knows.
+    def classifier(
+        self, model_id: str, *, trust_repo: bool = False, trust_remote_code: bool = False
+    ) -> tuple[str, ...]:
+        """classifier(model_id, *, trust_repo=False, trust_remote_code=False) -> tuple[str, ...]
+
+        The module names of a model's classifier head (``("fc",)``, ``("head.fc",)``
+        ...); empty when it has none the registry knows. Finding them builds the
+        untrained model, so a ``hub/`` model (or a ``local/`` one built from it) needs
+        ``trust_repo`` and a Hugging Face repository with its own code needs
+        ``trust_remote_code``, as loading does (NOTE [trust]); otherwise
+        :class:`~torchbridge.errors.RemoteCodeError`.
 
         See NOTE [head rule] in :mod:`torchbridge.registry.heads`.
         """
         entry = self.model_info(model_id)
-        return self.source(entry.source).classifier(entry)
+        source = self.source(entry.source)
+        with trusting_repos(bool(trust_repo)):
+            if trust_remote_code and entry.source == "hf":
+                return source.classifier(entry, trust_remote_code=True)
+            return source.classifier(entry)
 
     def feature_channels(self, model_id: str) -> int | None:
         """See :func:`feature_channels`."""

@@ -206,8 +206,9 @@ def check_repo(model_id: str, repo: str, folder: Path, *, added_trusted: bool = 
     entry = f"'{cached.split('_')[0]}/<repo>' or '{repo}'" if cached else f"'{repo}'"
     raise UntrustedRepoError(
         f"{model_id}: loading it imports {hubconf}, code of the torch.hub repository {repo} "
-        "that would run on this machine. Read it, and pass trust_repo=True to load_model if "
-        f"you trust it (or add {entry} to ${TRUSTED_REPOS_ENV})."
+        "that would run on this machine. Read it, and pass trust_repo=True to load_model "
+        "(or export_onnx; `torchbridge export --trust-repo`) if you trust it (or add "
+        f"{entry} to ${TRUSTED_REPOS_ENV})."
     )
 
 

@@ -485,12 +485,18 @@ def _check_input_spec(model: torch.nn.Module, policy: Checkpoint) -> None:
 
 def _check_head(model: torch.nn.Module, policy: Checkpoint) -> None:
     """Refuse, before any training, a num_classes that the model's head does not have."""
+    from ..errors import RemoteCodeError
     from ..registry.core import get_registry
-    from ..registry.heads import held_classes
+    from ..registry.heads import classifier_names, held_classes
 
     if policy.num_classes is None:
         return
-    names = get_registry().classifier(_architecture(model, policy))
+    try:
+        names = get_registry().classifier(_architecture(model, policy))
+    except RemoteCodeError:
+        # naming the head would import the architecture's repository code, which fit was
+        # not told to trust (NOTE [trust]): read it from the model being trained instead
+        names = classifier_names(model)
     held = held_classes(model.state_dict(), names)
     if held is not None and held != policy.num_classes:
         raise TrainingError(
