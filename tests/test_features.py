@@ -12,7 +12,12 @@ import torch
 import torch.nn as nn
 
 import torchbridge
-from torchbridge.errors import FeaturesUnavailableError, InputShapeError, OutputSizeUnknownError
+from torchbridge.errors import (
+    FeaturesUnavailableError,
+    InputShapeError,
+    OutputSizeUnknownError,
+    RegistryArgumentError,
+)
 from torchbridge.julia_support import output_sizes
 from torchbridge.shapes import output_shapes
 
@@ -101,8 +106,11 @@ class TestFeatureVariants:
             torchbridge.load_model("torchvision/vit_b_16", features=True)
 
     def test_features_and_num_classes_exclude_each_other(self):
-        with pytest.raises(ValueError, match="features=True.*num_classes=10"):
+        with pytest.raises(RegistryArgumentError, match="features=True.*num_classes=10"):
             torchbridge.load_model("torchvision/resnet18", features=True, num_classes=10)
+        for bad in (-1, 2.5, "10"):
+            with pytest.raises(RegistryArgumentError, match="non-negative int"):
+                torchbridge.load_model("torchvision/resnet18", num_classes=bad)
 
     @pytest.mark.parametrize(
         ("model_id", "channels"),

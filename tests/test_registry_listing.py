@@ -289,6 +289,20 @@ class TestPluggableSources:
         with pytest.raises(TypeError, match="ModelSource"):
             torchbridge.register_source(object())
 
+    @pytest.mark.parametrize("name", ["", "to/y"])
+    def test_register_source_rejects_a_bad_name(self, toy_registry, name):
+        """A source's name is one id part: empty or with '/' is a RegistryArgumentError, and
+        nothing is registered."""
+        from torchbridge.errors import RegistryArgumentError
+
+        class Named(ToySource):
+            pass
+
+        Named.name = name
+        with pytest.raises(RegistryArgumentError, match="non-empty name without '/'"):
+            torchbridge.register_source(Named())
+        assert name not in toy_registry._sources
+
     def test_entry_point_group_is_discovered(self, tmp_path, monkeypatch):
         """A package's entry point in group torchbridge.sources adds its source; a broken one
         warns."""

@@ -257,6 +257,16 @@ class TestHub:
         assert "two-layer perceptron" in entry.description and entry.pretrained
         assert not torchbridge.model_info("hub/tinyrepo/tiny_plain").pretrained
 
+    @pytest.mark.parametrize("name", ["a/b", "x/"])
+    def test_add_hub_repo_refuses_a_bad_name(self, hub_repo, isolated_caches, name):
+        """A repository's name is one id part: one with '/' is refused, typed."""
+        from torchbridge.errors import RegistryArgumentError
+        from torchbridge.registry import add_hub_repo
+
+        with pytest.raises(RegistryArgumentError, match="name="):
+            add_hub_repo(hub_repo, name=name)
+        assert not any(e.id.startswith(f"hub/{name}/") for e in torchbridge.list_models())
+
     def test_local_repo_entry_loaded(self, hub_repo, isolated_caches):
         """An entry loads through torch.hub's local loader, with num_classes passed to it."""
         from torchbridge.registry import add_hub_repo

@@ -48,6 +48,7 @@ __all__ = [
     "PullbackReleasedError",
     "RankFailedError",
     "ReadOnlyArrayError",
+    "RegistryArgumentError",
     "RegistryError",
     "RemoteCodeError",
     "SidecarValueError",
@@ -280,6 +281,12 @@ class TokenizerNotFoundError(RegistryError, LookupError):
 
 
 # -- finetuning large models -------------------------------------------------
+
+
+class RegistryArgumentError(RegistryError, ValueError):
+    """A registry call was given a value it cannot take: a ``num_classes`` that is not a
+    non-negative int, ``features=True`` together with ``num_classes``, or an empty name (or
+    one with ``/``) for a model source or a torch.hub repository."""
 
 
 class AdapterError(RegistryError, ValueError):

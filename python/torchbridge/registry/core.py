@@ -15,6 +15,7 @@ from ..errors import (
     BrokenEntryError,
     DuplicateSourceError,
     InvalidModelIdError,
+    RegistryArgumentError,
     RegistryError,
     UnknownModelError,
     UnknownSourceError,
@@ -134,7 +135,9 @@ class ModelRegistry:
         source = as_source(source)
         name = getattr(source, "name", "")
         if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"a model source needs a non-empty name without '/', got {name!r}")
+            raise RegistryArgumentError(
+                f"a model source needs a non-empty name without '/', got {name!r}"
+            )
         self._ensure_ready()
         with self._lock:
             if name in self._sources and not replace:
@@ -373,11 +376,11 @@ class ModelRegistry:
             )
         weights_path = Path(weights).expanduser() if weights is not None else None
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
-            raise ValueError(
+            raise RegistryArgumentError(
                 f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}"
             )
         if features and num_classes is not None:
-            raise ValueError(
+            raise RegistryArgumentError(
                 f"{model_id}: features=True returns the model without its classifier, so "
                 f"num_classes={num_classes} has nothing to size; pass one or the other"
             )

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import RegistryError
+from ..errors import RegistryArgumentError, RegistryError
 
 __all__ = [
     "classifier_names",
@@ -132,7 +132,9 @@ def replace_classifier(
     from ._headless import Headless
 
     if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}")
+        raise RegistryArgumentError(
+            f"{model_id}: num_classes must be a non-negative int, got {num_classes!r}"
+        )
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(num_classes)
         return model

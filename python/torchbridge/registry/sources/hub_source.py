@@ -29,7 +29,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ...errors import BrokenEntryError, RegistryError, WeightsNotFoundError
+from ...errors import (
+    BrokenEntryError,
+    RegistryArgumentError,
+    RegistryError,
+    WeightsNotFoundError,
+)
 from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import model_classes, replace_classifier
 from ..paths import is_offline, torch_hub_checkpoints_dir, torch_hub_dir
@@ -65,7 +70,9 @@ def add_hub_repo(
         )
     repo = name or folder.name
     if "/" in repo or not repo:
-        raise ValueError(f"hub repo name {repo!r} must be non-empty and contain no '/'")
+        raise RegistryArgumentError(
+            f"hub repo name {repo!r} must be non-empty and contain no '/'; pass name=..."
+        )
     with _ADDED_LOCK:
         _ADDED[repo] = folder
         if trust_repo:
