@@ -200,6 +200,23 @@ class TestHubRepositories:
         x = torch.randn(2, 3, 8, 8)
         assert torch.equal(model.eval()(x), tuned.eval()(x))
 
+    def test_trust_remote_code_is_no_trust_repo(self, hub):
+        """trust_remote_code=True on a hub model is refused, naming trust_repo, before its
+        repository is imported; on a timm model it is refused too, not a TypeError from timm;
+        False asks nothing and loads."""
+        from torchbridge.errors import RegistryArgumentError
+        from torchbridge.registry import add_hub_repo
+
+        add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
+        with memory.expect_baseline():
+            with pytest.raises(RegistryArgumentError, match="trust_repo=True"):
+                torchbridge.load_model("hub/marked/conv_net", trust_remote_code=True)
+            with pytest.raises(RegistryArgumentError, match="leave it out"):
+                torchbridge.load_model("timm/test_resnet", trust_remote_code=True)
+        assert not _ran(hub["marker"])
+        model = torchbridge.load_model("timm/test_resnet", trust_remote_code=False)
+        assert isinstance(model, torch.nn.Module)
+
     def test_export_takes_the_same_switch(self, hub, capsys):
         """export_onnx and `torchbridge export` of a hub model import its repository only with
         trust_repo (--trust-repo), and then export the weights given with their head; the

@@ -367,6 +367,8 @@ class ModelRegistry:
         dtype = resolve_dtype(dtype, what=f"{model_id}: dtype")
         entry = self.model_info(model_id)
         source = self.source(entry.source)
+        if entry.source in _NO_REMOTE_CODE and "trust_remote_code" in kwargs:
+            _refuse_remote_code_switch(entry, kwargs.pop("trust_remote_code"))
         if lora not in (None, False) and entry.metadata.get("adapter_folder"):
             from ..errors import AdapterError
 
@@ -730,6 +732,27 @@ def model_info(model_id: str) -> ModelEntry:
     :class:`~torchbridge.errors.UnknownSourceError`.
     """
     return get_registry().model_info(model_id)
+
+
+# Built-in sources whose builders take no trust_remote_code (NOTE [trust]).
+_NO_REMOTE_CODE = ("timm", "torchvision", "hub")
+
+
+def _refuse_remote_code_switch(entry: ModelEntry, value: Any) -> None:
+    """``trust_remote_code=False`` asks nothing of a source without repository code; ``True``
+    would read as a trust it does not give, so it is refused, naming the switch that does."""
+    if not value:
+        return
+    hint = (
+        " Its hubconf.py is trusted with trust_repo=True (NOTE [trust], docs/registry.md)."
+        if entry.source == "hub"
+        else ""
+    )
+    raise RegistryArgumentError(
+        f"{entry.id}: trust_remote_code=True is a switch of Hugging Face models (hf/ ids, "
+        f"and local/ ones saved from them); a {entry.source}/ model runs no Hugging Face "
+        f"repository code, so leave it out.{hint}"
+    )
 
 
 def load_model(
