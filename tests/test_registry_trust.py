@@ -202,8 +202,8 @@ class TestHubRepositories:
 
     def test_trust_remote_code_is_no_trust_repo(self, hub):
         """trust_remote_code=True on a hub model is refused, naming trust_repo, before its
-        repository is imported; on a timm model it is refused too, not a TypeError from timm;
-        False asks nothing and loads."""
+        repository is imported (by load_model and by export_onnx); on a timm model it is
+        refused too, not a TypeError from timm; False asks nothing and loads."""
         from torchbridge.errors import RegistryArgumentError
         from torchbridge.registry import add_hub_repo
 
@@ -213,7 +213,10 @@ class TestHubRepositories:
                 torchbridge.load_model("hub/marked/conv_net", trust_remote_code=True)
             with pytest.raises(RegistryArgumentError, match="leave it out"):
                 torchbridge.load_model("timm/test_resnet", trust_remote_code=True)
-        assert not _ran(hub["marker"])
+            out = hub["tmp"] / "hub.onnx"
+            with pytest.raises(RegistryArgumentError, match="trust_repo=True"):
+                torchbridge.export_onnx("hub/marked/conv_net", out, trust_remote_code=True)
+        assert not _ran(hub["marker"]) and not out.exists()
         model = torchbridge.load_model("timm/test_resnet", trust_remote_code=False)
         assert isinstance(model, torch.nn.Module)
 

@@ -149,11 +149,8 @@ def _resolve_model(
                 "new, untrained head. Pass the weight file that head was trained in "
                 "(--weights FILE), or export the finetuned model by its local/<name> id."
             )
-    # trust_repo is every load's switch; trust_remote_code one of transformers models'
-    # (hf/, and local/ ones saved from them): other sources take no such keyword
+    # the switches given, as load_model reads them (NOTE [trust])
     loading = {k: v for k, v in trust.items() if v}
-    if entry.source not in ("hf", "local"):
-        loading.pop("trust_remote_code", None)
     module = registry.load_model(model, pretrained=True, weights=weights, **loading)
     if num_classes is None:
         return module
