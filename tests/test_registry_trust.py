@@ -183,16 +183,22 @@ class TestHubRepositories:
             torchbridge.load_model("hub/pytorch_vision_v2/conv_net")
         assert not (hub["tmp"] / "x.txt").exists()
 
-    def test_local_model_built_from_a_hub_entry_needs_the_same_trust(self, hub):
+    def test_local_model_built_from_a_hub_entry_needs_the_same_trust(self, hub, caplog):
         """local/x whose architecture is a hub entry loads only with trust_repo=True, and then
-        holds the saved weights."""
+        holds the saved weights. Registering it imports nothing untrusted, and the debug log
+        says why its head size was not checked."""
         from torchbridge.registry import add_hub_repo
 
         add_hub_repo(_marked_repo(hub["tmp"] / "marked", hub["marker"]))
         tuned = torchbridge.load_model("hub/marked/conv_net", num_classes=5, trust_repo=True)
         hub["marker"].unlink()
-        torchbridge.register_local_model("tuned", tuned, architecture="hub/marked/conv_net")
+        with caplog.at_level("DEBUG", logger="torchbridge.registry"):
+            torchbridge.register_local_model("tuned", tuned, architecture="hub/marked/conv_net")
         assert not _ran(hub["marker"])  # registering imports nothing untrusted
+        assert any(
+            "head size of hub/marked/conv_net is not checked (UntrustedRepoError" in r.message
+            for r in caplog.records
+        )
         with memory.expect_baseline(), pytest.raises(UntrustedRepoError, match="trust_repo"):
             torchbridge.load_model("local/tuned")
         assert not _ran(hub["marker"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 import os
 import re
 import threading
@@ -23,6 +24,8 @@ from ..errors import (
 from .entry import ModelEntry
 from .sources import ModelSource, as_source, builtin_sources, entry_point_sources
 from .trust import information_only, trusting_repos
+
+log = logging.getLogger("torchbridge.registry")
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -552,7 +555,15 @@ class ModelRegistry:
         if arch_entry.source != "local":
             try:
                 classifier = self.source(arch_entry.source).classifier(arch_entry)
-            except Exception:  # a builder that cannot run here: the head size is not checked
+            except Exception as err:  # a builder that cannot run here (an untrusted hub
+                # repository, a missing dependency): the head size is then not checked
+                log.debug(
+                    "register_local_model(%r): the head size of %s is not checked (%s: %s)",
+                    name,
+                    arch_entry.id,
+                    type(err).__name__,
+                    err,
+                )
                 classifier = ()
         save_local_model(
             name,
