@@ -214,6 +214,58 @@ class TestShards:
         with pytest.raises(CorruptWeightsError, match="names shards that are not in its folder"):
             torchbridge.load_model("timm/test_resnet", weights=index)
 
+    @pytest.mark.parametrize(
+        ("shard", "problem"),
+        [
+            ("../outside/secret.safetensors", "a path, not a file"),
+            ("{outside}/secret.safetensors", "a path, not a file"),
+            ("link.safetensors", "leads out of the index's folder"),
+            ("model.safetensors.index.json", "an index itself"),
+            (5, "not a file name"),
+        ],
+    )
+    def test_an_index_names_files_of_its_own_folder_only(self, tmp_path, shard, problem):
+        """A weight_map entry outside the index's folder (a relative or absolute path, a link
+        out, or an index, which would recurse) is a CorruptWeightsError naming it, and the
+        file it names is never read; the same for a local model's sidecar that names it."""
+        torch.manual_seed(0)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        save_file(torch.nn.Linear(4, 3).state_dict(), str(outside / "secret.safetensors"))
+        folder = tmp_path / "models"
+        folder.mkdir()
+        (folder / "link.safetensors").symlink_to(outside / "secret.safetensors")
+        if isinstance(shard, str):
+            shard = shard.format(outside=outside)
+        index = folder / "model.safetensors.index.json"
+        index.write_text(json.dumps({"weight_map": {"weight": shard, "bias": shard}}))
+        from torchbridge.registry import weights
+
+        read = []
+        real_load = weights._load_safetensors
+
+        def spy(path):  # every safetensors file torchbridge reads goes through it
+            read.append(str(path))
+            return real_load(path)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(weights, "_load_safetensors", spy)
+            with pytest.raises(CorruptWeightsError, match=problem):
+                load_state_dict(index)
+            with pytest.raises(CorruptWeightsError, match=problem):
+                torchbridge.load_model("timm/test_resnet", weights=index)
+        assert not read, read
+
+    def test_an_index_naming_too_many_shards_is_refused(self, tmp_path):
+        """More shard names than any checkpoint has is refused before any is looked at."""
+        from torchbridge.registry.weights import MAX_SHARDS
+
+        index = tmp_path / "model.safetensors.index.json"
+        names = {f"t{i}": f"s{i}.safetensors" for i in range(MAX_SHARDS + 1)}
+        index.write_text(json.dumps({"weight_map": names}))
+        with pytest.raises(CorruptWeightsError, match="more than any checkpoint has"):
+            load_state_dict(index)
+
     def test_a_sharded_checkpoint_is_hashed_with_its_shards(self, tmp_path):
         """checkpoint_sha256 of an index changes when a shard does; of a file, it is its sha256."""
         torch.manual_seed(0)

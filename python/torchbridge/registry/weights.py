@@ -208,23 +208,41 @@ def shard_files(index: str | Path) -> list[Path]:
 
     ``index`` is a ``*.index.json`` file (transformers' layout: ``{"weight_map":
     {tensor name: file name}}``); the shards are in its folder, in the order
-    first named.
+    first named. An index names files of its own folder only: a shard named by
+    an absolute path, with a ``..`` part, through a link out of the folder, or
+    that is itself an index, is refused before anything is read from it, as is
+    an index naming more than :data:`MAX_SHARDS` files.
 
     Raises:
-        CorruptWeightsError: the index is not such a file, or names a shard that is missing.
+        CorruptWeightsError: the index is not such a file, names a shard outside
+            its folder, or names a shard that is missing.
     """
     import json
 
     index = Path(index)
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = list(dict.fromkeys(str(v) for v in weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        names = list(dict.fromkeys(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CorruptWeightsError(
             f"{index} is not a sharded checkpoint's index (a JSON file with a 'weight_map' of "
             f"tensor names to shard files): {type(err).__name__}: {err}"
         ) from err
-    shards = [index.parent / name for name in names]
+    if len(names) > MAX_SHARDS:
+        raise CorruptWeightsError(
+            f"{index} names {len(names)} shard files, more than any checkpoint has "
+            f"({MAX_SHARDS} at most); it is not a sharded checkpoint's index."
+        )
+    folder = index.parent.resolve()
+    shards = []
+    for name in names:
+        problem = _shard_problem(name, folder)
+        if problem is not None:
+            raise CorruptWeightsError(
+                f"{index} names the shard {str(name)[:200]!r}, which {problem}: an index "
+                "names files next to it, by their names. Nothing was read from it."
+            )
+        shards.append(index.parent / name)
     missing = [str(p) for p in shards if not p.is_file()]
     if missing or not shards:
         raise CorruptWeightsError(
@@ -234,6 +252,24 @@ def shard_files(index: str | Path) -> list[Path]:
             else f"{index} names no shard files."
         )
     return shards
+
+
+# More shard files than any published checkpoint has (the largest hold a few hundred).
+MAX_SHARDS = 10_000
+
+
+def _shard_problem(name: Any, folder: Path) -> str | None:
+    """Why a ``weight_map`` value is not a shard of the index in ``folder``, or None."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return "is not a file name"
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        return "is a path, not a file of the index's folder"
+    if name.endswith(_INDEX_SUFFIX):
+        return "is an index itself"
+    if not (folder / path).resolve().is_relative_to(folder):
+        return "leads out of the index's folder"
+    return None
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
