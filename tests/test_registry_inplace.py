@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -299,6 +300,62 @@ class TestShards:
             assert size.parameters == values and size.bytes == {"float32": 4 * values}
         finally:
             get_registry().refresh()
+
+
+class TestHostileHuggingFaceFolders:
+    """A Hugging Face cache or folder written by someone else reads nothing outside it, and
+    a folder whose parts disagree is a typed error."""
+
+    @pytest.fixture
+    def llama(self, tmp_path, monkeypatch):
+        pytest.importorskip("transformers")
+        from hf_models import make_llama
+
+        reference, _ = make_llama(tmp_path / "one")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        yield reference
+        get_registry().refresh()
+
+    def test_refs_main_never_leads_out_of_the_cache(self, tmp_path, llama):
+        """refs/main naming '../../..' is not followed: the repository's own snapshot is."""
+        from hf_models import cache_repo
+
+        snap = cache_repo(tmp_path / "hub", "test/refs", tmp_path / "one")
+        outside = tmp_path / "outside"
+        shutil.copytree(tmp_path / "one", outside)
+        (snap.parent.parent / "refs" / "main").write_text("../../../../outside")
+        get_registry().refresh()
+        entry = torchbridge.model_info("hf/test/refs")
+        assert Path(entry.metadata["folder"]).resolve() == snap.resolve()
+
+    def test_a_sharded_folder_whose_index_leads_out_is_refused(self, tmp_path, llama):
+        """A cached repository whose index names a shard outside its snapshot is refused
+        before transformers reads any shard."""
+        from hf_models import cache_repo
+
+        llama.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+        snap = cache_repo(tmp_path / "hub", "test/escape", tmp_path / "sharded")
+        index = snap / "model.safetensors.index.json"
+        content = json.loads(index.read_text())
+        first = next(iter(content["weight_map"]))
+        content["weight_map"][first] = "../../../../outside.safetensors"
+        index.write_text(json.dumps(content))
+        get_registry().refresh()
+        with pytest.raises(CorruptWeightsError, match="is a path, not a file"):
+            torchbridge.load_model("hf/test/escape", pretrained=True)
+
+    def test_weights_that_do_not_fit_the_config_are_corrupt(self, tmp_path, llama):
+        """A config.json whose sizes the folder's weights do not have is a CorruptWeightsError
+        naming the folder, not transformers' RuntimeError."""
+        from hf_models import cache_repo
+
+        snap = cache_repo(tmp_path / "hub", "test/misfit", tmp_path / "one")
+        config = json.loads((snap / "config.json").read_text())
+        config["hidden_size"] *= 2
+        (snap / "config.json").write_text(json.dumps(config))
+        get_registry().refresh()
+        with pytest.raises(CorruptWeightsError, match="do not fit the model its config.json"):
+            torchbridge.load_model("hf/test/misfit", pretrained=True)
 
 
 def test_sizes_from_the_architecture(isolated_caches):

@@ -68,7 +68,7 @@ from ..entry import ModelEntry, WeightsInfo, read_guarded
 from ..heads import classifier_names, settle_head
 from ..paths import hf_hub_cache_dir, hf_repo_folder, is_offline
 from ..trust import check_remote_code
-from ..weights import checkpoint_sha256
+from ..weights import checkpoint_sha256, shard_files
 from ._hf_tasks import AUTO_CLASSES, custom_code_auto_class, task_of_architecture, task_of_config
 from .base import ModelSource
 
@@ -94,6 +94,12 @@ _WEIGHT_FILES = (
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
+def _first_lines(text: str, lines: int = 6, chars: int = 800) -> str:
+    """The start of an upstream message, short enough to read in one error."""
+    head = " ".join(line.strip() for line in text.strip().splitlines()[:lines] if line.strip())
+    return head if len(head) <= chars else head[: chars - 3] + "..."
+
+
 def hf_dirs() -> list[Path]:
     """hf_dirs() -> list[Path]: the folders named in ``$TORCHBRIDGE_HF_DIRS``."""
     return [
@@ -104,20 +110,35 @@ def hf_dirs() -> list[Path]:
 
 
 def snapshot_dir(repo_dir: Path) -> Path | None:
-    """snapshot_dir(repo_dir) -> Path | None: the snapshot ``refs/main`` names, else the newest."""
+    """snapshot_dir(repo_dir) -> Path | None: the snapshot ``refs/main`` names, else the newest.
+
+    A snapshot is a folder of the repository's ``snapshots/``: a revision that is not
+    a commit hash (``../../elsewhere``), or a snapshot linked out of that folder, is
+    never used, so no id reads a folder outside the cache.
+    """
+    snapshots = repo_dir / "snapshots"
     try:
         revision = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         revision = ""
-    if revision:
-        snap = repo_dir / "snapshots" / revision
-        if snap.is_dir():
+    if _REVISION.fullmatch(revision):
+        snap = snapshots / revision
+        if snap.is_dir() and _inside(snap, snapshots):
             return snap
     try:
-        snaps = [p for p in (repo_dir / "snapshots").iterdir() if (p / "config.json").is_file()]
+        named = [p for p in snapshots.iterdir() if _REVISION.fullmatch(p.name)]
+        snaps = [p for p in named if (p / "config.json").is_file() and _inside(p, snapshots)]
     except OSError:
         return None
     return max(snaps, key=lambda p: p.stat().st_mtime_ns) if snaps else None
+
+
+# a snapshot's name: the commit hash huggingface_hub names it by (abbreviated or not)
+_REVISION = re.compile(r"[0-9a-f]{7,64}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _license(folder: Path) -> str | None:
@@ -562,6 +583,9 @@ class HFSource(ModelSource):
                 **overrides,
             )
         folder = self.folder(entry)
+        for name in _WEIGHT_FILES:  # transformers reads an index's shards itself: checked first
+            if name.endswith(".index.json") and (folder / name).is_file():
+                shard_files(folder / name)
         config = self.config(entry, trust_remote_code=trust, **overrides)
         if num_classes is not None:
             config.num_labels = num_classes
@@ -578,6 +602,15 @@ class HFSource(ModelSource):
             )
         except pickle.UnpicklingError as err:  # NOTE [safe loading]: a pickled .bin refused
             raise _refused_pickle(entry, folder, err) from err
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+                raise
+            # the folder's weights do not fit the model its own config.json describes
+            raise CorruptWeightsError(
+                f"{entry.id}: the weights in {folder} do not fit the model its config.json "
+                f"describes: {_first_lines(str(err))}. The folder is inconsistent: download "
+                "or save it again."
+            ) from err
 
     def build_holding(self, entry, state, *, source: str, **kwargs: Any):
         """build_holding(entry, state, *, source, **kwargs) -> PreTrainedModel
