@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from torchbridge import julia_support as jl
 from torchbridge import memory
 from torchbridge.cli import main
 from torchbridge.cli.registry_commands import doctor_report
-from torchbridge.errors import BrokenEntryError
+from torchbridge.errors import BrokenEntryError, WeightsNotFoundError
 from torchbridge.registry.core import get_registry
 from torchbridge.registry.sources import hub_source
 
@@ -229,3 +230,26 @@ def test_entries_check_their_fields():
     ):
         with pytest.raises((TypeError, ValueError), match=field):
             ModelEntry(id="x/y", source="x", name="y", **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "says"),
+    [
+        ("{not json", BrokenEntryError, "not valid JSON"),
+        ("[1, 2]", BrokenEntryError, "a JSON list, not an object"),
+        (None, WeightsNotFoundError, "config.json is not there"),
+    ],
+)
+def test_a_saved_transformers_folder_with_a_broken_config(places, content, error, says):
+    """A local transformers model whose config.json was damaged or removed after saving is a
+    typed error naming the file, not json's or Python's own."""
+    model = torchbridge.load_model("hf/test/good-bert", pretrained=True)
+    torchbridge.register_local_model("mybert", model, architecture="hf/test/good-bert")
+    config = Path(torchbridge.model_info("local/mybert").metadata["hf_folder"]) / "config.json"
+    if content is None:
+        config.unlink()
+    else:
+        config.write_text(content)
+    with pytest.raises(error, match=says) as info:
+        torchbridge.load_model("local/mybert")
+    assert str(config) in str(info.value)

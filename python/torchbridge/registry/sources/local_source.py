@@ -284,8 +284,20 @@ class LocalSource(ModelSource):
                     f"{entry.id}: {entry.metadata['weights_path']} has sha256 {got}, but its "
                     f"sidecar records {expected}; the file changed since it was saved."
                 )
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        hf_entry = entry_from_config(entry.name, folder, config, repo=None)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            from ...errors import WeightsNotFoundError
+
+            raise WeightsNotFoundError(
+                f"{entry.id}: {config_file} is not there; a transformers model's folder holds "
+                "the config.json, weights and tokenizer files register_local_model wrote."
+            )
+        hf_entry = read_guarded(
+            config_file,
+            lambda: entry_from_config(entry.name, folder, _json_object(config_file), repo=None),
+        )
+        if isinstance(hf_entry, Exception):  # a BrokenEntryError naming the file
+            raise hf_entry
         hf = self.registry.source("hf") if self.registry is not None else None
         if hf is None:
             raise RegistryError(f"{entry.id}: this local source belongs to no registry")
@@ -404,6 +416,19 @@ def _check_base(
             f"{now.get(key)}: they changed since the adapter was saved. Put the weights it was "
             "trained on back, or train a new adapter on these."
         )
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ValueError (for :func:`read_guarded`) when it is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"it is not UTF-8 text ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"it is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
