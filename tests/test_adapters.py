@@ -25,8 +25,10 @@ from torchbridge.errors import (  # noqa: E402
     AdapterBaseChangedError,
     AdapterError,
     ChecksumError,
+    CorruptWeightsError,
     InvalidModelIdError,
     SidecarValueError,
+    UnsafeCheckpointError,
 )
 from torchbridge.registry.core import get_registry  # noqa: E402
 from torchbridge.registry.sizes import model_size  # noqa: E402
@@ -355,6 +357,63 @@ class TestTheBaseItWasTrainedOn:
         config.write_text(json.dumps({**data, "lora_alpha": 2 * data["lora_alpha"]}))
         with pytest.raises(ChecksumError, match="adapter_config.json.*changed since it was saved"):
             torchbridge.load_model("local/llama-lora-config")
+
+
+class _ShellPayload:
+    """Pickles as a call to os.system: loading it runs `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class TestHostileAdapterFolders:
+    """An adapter folder and sidecar written by someone else (no recorded hashes to catch a
+    change) give typed errors, and run nothing."""
+
+    @pytest.fixture
+    def hostile(self, finetune_models, tmp_path):
+        model = torchbridge.load_model(LLAMA, pretrained=True, lora=SPEC)
+        torchbridge.register_local_model("hostile", model, directory=tmp_path)
+        sidecar = tmp_path / "hostile.json"
+        data = json.loads(sidecar.read_text())
+        for key in ("sha256", "adapter_config_sha256"):
+            data.pop(key, None)
+        sidecar.write_text(json.dumps(data))
+        get_registry().refresh()
+        return tmp_path / "hostile"
+
+    @pytest.mark.parametrize(
+        ("change", "says"),
+        [
+            ("[1, 2]", "holds a JSON list, not a PEFT adapter configuration"),
+            ({"r": "x"}, "is not a PEFT configuration it reads"),
+            ({"target_modules": 5}, "is not a PEFT configuration it reads"),
+        ],
+    )
+    def test_a_bad_adapter_config_is_an_adapter_error(self, hostile, change, says):
+        config = hostile / "adapter_config.json"
+        if isinstance(change, str):
+            config.write_text(change)
+        else:
+            config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+        with pytest.raises(AdapterError, match=says):
+            torchbridge.load_model("local/hostile")
+
+    def test_a_pickled_adapter_is_read_safely(self, hostile, tmp_path):
+        """adapter_model.bin is read by torchbridge's loader before peft: a pickle that would
+        run code is an UnsafeCheckpointError (and does not run), a damaged one corrupt."""
+        (hostile / "adapter_model.safetensors").unlink()
+        marker = tmp_path / "ran"
+        torch.save({"x": _ShellPayload(marker)}, hostile / "adapter_model.bin")
+        with pytest.raises(UnsafeCheckpointError):
+            torchbridge.load_model("local/hostile")
+        assert not marker.exists()
+        (hostile / "adapter_model.bin").write_bytes(b"\x00garbage" * 10)
+        with pytest.raises(CorruptWeightsError):
+            torchbridge.load_model("local/hostile")
 
 
 def _cache_dir(repo: str) -> Path:

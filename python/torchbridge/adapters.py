@@ -352,23 +352,60 @@ def save_adapter(model: Any, folder: Path) -> Path:
     return folder / "adapter_model.safetensors"
 
 
-def restore_adapter(module: Any, folder: Path, base: BaseModel) -> Any:
-    """restore_adapter(module, folder, base) -> peft.PeftModel
+def restore_adapter(
+    module: Any, folder: Path, base: BaseModel, *, trust_pickle: bool = False
+) -> Any:
+    """restore_adapter(module, folder, base, *, trust_pickle=False) -> peft.PeftModel
 
     The adapter saved in ``folder`` (:func:`save_adapter`) on ``module``, the
-    base model loaded again, trainable.
+    base model loaded again, trainable. The folder's files are someone else's
+    until read: ``adapter_config.json`` must be a JSON object, and a pickled
+    ``adapter_model.bin`` is read by torchbridge's own loader first (NOTE [safe
+    loading] in :mod:`torchbridge.registry.weights`), which refuses one that would
+    run code and tells a damaged one apart, before peft reads it.
 
     Raises:
-        AdapterError: the adapter does not fit the module (another architecture).
+        AdapterError: the adapter does not fit the module (another architecture),
+            or its ``adapter_config.json`` is not a readable PEFT configuration.
+        UnsafeCheckpointError, CorruptWeightsError: ``adapter_model.bin`` would run
+            code, or is damaged.
     """
+    import json
+    import pickle
+
+    from .registry.weights import load_state_dict
+
+    config = folder / "adapter_config.json"
+    try:
+        spec = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise AdapterError(f"{config} is not a readable adapter configuration: {err}") from err
+    if not isinstance(spec, dict):
+        raise AdapterError(
+            f"{config} holds a JSON {type(spec).__name__}, not a PEFT adapter configuration"
+        )
+    pickled = folder / "adapter_model.bin"
+    if pickled.is_file() and not (folder / "adapter_model.safetensors").is_file():
+        load_state_dict(pickled, trust_pickle=trust_pickle)  # peft's own torch.load next
     peft = _peft()
     try:
         with _quiet_peft():
             model = peft.PeftModel.from_pretrained(module, str(folder), is_trainable=True)
-    except (ValueError, KeyError, RuntimeError) as err:
+    except pickle.UnpicklingError as err:  # what torch.load(weights_only=True) refuses
+        from .errors import UnsafeCheckpointError
+
+        raise UnsafeCheckpointError(
+            f"{pickled}: peft reads an adapter's pickle with torch.load(weights_only=True), "
+            f"which refused it ({(str(err) or 'UnpicklingError').splitlines()[0]}). Save the "
+            "adapter as "
+            "adapter_model.safetensors."
+        ) from err
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
+        # a configuration of the wrong types fails deep inside peft
         raise AdapterError(
             f"the adapter in {folder} does not fit its base model {base.id} "
-            f"({type(module).__name__}): {type(err).__name__}: {err}"
+            f"({type(module).__name__}), or {config.name} is not a PEFT configuration it "
+            f"reads: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from err
     _BASES[model] = base
     return model

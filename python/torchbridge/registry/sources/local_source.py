@@ -359,7 +359,7 @@ class LocalSource(ModelSource):
             architecture.id, trust_pickle=trust_pickle, **{**stored, **kwargs}
         )
         base = BaseModel(architecture.id, stored, identity)
-        return restore_adapter(module, adapter.parent, base)
+        return restore_adapter(module, adapter.parent, base, trust_pickle=trust_pickle)
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
