@@ -357,6 +357,27 @@ class TestHostileHuggingFaceFolders:
         with pytest.raises(CorruptWeightsError, match="do not fit the model its config.json"):
             torchbridge.load_model("hf/test/misfit", pretrained=True)
 
+    def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(
+        self, tmp_path, llama
+    ):
+        """NOTE [bounded loading]: a config.json describing billions of values beside the
+        weights of a tiny model is a CorruptWeightsError, before transformers allocates and
+        randomly fills the difference (here about 3 GB)."""
+        import resource
+
+        from hf_models import cache_repo
+
+        snap = cache_repo(tmp_path / "hub", "test/giant", tmp_path / "one")
+        config = json.loads((snap / "config.json").read_text())
+        config.update(vocab_size=100_000, hidden_size=8192, num_attention_heads=64)
+        (snap / "config.json").write_text(json.dumps(config))
+        get_registry().refresh()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(CorruptWeightsError, match="would fill .* random ones"):
+            torchbridge.load_model("hf/test/giant", pretrained=True)
+        grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        assert grown_kb < 1_000_000, grown_kb  # nothing near the model's size was allocated
+
 
 def test_sizes_from_the_architecture(isolated_caches):
     """Without weights here, a size is counted on the model built on the meta device."""

@@ -590,6 +590,7 @@ class HFSource(ModelSource):
         if num_classes is not None:
             config.num_labels = num_classes
         cls = self.model_class(entry, config, task)
+        _check_weights_cover(entry, folder, cls, config, trust)
         try:
             return cls.from_pretrained(
                 str(folder),
@@ -660,6 +661,45 @@ class HFSource(ModelSource):
         if err is not None:
             raise err
         return model
+
+
+# NOTE [bounded loading]
+# transformers builds the model its config.json describes and fills what the
+# weights do not hold with fresh random values: a config of a 65-billion-value
+# model beside a few kilobytes of weights would allocate hundreds of GB. Before
+# that, the values the folder's safetensors files hold (their headers) are
+# compared with those of the model built on the meta device; more missing values
+# than MAX_MISSING_VALUES (1 GiB as float32), and than half of what the files
+# hold, is a damaged or hostile folder, refused. A new classifier head, or the
+# few buffers a checkpoint leaves out, are far below both. Pickled weights are
+# not counted without reading them, so they are not checked here.
+MAX_MISSING_VALUES = 2**28
+
+
+def _check_weights_cover(entry: ModelEntry, folder: Path, cls: Any, config: Any, trust: bool):
+    """NOTE [bounded loading]: CorruptWeightsError for a folder whose config.json describes
+    a model much larger than its safetensors weights."""
+    import torch
+
+    from ..sizes import _from_architecture, _from_files
+
+    index = folder / "model.safetensors.index.json"
+    files = shard_files(index) if index.is_file() else []
+    if not files and (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    if not files:
+        return
+    held = _from_files(files).parameters
+    with torch.device("meta"):
+        needed = _from_architecture(_from_config(cls, config, trust)).parameters
+    missing = needed - held
+    if missing > MAX_MISSING_VALUES and missing > held // 2:
+        raise CorruptWeightsError(
+            f"{entry.id}: the config.json in {folder} describes a model of {needed:,} values, "
+            f"but its weights hold {held:,}: loading it would fill {missing:,} values with "
+            "random ones (at least 1 GiB). The folder is damaged or its files do not belong "
+            "together: download or save it again."
+        )
 
 
 def _from_config(cls: Any, config: Any, trust_remote_code: bool, **build: Any) -> Any:
