@@ -253,3 +253,27 @@ def test_a_saved_transformers_folder_with_a_broken_config(places, content, error
     with pytest.raises(error, match=says) as info:
         torchbridge.load_model("local/mybert")
     assert str(config) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo.onnx", "fifo.json", "zero.onnx", "zero.json", "out.onnx"])
+def test_files_that_are_no_files_are_skipped_unread(places, tmp_path, capsys, kind):
+    """A pipe (which would block every listing), a link to a device (read without end) or a
+    link out of the models folder is skipped with one warning and never opened; the other
+    entries list, and model_info of its id is a BrokenEntryError."""
+    import os
+
+    name, suffix = kind.split(".")
+    path = places["models"] / kind
+    if name == "fifo":
+        os.mkfifo(path)
+    elif name == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        outside = tmp_path / "elsewhere.onnx"
+        outside.write_bytes(b"not read")
+        path.symlink_to(outside)
+    with pytest.warns(UserWarning, match=f"{kind}.*(regular file|outside its folder)"):
+        ids = {e.id for e in torchbridge.list_models()}
+    assert GOOD <= ids and f"local/{name}" not in ids
+    with pytest.raises(BrokenEntryError, match="nothing was read"):
+        torchbridge.model_info(f"local/{name}")

@@ -205,8 +205,9 @@ class LocalSource(ModelSource):
         check_local_name(name)  # NOTE [ids are names]: before any path is made of it
         for folder in self.directories():
             sidecar = folder / f"{name}.json"
-            file = sidecar if sidecar.is_file() else folder / f"{name}.onnx"
-            if file is sidecar or file.is_file():
+            # exists(), not is_file(): a pipe or a device of that name is a broken entry
+            file = sidecar if sidecar.exists() else folder / f"{name}.onnx"
+            if file.exists():
                 entry = self._read(file)
                 if isinstance(entry, BrokenEntryError):
                     raise entry
@@ -220,6 +221,9 @@ class LocalSource(ModelSource):
             mtime = sidecar.stat().st_mtime_ns
         except OSError:
             return None
+        problem = _not_a_registry_file(sidecar)
+        if problem is not None:  # nothing is opened: a pipe would block, a device never end
+            return BrokenEntryError(str(sidecar), problem)
         with self._lock:
             cached = self._cache.get(sidecar)
         if cached and cached[0] == mtime:
@@ -416,6 +420,30 @@ def _check_base(
             f"{now.get(key)}: they changed since the adapter was saved. Put the weights it was "
             "trained on back, or train a new adapter on these."
         )
+
+
+# A sidecar is a few hundred bytes; far more is no sidecar (and is not read whole).
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+def _not_a_registry_file(path: Path) -> str | None:
+    """Why ``path``, a ``*.json`` or ``*.onnx`` of a models folder, is not read as an entry:
+    not a regular file (a pipe, a device, a folder), a link out of its folder (NOTE
+    [sidecars stay in their folder]), or a sidecar too large to be one; None when it is
+    fine."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # the link's target
+    except OSError as err:
+        return f"it cannot be read ({type(err).__name__}: {err})"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file (a pipe, a device or a folder); nothing was read"
+    if not path.resolve().is_relative_to(path.parent.resolve()):
+        return f"it is a link to {path.resolve()}, outside its folder; nothing was read"
+    if path.suffix == ".json" and path.stat().st_size > MAX_SIDECAR_BYTES:
+        return f"it is larger than a sidecar can be ({MAX_SIDECAR_BYTES:,} bytes)"
+    return None
 
 
 def _json_object(path: Path) -> dict:
