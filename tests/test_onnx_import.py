@@ -488,6 +488,31 @@ class TestBadInput:
             import_onnx(path)
         assert _listing(tmp_path) == ["cut.onnx"]
 
+    @pytest.mark.parametrize("where", ["input", "output"])
+    def test_a_sequence_input_or_output_is_named(self, tmp_path, where):
+        """A graph whose input or output is a sequence (valid ONNX) is an OnnxImportError
+        naming it, not a KeyError from onnx's dtype table."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+        if where == "output":
+            nodes = [helper.make_node("SequenceConstruct", ["x"], ["y"])]
+            graph = helper.make_graph(
+                nodes, "g", [x], [helper.make_tensor_sequence_value_info("y", 1, None)]
+            )
+        else:
+            nodes = [helper.make_node("SequenceAt", ["s", "i"], ["y"])]
+            seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)
+            i = helper.make_tensor_value_info("i", TensorProto.INT64, [])
+            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+            graph = helper.make_graph(nodes, "g", [seq, i], [y])
+        path = tmp_path / "seq.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        name = "y" if where == "output" else "s"
+        with pytest.raises(OnnxImportError, match=f"graph {where} '{name}' is a sequence"):
+            import_onnx(path)
+
     def test_operator_the_converter_lacks(self, tmp_path):
         """An unknown operator is named with its domain and opset; err.operators lists it."""
         from onnx import TensorProto, helper

@@ -911,6 +911,7 @@ def import_onnx(
     from .onnx_convert import convert_graph
     from .onnx_normalise import guard_sizes, normalise, operator_counts
 
+    _check_tensor_interface(model, path)
     opset, inputs, outputs = _graph_info(model)
     inputs = tuple(_with_question_marks(i) for i in inputs)
     outputs = tuple(_with_question_marks(o) for o in outputs)
@@ -1134,6 +1135,22 @@ def _caller_inputs(infos: Sequence[TensorInfo], given: Any, path: Path) -> list[
 def _with_question_marks(info: TensorInfo) -> TensorInfo:
     shape = tuple("?" if d == 0 or (isinstance(d, int) and d < 0) else d for d in info.shape)
     return TensorInfo(info.name, shape, info.dtype)
+
+
+def _check_tensor_interface(model: Any, path: Path) -> None:
+    """OnnxImportError for a graph input or output that is not a tensor (a sequence, a map,
+    an optional): the imported module takes and returns tensors."""
+    initializers = {i.name for i in model.graph.initializer}
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            if value.name in initializers or value.type.HasField("tensor_type"):
+                continue
+            what = value.type.WhichOneof("value") or "untyped value"
+            raise OnnxImportError(
+                f"{path}: the graph {kind} {value.name!r} is a {what.removesuffix('_type')}, "
+                "not a tensor. An imported module takes and returns tensors: export the "
+                "model with tensor inputs and outputs (a sequence as one stacked tensor)."
+            )
 
 
 def input_size_of(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
