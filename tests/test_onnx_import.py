@@ -11,6 +11,7 @@ import torch
 
 import torchbridge
 from torchbridge import (
+    DuplicateModelError,
     OnnxArgumentError,
     OnnxImportError,
     OnnxVerificationError,
@@ -644,7 +645,50 @@ class TestBadInput:
 # -- the registry ----------------------------------------------------------------------------
 
 
+def _external_data_file(folder: Path, value: float, location: str = "w.bin") -> Path:
+    """A MatMul graph whose weight (4x4 of `value`) is in the external data file `location`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = numpy_helper.from_array(np.full((4, 4), value, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
+    onnx.save(model, folder / "m.onnx")
+    return folder / "m.onnx"
+
+
 class TestRegistry:
+    def test_external_data_is_registered_with_its_file(self, tmp_path, isolated_caches):
+        """register_local_model copies an .onnx file's external data beside it, so the local
+        model loads with the same weights; another model whose data file has the same name
+        and other values is refused, not written over it."""
+        location = "w.bin"
+        source = _external_data_file(tmp_path / "src", 2.0, location)
+        entry = torchbridge.register_local_model("extdata", source)
+        models = Path(entry.weights.path).parent
+        assert (models / location).is_file()
+        x = torch.ones(3, 4)
+        assert torch.equal(torchbridge.load_model("local/extdata")(x), torch.full((3, 4), 8.0))
+        same = _external_data_file(tmp_path / "same", 2.0, location)
+        torchbridge.register_local_model("extdata-same", same)  # the same bytes: shared
+        other = _external_data_file(tmp_path / "other", 3.0, location)
+        with pytest.raises(DuplicateModelError, match="would replace that model's weights"):
+            torchbridge.register_local_model("extdata-other", other)
+        assert not (models / "extdata-other.json").exists()
+        assert torch.equal(torchbridge.load_model("local/extdata")(x), torch.full((3, 4), 8.0))
+
     def test_dropped_in_onnx_file_lists_and_loads(self, mlp_file, isolated_caches, monkeypatch):
         """An .onnx file in a models folder is local/<name>, task onnx, sizes in both orders."""
         folder = isolated_caches / "dropped"

@@ -1079,25 +1079,38 @@ def save_local_onnx(
     """
     import shutil
 
+    import onnx
+
     from ...onnx_import import _all_tensors, _load
 
     check_local_name(name, what="register_local_model")
     source = Path(file).expanduser().resolve()
-    model = _load(source)  # OnnxImportError on a file that is not a readable ONNX model
+    _load(source)  # OnnxImportError on a file that is not a readable ONNX model
+    # the locations as the file names them: loading the data clears them from the tensors
+    graph = onnx.load(str(source), load_external_data=False).graph
     data_files = sorted(
         {
             entry.value
-            for tensor in _all_tensors(model.graph)
+            for tensor in _all_tensors(graph)
             for entry in tensor.external_data
             if entry.key == "location"
         }
     )
-    del model
+    del graph
     onnx_entry = ModelEntry(id="local/onnx", source="local", name="onnx")
     size, mean_, std_ = resolve_input_spec(onnx_entry, input_size, mean, std)
     target = directory / f"{name}.onnx"
     sidecar = directory / f"{name}.json"
     _refuse_taken(name, directory, target, overwrite=overwrite)
+    for location in data_files:  # a data file is found by its name, next to the .onnx
+        there = directory / location
+        if there.exists() and sha256_file(there) != sha256_file(source.parent / location):
+            raise DuplicateModelError(
+                f"register_local_model: {directory} already holds a file {location} of another "
+                f"model, and {source.name} names its external data {location} too; it would "
+                "replace that model's weights. Register it in another directory=, or save the "
+                "ONNX file with another location for its data."
+            )
     data = {
         "format": SIDECAR_FORMAT,
         "onnx": target.name,
@@ -1119,7 +1132,8 @@ def save_local_onnx(
     partial_sidecar = sidecar.with_name(f".{sidecar.name}.partial")
     done = False
     try:
-        for src, _, partial in partials:
+        for src, dst, partial in partials:
+            dst.parent.mkdir(parents=True, exist_ok=True)  # a location such as data/w.bin
             shutil.copyfile(src, partial)
         partial_sidecar.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         for _, dst, partial in partials:
