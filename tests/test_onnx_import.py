@@ -851,6 +851,38 @@ class TestHardening:
             tracemalloc.stop()
         assert peak < 64 * 2**20
 
+    @pytest.mark.parametrize("made_by", ["Range", "ConstantOfShape of a Concat"])
+    def test_a_computed_constant_is_refused_before_folding(self, tmp_path, made_by):
+        """A constant the graph computes from constants (a Range; a shape made by Concat),
+        which a normaliser would fold through onnxruntime, is measured by shape inference
+        and refused above max_tensor_bytes before anything folds it."""
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        if made_by == "Range":
+            nodes = [helper.make_node("Range", ["s", "l", "d"], ["c"], name="big")]
+            values = {"s": 0.0, "l": float(1 << 26), "d": 1.0}
+            inits = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in values.items()]
+        else:
+            nodes = [
+                helper.make_node("Concat", ["a", "b"], ["shape"], axis=0),
+                helper.make_node("ConstantOfShape", ["shape"], ["c"], name="big"),
+            ]
+            inits = [
+                numpy_helper.from_array(np.array([1 << 13], np.int64), "a"),
+                numpy_helper.from_array(np.array([1 << 13], np.int64), "b"),
+            ]
+        nodes.append(helper.make_node("ReduceSum", ["c"], ["y"], keepdims=0))
+        graph = helper.make_graph(
+            nodes, "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], inits
+        )
+        path = tmp_path / "computed.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        with pytest.raises(
+            OnnxImportError, match=r"node 'big' would make a constant .*\(0\.25 GiB\)"
+        ):
+            import_onnx(path, max_tensor_bytes=16 << 20, verify=False)
+
     def test_constant_limit_is_the_keyword(self, tmp_path):
         """max_tensor_bytes= bounds folded constants: 4 KB refused at 1 KB, accepted at default."""
         path = self._constant_of_shape(tmp_path, [1, 1024])

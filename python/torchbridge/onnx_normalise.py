@@ -69,7 +69,10 @@ def guard_sizes(model, path: Path, max_bytes: int) -> None:
     """Refuse a constant the graph would make above ``max_bytes``, before anything folds it.
 
     Reads the sizes from the file: ``ConstantOfShape`` of a constant shape, and
-    ``Expand``/``Tile`` of constants, in every (sub)graph.
+    ``Expand``/``Tile`` of constants, in every (sub)graph; then, in the main graph,
+    every tensor computed from constants alone (what a normaliser folds: a
+    ``Range``, a shape made by ``Concat``...) whose size onnx's shape inference
+    (with data propagation) knows.
     """
     import numpy as np
     from onnx import numpy_helper
@@ -107,15 +110,93 @@ def guard_sizes(model, path: Path, max_bytes: int) -> None:
                 continue
             size = int(np.prod([max(int(d), 0) for d in shape], dtype=object)) * itemsize
             if size > max_bytes:
-                label = f"{node.name!r}" if node.name else f"#{index} (output {node.output[0]!r})"
-                raise OnnxImportError(
-                    f"import_onnx: {path}: {node.op_type} node {label} would make a constant of "
-                    f"shape {[int(d) for d in shape]} ({size / 1024**3:.3g} GiB), above "
-                    f"max_tensor_bytes={max_bytes} ({max_bytes / 1024**3:.3g} GiB). Nothing was "
-                    "allocated. Raise max_tensor_bytes if the graph really needs it, or check "
-                    "the file: a corrupt or hostile shape gives this.",
-                    [node.op_type],
-                )
+                _refuse_constant(path, node, index, shape, size, max_bytes)
+    _guard_folded_sizes(model, path, max_bytes)
+
+
+def _refuse_constant(path: Path, node, index: int, shape, size: int, max_bytes: int):
+    label = f"{node.name!r}" if node.name else f"#{index} (output {node.output[0]!r})"
+    raise OnnxImportError(
+        f"import_onnx: {path}: {node.op_type} node {label} would make a constant of "
+        f"shape {[int(d) for d in shape]} ({size / 1024**3:.3g} GiB), above "
+        f"max_tensor_bytes={max_bytes} ({max_bytes / 1024**3:.3g} GiB). Nothing was "
+        "allocated. Raise max_tensor_bytes if the graph really needs it, or check "
+        "the file: a corrupt or hostile shape gives this.",
+        [node.op_type],
+    )
+
+
+def _guard_folded_sizes(model, path: Path, max_bytes: int) -> None:
+    """The sizes of the main graph's tensors computed from constants alone, as onnx's shape
+    inference (with data propagation) gives them: one above ``max_bytes`` is refused.
+
+    Inference runs on a copy whose large initializers are graph inputs of the same type
+    and shape (their values are not needed for sizes), so no weight is copied. A graph
+    inference cannot read is left to the literal checks of :func:`guard_sizes`.
+    """
+    import numpy as np
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is a second look, not a gate
+        return
+    graph = inferred.graph
+    types = {v.name: v.type for v in (*graph.value_info, *graph.output)}
+    constant = {t.name for t in graph.initializer} | {t.name for t in model.graph.initializer}
+    for index, node in enumerate(graph.node):
+        if node.domain not in DEFAULT_DOMAINS or node.op_type in RANDOM_OPERATORS:
+            continue
+        if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            continue
+        if node.op_type != "Constant" and not (
+            node.input and all(i == "" or i in constant for i in node.input)
+        ):
+            continue
+        for out in node.output:
+            constant.add(out)
+            tensor = types[out].tensor_type if out in types else None
+            if tensor is None or not tensor.HasField("shape"):
+                continue
+            dims = tensor.shape.dim
+            if not all(d.HasField("dim_value") for d in dims):
+                continue
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            except (KeyError, TypeError, ValueError):
+                continue
+            shape = [int(d.dim_value) for d in dims]
+            size = int(np.prod(shape, dtype=object)) * itemsize
+            if size > max_bytes:
+                _refuse_constant(path, node, index, shape, size, max_bytes)
+
+
+def _without_weights(model):
+    """A new model of ``model``'s main graph in which each initializer over 64 KiB is a
+    graph input of its type and shape (for shape inference: the sizes stay, the values
+    are not copied)."""
+    from onnx import helper
+
+    graph = model.graph
+    small, weights = [], []
+    for tensor in graph.initializer:
+        if tensor.ByteSize() > (64 << 10):
+            weights.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+        else:
+            small.append(tensor)
+    light = helper.make_graph(
+        list(graph.node),
+        graph.name or "main",
+        [*graph.input, *weights],
+        list(graph.output),
+        initializer=small,
+        value_info=list(graph.value_info),
+    )
+    return helper.make_model(
+        light, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
 
 
 def normalise(model, max_bytes: int) -> tuple[object, str, str | None]:
