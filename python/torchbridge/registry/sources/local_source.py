@@ -446,14 +446,19 @@ def _not_a_registry_file(path: Path) -> str | None:
     return None
 
 
-def _json_object(path: Path) -> dict:
-    """The JSON object in ``path``; ValueError (for :func:`read_guarded`) when it is none."""
+def _json_value(path: Path) -> Any:
+    """The JSON value in ``path``; ValueError (for :func:`read_guarded`) when it is none."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise ValueError(f"it is not UTF-8 text ({err})") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"it is not valid JSON ({err})") from err
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ValueError (for :func:`read_guarded`) when it is none."""
+    data = _json_value(path)
     if not isinstance(data, dict):
         raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
     return data
@@ -466,12 +471,7 @@ def _entry_from_sidecar(sidecar: Path) -> ModelEntry | None:
     TypeError, OSError for a sidecar that is not readable JSON, has fields of
     the wrong type, or names a file outside its folder.
     """
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"it is not UTF-8 text ({err})") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"it is not valid JSON ({err})") from err
+    data = _json_value(sidecar)
     if isinstance(data, dict) and data.get("onnx"):
         file = _inside(sidecar, "onnx", data["onnx"])
         return _entry_from_onnx(file, data, sidecar)
