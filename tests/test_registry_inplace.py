@@ -357,6 +357,17 @@ class TestHostileHuggingFaceFolders:
         with pytest.raises(CorruptWeightsError, match="do not fit the model its config.json"):
             torchbridge.load_model("hf/test/misfit", pretrained=True)
 
+    def test_damaged_weights_are_corrupt(self, tmp_path, llama):
+        """A cached repository whose model.safetensors has a damaged header is a
+        CorruptWeightsError naming the folder."""
+        from hf_models import cache_repo
+
+        snap = cache_repo(tmp_path / "hub", "test/damaged", tmp_path / "one")
+        (snap / "model.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{garbage" * 3)
+        get_registry().refresh()
+        with pytest.raises(CorruptWeightsError, match="not readable safetensors files"):
+            torchbridge.load_model("hf/test/damaged", pretrained=True)
+
     def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(
         self, tmp_path, llama
     ):

@@ -689,7 +689,15 @@ def _check_weights_cover(entry: ModelEntry, folder: Path, cls: Any, config: Any,
         files = [folder / "model.safetensors"]
     if not files:
         return
-    held = _from_files(files).parameters
+    from safetensors import SafetensorError
+
+    try:
+        held = _from_files(files).parameters
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptWeightsError(
+            f"{entry.id}: the weights in {folder} are not readable safetensors files ({err}). "
+            "They are probably truncated or damaged: download or save the folder again."
+        ) from err
     with torch.device("meta"):
         needed = _from_architecture(_from_config(cls, config, trust)).parameters
     missing = needed - held
