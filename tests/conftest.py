@@ -31,6 +31,16 @@ def _seeded():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch at one thread for the test: small graphs run fastest so, and far faster on a
+    busy machine (OpenMP barriers spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def isolated_caches(tmp_path, monkeypatch):
     """Point every model cache (torch.hub, Hugging Face, torchbridge) at an empty folder."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

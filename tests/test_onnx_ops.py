@@ -23,12 +23,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small graphs: see conftest
 
 
 def _save(tmp_path: Path, nodes, inputs, outputs, initializers=(), opset: int = 18) -> Path:

@@ -35,13 +35,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxslim")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small graphs run fastest on one thread, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small graphs: see conftest
 
 
 def _package_file(module: str, relative: str) -> Path:
