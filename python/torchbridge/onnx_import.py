@@ -709,12 +709,7 @@ def _verify(
                 first = _first_differing_node(module, normalised, feed, xs, tolerance)
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} has dtype {g.dtype} in torch and {e.dtype} "
-                    f"in onnxruntime at {label}; "
-                    + (
-                        f"the first node whose output differs is {first}."
-                        if first
-                        else "the converter translates some operator of this graph differently."
-                    ),
+                    f"in onnxruntime at {label}; " + _where_it_differs(first),
                     name,
                 )
             if g.shape != e.shape:
@@ -739,11 +734,7 @@ def _verify(
                 raise OnnxVerificationError(
                     f"import_onnx: output {name!r} differs between torch and onnxruntime by up "
                     f"to {diff:.3g} at {label} (tolerance {limit:.3g}); "
-                    + (
-                        f"the first node whose output differs is {first}."
-                        if first
-                        else "the converter translates some operator of this graph differently."
-                    ),
+                    + _where_it_differs(first),
                     name,
                 )
     checked = tuple(b for b in batches if isinstance(b, int))
@@ -758,6 +749,13 @@ WIDENED_DTYPES = {"uint16": ("int32", "int64"), "uint32": ("int64",), "uint64": 
 def _same_dtype(got, expected) -> bool:
     """Whether torch's output dtype is onnxruntime's, or its documented widening."""
     return got == expected or got.name in WIDENED_DTYPES.get(expected.name, ())
+
+
+def _where_it_differs(first: str | None) -> str:
+    """The end of a verification error: the first differing node, when one was found."""
+    if first:
+        return f"the first node whose output differs is {first}."
+    return "the converter translates some operator of this graph differently."
 
 
 def _first_differing_node(module: OnnxModule, normalised, feed, xs, tolerance: float) -> str | None:
