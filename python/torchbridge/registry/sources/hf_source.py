@@ -583,14 +583,16 @@ class HFSource(ModelSource):
                 **overrides,
             )
         folder = self.folder(entry)
-        for name in _WEIGHT_FILES:  # transformers reads an index's shards itself: checked first
-            if name.endswith(".index.json") and (folder / name).is_file():
-                shard_files(folder / name)
+        # transformers reads an index's shards itself: each index is checked first
+        pickled_index = folder / "pytorch_model.bin.index.json"
+        if pickled_index.is_file():
+            shard_files(pickled_index)
+        safetensors = _safetensors_files(folder)
         config = self.config(entry, trust_remote_code=trust, **overrides)
         if num_classes is not None:
             config.num_labels = num_classes
         cls = self.model_class(entry, config, task)
-        _check_weights_cover(entry, folder, cls, config, trust)
+        _check_weights_cover(entry, folder, safetensors, cls, config, trust)
         try:
             return cls.from_pretrained(
                 str(folder),
@@ -676,17 +678,25 @@ class HFSource(ModelSource):
 MAX_MISSING_VALUES = 2**28
 
 
-def _check_weights_cover(entry: ModelEntry, folder: Path, cls: Any, config: Any, trust: bool):
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The safetensors weights of a transformers folder: every shard its index names
+    (checked by :func:`shard_files`), or ``model.safetensors``; none for pickled weights."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return shard_files(index)
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _check_weights_cover(
+    entry: ModelEntry, folder: Path, files: list[Path], cls: Any, config: Any, trust: bool
+):
     """NOTE [bounded loading]: CorruptWeightsError for a folder whose config.json describes
-    a model much larger than its safetensors weights."""
+    a model much larger than its safetensors weights ``files``."""
     import torch
 
     from ..sizes import _from_architecture, _from_files
 
-    index = folder / "model.safetensors.index.json"
-    files = shard_files(index) if index.is_file() else []
-    if not files and (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
     if not files:
         return
     from safetensors import SafetensorError

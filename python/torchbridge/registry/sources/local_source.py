@@ -434,14 +434,14 @@ def _not_a_registry_file(path: Path) -> str | None:
     import stat
 
     try:
-        mode = path.stat().st_mode  # the link's target
+        info = path.stat()  # the link's target
     except OSError as err:
         return f"it cannot be read ({type(err).__name__}: {err})"
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         return "it is not a regular file (a pipe, a device or a folder); nothing was read"
     if not path.resolve().is_relative_to(path.parent.resolve()):
         return f"it is a link to {path.resolve()}, outside its folder; nothing was read"
-    if path.suffix == ".json" and path.stat().st_size > MAX_SIDECAR_BYTES:
+    if path.suffix == ".json" and info.st_size > MAX_SIDECAR_BYTES:
         return f"it is larger than a sidecar can be ({MAX_SIDECAR_BYTES:,} bytes)"
     return None
 
