@@ -352,26 +352,21 @@ def save_adapter(model: Any, folder: Path) -> Path:
     return folder / "adapter_model.safetensors"
 
 
-def restore_adapter(
-    module: Any, folder: Path, base: BaseModel, *, trust_pickle: bool = False
-) -> Any:
-    """restore_adapter(module, folder, base, *, trust_pickle=False) -> peft.PeftModel
+def check_adapter_folder(folder: Path, *, trust_pickle: bool = False) -> None:
+    """check_adapter_folder(folder, *, trust_pickle=False) -> None
 
-    The adapter saved in ``folder`` (:func:`save_adapter`) on ``module``, the
-    base model loaded again, trainable. The folder's files are someone else's
-    until read: ``adapter_config.json`` must be a JSON object, and a pickled
-    ``adapter_model.bin`` is read by torchbridge's own loader first (NOTE [safe
-    loading] in :mod:`torchbridge.registry.weights`), which refuses one that would
-    run code and tells a damaged one apart, before peft reads it.
+    The checks of a saved adapter's files, made before its base model is loaded: the
+    files are someone else's until read. ``adapter_config.json`` must be a JSON
+    object, and a pickled ``adapter_model.bin`` is read by torchbridge's own loader
+    (NOTE [safe loading] in :mod:`torchbridge.registry.weights`), which refuses one
+    that would run code and tells a damaged one apart, before peft reads it.
 
     Raises:
-        AdapterError: the adapter does not fit the module (another architecture),
-            or its ``adapter_config.json`` is not a readable PEFT configuration.
+        AdapterError: ``adapter_config.json`` is not readable as a JSON object.
         UnsafeCheckpointError, CorruptWeightsError: ``adapter_model.bin`` would run
             code, or is damaged.
     """
     import json
-    import pickle
 
     from .registry.weights import load_state_dict
 
@@ -386,7 +381,25 @@ def restore_adapter(
         )
     pickled = folder / "adapter_model.bin"
     if pickled.is_file() and not (folder / "adapter_model.safetensors").is_file():
-        load_state_dict(pickled, trust_pickle=trust_pickle)  # peft's own torch.load next
+        load_state_dict(pickled, trust_pickle=trust_pickle)  # peft's own torch.load later
+
+
+def restore_adapter(module: Any, folder: Path, base: BaseModel) -> Any:
+    """restore_adapter(module, folder, base) -> peft.PeftModel
+
+    The adapter saved in ``folder`` (:func:`save_adapter`, checked with
+    :func:`check_adapter_folder`) on ``module``, the base model loaded again,
+    trainable.
+
+    Raises:
+        AdapterError: the adapter does not fit the module (another architecture),
+            or its ``adapter_config.json`` is not a PEFT configuration peft reads.
+        UnsafeCheckpointError: peft's own reading refused ``adapter_model.bin``.
+    """
+    import pickle
+
+    config = folder / "adapter_config.json"
+    pickled = folder / "adapter_model.bin"
     peft = _peft()
     try:
         with _quiet_peft():

@@ -319,7 +319,7 @@ class LocalSource(ModelSource):
         **kwargs: Any,
     ):
         """NOTE [adapter files]: the base model through the registry, then its adapter."""
-        from ...adapters import BaseModel, restore_adapter
+        from ...adapters import BaseModel, check_adapter_folder, restore_adapter
         from ...errors import AdapterError, ChecksumError, WeightsNotFoundError
 
         if weights is not None:
@@ -352,6 +352,7 @@ class LocalSource(ModelSource):
                     f"{entry.id}: {file} has sha256 {got}, but its sidecar records "
                     f"{expected}; the file changed since it was saved."
                 )
+        check_adapter_folder(adapter.parent, trust_pickle=trust_pickle)  # before the base loads
         stored = dict(entry.metadata.get("kwargs") or {})
         identity = dict(entry.metadata.get("base_weights") or {})
         if identity:  # before the base loads: the weights it would load are those trained on
@@ -363,7 +364,7 @@ class LocalSource(ModelSource):
             architecture.id, trust_pickle=trust_pickle, **{**stored, **kwargs}
         )
         base = BaseModel(architecture.id, stored, identity)
-        return restore_adapter(module, adapter.parent, base, trust_pickle=trust_pickle)
+        return restore_adapter(module, adapter.parent, base)
 
     def build(self, entry: ModelEntry, *, num_classes: int | None, **kwargs: Any):
         registry, architecture = self._architecture(entry)
