@@ -456,8 +456,7 @@ class ModelRegistry:
             task = kwargs.get("task") or entry.task
             names = classifier_names(model) if task in LABEL_TASKS else ()
         else:
-            with trusting_repos(bool(trust_repo)):  # NOTE [trust]: as the load itself
-                names = self.classifier(entry.id)
+            names = self.classifier(entry.id, trust_repo=trust_repo)  # the load's trust
         # a removed classifier (num_classes=0) holds no weights: nothing to train
         return tuple(n for n in names if _holds_parameters(model, n))
 
